@@ -1,0 +1,237 @@
+//! Applying committed entries to the state machine: ownership check, at-most-once dedup, the KV
+//! operation, all written as one RocksDB batch per group of entries together with the applied
+//! log id (so a crash leaves either all of a group or none of it).
+
+use std::collections::HashMap;
+
+use openraft::EntryPayload;
+use rocksdb::WriteBatch;
+use serde::{Deserialize, Serialize};
+use unikv_types::{ClientSeq, KvError, KvOp, KvReply, Slot};
+
+use crate::db::{dedup_key, kv_key, CF_DEDUP, CF_KV, CF_SM};
+use crate::error::{decode, encode};
+use crate::raft_types::{Entry, LogId, StoredMembership};
+use crate::{Command, CommandResult, Db, Result, ShardDescriptor};
+
+pub const KEY_APPLIED: &[u8] = b"applied";
+pub const KEY_MEMBERSHIP: &[u8] = b"membership";
+pub const KEY_DESCRIPTOR: &[u8] = b"descriptor";
+
+/// The last reply to a client within one slot.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DedupRecord {
+    pub seq: u64,
+    pub reply: KvReply,
+}
+
+/// State machine metadata kept in memory and in the `sm` family.
+#[derive(Debug, Clone, Default)]
+pub struct SmMeta {
+    pub applied: Option<LogId>,
+    pub membership: StoredMembership,
+    pub descriptor: ShardDescriptor,
+}
+
+impl SmMeta {
+    pub fn load(db: &Db, shard: unikv_types::ShardId) -> Result<Self> {
+        Self::load_with(shard, |k| db.raw().get_cf(db.cf(CF_SM), k))
+    }
+
+    /// Loads the metadata as of a RocksDB snapshot.
+    pub fn load_at(
+        db: &Db,
+        snap: &rocksdb::Snapshot<'_>,
+        shard: unikv_types::ShardId,
+    ) -> Result<Self> {
+        Self::load_with(shard, |k| {
+            let mut ro = rocksdb::ReadOptions::default();
+            ro.set_snapshot(snap);
+            db.raw().get_cf_opt(db.cf(CF_SM), k, &ro)
+        })
+    }
+
+    fn load_with(
+        shard: unikv_types::ShardId,
+        get: impl Fn(&[u8]) -> std::result::Result<Option<Vec<u8>>, rocksdb::Error>,
+    ) -> Result<Self> {
+        let applied = match get(KEY_APPLIED)? {
+            Some(b) => decode("applied", &b)?,
+            None => None,
+        };
+        let membership = match get(KEY_MEMBERSHIP)? {
+            Some(b) => decode("membership", &b)?,
+            None => StoredMembership::default(),
+        };
+        let descriptor = match get(KEY_DESCRIPTOR)? {
+            Some(b) => decode("descriptor", &b)?,
+            None => ShardDescriptor::new(shard),
+        };
+        Ok(Self {
+            applied,
+            membership,
+            descriptor,
+        })
+    }
+
+    /// Adds this metadata to `batch`.
+    pub fn write_to(&self, db: &Db, batch: &mut WriteBatch) -> Result<()> {
+        let cf = db.cf(CF_SM);
+        batch.put_cf(cf, KEY_APPLIED, encode("applied", &self.applied)?);
+        batch.put_cf(cf, KEY_MEMBERSHIP, encode("membership", &self.membership)?);
+        batch.put_cf(cf, KEY_DESCRIPTOR, encode("descriptor", &self.descriptor)?);
+        Ok(())
+    }
+}
+
+/// Reads through the pending batch to the database.
+struct Overlay<'a> {
+    db: &'a Db,
+    kv: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    dedup: HashMap<Vec<u8>, DedupRecord>,
+    batch: WriteBatch,
+}
+
+impl<'a> Overlay<'a> {
+    fn get_kv(&self, k: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(v) = self.kv.get(k) {
+            return Ok(v.clone());
+        }
+        Ok(self.db.raw().get_cf(self.db.cf(CF_KV), k)?)
+    }
+    fn put_kv(&mut self, k: Vec<u8>, v: Vec<u8>) {
+        self.batch.put_cf(self.db.cf(CF_KV), &k, &v);
+        self.kv.insert(k, Some(v));
+    }
+    fn delete_kv(&mut self, k: Vec<u8>) {
+        self.batch.delete_cf(self.db.cf(CF_KV), &k);
+        self.kv.insert(k, None);
+    }
+    fn get_dedup(&self, k: &[u8]) -> Result<Option<DedupRecord>> {
+        if let Some(v) = self.dedup.get(k) {
+            return Ok(Some(v.clone()));
+        }
+        match self.db.raw().get_cf(self.db.cf(CF_DEDUP), k)? {
+            Some(b) => Ok(Some(decode("dedup record", &b)?)),
+            None => Ok(None),
+        }
+    }
+    fn put_dedup(&mut self, k: Vec<u8>, rec: DedupRecord) -> Result<()> {
+        self.batch
+            .put_cf(self.db.cf(CF_DEDUP), &k, encode("dedup record", &rec)?);
+        self.dedup.insert(k, rec);
+        Ok(())
+    }
+}
+
+/// Applies `entries` in order, updating `meta`, and writes everything as one batch. Returns one
+/// result per entry.
+pub fn apply_entries(db: &Db, meta: &mut SmMeta, entries: &[Entry]) -> Result<Vec<CommandResult>> {
+    let mut ov = Overlay {
+        db,
+        kv: HashMap::new(),
+        dedup: HashMap::new(),
+        batch: WriteBatch::default(),
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        meta.applied = Some(entry.log_id.clone());
+        let res = match &entry.payload {
+            EntryPayload::Blank => Ok(KvReply::Written),
+            EntryPayload::Membership(m) => {
+                meta.membership = StoredMembership::new(Some(entry.log_id.clone()), m.clone());
+                Ok(KvReply::Written)
+            }
+            EntryPayload::Normal(cmd) => apply_command(&mut ov, meta, cmd)?,
+        };
+        out.push(res);
+    }
+    meta.write_to(db, &mut ov.batch)?;
+    db.write(ov.batch)?;
+    Ok(out)
+}
+
+fn apply_command(ov: &mut Overlay<'_>, meta: &mut SmMeta, cmd: &Command) -> Result<CommandResult> {
+    match cmd {
+        Command::Bootstrap { ranges, epoch, .. } => {
+            if meta.descriptor.bootstrap(ranges, *epoch) {
+                tracing::info!(shard = %meta.descriptor.shard, slots = meta.descriptor.slot_count(), "initial slots claimed");
+            }
+            Ok(Ok(KvReply::Written))
+        }
+        Command::Kv {
+            slot,
+            key,
+            op,
+            client,
+        } => {
+            if !meta.descriptor.initialised {
+                return Ok(Err(KvError::Unavailable {
+                    shard: meta.descriptor.shard,
+                    reason: "the shard has not claimed its slots yet".into(),
+                }));
+            }
+            if meta.descriptor.owns(*slot).is_none() {
+                return Ok(Err(KvError::WrongShard {
+                    slot: *slot,
+                    shard: meta.descriptor.shard,
+                    owner: None,
+                    epoch: None,
+                }));
+            }
+            if let Some(c) = client {
+                if let Some(prev) = ov.get_dedup(&dedup_key(*slot, &c.client_id))? {
+                    if prev.seq == c.seq {
+                        return Ok(Ok(prev.reply));
+                    }
+                    if prev.seq > c.seq {
+                        return Ok(Err(KvError::StaleSequence {
+                            client_id: c.client_id.clone(),
+                            seq: c.seq,
+                            last: prev.seq,
+                        }));
+                    }
+                }
+            }
+            let reply = apply_op(ov, *slot, key, op)?;
+            if let (Ok(reply), Some(ClientSeq { client_id, seq })) = (&reply, client) {
+                ov.put_dedup(
+                    dedup_key(*slot, client_id),
+                    DedupRecord {
+                        seq: *seq,
+                        reply: reply.clone(),
+                    },
+                )?;
+            }
+            Ok(reply)
+        }
+    }
+}
+
+fn apply_op(ov: &mut Overlay<'_>, slot: Slot, key: &str, op: &KvOp) -> Result<CommandResult> {
+    let k = kv_key(slot, key.as_bytes());
+    Ok(match op {
+        KvOp::Put { value } => {
+            ov.put_kv(k, value.as_bytes().to_vec());
+            Ok(KvReply::Written)
+        }
+        KvOp::Append { value } => {
+            let prev = ov.get_kv(&k)?;
+            let mut next = prev.clone().unwrap_or_default();
+            next.extend_from_slice(value.as_bytes());
+            ov.put_kv(k, next);
+            Ok(KvReply::Appended {
+                previous: prev.map(|p| String::from_utf8_lossy(&p).into_owned()),
+            })
+        }
+        KvOp::Delete => {
+            let existed = ov.get_kv(&k)?.is_some();
+            ov.delete_kv(k);
+            Ok(KvReply::Deleted { existed })
+        }
+        KvOp::Get => Err(KvError::BadRequest {
+            code: "bad_command".into(),
+            message: "get is not a replicated command".into(),
+        }),
+    })
+}

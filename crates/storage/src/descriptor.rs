@@ -1,0 +1,144 @@
+//! The shard descriptor: which slots this shard owns and at which epoch. It lives in the
+//! replicated state machine, so only a Raft commit in this shard changes it; gossip and `/config`
+//! only ever report it.
+
+use serde::{Deserialize, Serialize};
+use unikv_types::{Epoch, ShardId, Slot, SlotRange};
+
+/// A contiguous run of owned slots sharing one epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnedRange {
+    pub lo: Slot,
+    pub hi: Slot,
+    pub epoch: Epoch,
+}
+
+/// Ownership record of one shard.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ShardDescriptor {
+    pub shard: ShardId,
+    /// Set by the bootstrap command; a shard claims initial slots at most once.
+    pub initialised: bool,
+    /// Increases with every change to this descriptor.
+    pub version: u64,
+    /// Owned ranges, sorted by `lo`, never overlapping.
+    pub ranges: Vec<OwnedRange>,
+}
+
+impl ShardDescriptor {
+    pub fn new(shard: ShardId) -> Self {
+        Self {
+            shard,
+            ..Default::default()
+        }
+    }
+
+    /// The epoch at which this shard owns `slot`, if it does.
+    pub fn owns(&self, slot: Slot) -> Option<Epoch> {
+        let i = self.ranges.partition_point(|r| r.hi < slot);
+        self.ranges
+            .get(i)
+            .filter(|r| r.lo <= slot && slot <= r.hi)
+            .map(|r| r.epoch)
+    }
+
+    /// Number of owned slots.
+    pub fn slot_count(&self) -> usize {
+        self.ranges
+            .iter()
+            .map(|r| r.hi as usize - r.lo as usize + 1)
+            .sum()
+    }
+
+    /// Owned ranges without epochs, adjacent ranges merged.
+    pub fn slot_ranges(&self) -> Vec<SlotRange> {
+        let mut out: Vec<SlotRange> = Vec::new();
+        for r in &self.ranges {
+            match out.last_mut() {
+                Some(last) if last.1 as u32 + 1 == r.lo as u32 => last.1 = r.hi,
+                _ => out.push(SlotRange(r.lo, r.hi)),
+            }
+        }
+        out
+    }
+
+    /// Applies a bootstrap claim. Returns false (and changes nothing) if the shard was already
+    /// initialised or the ranges are invalid (unsorted, overlapping or out of bounds).
+    pub fn bootstrap(&mut self, ranges: &[SlotRange], epoch: Epoch) -> bool {
+        if self.initialised || !valid_ranges(ranges) {
+            return false;
+        }
+        self.ranges = ranges
+            .iter()
+            .map(|r| OwnedRange {
+                lo: r.0,
+                hi: r.1,
+                epoch,
+            })
+            .collect();
+        self.initialised = true;
+        self.version += 1;
+        true
+    }
+}
+
+fn valid_ranges(ranges: &[SlotRange]) -> bool {
+    let mut next_min: u32 = 0;
+    for r in ranges {
+        if r.0 > r.1 || (r.1 as u32) >= unikv_types::SLOT_COUNT as u32 || (r.0 as u32) < next_min {
+            return false;
+        }
+        next_min = r.1 as u32 + 1;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owns_finds_ranges_by_binary_search() {
+        let mut d = ShardDescriptor::new(ShardId(2));
+        assert!(d.bootstrap(&[SlotRange(0, 9), SlotRange(20, 29)], Epoch(1)));
+        assert_eq!(d.owns(0), Some(Epoch(1)));
+        assert_eq!(d.owns(9), Some(Epoch(1)));
+        assert_eq!(d.owns(10), None);
+        assert_eq!(d.owns(19), None);
+        assert_eq!(d.owns(25), Some(Epoch(1)));
+        assert_eq!(d.owns(30), None);
+        assert_eq!(d.slot_count(), 20);
+        assert_eq!(d.version, 1);
+    }
+
+    #[test]
+    fn bootstrap_applies_once() {
+        let mut d = ShardDescriptor::new(ShardId(1));
+        assert!(d.bootstrap(&[SlotRange(0, 16383)], Epoch(1)));
+        assert!(!d.bootstrap(&[SlotRange(0, 5)], Epoch(1)));
+        assert_eq!(d.slot_ranges(), vec![SlotRange(0, 16383)]);
+        assert_eq!(d.version, 1);
+    }
+
+    #[test]
+    fn bootstrap_rejects_bad_ranges() {
+        let mut d = ShardDescriptor::new(ShardId(1));
+        assert!(!d.bootstrap(&[SlotRange(5, 3)], Epoch(1)));
+        assert!(!d.bootstrap(&[SlotRange(0, 16384)], Epoch(1)));
+        assert!(!d.bootstrap(&[SlotRange(0, 10), SlotRange(10, 12)], Epoch(1)));
+        assert!(!d.initialised);
+        // An empty claim is valid: a shard that starts without slots.
+        assert!(d.bootstrap(&[], Epoch(1)));
+        assert_eq!(d.slot_count(), 0);
+    }
+
+    #[test]
+    fn adjacent_ranges_merge_in_report() {
+        let mut d = ShardDescriptor::new(ShardId(1));
+        assert!(d.bootstrap(
+            &[SlotRange(0, 4), SlotRange(5, 9), SlotRange(11, 12)],
+            Epoch(1)
+        ));
+        assert_eq!(d.slot_ranges(), vec![SlotRange(0, 9), SlotRange(11, 12)]);
+    }
+}

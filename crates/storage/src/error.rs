@@ -1,0 +1,55 @@
+//! Storage errors. The openraft traits want `std::io::Error`; `From` converts.
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("decode {what}: {reason}")]
+    Decode { what: &'static str, reason: String },
+    #[error("encode {what}: {reason}")]
+    Encode { what: &'static str, reason: String },
+    #[error("corrupt snapshot {path}: {reason}")]
+    CorruptSnapshot { path: String, reason: String },
+    #[error("blocking task failed: {0}")]
+    Join(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for std::io::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Io(io) => io,
+            other => std::io::Error::other(other.to_string()),
+        }
+    }
+}
+
+/// msgpack-encodes `v` (named fields, so openraft's types round-trip).
+pub fn encode<T: serde::Serialize>(what: &'static str, v: &T) -> Result<Vec<u8>> {
+    rmp_serde::to_vec_named(v).map_err(|e| Error::Encode {
+        what,
+        reason: e.to_string(),
+    })
+}
+
+/// msgpack-decodes `bytes`.
+pub fn decode<T: serde::de::DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T> {
+    rmp_serde::from_slice(bytes).map_err(|e| Error::Decode {
+        what,
+        reason: e.to_string(),
+    })
+}
+
+/// Runs blocking storage work off the async workers.
+pub async fn blocking<T, F>(f: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Join(e.to_string()))?
+}

@@ -1,0 +1,36 @@
+//! Durable state of one shard replica, in one RocksDB: the Raft log and vote (`log_store`), the
+//! replicated state machine (`state_machine`: KV data, per-slot dedup tables, the shard
+//! descriptor), and snapshot files that stream the state machine to lagging followers.
+//!
+//! Writes that acknowledge are fsynced: the log store completes an append only after a group
+//! commit thread has synced the WAL. State machine writes are not synced on their own (the log
+//! covers them); a snapshot syncs the WAL before it is reported built, so logs are never purged
+//! ahead of durable state.
+
+pub mod apply;
+pub mod db;
+pub mod descriptor;
+pub mod error;
+pub mod log_store;
+pub mod raft_types;
+pub mod snapshot;
+pub mod state_machine;
+
+pub use db::Db;
+pub use descriptor::{OwnedRange, ShardDescriptor};
+pub use error::{Error, Result};
+pub use log_store::LogStore;
+pub use raft_types::{Command, CommandResult, NodeAddr, TypeConfig};
+pub use snapshot::SnapshotFile;
+pub use state_machine::{StateMachine, Store};
+
+/// Opens (or creates) the storage of one replica under `dir`: the RocksDB and the snapshot folder.
+pub fn open(
+    dir: &std::path::Path,
+    shard: unikv_types::ShardId,
+) -> Result<(LogStore, StateMachine)> {
+    let db = Db::open(&dir.join("db"))?;
+    let log = LogStore::new(db.clone());
+    let sm = StateMachine::open(db, &dir.join("snapshots"), shard)?;
+    Ok((log, sm))
+}

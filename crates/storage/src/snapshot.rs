@@ -1,0 +1,177 @@
+//! Snapshot files: the whole state machine at one applied log id, as a stream of records, so a
+//! lagging follower can be brought up to date after the leader purged its log.
+//!
+//! Layout: magic `UKVSNAP1`, then records `tag u8 | len u32 BE | bytes ...`:
+//! - `H`: msgpack [`SnapshotHeader`] (meta and shard descriptor), always first;
+//! - `K`: a `kv` pair: key len u32, key, value len u32, value;
+//! - `D`: a `dedup` pair, same shape;
+//! - `E`: end, with u64 BE record count, so a truncated file is detected.
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use rocksdb::{IteratorMode, ReadOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::db::{CF_DEDUP, CF_KV};
+use crate::error::{decode, encode};
+use crate::raft_types::SnapshotMeta;
+use crate::{Db, Error, Result, ShardDescriptor};
+
+const MAGIC: &[u8; 8] = b"UKVSNAP1";
+
+/// A snapshot on disk. The open file handle keeps the data readable even if a newer snapshot
+/// replaces this one while it is being sent.
+#[derive(Debug)]
+pub struct SnapshotFile {
+    pub path: PathBuf,
+    pub file: File,
+}
+
+impl SnapshotFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        Ok(Self {
+            path: path.to_path_buf(),
+            file: File::open(path)?,
+        })
+    }
+
+    /// A second handle on the same file, positioned at the start.
+    pub fn reopen(&self) -> Result<File> {
+        let mut f = self.file.try_clone()?;
+        f.seek(SeekFrom::Start(0))?;
+        Ok(f)
+    }
+
+    pub fn len(&self) -> Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotHeader {
+    pub meta: SnapshotMeta,
+    pub descriptor: ShardDescriptor,
+}
+
+/// One data record of a snapshot.
+pub enum Record {
+    Kv(Vec<u8>, Vec<u8>),
+    Dedup(Vec<u8>, Vec<u8>),
+}
+
+/// Writes a snapshot of `db` (read at one RocksDB snapshot) to `path`, fsyncs it, and returns
+/// the number of data records.
+pub fn write_snapshot(
+    db: &Db,
+    header: &SnapshotHeader,
+    snap: &rocksdb::Snapshot<'_>,
+    path: &Path,
+) -> Result<u64> {
+    let file = File::create(path)?;
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    w.write_all(MAGIC)?;
+    let h = encode("snapshot header", header)?;
+    w.write_all(b"H")?;
+    w.write_all(&(h.len() as u32).to_be_bytes())?;
+    w.write_all(&h)?;
+    let mut count = 0u64;
+    for (cf, tag) in [(CF_KV, b'K'), (CF_DEDUP, b'D')] {
+        let mut ro = ReadOptions::default();
+        ro.set_snapshot(snap);
+        for item in db.raw().iterator_cf_opt(db.cf(cf), ro, IteratorMode::Start) {
+            let (k, v) = item?;
+            w.write_all(&[tag])?;
+            w.write_all(&(k.len() as u32).to_be_bytes())?;
+            w.write_all(&k)?;
+            w.write_all(&(v.len() as u32).to_be_bytes())?;
+            w.write_all(&v)?;
+            count += 1;
+        }
+    }
+    w.write_all(b"E")?;
+    w.write_all(&count.to_be_bytes())?;
+    let file = w.into_inner().map_err(|e| Error::Io(e.into_error()))?;
+    file.sync_all()?;
+    Ok(count)
+}
+
+/// Reads a snapshot file: the header, then every record through `each`. Fails if the file is
+/// truncated or malformed.
+pub fn read_snapshot(
+    file: File,
+    path: &Path,
+    mut each: impl FnMut(Record) -> Result<()>,
+) -> Result<SnapshotHeader> {
+    let corrupt = |reason: &str| Error::CorruptSnapshot {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    };
+    let mut r = BufReader::with_capacity(1 << 20, file);
+    let mut magic = [0u8; 8];
+    r.read_exact(&mut magic)
+        .map_err(|_| corrupt("short file"))?;
+    if &magic != MAGIC {
+        return Err(corrupt("bad magic"));
+    }
+    let mut tag = [0u8; 1];
+    r.read_exact(&mut tag)
+        .map_err(|_| corrupt("missing header"))?;
+    if tag[0] != b'H' {
+        return Err(corrupt("header not first"));
+    }
+    let h = read_blob(&mut r).map_err(|_| corrupt("short header"))?;
+    let header: SnapshotHeader = decode("snapshot header", &h)?;
+    let mut count = 0u64;
+    loop {
+        r.read_exact(&mut tag)
+            .map_err(|_| corrupt("truncated: no end record"))?;
+        match tag[0] {
+            b'K' | b'D' => {
+                let k = read_blob(&mut r).map_err(|_| corrupt("truncated record"))?;
+                let v = read_blob(&mut r).map_err(|_| corrupt("truncated record"))?;
+                count += 1;
+                each(if tag[0] == b'K' {
+                    Record::Kv(k, v)
+                } else {
+                    Record::Dedup(k, v)
+                })?;
+            }
+            b'E' => {
+                let mut n = [0u8; 8];
+                r.read_exact(&mut n).map_err(|_| corrupt("truncated end"))?;
+                if u64::from_be_bytes(n) != count {
+                    return Err(corrupt("record count mismatch"));
+                }
+                return Ok(header);
+            }
+            _ => return Err(corrupt("unknown record tag")),
+        }
+    }
+}
+
+fn read_blob(r: &mut impl Read) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > 512 * 1024 * 1024 {
+        return Err(io::Error::other("record too large"));
+    }
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+/// File name of the snapshot at `meta`'s last log id.
+pub fn file_name(meta: &SnapshotMeta) -> String {
+    match &meta.last_log_id {
+        Some(l) => format!("snapshot-{:020}-{}.bin", l.index(), l.committed_leader_id()),
+        None => "snapshot-empty.bin".to_string(),
+    }
+    .replace([' ', '/', ':'], "_")
+}

@@ -1,0 +1,294 @@
+//! The replicated state machine of a shard replica (openraft's `RaftStateMachine`), plus the
+//! read handle (`Store`) the node serves linearizable reads from once Raft says it may.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use futures::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{OptionalSend, RaftSnapshotBuilder};
+use rocksdb::WriteBatch;
+use unikv_types::{ShardId, Slot};
+
+use crate::apply::{apply_entries, SmMeta};
+use crate::db::{kv_key, CF_DEDUP, CF_KV};
+use crate::error::blocking;
+use crate::raft_types::{LogId, Snapshot, SnapshotMeta, StoredMembership};
+use crate::snapshot::{file_name, read_snapshot, write_snapshot, Record, SnapshotHeader};
+use crate::{Db, Error, Result, ShardDescriptor, SnapshotFile, TypeConfig};
+
+/// Shared state between the state machine, its snapshot builders and read handles.
+#[derive(Debug)]
+struct Shared {
+    db: Db,
+    shard: ShardId,
+    meta: RwLock<SmMeta>,
+    snap_dir: PathBuf,
+    /// The latest snapshot on disk.
+    current: Mutex<Option<(SnapshotMeta, PathBuf)>>,
+}
+
+/// openraft's state machine for one replica.
+#[derive(Debug, Clone)]
+pub struct StateMachine {
+    shared: Arc<Shared>,
+}
+
+/// Read-only handle for serving reads and reporting state.
+#[derive(Debug, Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+}
+
+impl Store {
+    /// The value of `key` in `slot` as currently applied.
+    pub fn get(&self, slot: Slot, key: &str) -> Result<Option<String>> {
+        let db = &self.shared.db;
+        let v = db
+            .raw()
+            .get_cf(db.cf(CF_KV), kv_key(slot, key.as_bytes()))?;
+        Ok(v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    pub fn descriptor(&self) -> ShardDescriptor {
+        read_lock(&self.shared.meta).descriptor.clone()
+    }
+
+    pub fn applied(&self) -> Option<LogId> {
+        read_lock(&self.shared.meta).applied.clone()
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.shared.db
+    }
+
+    pub fn snapshot_dir(&self) -> &Path {
+        &self.shared.snap_dir
+    }
+}
+
+fn read_lock<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    // A poisoned lock means a panic while holding it; the data is still the last written value.
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write_lock<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    l.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl StateMachine {
+    pub fn open(db: Db, snap_dir: &Path, shard: ShardId) -> Result<Self> {
+        std::fs::create_dir_all(snap_dir)?;
+        let meta = SmMeta::load(&db, shard)?;
+        let current = find_latest_snapshot(snap_dir)?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                db,
+                shard,
+                meta: RwLock::new(meta),
+                snap_dir: snap_dir.to_path_buf(),
+                current: Mutex::new(current),
+            }),
+        })
+    }
+
+    pub fn store(&self) -> Store {
+        Store {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// A path in the snapshot folder for receiving a snapshot from the leader.
+    pub fn incoming_snapshot_path(&self) -> PathBuf {
+        incoming_path(&self.shared.snap_dir)
+    }
+}
+
+/// A unique temporary path in `dir` for a snapshot being written or received.
+pub fn incoming_path(dir: &Path) -> PathBuf {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    dir.join(format!("tmp-{}-{n}.part", std::process::id()))
+}
+
+/// Finds the newest complete snapshot file and removes partial ones.
+fn find_latest_snapshot(dir: &Path) -> Result<Option<(SnapshotMeta, PathBuf)>> {
+    let mut best: Option<PathBuf> = None;
+    for ent in std::fs::read_dir(dir)? {
+        let path = ent?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.ends_with(".part") {
+            let _ = std::fs::remove_file(&path);
+        } else if name.starts_with("snapshot-")
+            && name.ends_with(".bin")
+            && best.as_ref().is_none_or(|b| path > *b)
+        {
+            best = Some(path);
+        }
+    }
+    let Some(path) = best else { return Ok(None) };
+    let header = read_snapshot(std::fs::File::open(&path)?, &path, |_| Ok(()))?;
+    Ok(Some((header.meta, path)))
+}
+
+/// Replaces the current snapshot with `path` and deletes older files.
+fn set_current(shared: &Shared, meta: SnapshotMeta, path: PathBuf) {
+    let mut cur = lock(&shared.current);
+    if let Some((_, old)) = cur.take() {
+        if old != path {
+            let _ = std::fs::remove_file(old);
+        }
+    }
+    *cur = Some((meta, path));
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotFile;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let shared = self.shared.clone();
+        let snap = blocking(move || {
+            let db = &shared.db;
+            let rs = db.raw().snapshot();
+            let meta = SmMeta::load_at(db, &rs, shared.shard)?;
+            let snap_meta = SnapshotMeta {
+                last_log_id: meta.applied.clone(),
+                last_membership: meta.membership.clone(),
+            };
+            let header = SnapshotHeader {
+                meta: snap_meta.clone(),
+                descriptor: meta.descriptor.clone(),
+            };
+            let tmp = incoming_path(&shared.snap_dir);
+            let records = write_snapshot(db, &header, &rs, &tmp)?;
+            drop(rs);
+            // The state up to the snapshot must be durable before openraft purges the log.
+            db.sync_wal()?;
+            let path = shared.snap_dir.join(file_name(&snap_meta));
+            std::fs::rename(&tmp, &path)?;
+            tracing::info!(shard = %shared.shard, records, last = ?snap_meta.last_log_id, "snapshot built");
+            let file = SnapshotFile::open(&path)?;
+            set_current(&shared, snap_meta.clone(), path);
+            Ok(Snapshot {
+                meta: snap_meta,
+                snapshot: file,
+            })
+        })
+        .await?;
+        Ok(snap)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotFile;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let m = read_lock(&self.shared.meta);
+        Ok((m.applied.clone(), m.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        const MAX_GROUP: usize = 4096;
+        loop {
+            let mut group = Vec::new();
+            let mut responders = Vec::new();
+            while group.len() < MAX_GROUP {
+                match entries.try_next().await? {
+                    Some((entry, responder)) => {
+                        group.push(entry);
+                        responders.push(responder);
+                    }
+                    None => break,
+                }
+            }
+            if group.is_empty() {
+                return Ok(());
+            }
+            let shared = self.shared.clone();
+            let (meta, results) = blocking(move || {
+                let mut meta = read_lock(&shared.meta).clone();
+                let results = apply_entries(&shared.db, &mut meta, &group)?;
+                Ok((meta, results))
+            })
+            .await?;
+            *write_lock(&self.shared.meta) = meta;
+            for (responder, result) in responders.into_iter().zip(results) {
+                if let Some(r) = responder {
+                    r.send(result);
+                }
+            }
+        }
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotFile,
+    ) -> Result<(), io::Error> {
+        let shared = self.shared.clone();
+        let meta = meta.clone();
+        let new_meta = blocking(move || {
+            let db = &shared.db;
+            let mut batch = WriteBatch::default();
+            // Slot keys start with a big-endian u16 below 0x4000, so [0, 0xff) covers them all.
+            batch.delete_range_cf(db.cf(CF_KV), [0u8].as_slice(), [0xffu8].as_slice());
+            batch.delete_range_cf(db.cf(CF_DEDUP), [0u8].as_slice(), [0xffu8].as_slice());
+            let file = snapshot.reopen()?;
+            let header = read_snapshot(file, &snapshot.path, |rec| {
+                match rec {
+                    Record::Kv(k, v) => batch.put_cf(db.cf(CF_KV), k, v),
+                    Record::Dedup(k, v) => batch.put_cf(db.cf(CF_DEDUP), k, v),
+                }
+                Ok(())
+            })?;
+            if header.meta.last_log_id != meta.last_log_id {
+                return Err(Error::CorruptSnapshot {
+                    path: snapshot.path.display().to_string(),
+                    reason: "file does not match the snapshot meta".into(),
+                });
+            }
+            let new_meta = SmMeta {
+                applied: meta.last_log_id.clone(),
+                membership: meta.last_membership.clone(),
+                descriptor: header.descriptor,
+            };
+            new_meta.write_to(db, &mut batch)?;
+            db.write_sync(batch)?;
+            let path = shared.snap_dir.join(file_name(&meta));
+            if snapshot.path != path {
+                std::fs::rename(&snapshot.path, &path)?;
+            }
+            tracing::info!(shard = %shared.shard, last = ?meta.last_log_id, "snapshot installed");
+            set_current(&shared, meta, path);
+            Ok(new_meta)
+        })
+        .await?;
+        *write_lock(&self.shared.meta) = new_meta;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        // Opened under the lock: a concurrent build may replace (and delete) the file.
+        let cur = lock(&self.shared.current);
+        match &*cur {
+            Some((meta, path)) => Ok(Some(Snapshot {
+                meta: meta.clone(),
+                snapshot: SnapshotFile::open(path)?,
+            })),
+            None => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! KV requests and replies as they travel over QUIC (router → node, follower → leader), and the
+//! errors a node answers with. HTTP front ends translate these to JSON.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Epoch, NodeId, ShardId, Slot};
+
+/// A node as clients need to reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRef {
+    pub node_id: NodeId,
+    /// HTTP address, `host:port`.
+    pub http: String,
+    /// QUIC (Raft and KV RPC) address, `host:port`.
+    pub raft: String,
+}
+
+/// The client identity and sequence number that make a write at-most-once.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ClientSeq {
+    pub client_id: String,
+    pub seq: u64,
+}
+
+/// The operation of a KV request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvOp {
+    Get,
+    Put { value: String },
+    Append { value: String },
+    Delete,
+}
+
+impl KvOp {
+    pub fn is_write(&self) -> bool {
+        !matches!(self, KvOp::Get)
+    }
+    pub fn name(&self) -> &'static str {
+        match self {
+            KvOp::Get => "get",
+            KvOp::Put { .. } => "put",
+            KvOp::Append { .. } => "append",
+            KvOp::Delete => "delete",
+        }
+    }
+}
+
+/// One KV request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvRequest {
+    pub key: String,
+    pub op: KvOp,
+    /// Present on writes that must be applied at most once.
+    pub client: Option<ClientSeq>,
+    /// The slot epoch the sender believes in (informational for now; answers carry the truth).
+    pub epoch: Option<Epoch>,
+    /// Set by a node that forwards the request, so the receiver never forwards it again.
+    pub forwarded: bool,
+}
+
+/// A successful reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvReply {
+    /// `get`: the value, or `None` if the key does not exist.
+    Value(Option<String>),
+    /// `put` applied.
+    Written,
+    /// `append` applied; the value before the append.
+    Appended { previous: Option<String> },
+    /// `delete` applied; whether the key existed.
+    Deleted { existed: bool },
+}
+
+/// Why a node did not serve a KV request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum KvError {
+    /// This node is not the leader of its shard; `leader` is its best guess.
+    #[error("node is not the leader of shard {shard}")]
+    NotLeader {
+        shard: ShardId,
+        leader: Option<NodeRef>,
+    },
+    /// The slot is not owned by this shard; `owner` is the shard it believes owns it, at `epoch`.
+    #[error("slot {slot} is not owned by shard {shard}")]
+    WrongShard {
+        slot: Slot,
+        shard: ShardId,
+        owner: Option<ShardId>,
+        epoch: Option<Epoch>,
+    },
+    /// The request is invalid; `code` is a stable machine-readable name.
+    #[error("{message}")]
+    BadRequest { code: String, message: String },
+    /// A retried write whose sequence number is older than one already applied for the client.
+    #[error("sequence {seq} for client {client_id} is older than the last applied ({last})")]
+    StaleSequence {
+        client_id: String,
+        seq: u64,
+        last: u64,
+    },
+    /// The shard cannot serve now (no leader, no quorum, shutting down); retry later.
+    #[error("shard {shard} unavailable: {reason}")]
+    Unavailable { shard: ShardId, reason: String },
+    /// The write may or may not have been applied (leader changed before it answered). Retrying
+    /// with the same client id and sequence is safe.
+    #[error("outcome unknown: {reason}")]
+    Unknown { reason: String },
+    /// A storage or internal failure.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl KvError {
+    /// A stable machine-readable code for JSON error bodies.
+    pub fn code(&self) -> &str {
+        match self {
+            KvError::NotLeader { .. } => "not_leader",
+            KvError::WrongShard { .. } => "wrong_shard",
+            KvError::BadRequest { code, .. } => code,
+            KvError::StaleSequence { .. } => "stale_sequence",
+            KvError::Unavailable { .. } => "unavailable",
+            KvError::Unknown { .. } => "outcome_unknown",
+            KvError::Internal(_) => "internal",
+        }
+    }
+
+    /// The HTTP status that fits the error.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            KvError::BadRequest { .. } => 400,
+            KvError::StaleSequence { .. } => 409,
+            KvError::WrongShard { .. } | KvError::NotLeader { .. } => 421,
+            KvError::Unavailable { .. } => 503,
+            KvError::Unknown { .. } => 504,
+            KvError::Internal(_) => 500,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_stable() {
+        let e = KvError::BadRequest {
+            code: "empty_key".into(),
+            message: "m".into(),
+        };
+        assert_eq!(e.code(), "empty_key");
+        assert_eq!(e.http_status(), 400);
+        assert_eq!(
+            KvError::Unavailable {
+                shard: ShardId(1),
+                reason: "x".into()
+            }
+            .http_status(),
+            503
+        );
+    }
+}

@@ -1,0 +1,33 @@
+//! Types shared by every unikv process that speaks to a node: typed ids, hash slots, the KV
+//! request/response messages carried over QUIC, and the JSON error shape of the HTTP APIs.
+//!
+//! This crate deliberately has no storage or Raft dependency so that the router (and tools) can
+//! use the wire types without pulling RocksDB in.
+
+pub mod ids;
+pub mod kv;
+pub mod limits;
+pub mod slot;
+
+pub use ids::{Epoch, NodeId, ShardId};
+pub use kv::{ClientSeq, KvError, KvOp, KvReply, KvRequest, NodeRef};
+pub use limits::Limits;
+pub use slot::{key_slot, Slot, SlotRange, SLOT_COUNT};
+
+/// Stream kinds on the QUIC transport: the first byte of every request stream.
+pub mod rpc_kind {
+    /// Raft AppendEntries (node → node).
+    pub const APPEND: u8 = 1;
+    /// Raft Vote (node → node).
+    pub const VOTE: u8 = 2;
+    /// Raft full snapshot, streamed (node → node).
+    pub const SNAPSHOT: u8 = 3;
+    /// A KV request (router or forwarding node → node).
+    pub const KV: u8 = 10;
+    /// Ask a leader for a read index so a follower can serve a linearizable read locally.
+    pub const READ_INDEX: u8 = 11;
+    /// Who are you? Used to validate joins and learn a peer's HTTP address.
+    pub const HELLO: u8 = 20;
+    /// Membership change forwarded to the leader.
+    pub const ADMIN: u8 = 21;
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs what a fresh machine lacks to build and test unikv (Debian packages), idempotently.
+#   libclang-dev: RocksDB's Rust bindings are generated with bindgen, which needs libclang.
+#   curl:         the scripts talk to the nodes' HTTP APIs.
+set -euo pipefail
+missing=()
+dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
