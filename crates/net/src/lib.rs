@@ -1,0 +1,28 @@
+//! unikv-net: the transport for node↔node Raft RPCs and router→node KV RPCs.
+//!
+//! Everything travels over QUIC so that many independent requests share one long-lived,
+//! encrypted connection per peer without head-of-line blocking between them: each request is
+//! one bidirectional stream carrying a `kind` byte and a msgpack payload, answered by a
+//! msgpack payload on the same stream ([`Transport::call`] / [`Handler`]). Longer exchanges
+//! such as snapshot transfer use raw streams ([`Transport::open`]) with length-prefixed
+//! frames ([`write_frame`] / [`read_frame`]).
+//!
+//! Peers authenticate each other with mutual TLS against a cluster CA kept in a shared
+//! directory ([`ClusterTls`]); nodes are addressed by IP and port, and being signed by that CA
+//! is the whole identity.
+
+mod error;
+mod frame;
+mod pool;
+mod serve;
+pub mod tls;
+mod transport;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::{Error, Result};
+pub use frame::{read_frame, write_frame, MAX_MESSAGE};
+pub use serve::{Handler, Incoming};
+pub use tls::ClusterTls;
+pub use transport::Transport;

@@ -1,0 +1,277 @@
+//! Node configuration: the seed's flags (`--shard_id --node_id --port --raft_addr --peer_shards`,
+//! snake_case or kebab-case) plus storage, TLS, Raft timing and limit flags with defaults that
+//! work from a fresh directory.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use unikv_types::{Limits, NodeId, ShardId};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "unikv-node",
+    about = "A unikv shard replica (Raft over QUIC, RocksDB storage)"
+)]
+pub struct Config {
+    /// Shard (Raft group) this replica belongs to.
+    #[arg(long = "shard_id", alias = "shard-id")]
+    pub shard_id: u64,
+    /// Replica id within the shard (1 bootstraps a fresh group).
+    #[arg(long = "node_id", alias = "node-id")]
+    pub node_id: u64,
+    /// HTTP port (admin and direct KV API).
+    #[arg(long)]
+    pub port: u16,
+    /// QUIC address for Raft and KV RPCs, `host:port`; also how peers reach this node.
+    #[arg(long = "raft_addr", alias = "raft-addr")]
+    pub raft_addr: String,
+    /// HTTP addresses of nodes of the other initial shards, comma separated.
+    #[arg(long = "peer_shards", alias = "peer-shards", default_value = "")]
+    pub peer_shards: String,
+    /// Data directory [default: data/unikv_<shard>_<node>].
+    #[arg(long = "data_dir", alias = "data-dir")]
+    pub data_dir: Option<PathBuf>,
+    /// Directory holding the cluster CA (`ca.pem`), shared by every node of the cluster; created
+    /// by the first node that needs it [default: data/tls].
+    #[arg(long = "tls_dir", alias = "tls-dir")]
+    pub tls_dir: Option<PathBuf>,
+    /// Interface the HTTP server binds.
+    #[arg(long = "http_host", alias = "http-host", default_value = "0.0.0.0")]
+    pub http_host: String,
+    /// Whether this node initialises a fresh Raft group [default: true for node 1].
+    #[arg(long)]
+    pub bootstrap: Option<bool>,
+    /// Number of shards the cluster starts with; the initial slot split depends on it
+    /// [default: 1 + number of --peer_shards].
+    #[arg(long = "initial_shards", alias = "initial-shards")]
+    pub initial_shards: Option<u64>,
+    /// Raft heartbeat interval.
+    #[arg(long = "heartbeat_ms", alias = "heartbeat-ms", default_value_t = 100)]
+    pub heartbeat_ms: u64,
+    /// Raft election timeout, lower bound.
+    #[arg(
+        long = "election_min_ms",
+        alias = "election-min-ms",
+        default_value_t = 600
+    )]
+    pub election_min_ms: u64,
+    /// Raft election timeout, upper bound.
+    #[arg(
+        long = "election_max_ms",
+        alias = "election-max-ms",
+        default_value_t = 1200
+    )]
+    pub election_max_ms: u64,
+    /// Take a snapshot after this many log entries since the last one.
+    #[arg(
+        long = "snapshot_logs",
+        alias = "snapshot-logs",
+        default_value_t = 20_000
+    )]
+    pub snapshot_logs: u64,
+    /// Log entries kept behind a snapshot when purging (lets slightly lagging followers catch
+    /// up from the log instead of a snapshot).
+    #[arg(long = "keep_logs", alias = "keep-logs", default_value_t = 5_000)]
+    pub keep_logs: u64,
+    /// Largest accepted key, in bytes.
+    #[arg(
+        long = "max_key_bytes",
+        alias = "max-key-bytes",
+        default_value_t = 1024
+    )]
+    pub max_key_bytes: usize,
+    /// Largest accepted value, in bytes.
+    #[arg(long = "max_value_bytes", alias = "max-value-bytes", default_value_t = 1024 * 1024)]
+    pub max_value_bytes: usize,
+    /// How long a request may wait for a leader, a quorum or a forwarded answer.
+    #[arg(
+        long = "request_timeout_ms",
+        alias = "request-timeout-ms",
+        default_value_t = 5_000
+    )]
+    pub request_timeout_ms: u64,
+    /// Write logs to this file instead of stderr (filter with RUST_LOG, default info).
+    #[arg(long = "log_file", alias = "log-file")]
+    pub log_file: Option<PathBuf>,
+}
+
+impl Config {
+    pub fn shard(&self) -> ShardId {
+        ShardId(self.shard_id)
+    }
+
+    pub fn node(&self) -> NodeId {
+        NodeId(self.node_id)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| {
+            PathBuf::from(format!("data/unikv_{}_{}", self.shard_id, self.node_id))
+        })
+    }
+
+    pub fn tls_dir(&self) -> PathBuf {
+        self.tls_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("data/tls"))
+    }
+
+    pub fn peer_shards(&self) -> Vec<String> {
+        self.peer_shards
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
+    pub fn initial_shards(&self) -> u64 {
+        self.initial_shards
+            .unwrap_or(1 + self.peer_shards().len() as u64)
+    }
+
+    pub fn bootstrap(&self) -> bool {
+        self.bootstrap.unwrap_or(self.node_id == 1)
+    }
+
+    /// The host part of `--raft_addr`, used to advertise the HTTP address too.
+    pub fn advertise_host(&self) -> &str {
+        self.raft_addr
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or("localhost")
+    }
+
+    /// The HTTP address other nodes and clients use for this node.
+    pub fn http_addr(&self) -> String {
+        format!("{}:{}", self.advertise_host(), self.port)
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_key_bytes: self.max_key_bytes,
+            max_value_bytes: self.max_value_bytes,
+        }
+    }
+
+    pub fn request_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// Checks the flags for contradictions before anything starts.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.shard_id == 0 {
+            return bad("--shard_id must be at least 1".into());
+        }
+        if self.node_id == 0 {
+            return bad("--node_id must be at least 1".into());
+        }
+        match self.raft_addr.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0) => {}
+            _ => {
+                return bad(format!(
+                    "--raft_addr must be host:port, got {:?}",
+                    self.raft_addr
+                ))
+            }
+        }
+        if self.heartbeat_ms == 0 || self.election_min_ms <= self.heartbeat_ms {
+            return bad("--election_min_ms must exceed --heartbeat_ms (> 0)".into());
+        }
+        if self.election_max_ms <= self.election_min_ms {
+            return bad("--election_max_ms must exceed --election_min_ms".into());
+        }
+        if self.max_key_bytes == 0 || self.max_value_bytes == 0 {
+            return bad("--max_key_bytes and --max_value_bytes must be positive".into());
+        }
+        if self.snapshot_logs == 0 {
+            return bad("--snapshot_logs must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The openraft configuration derived from the flags.
+    pub fn raft_config(&self) -> Result<openraft::Config> {
+        let c = openraft::Config {
+            cluster_name: format!("unikv-shard-{}", self.shard_id),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_min_ms,
+            election_timeout_max: self.election_max_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
+            max_in_snapshot_log_to_keep: self.keep_logs,
+            install_snapshot_timeout: 10_000,
+            ..Default::default()
+        };
+        c.validate().map_err(|e| Error::Config(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        Config::try_parse_from(std::iter::once("unikv-node").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn seed_flags_parse_in_both_spellings() {
+        let a = parse(&[
+            "--shard_id",
+            "1",
+            "--node_id",
+            "2",
+            "--port",
+            "8012",
+            "--raft_addr",
+            "localhost:18012",
+            "--peer_shards",
+            "localhost:8021,localhost:8031",
+        ]);
+        let b = parse(&[
+            "--shard-id",
+            "1",
+            "--node-id",
+            "2",
+            "--port",
+            "8012",
+            "--raft-addr",
+            "localhost:18012",
+            "--peer-shards",
+            "localhost:8021,localhost:8031",
+        ]);
+        for c in [a, b] {
+            c.validate().unwrap();
+            assert_eq!(c.shard(), ShardId(1));
+            assert_eq!(c.node(), NodeId(2));
+            assert_eq!(c.http_addr(), "localhost:8012");
+            assert_eq!(c.initial_shards(), 3);
+            assert!(!c.bootstrap());
+            assert_eq!(c.data_dir(), PathBuf::from("data/unikv_1_2"));
+        }
+    }
+
+    #[test]
+    fn validate_rejects_nonsense() {
+        let mut c = parse(&[
+            "--shard_id",
+            "1",
+            "--node_id",
+            "1",
+            "--port",
+            "1",
+            "--raft_addr",
+            "x:1",
+        ]);
+        assert!(c.validate().is_ok());
+        assert!(c.bootstrap());
+        c.raft_addr = "nohost".into();
+        assert!(c.validate().is_err());
+        c.raft_addr = "x:1".into();
+        c.election_max_ms = c.election_min_ms;
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,119 @@
+//! A unikv shard replica: one member of a shard's 3-node Raft group.
+//!
+//! `run` wires the parts together: RocksDB storage (`unikv-storage`), openraft over QUIC
+//! (`raft_net`, `rpc`), the request logic (`service`), bootstrap of a fresh group
+//! (`bootstrap`) and the HTTP API (`http`). It takes a bound HTTP listener and a shutdown
+//! future so tests can run nodes in-process on port 0.
+
+pub mod bootstrap;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod raft_net;
+pub mod rpc;
+pub mod service;
+pub mod status;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use unikv_net::{ClusterTls, Transport};
+use unikv_storage::NodeAddr;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use service::Node;
+
+/// Resolves `host:port`, preferring IPv4 (so `localhost` means 127.0.0.1).
+pub async fn resolve(addr: &str) -> Result<SocketAddr> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| Error::Config(format!("{addr} does not resolve")))
+}
+
+/// Runs a node until `shutdown` completes, then stops Raft, the RPC server and HTTP cleanly.
+pub async fn run(
+    config: Config,
+    http: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    config.validate()?;
+    let data_dir = config.data_dir();
+    std::fs::create_dir_all(&data_dir)?;
+    let (log_store, sm) = unikv_storage::open(&data_dir, config.shard())?;
+    let store = sm.store();
+    let tls = ClusterTls::load_or_create(
+        &config.tls_dir(),
+        &format!("node-{}-{}", config.shard_id, config.node_id),
+    )?;
+    let quic_addr = resolve(&config.raft_addr).await?;
+    let transport = Transport::bind(quic_addr, &tls)?;
+    let raft_config = Arc::new(config.raft_config()?);
+    let network = raft_net::Network {
+        transport: transport.clone(),
+    };
+    let raft = service::Raft::new(config.node(), raft_config, network, log_store, sm)
+        .await
+        .map_err(|e| Error::Raft(e.to_string()))?;
+    let me = NodeAddr {
+        raft: config.raft_addr.clone(),
+        http: config.http_addr(),
+    };
+    let node = Arc::new(Node {
+        limits: config.limits(),
+        config,
+        raft,
+        store,
+        transport: transport.clone(),
+        me,
+    });
+    tracing::info!(
+        shard = %node.shard(), node = %node.id(), raft = %quic_addr,
+        http = %http.local_addr()?, data = %data_dir.display(), "node starting"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let rpc_task = {
+        let transport = transport.clone();
+        let handler = Arc::new(rpc::RpcHandler { node: node.clone() });
+        let mut rx = stop_rx.clone();
+        tokio::spawn(async move {
+            transport
+                .serve(handler, async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    };
+    bootstrap::initialize_if_fresh(&node).await?;
+    let claim_task = bootstrap::spawn_slot_claim(node.clone(), stop_rx.clone());
+
+    let app = http::router(node.clone());
+    let mut rx = stop_rx.clone();
+    let http_task = tokio::spawn(async move {
+        axum::serve(http, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+    });
+
+    shutdown.await;
+    tracing::info!(shard = %node.shard(), node = %node.id(), "shutting down");
+    let _ = stop_tx.send(true);
+    let _ = claim_task.await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), http_task).await;
+    if let Err(e) = node.raft.shutdown().await {
+        tracing::warn!(error = %e, "raft shutdown");
+    }
+    let _ = rpc_task.await;
+    transport.close().await;
+    Ok(())
+}

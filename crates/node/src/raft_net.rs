@@ -1,0 +1,160 @@
+//! openraft's network over our QUIC transport: each Raft RPC is one request stream to the
+//! peer's `--raft_addr`; snapshots stream a header frame and then the file's bytes.
+
+use std::future::Future;
+use std::time::Duration;
+
+use openraft::errors::{
+    NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
+};
+use openraft::network::v2::RaftNetworkV2;
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::OptionalSend;
+use tokio::io::AsyncWriteExt;
+use unikv_net::Transport;
+use unikv_storage::raft_types::{Snapshot, SnapshotMeta, Vote};
+use unikv_storage::{NodeAddr, SnapshotFile, TypeConfig};
+use unikv_types::{rpc_kind, NodeId};
+
+/// Creates a client per peer; all share the transport's connection pool.
+#[derive(Clone)]
+pub struct Network {
+    pub transport: Transport,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> PeerClient {
+        PeerClient {
+            target,
+            addr: node.raft.clone(),
+            transport: self.transport.clone(),
+        }
+    }
+}
+
+pub struct PeerClient {
+    target: NodeId,
+    addr: String,
+    transport: Transport,
+}
+
+/// The header of a snapshot stream; the file's bytes follow it.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct SnapshotHead {
+    pub vote: Vote,
+    pub meta: SnapshotMeta,
+    pub len: u64,
+}
+
+fn to_rpc_error(e: unikv_net::Error) -> RPCError<TypeConfig> {
+    if e.is_unreachable() {
+        RPCError::Unreachable(Unreachable::new(&e))
+    } else {
+        RPCError::Network(NetworkError::new(&e))
+    }
+}
+
+impl PeerClient {
+    async fn call<Req, Resp>(
+        &self,
+        kind: u8,
+        req: &Req,
+        ttl: Duration,
+    ) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+    {
+        let res: Result<Resp, RaftError<TypeConfig>> = self
+            .transport
+            .call(&self.addr, kind, req, ttl)
+            .await
+            .map_err(to_rpc_error)?;
+        // The only remote error is Fatal: the peer's Raft stopped. Treat it as unreachable.
+        res.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
+    }
+
+    async fn send_snapshot(
+        &self,
+        vote: Vote,
+        snapshot: Snapshot,
+        ttl: Duration,
+    ) -> Result<SnapshotResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let file = snapshot
+            .snapshot
+            .reopen()
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let len = snapshot
+            .snapshot
+            .len()
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let (mut send, mut recv) = self
+            .transport
+            .open(&self.addr, rpc_kind::SNAPSHOT, ttl)
+            .await
+            .map_err(to_rpc_error)?;
+        let head = SnapshotHead {
+            vote,
+            meta: snapshot.meta.clone(),
+            len,
+        };
+        let io = |e: std::io::Error| RPCError::Network(NetworkError::new(&e));
+        unikv_net::write_frame(&mut send, &head)
+            .await
+            .map_err(to_rpc_error)?;
+        let mut file = tokio::fs::File::from_std(file);
+        tokio::io::copy(&mut file, &mut send).await.map_err(io)?;
+        send.shutdown().await.map_err(io)?;
+        let res: Result<SnapshotResponse<TypeConfig>, String> = unikv_net::read_frame(&mut recv)
+            .await
+            .map_err(to_rpc_error)?;
+        tracing::info!(peer = %self.target, bytes = len, ok = res.is_ok(), "snapshot sent");
+        res.map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotFile;
+
+    async fn append_entries(
+        &mut self,
+        req: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(rpc_kind::APPEND, &req, option.hard_ttl()).await
+    }
+
+    async fn vote(
+        &mut self,
+        req: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(rpc_kind::VOTE, &req, option.hard_ttl()).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        // Large snapshots need more than one heartbeat-sized timeout.
+        let ttl = option.hard_ttl().max(Duration::from_secs(60));
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            res = tokio::time::timeout(ttl, self.send_snapshot(vote, snapshot, ttl)) => match res {
+                Ok(res) => Ok(res?),
+                Err(_) => Err(StreamingError::Network(NetworkError::new(&std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "snapshot transfer timed out",
+                )))),
+            },
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! The node's QUIC RPC server: Raft messages from peers, KV requests from routers and
+//! forwarding followers, read-index requests, HELLO probes and forwarded membership changes.
+
+use std::sync::Arc;
+
+use openraft::Snapshot;
+use tokio::io::AsyncWriteExt;
+use unikv_net::{Handler, Incoming};
+use unikv_storage::raft_types::{SnapshotMeta, Vote};
+use unikv_storage::{SnapshotFile, TypeConfig};
+use unikv_types::{rpc_kind, KvRequest};
+
+use crate::raft_net::SnapshotHead;
+use crate::service::{AdminRequest, Node};
+
+pub struct RpcHandler {
+    pub node: Arc<Node>,
+}
+
+impl Handler for RpcHandler {
+    async fn handle(&self, kind: u8, incoming: Incoming) {
+        let remote = incoming.remote;
+        if let Err(e) = self.dispatch(kind, incoming).await {
+            tracing::debug!(kind, %remote, error = %e, "rpc failed");
+        }
+    }
+}
+
+impl RpcHandler {
+    async fn dispatch(&self, kind: u8, mut inc: Incoming) -> unikv_net::Result<()> {
+        let node = &self.node;
+        match kind {
+            rpc_kind::APPEND => {
+                let req = inc.read().await?;
+                inc.reply(&node.raft.append_entries(req).await).await
+            }
+            rpc_kind::VOTE => {
+                let req = inc.read().await?;
+                inc.reply(&node.raft.vote(req).await).await
+            }
+            rpc_kind::SNAPSHOT => self.receive_snapshot(inc).await,
+            rpc_kind::KV => {
+                let req: KvRequest = inc.read().await?;
+                inc.reply(&node.kv(req).await).await
+            }
+            rpc_kind::READ_INDEX => {
+                let () = inc.read().await?;
+                inc.reply(&node.read_index().await).await
+            }
+            rpc_kind::HELLO => {
+                let () = inc.read().await?;
+                inc.reply(&node.hello()).await
+            }
+            rpc_kind::ADMIN => {
+                let req: AdminRequest = inc.read().await?;
+                inc.reply(&node.admin(req, true).await).await
+            }
+            other => {
+                tracing::warn!(kind = other, remote = %inc.remote, "unknown rpc kind");
+                Ok(())
+            }
+        }
+    }
+
+    /// Receives a snapshot stream into a file in the snapshot folder, then installs it.
+    async fn receive_snapshot(&self, mut inc: Incoming) -> unikv_net::Result<()> {
+        let head: SnapshotHead = unikv_net::read_frame(&mut inc.recv).await?;
+        let path = unikv_storage::state_machine::incoming_path(self.node.store.snapshot_dir());
+        let received = async {
+            let mut file = tokio::fs::File::create(&path).await?;
+            let n = tokio::io::copy(&mut inc.recv, &mut file).await?;
+            if n != head.len {
+                return Err(std::io::Error::other(format!(
+                    "snapshot stream ended after {n} of {} bytes",
+                    head.len
+                )));
+            }
+            file.flush().await?;
+            file.sync_all().await?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = received {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(unikv_net::Error::Io(e));
+        }
+        let res = self.install(head.vote, head.meta, &path).await;
+        unikv_net::write_frame(&mut inc.send, &res).await?;
+        let _ = inc.send.finish();
+        Ok(())
+    }
+
+    /// Installs a received snapshot file. The error is a message: the sender only logs it.
+    async fn install(
+        &self,
+        vote: Vote,
+        meta: SnapshotMeta,
+        path: &std::path::Path,
+    ) -> Result<openraft::raft::SnapshotResponse<TypeConfig>, String> {
+        let file = SnapshotFile::open(path).map_err(|e| e.to_string())?;
+        let snapshot = Snapshot {
+            meta,
+            snapshot: file,
+        };
+        self.node
+            .raft
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,475 @@
+//! The node's request logic, shared by its HTTP API and its QUIC RPC server: KV operations
+//! (writes through Raft on the leader, forwarded from followers; linearizable reads on any
+//! member via ReadIndex), membership changes, and the facts `/raft/status` reports.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::type_config::async_runtime::WatchReceiver;
+use openraft::{ChangeMembers, ReadPolicy, ServerState};
+use serde::{Deserialize, Serialize};
+use unikv_net::Transport;
+use unikv_storage::{Command, NodeAddr, StateMachine, Store, TypeConfig};
+use unikv_types::{
+    key_slot, rpc_kind, KvError, KvReply, KvRequest, Limits, NodeId, NodeRef, ShardId, Slot,
+};
+
+use crate::config::Config;
+
+pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
+
+/// Answer to a HELLO probe: who listens at an address.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    pub shard: ShardId,
+    pub node_id: NodeId,
+    pub http: String,
+    pub raft: String,
+}
+
+/// Membership changes, possibly forwarded from a follower to the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum AdminRequest {
+    Join { node_id: NodeId, addr: String },
+    Leave { node_id: NodeId },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdminReply {
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    pub already_member: bool,
+}
+
+/// A refused or failed membership change, with the HTTP status that fits it.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct AdminError {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+}
+
+impl AdminError {
+    fn new(status: u16, code: &str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+pub struct Node {
+    pub config: Config,
+    pub raft: Raft,
+    pub store: Store,
+    pub transport: Transport,
+    pub me: NodeAddr,
+    pub limits: Limits,
+}
+
+const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long to wait between attempts while a leader is being elected.
+const LEADER_POLL: Duration = Duration::from_millis(50);
+
+fn node_ref(id: NodeId, addr: &NodeAddr) -> NodeRef {
+    NodeRef {
+        node_id: id,
+        http: addr.http.clone(),
+        raft: addr.raft.clone(),
+    }
+}
+
+impl Node {
+    pub fn id(&self) -> NodeId {
+        self.config.node()
+    }
+
+    pub fn shard(&self) -> ShardId {
+        self.config.shard()
+    }
+
+    /// The leader this node currently knows of, with its addresses.
+    pub fn leader(&self) -> Option<NodeRef> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let id = m.current_leader?;
+        let addr = m.membership_config.membership().get_node(&id)?.clone();
+        Some(node_ref(id, &addr))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow_watched().state == ServerState::Leader
+    }
+
+    pub fn hello(&self) -> Hello {
+        Hello {
+            shard: self.shard(),
+            node_id: self.id(),
+            http: self.me.http.clone(),
+            raft: self.me.raft.clone(),
+        }
+    }
+
+    fn unavailable(&self, reason: impl Into<String>) -> KvError {
+        KvError::Unavailable {
+            shard: self.shard(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Serves a KV request: validates it, then writes through Raft (forwarding to the leader
+    /// if needed) or reads linearizably. Retries while a leader is being elected, up to the
+    /// request timeout.
+    pub async fn kv(&self, req: KvRequest) -> Result<KvReply, KvError> {
+        let value = match &req.op {
+            unikv_types::KvOp::Put { value } | unikv_types::KvOp::Append { value } => {
+                Some(value.as_str())
+            }
+            _ => None,
+        };
+        self.limits.check(&req.key, value)?;
+        let slot = key_slot(req.key.as_bytes());
+        let deadline = Instant::now() + self.config.request_timeout();
+        loop {
+            let res = if req.op.is_write() {
+                self.write(slot, &req, deadline).await
+            } else {
+                self.read(slot, &req.key, deadline).await
+            };
+            match res {
+                Err(KvError::NotLeader { .. }) | Err(KvError::Unavailable { .. })
+                    if Instant::now() + LEADER_POLL < deadline && !req.forwarded =>
+                {
+                    tokio::time::sleep(LEADER_POLL).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn write(
+        &self,
+        slot: Slot,
+        req: &KvRequest,
+        deadline: Instant,
+    ) -> Result<KvReply, KvError> {
+        let cmd = Command::Kv {
+            slot,
+            key: req.key.clone(),
+            op: req.op.clone(),
+            client: req.client.clone(),
+        };
+        match self.raft.client_write(cmd).await {
+            Ok(resp) => resp.data,
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                let leader = f
+                    .leader_id
+                    .zip(f.leader_node)
+                    .map(|(id, n)| node_ref(id, &n));
+                match leader {
+                    Some(l) if !req.forwarded && l.node_id != self.id() => {
+                        self.forward(l, req, deadline).await
+                    }
+                    leader => Err(KvError::NotLeader {
+                        shard: self.shard(),
+                        leader,
+                    }),
+                }
+            }
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
+                Err(KvError::Unknown {
+                    reason: "leader changed before the write committed".into(),
+                })
+            }
+            Err(e) => Err(self.unavailable(e.to_string())),
+        }
+    }
+
+    /// Sends a write to the leader. A write that may have reached it is never resent unless it
+    /// carries a client id and sequence number (then the leader applies it at most once).
+    async fn forward(
+        &self,
+        leader: NodeRef,
+        req: &KvRequest,
+        deadline: Instant,
+    ) -> Result<KvReply, KvError> {
+        let mut fwd = req.clone();
+        fwd.forwarded = true;
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let call = self.transport.call::<_, Result<KvReply, KvError>>(
+            &leader.raft,
+            rpc_kind::KV,
+            &fwd,
+            timeout,
+        );
+        // A leader that died mid-request never answers: stop waiting once another is known.
+        let outcome = tokio::select! {
+            r = call => r,
+            () = self.leader_moved_from(leader.node_id) => {
+                return if req.client.is_some() {
+                    Err(self.unavailable(format!("leader {} replaced while forwarding", leader.node_id)))
+                } else {
+                    Err(KvError::Unknown {
+                        reason: format!("leader {} replaced before it answered", leader.node_id),
+                    })
+                };
+            }
+        };
+        match outcome {
+            Ok(res) => res,
+            Err(e) if e.not_sent() || req.client.is_some() => {
+                Err(self.unavailable(format!("leader {} unreachable: {e}", leader.node_id)))
+            }
+            Err(e) => Err(KvError::Unknown {
+                reason: format!("forwarding to leader {} failed: {e}", leader.node_id),
+            }),
+        }
+    }
+
+    /// Completes once this node knows a leader other than `old`.
+    async fn leader_moved_from(&self, old: NodeId) {
+        let mut rx = self.raft.metrics();
+        loop {
+            let current = rx.borrow_watched().current_leader;
+            if current.is_some_and(|l| l != old) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    async fn read(&self, slot: Slot, key: &str, deadline: Instant) -> Result<KvReply, KvError> {
+        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            Ok(_) => {}
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                let Some(leader) = f.leader_node else {
+                    return Err(self.unavailable("no leader known"));
+                };
+                let timeout = deadline.saturating_duration_since(Instant::now());
+                let call = self.transport.call::<_, Result<u64, KvError>>(
+                    &leader.raft,
+                    rpc_kind::READ_INDEX,
+                    &(),
+                    timeout,
+                );
+                let index = tokio::select! {
+                    r = call => r.map_err(|e| self.unavailable(format!("leader unreachable: {e}")))??,
+                    () = self.leader_moved_from(f.leader_id.unwrap_or_default()) => {
+                        return Err(self.unavailable("leader changed during the read"));
+                    }
+                };
+                let timeout = deadline.saturating_duration_since(Instant::now());
+                self.raft
+                    .wait(Some(timeout))
+                    .applied_index_at_least(Some(index), "linearizable read")
+                    .await
+                    .map_err(|e| {
+                        self.unavailable(format!("catching up to read index {index}: {e}"))
+                    })?;
+            }
+            Err(RaftError::APIError(e)) => return Err(self.unavailable(e.to_string())),
+            Err(e) => return Err(self.unavailable(e.to_string())),
+        }
+        let descriptor = self.store.descriptor();
+        if !descriptor.initialised {
+            return Err(self.unavailable("the shard has not claimed its slots yet"));
+        }
+        if descriptor.owns(slot).is_none() {
+            return Err(KvError::WrongShard {
+                slot,
+                shard: self.shard(),
+                owner: None,
+                epoch: None,
+            });
+        }
+        self.store
+            .get(slot, key)
+            .map(KvReply::Value)
+            .map_err(|e| KvError::Internal(e.to_string()))
+    }
+
+    /// On the leader: confirms leadership with a quorum and returns the index a follower must
+    /// apply before serving a linearizable read.
+    pub async fn read_index(&self) -> Result<u64, KvError> {
+        match self.raft.get_read_log_id(ReadPolicy::ReadIndex).await {
+            Ok((read_log_id, _)) => Ok(read_log_id.index()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                Err(KvError::NotLeader {
+                    shard: self.shard(),
+                    leader: f
+                        .leader_id
+                        .zip(f.leader_node)
+                        .map(|(id, n)| node_ref(id, &n)),
+                })
+            }
+            Err(e) => Err(self.unavailable(e.to_string())),
+        }
+    }
+
+    /// Applies a membership change on the leader, forwarding it there if this node is not.
+    pub async fn admin(
+        &self,
+        req: AdminRequest,
+        forwarded: bool,
+    ) -> Result<AdminReply, AdminError> {
+        if !self.is_leader() {
+            if forwarded {
+                return Err(AdminError::new(
+                    503,
+                    "not_leader",
+                    "the receiving node is not the leader",
+                ));
+            }
+            let leader = self.wait_for_leader().await.ok_or_else(|| {
+                AdminError::new(503, "unavailable", "no leader known for this shard")
+            })?;
+            if leader.node_id != self.id() {
+                let res = self
+                    .transport
+                    .call::<_, Result<AdminReply, AdminError>>(
+                        &leader.raft,
+                        rpc_kind::ADMIN,
+                        &req,
+                        self.config.request_timeout() * 6,
+                    )
+                    .await
+                    .map_err(|e| {
+                        AdminError::new(503, "unavailable", format!("leader unreachable: {e}"))
+                    })?;
+                return res;
+            }
+        }
+        match req {
+            AdminRequest::Join { node_id, addr } => self.join(node_id, addr).await,
+            AdminRequest::Leave { node_id } => self.leave(node_id).await,
+        }
+    }
+
+    async fn wait_for_leader(&self) -> Option<NodeRef> {
+        let deadline = Instant::now() + self.config.request_timeout();
+        loop {
+            if let Some(l) = self.leader() {
+                return Some(l);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(LEADER_POLL).await;
+        }
+    }
+
+    fn members(&self) -> (Vec<NodeId>, Vec<NodeId>) {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let mem = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = mem.voter_ids().collect();
+        let learners = mem
+            .nodes()
+            .map(|(id, _)| *id)
+            .filter(|id| !voters.contains(id))
+            .collect();
+        (voters.into_iter().collect(), learners)
+    }
+
+    fn admin_reply(&self, already_member: bool) -> AdminReply {
+        let (voters, learners) = self.members();
+        AdminReply {
+            voters,
+            learners,
+            already_member,
+        }
+    }
+
+    async fn join(&self, node_id: NodeId, addr: String) -> Result<AdminReply, AdminError> {
+        let hello: Hello = self
+            .transport
+            .call(&addr, rpc_kind::HELLO, &(), HELLO_TIMEOUT)
+            .await
+            .map_err(|e| {
+                AdminError::new(
+                    400,
+                    "unreachable",
+                    format!("cannot reach a unikv node at {addr}: {e}"),
+                )
+            })?;
+        if hello.shard != self.shard() {
+            return Err(AdminError::new(
+                400,
+                "wrong_shard",
+                format!(
+                    "node at {addr} belongs to shard {}, not {}",
+                    hello.shard,
+                    self.shard()
+                ),
+            ));
+        }
+        if hello.node_id != node_id {
+            return Err(AdminError::new(
+                400,
+                "node_id_mismatch",
+                format!(
+                    "node at {addr} has node id {}, not {node_id}",
+                    hello.node_id
+                ),
+            ));
+        }
+        let (voters, _) = self.members();
+        if voters.contains(&node_id) {
+            return Ok(self.admin_reply(true));
+        }
+        let node = NodeAddr {
+            raft: addr.clone(),
+            http: hello.http,
+        };
+        let map_err = |e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>| {
+            AdminError::new(503, "membership_change_failed", e.to_string())
+        };
+        self.raft
+            .add_learner(node_id, node, true)
+            .await
+            .map_err(map_err)?;
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false)
+            .await
+            .map_err(map_err)?;
+        tracing::info!(shard = %self.shard(), node = %node_id, %addr, "member joined");
+        Ok(self.admin_reply(false))
+    }
+
+    async fn leave(&self, node_id: NodeId) -> Result<AdminReply, AdminError> {
+        let (voters, learners) = self.members();
+        if !voters.contains(&node_id) && !learners.contains(&node_id) {
+            return Err(AdminError::new(
+                404,
+                "not_member",
+                format!("node {node_id} is not a member"),
+            ));
+        }
+        if voters == [node_id] {
+            return Err(AdminError::new(
+                400,
+                "last_voter",
+                "cannot remove the last voter of a shard",
+            ));
+        }
+        let change = if voters.contains(&node_id) {
+            ChangeMembers::RemoveVoters(BTreeSet::from([node_id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([node_id]))
+        };
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| AdminError::new(503, "membership_change_failed", e.to_string()))?;
+        tracing::info!(shard = %self.shard(), node = %node_id, "member left");
+        Ok(self.admin_reply(false))
+    }
+}
+
+pub type SharedNode = Arc<Node>;
