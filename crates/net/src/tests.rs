@@ -261,6 +261,7 @@ async fn foreign_ca_is_rejected() {
             leaf_cert: foreign.inner.leaf_cert.clone(),
             leaf_key: foreign.inner.leaf_key.clone(),
             common_name: "impostor".into(),
+            reset_seed: foreign.inner.reset_seed,
         }),
     };
     let impostor = Transport::client(&impostor).expect("client");

@@ -135,11 +135,11 @@ pub fn apply_entries(db: &Db, meta: &mut SmMeta, entries: &[Entry]) -> Result<Ve
     };
     let mut out = Vec::with_capacity(entries.len());
     for entry in entries {
-        meta.applied = Some(entry.log_id.clone());
+        meta.applied = Some(entry.log_id);
         let res = match &entry.payload {
             EntryPayload::Blank => Ok(KvReply::Written),
             EntryPayload::Membership(m) => {
-                meta.membership = StoredMembership::new(Some(entry.log_id.clone()), m.clone());
+                meta.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                 Ok(KvReply::Written)
             }
             EntryPayload::Normal(cmd) => apply_command(&mut ov, meta, cmd)?,

@@ -56,7 +56,7 @@ impl Store {
     }
 
     pub fn applied(&self) -> Option<LogId> {
-        read_lock(&self.shared.meta).applied.clone()
+        read_lock(&self.shared.meta).applied
     }
 
     pub fn db(&self) -> &Db {
@@ -157,7 +157,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let rs = db.raw().snapshot();
             let meta = SmMeta::load_at(db, &rs, shared.shard)?;
             let snap_meta = SnapshotMeta {
-                last_log_id: meta.applied.clone(),
+                last_log_id: meta.applied,
                 last_membership: meta.membership.clone(),
             };
             let header = SnapshotHeader {
@@ -190,7 +190,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
         let m = read_lock(&self.shared.meta);
-        Ok((m.applied.clone(), m.membership.clone()))
+        Ok((m.applied, m.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -261,7 +261,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 });
             }
             let new_meta = SmMeta {
-                applied: meta.last_log_id.clone(),
+                applied: meta.last_log_id,
                 membership: meta.last_membership.clone(),
                 descriptor: header.descriptor,
             };

@@ -1,0 +1,28 @@
+-- wrk script for a unikv node or router, shaped like ../shared/anchors/etcd_kv.lua so the two
+-- are comparable: 8-byte keys, 256-byte values, POST with a JSON body.
+-- env: MODE=put|get, KEYS=number of distinct keys
+local mode = os.getenv("MODE") or "put"
+local nkeys = tonumber(os.getenv("KEYS") or "10000")
+local val = string.rep("v", 256)
+local keys = {}
+for i = 0, nkeys - 1 do keys[i] = string.format("k%07d", i) end
+local ctr = 0
+local hdr = { ["Content-Type"] = "application/json" }
+local tid = 0
+function setup(thread) thread:set("tid", tid); tid = tid + 1 end
+function init(args) ctr = (tid or 0) * 7919 end
+function request()
+  ctr = ctr + 1
+  local k = keys[ctr % nkeys]
+  if mode == "put" then
+    return wrk.format("POST", "/put", hdr, '{"key":"' .. k .. '","val":"' .. val .. '"}')
+  end
+  return wrk.format("POST", "/get", hdr, '{"key":"' .. k .. '"}')
+end
+function done(summary, latency, requests)
+  local s = summary.duration / 1e6
+  io.write(string.format("RESULT mode=%s reqs=%d rps=%.0f p50=%.2fms p90=%.2fms p99=%.2fms max=%.2fms non2xx=%d errs=%d\n",
+    mode, summary.requests, summary.requests / s, latency:percentile(50) / 1000, latency:percentile(90) / 1000,
+    latency:percentile(99) / 1000, latency.max / 1000, summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
