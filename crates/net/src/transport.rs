@@ -39,7 +39,8 @@ impl Transport {
     pub fn bind(addr: SocketAddr, tls: &ClusterTls) -> Result<Transport> {
         let socket = std::net::UdpSocket::bind(addr)?;
         let local = socket.local_addr()?;
-        let config = quinn::EndpointConfig::new(Arc::new(tls.reset_key(local)));
+        let mut config = quinn::EndpointConfig::new(Arc::new(tls.reset_key(local)));
+        config.cid_generator(|| Box::new(RestartSafeCids::default()));
         let runtime = quinn::default_runtime()
             .ok_or_else(|| std::io::Error::other("no async runtime for QUIC"))?;
         let mut endpoint = Endpoint::new(config, Some(tls.server_config()?), socket, runtime)?;
@@ -175,6 +176,49 @@ impl Transport {
         let conn = connecting.await.map_err(|e| Error::dial(addr, e))?;
         tracing::debug!(peer = addr, remote = %target, "connected");
         Ok(conn)
+    }
+}
+
+/// Connection ids that a restarted endpoint still accepts as "ours". quinn's default generator
+/// signs ids with a per-process key and silently drops packets whose id it did not sign, so a
+/// restarted node would ignore its peers' stale connections instead of answering them with a
+/// stateless reset. Random ids with no signature make every unknown short-header packet get a
+/// reset (rate-limited by quinn, and only ever smaller than the packet that caused it); with the
+/// stable reset key the peer accepts that reset and redials at once.
+struct RestartSafeCids {
+    rng: ring::rand::SystemRandom,
+}
+
+impl Default for RestartSafeCids {
+    fn default() -> Self {
+        Self {
+            rng: ring::rand::SystemRandom::new(),
+        }
+    }
+}
+
+const CID_LEN: usize = 8;
+
+impl quinn::ConnectionIdGenerator for RestartSafeCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        let mut bytes = [0u8; CID_LEN];
+        // SystemRandom only fails if the OS has no entropy source at all.
+        if ring::rand::SecureRandom::fill(&self.rng, &mut bytes).is_err() {
+            bytes = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or_default()
+                .to_le_bytes();
+        }
+        quinn::ConnectionId::new(&bytes)
+    }
+
+    fn cid_len(&self) -> usize {
+        CID_LEN
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
     }
 }
 

@@ -203,6 +203,9 @@ impl Config {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
             max_in_snapshot_log_to_keep: self.keep_logs,
             install_snapshot_timeout: 10_000,
+            // A restarted or partitioned node asks before campaigning, so it cannot force a
+            // healthy leader through needless elections.
+            enable_pre_vote: Some(true),
             ..Default::default()
         };
         c.validate().map_err(|e| Error::Config(e.to_string()))

@@ -19,6 +19,10 @@ use unikv_storage::raft_types::{Snapshot, SnapshotMeta, Vote};
 use unikv_storage::{NodeAddr, SnapshotFile, TypeConfig};
 use unikv_types::{rpc_kind, NodeId};
 
+/// Opening the snapshot stream must fail fast when the peer is down: openraft retries after a
+/// short backoff, and a dial to a dead peer would otherwise wait for QUIC's idle timeout.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Creates a client per peer; all share the transport's connection pool.
 #[derive(Clone)]
 pub struct Network {
@@ -95,7 +99,7 @@ impl PeerClient {
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let (mut send, mut recv) = self
             .transport
-            .open(&self.addr, rpc_kind::SNAPSHOT, ttl)
+            .open(&self.addr, rpc_kind::SNAPSHOT, OPEN_TIMEOUT.min(ttl))
             .await
             .map_err(to_rpc_error)?;
         let head = SnapshotHead {
@@ -135,6 +139,14 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.call(rpc_kind::VOTE, &req, option.hard_ttl()).await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        req: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(rpc_kind::PRE_VOTE, &req, option.hard_ttl()).await
     }
 
     async fn full_snapshot(

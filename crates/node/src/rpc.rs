@@ -38,6 +38,10 @@ impl RpcHandler {
                 let req = inc.read().await?;
                 inc.reply(&node.raft.vote(req).await).await
             }
+            rpc_kind::PRE_VOTE => {
+                let req = inc.read().await?;
+                inc.reply(&node.raft.pre_vote(req).await).await
+            }
             rpc_kind::SNAPSHOT => self.receive_snapshot(inc).await,
             rpc_kind::KV => {
                 let req: KvRequest = inc.read().await?;

@@ -22,6 +22,8 @@ pub mod rpc_kind {
     pub const VOTE: u8 = 2;
     /// Raft full snapshot, streamed (node → node).
     pub const SNAPSHOT: u8 = 3;
+    /// Raft Pre-Vote: would you vote for me? (node → node, changes nothing).
+    pub const PRE_VOTE: u8 = 4;
     /// A KV request (router or forwarding node → node).
     pub const KV: u8 = 10;
     /// Ask a leader for a read index so a follower can serve a linearizable read locally.

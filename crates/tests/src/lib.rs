@@ -1,0 +1,98 @@
+//! Harness for real-process tests of `unikv-node`: start a 3-node shard in a tempdir, talk to
+//! it over HTTP, kill -9 and restart nodes, and check data.
+
+pub mod api;
+pub mod cluster;
+pub mod ports;
+pub mod wait;
+
+use std::sync::Arc;
+
+pub use api::{Api, Body, LeaderInfo, Method, RaftStatus, Resp};
+pub use cluster::{node_bin, Cluster, SHARD_ID, WAIT};
+pub use ports::{alloc_port, alloc_ports, port_is_free};
+pub use wait::{try_wait_until, wait_until, wait_until_ok};
+
+/// A key unique to this process and call, e.g. `"{prefix}-<random>"`.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:016x}", rand::random::<u64>())
+}
+
+/// Puts every `(key, value)` with `concurrency` parallel workers, each sending its share to
+/// the nodes in `nodes` in turn. Returns the pairs whose put did not answer 200, with the
+/// answer (or transport error).
+pub async fn put_all(
+    api: &Api,
+    nodes: &[u64],
+    kvs: &[(String, String)],
+    concurrency: usize,
+) -> Vec<String> {
+    run_striped(api, nodes, kvs, concurrency, |api, node, k, v| async move {
+        match api.put(node, &k, &v).await {
+            Ok(r) if r.is_ok() => None,
+            Ok(r) => Some(format!("put {k:?} on node {node}: {r}")),
+            Err(e) => Some(format!("put {k:?} on node {node}: {e:#}")),
+        }
+    })
+    .await
+}
+
+/// Reads every key with `concurrency` parallel workers, spreading reads over `nodes`; returns
+/// a description of every key whose value is not the expected one.
+pub async fn check_values(
+    api: &Api,
+    nodes: &[u64],
+    kvs: &[(String, String)],
+    concurrency: usize,
+) -> Vec<String> {
+    run_striped(api, nodes, kvs, concurrency, |api, node, k, v| async move {
+        match api.get_value(node, &k).await {
+            Ok(Some(got)) if got == v => None,
+            Ok(got) => Some(format!(
+                "key {k:?} on node {node}: expected {v:?}, got {got:?}"
+            )),
+            Err(e) => Some(format!("key {k:?} on node {node}: {e:#}")),
+        }
+    })
+    .await
+}
+
+async fn run_striped<F, Fut>(
+    api: &Api,
+    nodes: &[u64],
+    kvs: &[(String, String)],
+    concurrency: usize,
+    op: F,
+) -> Vec<String>
+where
+    F: Fn(Api, u64, String, String) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Option<String>> + Send + 'static,
+{
+    assert!(!nodes.is_empty(), "no nodes given");
+    let workers = concurrency.max(1);
+    let kvs: Arc<Vec<(String, String)>> = Arc::new(kvs.to_vec());
+    let nodes: Arc<Vec<u64>> = Arc::new(nodes.to_vec());
+    let op = Arc::new(op);
+    let mut set = tokio::task::JoinSet::new();
+    for w in 0..workers {
+        let (api, kvs, nodes, op) = (api.clone(), kvs.clone(), nodes.clone(), op.clone());
+        set.spawn(async move {
+            let mut failures = Vec::new();
+            let mut i = w;
+            while i < kvs.len() {
+                let (k, v) = kvs[i].clone();
+                let node = nodes[i % nodes.len()];
+                if let Some(f) = op(api.clone(), node, k, v).await {
+                    failures.push(f);
+                }
+                i += workers;
+            }
+            failures
+        });
+    }
+    let mut failures = Vec::new();
+    while let Some(res) = set.join_next().await {
+        failures.extend(res.expect("worker task panicked"));
+    }
+    failures
+}
