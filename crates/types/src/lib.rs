@@ -4,11 +4,13 @@
 //! This crate deliberately has no storage or Raft dependency so that the router (and tools) can
 //! use the wire types without pulling RocksDB in.
 
+pub mod cluster;
 pub mod ids;
 pub mod kv;
 pub mod limits;
 pub mod slot;
 
+pub use cluster::{Role, ShardState};
 pub use ids::{Epoch, NodeId, ShardId};
 pub use kv::{ClientSeq, KvError, KvOp, KvReply, KvRequest, NodeRef};
 pub use limits::Limits;

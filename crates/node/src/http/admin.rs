@@ -7,11 +7,11 @@ use axum::response::Response;
 use serde_json::json;
 use unikv_types::NodeId;
 
-use super::params::Params;
-use super::reply::ok;
 use super::ApiError;
 use crate::service::{AdminReply, AdminRequest, Node};
 use crate::status;
+use unikv_http::ok;
+use unikv_http::Params;
 
 const MAX_ADMIN_BODY: usize = 64 * 1024;
 

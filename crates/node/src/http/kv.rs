@@ -7,10 +7,10 @@ use axum::response::Response;
 use serde_json::json;
 use unikv_types::{KvOp, KvReply, KvRequest};
 
-use super::params::Params;
-use super::reply::{json_ok, ok};
 use super::ApiError;
 use crate::service::Node;
+use unikv_http::Params;
+use unikv_http::{json_ok, ok};
 
 /// Body limit: a maximal value plus room for the key and other fields.
 fn max_body(node: &Node) -> usize {

@@ -4,15 +4,14 @@
 
 mod admin;
 mod kv;
-mod params;
-mod reply;
 
 use std::sync::Arc;
 
 use axum::routing::{delete, get, post};
 use axum::Router;
 
-pub use reply::ApiError;
+use unikv_http as reply;
+pub use unikv_http::ApiError;
 
 use crate::service::Node;
 
@@ -66,4 +65,12 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .fallback(reply::not_found)
         .with_state(node)
+}
+
+impl From<crate::service::AdminError> for ApiError {
+    fn from(e: crate::service::AdminError) -> Self {
+        let status = axum::http::StatusCode::from_u16(e.status)
+            .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        ApiError::new(status, &e.code, e.message)
+    }
 }

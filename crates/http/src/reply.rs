@@ -6,8 +6,6 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 use unikv_types::KvError;
 
-use crate::service::AdminError;
-
 /// An error answered as `{"error": message, "code": code, ...details}`.
 #[derive(Debug)]
 pub struct ApiError {
@@ -69,13 +67,6 @@ impl From<KvError> for ApiError {
             KvError::Unavailable { shard, .. } => err.with("shard", shard),
             _ => err,
         }
-    }
-}
-
-impl From<AdminError> for ApiError {
-    fn from(e: AdminError) -> Self {
-        let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        ApiError::new(status, &e.code, e.message)
     }
 }
 

@@ -9,7 +9,7 @@ use axum::http::{header, StatusCode};
 use serde_json::Value;
 use unikv_types::ClientSeq;
 
-use super::ApiError;
+use crate::ApiError;
 
 pub struct Params(HashMap<String, String>);
 
