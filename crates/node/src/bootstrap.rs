@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use unikv_gossip::ClusterView;
 use unikv_storage::Command;
 use unikv_types::slot::initial_range;
-use unikv_types::Epoch;
+use unikv_types::{Epoch, ShardId, SlotRange};
 
 use crate::error::{Error, Result};
 use crate::service::Node;
@@ -36,25 +37,72 @@ pub async fn initialize_if_fresh(node: &Node) -> Result<()> {
     Ok(())
 }
 
+/// What the first leader of a fresh shard should claim.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// Not decidable yet: some initial shards have not appeared in gossip.
+    Wait { missing: Vec<u64> },
+    /// Claim these ranges at epoch 1.
+    Ranges(Vec<SlotRange>),
+}
+
+/// Decides the initial claim of `shard` in a cluster started with `initial_shards` shards.
+///
+/// Initial shards split the slots deterministically (`initial_range`), so they never overlap
+/// each other. The danger is a shard started later with flags that make it look initial (its
+/// `--peer_shards` count makes `initial_shards` cover its id): it must claim nothing. So a
+/// shard claims only once every other initial shard is visible in gossip, and only if no shard
+/// already owns any slot of its range; otherwise it starts empty and receives slots by moves.
+pub fn decide_claim(shard: ShardId, initial_shards: u64, view: &ClusterView) -> Claim {
+    let Some(mine) = initial_range(shard.0, initial_shards) else {
+        return Claim::Ranges(Vec::new());
+    };
+    let overlaps = view
+        .shards
+        .values()
+        .any(|s| s.id != shard && s.slots.iter().any(|(r, _)| r.0 <= mine.1 && mine.0 <= r.1));
+    if overlaps {
+        return Claim::Ranges(Vec::new());
+    }
+    let missing: Vec<u64> = (1..=initial_shards)
+        .filter(|id| *id != shard.0 && !view.shards.contains_key(&ShardId(*id)))
+        .collect();
+    if missing.is_empty() {
+        Claim::Ranges(vec![mine])
+    } else {
+        Claim::Wait { missing }
+    }
+}
+
 /// Until the shard's descriptor is initialised, proposes the initial slot claim whenever this
-/// node is the leader.
+/// node is the leader and the claim is decidable.
 pub fn spawn_slot_claim(
     node: Arc<Node>,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let shards = node.config.initial_shards();
-        let ranges: Vec<_> = initial_range(node.shard().0, shards).into_iter().collect();
+        let mut last_missing = Vec::new();
         while !node.store.descriptor().initialised {
             if node.is_leader() {
-                let cmd = Command::Bootstrap {
-                    shard: node.shard(),
-                    ranges: ranges.clone(),
-                    epoch: Epoch(1),
-                };
-                match node.raft.client_write(cmd).await {
-                    Ok(_) => continue,
-                    Err(e) => tracing::debug!(error = %e, "slot claim not committed yet"),
+                match decide_claim(node.shard(), shards, &node.gossip.view()) {
+                    Claim::Ranges(ranges) => {
+                        let cmd = Command::Bootstrap {
+                            shard: node.shard(),
+                            ranges,
+                            epoch: Epoch(1),
+                        };
+                        match node.raft.client_write(cmd).await {
+                            Ok(_) => continue,
+                            Err(e) => tracing::debug!(error = %e, "slot claim not committed yet"),
+                        }
+                    }
+                    Claim::Wait { missing } => {
+                        if missing != last_missing {
+                            tracing::info!(shard = %node.shard(), ?missing, "waiting for the other initial shards to appear in gossip before claiming slots");
+                            last_missing = missing;
+                        }
+                    }
                 }
             }
             tokio::select! {
@@ -63,4 +111,74 @@ pub fn spawn_slot_claim(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use unikv_gossip::ShardView;
+
+    fn shard(id: u64, slots: &[(u16, u16)]) -> ShardView {
+        ShardView {
+            id: ShardId(id),
+            leader: None,
+            term: 1,
+            members: Vec::new(),
+            slots: slots
+                .iter()
+                .map(|(lo, hi)| (SlotRange(*lo, *hi), Epoch(1)))
+                .collect(),
+            descriptor_version: u64::from(!slots.is_empty()),
+            initialised: !slots.is_empty(),
+            state: unikv_types::ShardState::Active,
+        }
+    }
+
+    fn view(shards: Vec<ShardView>) -> ClusterView {
+        ClusterView {
+            shards: shards.into_iter().map(|s| (s.id, s)).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn single_shard_claims_everything_at_once() {
+        assert_eq!(
+            decide_claim(ShardId(1), 1, &view(vec![])),
+            Claim::Ranges(vec![SlotRange(0, 16383)])
+        );
+    }
+
+    #[test]
+    fn initial_shards_wait_for_each_other_then_claim_their_split() {
+        let v = view(vec![shard(2, &[])]);
+        assert_eq!(
+            decide_claim(ShardId(1), 3, &v),
+            Claim::Wait { missing: vec![3] }
+        );
+        let v = view(vec![shard(2, &[]), shard(3, &[(10923, 16383)])]);
+        assert_eq!(
+            decide_claim(ShardId(1), 3, &v),
+            Claim::Ranges(vec![SlotRange(0, 5460)])
+        );
+    }
+
+    #[test]
+    fn late_shard_claims_nothing() {
+        let existing = view(vec![
+            shard(1, &[(0, 5460)]),
+            shard(2, &[(5461, 10922)]),
+            shard(3, &[(10923, 16383)]),
+        ]);
+        // Started with 3 peers: it computes 4 initial shards, but its range is owned already.
+        assert_eq!(
+            decide_claim(ShardId(4), 4, &existing),
+            Claim::Ranges(vec![])
+        );
+        // Started with 2 peers: it is outside the initial split.
+        assert_eq!(
+            decide_claim(ShardId(4), 3, &existing),
+            Claim::Ranges(vec![])
+        );
+    }
 }

@@ -37,7 +37,18 @@ pub struct Config {
     /// by the first node that needs it [default: data/tls].
     #[arg(long = "tls_dir", alias = "tls-dir")]
     pub tls_dir: Option<PathBuf>,
-    /// Interface the HTTP server binds.
+    /// UDP port for gossip [default: the HTTP port number]. Nodes named in --peer_shards are
+    /// reached for gossip at the same port number over UDP.
+    #[arg(long = "gossip_port", alias = "gossip-port")]
+    pub gossip_port: Option<u16>,
+    /// Gossip round interval.
+    #[arg(
+        long = "gossip_interval_ms",
+        alias = "gossip-interval-ms",
+        default_value_t = 200
+    )]
+    pub gossip_interval_ms: u64,
+    /// Interface the HTTP server (and gossip) binds.
     #[arg(long = "http_host", alias = "http-host", default_value = "0.0.0.0")]
     pub http_host: String,
     /// Whether this node initialises a fresh Raft group [default: true for node 1].
@@ -118,12 +129,23 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from("data/tls"))
     }
 
+    pub fn gossip_port(&self) -> u16 {
+        self.gossip_port.unwrap_or(self.port)
+    }
+
+    /// Gossip seeds: the `--peer_shards` entries, `host:port` (a bare port means localhost).
     pub fn peer_shards(&self) -> Vec<String> {
         self.peer_shards
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .map(String::from)
+            .map(|s| {
+                if s.parse::<u16>().is_ok() {
+                    format!("localhost:{s}")
+                } else {
+                    s.to_string()
+                }
+            })
             .collect()
     }
 

@@ -8,6 +8,8 @@ pub enum Error {
     Storage(#[from] unikv_storage::Error),
     #[error("transport: {0}")]
     Net(#[from] unikv_net::Error),
+    #[error("gossip: {0}")]
+    Gossip(String),
     #[error("raft: {0}")]
     Raft(String),
     #[error("io: {0}")]

@@ -9,6 +9,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod membership_gossip;
 pub mod raft_net;
 pub mod rpc;
 pub mod service;
@@ -62,6 +63,7 @@ pub async fn run(
     let raft = service::Raft::new(config.node(), raft_config, network, log_store, sm)
         .await
         .map_err(|e| Error::Raft(e.to_string()))?;
+    let gossip = membership_gossip::start(&config).await?;
     let me = NodeAddr {
         raft: config.raft_addr.clone(),
         http: config.http_addr(),
@@ -73,6 +75,7 @@ pub async fn run(
         store,
         transport: transport.clone(),
         me,
+        gossip,
     });
     tracing::info!(
         shard = %node.shard(), node = %node.id(), raft = %quic_addr,
@@ -92,6 +95,7 @@ pub async fn run(
                 .await
         })
     };
+    let publisher = membership_gossip::spawn_publisher(node.clone(), stop_rx.clone());
     bootstrap::initialize_if_fresh(&node).await?;
     let claim_task = bootstrap::spawn_slot_claim(node.clone(), stop_rx.clone());
 
@@ -109,11 +113,13 @@ pub async fn run(
     tracing::info!(shard = %node.shard(), node = %node.id(), "shutting down");
     let _ = stop_tx.send(true);
     let _ = claim_task.await;
+    let _ = publisher.await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), http_task).await;
     if let Err(e) = node.raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
     }
     let _ = rpc_task.await;
+    node.gossip.shutdown().await;
     transport.close().await;
     Ok(())
 }

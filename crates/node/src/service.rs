@@ -69,6 +69,7 @@ pub struct Node {
     pub transport: Transport,
     pub me: NodeAddr,
     pub limits: Limits,
+    pub gossip: unikv_gossip::Gossip,
 }
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
@@ -141,6 +142,12 @@ impl Node {
                 self.read(slot, &req.key, deadline).await
             };
             match res {
+                Err(KvError::WrongShard {
+                    slot,
+                    shard,
+                    owner: None,
+                    ..
+                }) => return Err(self.wrong_shard(slot, shard)),
                 Err(KvError::NotLeader { .. }) | Err(KvError::Unavailable { .. })
                     if Instant::now() + LEADER_POLL < deadline && !req.forwarded =>
                 {
@@ -148,6 +155,17 @@ impl Node {
                 }
                 other => return other,
             }
+        }
+    }
+
+    /// A `WrongShard` answer with the owner this node believes in, from gossip.
+    fn wrong_shard(&self, slot: Slot, shard: ShardId) -> KvError {
+        let owner = self.gossip.view().owner_of(slot);
+        KvError::WrongShard {
+            slot,
+            shard,
+            owner: owner.map(|(s, _)| s),
+            epoch: owner.map(|(_, e)| e),
         }
     }
 
@@ -281,12 +299,7 @@ impl Node {
             return Err(self.unavailable("the shard has not claimed its slots yet"));
         }
         if descriptor.owns(slot).is_none() {
-            return Err(KvError::WrongShard {
-                slot,
-                shard: self.shard(),
-                owner: None,
-                epoch: None,
-            });
+            return Err(self.wrong_shard(slot, self.shard()));
         }
         self.store
             .get(slot, key)

@@ -4,6 +4,7 @@
 use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::ServerState;
 use serde_json::{json, Value};
+use unikv_types::{Epoch, SlotRange};
 
 use crate::service::Node;
 
@@ -47,32 +48,111 @@ pub fn raft_status(node: &Node) -> Value {
     })
 }
 
-/// `/config`: the cluster as this node knows it (for now: its own shard).
+/// `/config`: the whole cluster as this node knows it: every shard from gossip, with this
+/// node's own shard taken from its local Raft state and applied descriptor (fresher than any
+/// gossip about it). `version` is the topology version: the sum of all shards' descriptor
+/// versions, so it increases with every ownership change anywhere.
 pub fn cluster_config(node: &Node) -> Value {
+    let view = node.gossip.view();
+    let mut shards: Vec<Value> = Vec::new();
+    let mut version = 0u64;
+    let own = node.shard();
+    for (id, s) in &view.shards {
+        if *id == own {
+            continue;
+        }
+        version += s.descriptor_version;
+        let members: Vec<Value> = s
+            .members
+            .iter()
+            .map(|m| json!({"node_id": m.node_id.0, "http": m.http, "raft": m.raft, "role": m.role.as_str(), "live": m.live}))
+            .collect();
+        shards.push(shard_json(
+            id.0,
+            s.state.as_str(),
+            json!(s.leader),
+            s.term,
+            members,
+            &s.slots,
+            s.descriptor_version,
+        ));
+    }
+    let (own_json, own_version) = own_shard(node, &view);
+    version += own_version;
+    shards.push(own_json);
+    shards.sort_by_key(|s| s["id"].as_u64());
+    json!({"version": version, "shards": shards})
+}
+
+fn own_shard(node: &Node, view: &unikv_gossip::ClusterView) -> (Value, u64) {
     let m = node.raft.metrics().borrow_watched().clone();
     let d = node.store.descriptor();
+    let gossip_members = view
+        .shard(node.shard())
+        .map(|s| s.members.clone())
+        .unwrap_or_default();
     let members: Vec<Value> = m
         .membership_config
         .membership()
         .nodes()
-        .map(|(id, addr)| json!({"node_id": id.0, "http": addr.http, "raft": addr.raft}))
+        .map(|(id, addr)| {
+            let g = gossip_members.iter().find(|g| g.node_id == *id);
+            let live = *id == node.id() || g.is_some_and(|g| g.live);
+            let role = if *id == node.id() {
+                crate::membership_gossip::role_of(m.state).as_str()
+            } else {
+                g.map(|g| g.role.as_str()).unwrap_or("unknown")
+            };
+            json!({"node_id": id.0, "http": addr.http, "raft": addr.raft, "role": role, "live": live})
+        })
         .collect();
-    let slots: Vec<[u16; 2]> = d.slot_ranges().iter().map(|r| [r.0, r.1]).collect();
-    let epochs: Vec<Value> = d
+    let slots: Vec<(SlotRange, Epoch)> = d
         .ranges
         .iter()
-        .map(|r| json!({"lo": r.lo, "hi": r.hi, "epoch": r.epoch.0}))
+        .map(|r| (SlotRange(r.lo, r.hi), r.epoch))
+        .collect();
+    let v = shard_json(
+        node.shard().0,
+        unikv_types::ShardState::Active.as_str(),
+        json!(node.leader()),
+        m.current_term,
+        members,
+        &slots,
+        d.version,
+    );
+    (v, d.version)
+}
+
+fn shard_json(
+    id: u64,
+    state: &str,
+    leader: Value,
+    term: u64,
+    members: Vec<Value>,
+    slots: &[(SlotRange, Epoch)],
+    descriptor_version: u64,
+) -> Value {
+    let count: usize = slots.iter().map(|(r, _)| r.len()).sum();
+    let mut merged: Vec<[u16; 2]> = Vec::new();
+    for (r, _) in slots {
+        match merged.last_mut() {
+            Some(last) if u32::from(last[1]) + 1 == u32::from(r.0) => last[1] = r.1,
+            _ => merged.push([r.0, r.1]),
+        }
+    }
+    let epochs: Vec<Value> = slots
+        .iter()
+        .map(|(r, e)| json!({"lo": r.0, "hi": r.1, "epoch": e.0}))
         .collect();
     json!({
-        "version": d.version,
-        "shards": [{
-            "id": node.shard().0,
-            "state": "active",
-            "leader": node.leader(),
-            "members": members,
-            "slots": slots,
-            "slot_count": d.slot_count(),
-            "epochs": epochs,
-        }],
+        "id": id,
+        "state": state,
+        "leader": leader,
+        "term": term,
+        "members": members,
+        "slots": merged,
+        "slot_count": count,
+        "epochs": epochs,
+        "descriptor_version": descriptor_version,
     })
 }

@@ -1,0 +1,720 @@
+//! The running member: a chitchat server plus a task that keeps the [`ClusterView`] current.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chitchat::transport::UdpTransport;
+use chitchat::{
+    spawn_chitchat, Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig,
+    ProtocolVersion,
+};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+use tracing::{debug, info, warn};
+
+use crate::keys::{self, NodeState};
+use crate::view::{ClusterView, MemberView};
+use crate::{Error, GossipConfig, MemberKind, Result};
+
+/// Phi threshold of chitchat's failure detector. Phi is "time since a member's heartbeat was last
+/// seen to advance / mean interval between such observations". Measured on loopback with 2 to 20
+/// members at 200 ms rounds, that mean is 0.1-0.15 s whatever the cluster size (it scales with the
+/// interval), so 30 reports a silent member dead after about 3-4.5 s (15-22 rounds).
+const PHI_THRESHOLD: f64 = 30.0;
+/// Heartbeat samples kept per member (recent behaviour matters more than history).
+const SAMPLING_WINDOW: usize = 100;
+/// How long a leaving member keeps its server up so peers can fetch its "leaving" key.
+const LEAVE_ANNOUNCE: Duration = Duration::from_millis(250);
+/// How long we wait for the chitchat server and the view task to stop before aborting them.
+const STOP_TIMEOUT: Duration = Duration::from_millis(300);
+/// Attempts at binding a free port when the listen port is 0.
+const BIND_ATTEMPTS: usize = 5;
+
+/// A running gossip member. Cheap to clone; the member stops when [`Gossip::shutdown`] is called
+/// or the last clone is dropped.
+#[derive(Clone)]
+pub struct Gossip {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    kind: MemberKind,
+    local_addr: SocketAddr,
+    advertise: SocketAddr,
+    chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
+    handle: Mutex<Option<ChitchatHandle>>,
+    view_tx: Arc<watch::Sender<Arc<ClusterView>>>,
+    builder: Arc<tokio::sync::Mutex<ViewBuilder>>,
+    stop_tx: watch::Sender<bool>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Dropping the chitchat handle closes its command channel, which stops its server.
+        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
+    }
+}
+
+/// Resolves "host:port" to one socket address, preferring IPv4; "localhost" is 127.0.0.1.
+pub async fn resolve_addr(addr: &str) -> Result<SocketAddr> {
+    let all = resolve_all(addr).await?;
+    all.into_iter()
+        .next()
+        .ok_or_else(|| Error::Config(format!("{addr:?} resolves to no address")))
+}
+
+/// All addresses of "host:port", IPv4 first; "localhost" is 127.0.0.1 only.
+async fn resolve_all(addr: &str) -> Result<Vec<SocketAddr>> {
+    if let Ok(sa) = addr.parse::<SocketAddr>() {
+        return Ok(vec![sa]);
+    }
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| Error::Config(format!("expected host:port, got {addr:?}")))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| Error::Config(format!("bad port in {addr:?}")))?;
+    if host.eq_ignore_ascii_case("localhost") {
+        return Ok(vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)]);
+    }
+    let mut found: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+    found.sort_by_key(|a| !a.is_ipv4());
+    found.dedup();
+    Ok(found)
+}
+
+async fn resolve_seeds(seeds: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for seed in seeds {
+        match resolve_all(seed).await {
+            Ok(addrs) if !addrs.is_empty() => {
+                let v4: Vec<_> = addrs.iter().filter(|a| a.is_ipv4()).collect();
+                let chosen = if v4.is_empty() {
+                    addrs.iter().collect()
+                } else {
+                    v4
+                };
+                out.extend(chosen.into_iter().map(|a| a.to_string()));
+            }
+            Ok(_) => warn!(seed = %seed, "gossip seed resolves to no address; skipped"),
+            Err(e) => warn!(seed = %seed, error = %e, "cannot resolve gossip seed; skipped"),
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn pick_free_port(listen: SocketAddr) -> Result<u16> {
+    let socket =
+        std::net::UdpSocket::bind(listen).map_err(|e| Error::Bind(format!("{listen}: {e}")))?;
+    Ok(socket.local_addr()?.port())
+}
+
+impl Gossip {
+    /// Binds UDP and starts gossiping (spawns chitchat). Must be called in a tokio runtime.
+    pub async fn start(config: GossipConfig) -> Result<Gossip> {
+        config.validate()?;
+        let seeds = resolve_seeds(&config.seeds).await;
+        if seeds.is_empty() && !config.seeds.is_empty() {
+            warn!(name = %config.name, "no gossip seed could be resolved; waiting to be contacted");
+        }
+        // A fresh generation per start: a restarted member replaces its previous incarnation.
+        let generation = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mut attempt = 0;
+        let (handle, listen, chitchat_id) = loop {
+            attempt += 1;
+            let listen = if config.listen.port() == 0 {
+                SocketAddr::new(config.listen.ip(), pick_free_port(config.listen)?)
+            } else {
+                config.listen
+            };
+            let advertise = if config.advertise.port() == 0 {
+                SocketAddr::new(config.advertise.ip(), listen.port())
+            } else {
+                config.advertise
+            };
+            let chitchat_id = ChitchatId::new(config.name.clone(), generation, advertise);
+            let cc_config = ChitchatConfig {
+                chitchat_id: chitchat_id.clone(),
+                cluster_id: config.cluster.clone(),
+                gossip_interval: config.interval,
+                listen_addr: listen,
+                seed_nodes: seeds.clone(),
+                failure_detector_config: FailureDetectorConfig {
+                    phi_threshold: PHI_THRESHOLD,
+                    sampling_window_size: SAMPLING_WINDOW,
+                    max_interval: (config.interval * 25).max(Duration::from_secs(2)),
+                    initial_interval: config.interval,
+                    dead_node_grace_period: config.dead_grace_period,
+                },
+                marked_for_deletion_grace_period: config
+                    .dead_grace_period
+                    .max(Duration::from_secs(300)),
+                catchup_callback: None,
+                extra_liveness_predicate: None,
+                protocol_version: ProtocolVersion::V0,
+            };
+            let initial = vec![(keys::KIND.to_string(), config.kind.to_string())];
+            match spawn_chitchat(cc_config, initial, &UdpTransport).await {
+                Ok(handle) => break (handle, listen, chitchat_id),
+                // Someone took the port we picked between our probe and chitchat's bind.
+                Err(e) if config.listen.port() == 0 && attempt < BIND_ATTEMPTS => {
+                    debug!(listen = %listen, error = %e, "gossip bind failed; retrying");
+                }
+                Err(e) => return Err(Error::Bind(format!("{listen}: {e:#}"))),
+            }
+        };
+
+        let chitchat = handle.chitchat();
+        let live_rx = chitchat.lock().await.live_nodes_watcher();
+        let mut builder = ViewBuilder::new(chitchat.clone());
+        let initial = builder
+            .refresh()
+            .await
+            .unwrap_or_else(|| Arc::new(ClusterView::default()));
+        let view_tx = Arc::new(watch::Sender::new(initial));
+        let builder = Arc::new(tokio::sync::Mutex::new(builder));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(view_loop(
+            builder.clone(),
+            view_tx.clone(),
+            live_rx,
+            stop_rx,
+            config.interval,
+        ));
+        info!(
+            name = %config.name,
+            kind = %config.kind,
+            listen = %listen,
+            advertise = %chitchat_id.gossip_advertise_addr,
+            seeds = ?seeds,
+            "gossip started"
+        );
+        Ok(Gossip {
+            inner: Arc::new(Inner {
+                name: config.name,
+                kind: config.kind,
+                local_addr: listen,
+                advertise: chitchat_id.gossip_advertise_addr,
+                chitchat,
+                handle: Mutex::new(Some(handle)),
+                view_tx,
+                builder,
+                stop_tx,
+                task: Mutex::new(Some(task)),
+            }),
+        })
+    }
+
+    /// Sets this node's keys. Only keys whose value changed are written, so publishing an
+    /// unchanged state causes no gossip traffic. When it returns, this member's own view reflects
+    /// the new state. Ignored (with a warning) on a router.
+    pub async fn publish(&self, state: &NodeState) {
+        if self.inner.kind != MemberKind::Node {
+            warn!(name = %self.inner.name, "a router has no node state to publish; ignored");
+            return;
+        }
+        let desired = keys::encode_node_state(state);
+        if let Err(e) = keys::decode_node_state(&desired.iter().cloned().collect()) {
+            warn!(name = %self.inner.name, error = %e, "node state will not parse at peers");
+        }
+        {
+            let mut chitchat = self.inner.chitchat.lock().await;
+            let me = chitchat.self_node_state();
+            for (key, value) in &desired {
+                me.set(key, value);
+            }
+            let wanted: HashSet<&str> = desired.iter().map(|(k, _)| k.as_str()).collect();
+            let obsolete: Vec<String> = me
+                .key_values()
+                .filter(|(k, _)| keys::is_node_state_key(k) && !wanted.contains(k))
+                .map(|(k, _)| k.to_string())
+                .collect();
+            for key in obsolete {
+                me.delete(&key);
+            }
+        }
+        refresh_view(&self.inner.builder, &self.inner.view_tx).await;
+    }
+
+    /// The current view and every change after it. The receiver starts with the current view
+    /// marked as seen: read it with `borrow()`, then wait with `changed()`.
+    pub fn watch(&self) -> watch::Receiver<Arc<ClusterView>> {
+        self.inner.view_tx.subscribe()
+    }
+
+    /// The current view.
+    pub fn view(&self) -> Arc<ClusterView> {
+        self.inner.view_tx.borrow().clone()
+    }
+
+    /// Announces that this member leaves (peers then report it dead within a gossip round or
+    /// two), stops the gossip server and freezes the view. Returns within about 1 s. Idempotent.
+    pub async fn shutdown(&self) {
+        let handle = self
+            .inner
+            .handle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let Some(handle) = handle else {
+            return;
+        };
+        let peers: Vec<SocketAddr> = {
+            let mut chitchat = self.inner.chitchat.lock().await;
+            chitchat
+                .self_node_state()
+                .set(keys::LEAVING, keys::LEAVING_VALUE);
+            let me = chitchat.self_chitchat_id().clone();
+            chitchat
+                .live_nodes()
+                .filter(|id| **id != me)
+                .map(|id| id.gossip_advertise_addr)
+                .collect()
+        };
+        if !peers.is_empty() {
+            // Start a handshake with every live peer; their replies make us send the new key.
+            for peer in peers {
+                let _ = handle.gossip(peer);
+            }
+            tokio::time::sleep(LEAVE_ANNOUNCE).await;
+        }
+        let _ = handle.initiate_shutdown();
+        if tokio::time::timeout(STOP_TIMEOUT, handle.termination_watcher())
+            .await
+            .is_err()
+        {
+            handle.abort();
+        }
+        drop(handle);
+        // Let the view task publish a last view (this member no longer live), then stop it.
+        let _ = self.inner.stop_tx.send(true);
+        let task = self
+            .inner
+            .task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(mut task) = task {
+            if tokio::time::timeout(STOP_TIMEOUT, &mut task).await.is_err() {
+                task.abort();
+            }
+        }
+        info!(name = %self.inner.name, "gossip stopped");
+    }
+
+    /// Stops at once without announcing anything, as if the process had crashed: peers notice
+    /// only through failure detection. Meant for tests and emergencies; prefer `shutdown`.
+    pub fn abort(&self) {
+        if let Some(handle) = self
+            .inner
+            .handle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            handle.abort();
+        }
+        if let Some(task) = self
+            .inner
+            .task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            task.abort();
+        }
+    }
+
+    /// The bound UDP address (with the actual port when the configured port was 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// The address peers use to reach this member.
+    pub fn advertise_addr(&self) -> SocketAddr {
+        self.inner.advertise
+    }
+
+    /// This member's name (its chitchat node id).
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+}
+
+/// Rebuilds the view and publishes it if it changed (under the builder lock, so revisions are
+/// sent in order).
+async fn refresh_view(
+    builder: &tokio::sync::Mutex<ViewBuilder>,
+    view_tx: &watch::Sender<Arc<ClusterView>>,
+) {
+    let mut builder = builder.lock().await;
+    if let Some(view) = builder.refresh().await {
+        debug!(revision = view.revision, "cluster view changed");
+        view_tx.send_replace(view);
+    }
+}
+
+async fn view_loop(
+    builder: Arc<tokio::sync::Mutex<ViewBuilder>>,
+    view_tx: Arc<watch::Sender<Arc<ClusterView>>>,
+    mut live_rx: watch::Receiver<BTreeMap<ChitchatId, chitchat::NodeState>>,
+    mut stop_rx: watch::Receiver<bool>,
+    interval: Duration,
+) {
+    // Chitchat signals changes of the live set and of live members' versions; the periodic tick
+    // catches the rest (deaths of members already dead to chitchat, garbage collection).
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut live_open = true;
+    loop {
+        let stop = tokio::select! {
+            _ = tick.tick() => false,
+            changed = live_rx.changed(), if live_open => {
+                live_open = changed.is_ok();
+                false
+            }
+            _ = stop_rx.changed() => true,
+        };
+        refresh_view(&builder, &view_tx).await;
+        if stop {
+            return;
+        }
+    }
+}
+
+/// What was parsed from one chitchat member state, cached by its version.
+struct Parsed {
+    max_version: u64,
+    kind: Option<MemberKind>,
+    leaving: bool,
+    node: Option<NodeState>,
+}
+
+/// Turns chitchat's member states into [`ClusterView`]s.
+struct ViewBuilder {
+    chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
+    cache: HashMap<ChitchatId, Parsed>,
+    /// Members of the previous build that chitchat still knew, by name.
+    last_present: BTreeMap<String, MemberView>,
+    /// Members chitchat has forgotten (garbage-collected) whose last state is still the only
+    /// source of their shard's slot ownership.
+    retained: BTreeMap<String, MemberView>,
+    current: Arc<ClusterView>,
+}
+
+fn parse_member(
+    id: &ChitchatId,
+    max_version: u64,
+    kv: &BTreeMap<String, String>,
+    previous: Option<NodeState>,
+) -> Parsed {
+    let kind = match kv.get(keys::KIND).map(|v| keys::parse_kind(v)) {
+        Some(Ok(kind)) => Some(kind),
+        Some(Err(e)) => {
+            debug!(member = ?id, error = %e, "ignoring gossip member with a bad kind");
+            None
+        }
+        None => None,
+    };
+    let node = if kind == Some(MemberKind::Node) {
+        match keys::decode_node_state(kv) {
+            Ok(state) => Some(state),
+            Err(e) => {
+                // Not published yet, a partial update, or garbage: keep the last good state.
+                debug!(member = ?id, error = %e, "ignoring unusable node state");
+                previous
+            }
+        }
+    } else {
+        None
+    };
+    Parsed {
+        max_version,
+        kind,
+        leaving: keys::is_leaving(kv),
+        node,
+    }
+}
+
+/// Whether a forgotten member's last state is still worth showing: it owns slots and no member
+/// chitchat knows reports the same node or a newer-or-equal descriptor for its shard.
+fn worth_retaining(member: &MemberView, present: &BTreeMap<String, MemberView>) -> bool {
+    let Some(state) = &member.node else {
+        return false;
+    };
+    if state.slots.is_empty() || present.contains_key(&member.name) {
+        return false;
+    }
+    !present.values().filter_map(|m| m.node.as_ref()).any(|p| {
+        p.shard == state.shard
+            && (p.node == state.node || p.descriptor_version >= state.descriptor_version)
+    })
+}
+
+impl ViewBuilder {
+    fn new(chitchat: Arc<tokio::sync::Mutex<Chitchat>>) -> Self {
+        Self {
+            chitchat,
+            cache: HashMap::new(),
+            last_present: BTreeMap::new(),
+            retained: BTreeMap::new(),
+            current: Arc::new(ClusterView::default()),
+        }
+    }
+
+    /// Rebuilds the view; returns it if it differs from the previous one.
+    async fn refresh(&mut self) -> Option<Arc<ClusterView>> {
+        let mut changed = Vec::new();
+        let mut known = HashSet::new();
+        let live: HashSet<ChitchatId> = {
+            let chitchat = self.chitchat.lock().await;
+            for (id, state) in chitchat.node_states() {
+                known.insert(id.clone());
+                let version = state.max_version();
+                if self.cache.get(id).map(|p| p.max_version) != Some(version) {
+                    let kv: BTreeMap<String, String> = state
+                        .key_values()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect();
+                    changed.push((id.clone(), version, kv));
+                }
+            }
+            chitchat.live_nodes().cloned().collect()
+        };
+        self.cache.retain(|id, _| known.contains(id));
+        for (id, version, kv) in changed {
+            let previous = self.cache.get(&id).and_then(|p| p.node.clone());
+            let parsed = parse_member(&id, version, &kv, previous);
+            self.cache.insert(id, parsed);
+        }
+
+        // One member per name: the newest generation.
+        let mut newest: BTreeMap<&str, &ChitchatId> = BTreeMap::new();
+        for id in self.cache.keys() {
+            let slot = newest.entry(&id.node_id).or_insert(id);
+            if id.generation_id > slot.generation_id {
+                *slot = id;
+            }
+        }
+        let mut present = BTreeMap::new();
+        for id in newest.values() {
+            let parsed = &self.cache[*id];
+            let Some(kind) = parsed.kind else {
+                continue;
+            };
+            present.insert(
+                id.node_id.to_string(),
+                MemberView {
+                    name: id.node_id.to_string(),
+                    kind,
+                    live: live.contains(*id) && !parsed.leaving,
+                    gossip_addr: id.gossip_advertise_addr,
+                    node: parsed.node.clone(),
+                },
+            );
+        }
+
+        for (name, mut member) in std::mem::take(&mut self.last_present) {
+            if !present.contains_key(&name) {
+                member.live = false;
+                self.retained.insert(name, member);
+            }
+        }
+        self.retained.retain(|_, m| worth_retaining(m, &present));
+        self.last_present = present.clone();
+
+        let members = present
+            .into_values()
+            .chain(self.retained.values().cloned())
+            .collect();
+        let mut view = ClusterView::from_members(members);
+        if self.current.revision > 0 && self.current.same_content(&view) {
+            return None;
+        }
+        view.revision = self.current.revision + 1;
+        self.current = Arc::new(view);
+        Some(self.current.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use unikv_types::{Epoch, NodeId, Role, ShardId, ShardState, SlotRange};
+
+    fn state(shard: u64, node: u64, dv: u64, slots: Vec<(SlotRange, Epoch)>) -> NodeState {
+        NodeState {
+            shard: ShardId(shard),
+            node: NodeId(node),
+            role: Role::Follower,
+            leader: None,
+            term: 1,
+            http: "127.0.0.1:1".into(),
+            raft: "127.0.0.1:2".into(),
+            state: ShardState::Active,
+            descriptor_version: dv,
+            initialised: true,
+            slots,
+        }
+    }
+
+    fn member(name: &str, node: Option<NodeState>) -> MemberView {
+        MemberView {
+            name: name.into(),
+            kind: MemberKind::Node,
+            live: false,
+            gossip_addr: "127.0.0.1:1".parse().unwrap(),
+            node,
+        }
+    }
+
+    #[test]
+    fn forgotten_members_are_retained_only_while_useful() {
+        let slots = vec![(SlotRange(0, 9), Epoch(1))];
+        let gone = member("node-1-1", Some(state(1, 1, 5, slots.clone())));
+        let empty = BTreeMap::new();
+        assert!(worth_retaining(&gone, &empty));
+        // Without slots or without a node state there is nothing to keep.
+        assert!(!worth_retaining(&member("r", None), &empty));
+        assert!(!worth_retaining(
+            &member("node-1-1", Some(state(1, 1, 5, vec![]))),
+            &empty
+        ));
+        let present = |m: MemberView| BTreeMap::from([(m.name.clone(), m)]);
+        // Same name back, same node under another name, or a newer descriptor: dropped.
+        assert!(!worth_retaining(&gone, &present(member("node-1-1", None))));
+        assert!(!worth_retaining(
+            &gone,
+            &present(member("x", Some(state(1, 1, 1, vec![]))))
+        ));
+        assert!(!worth_retaining(
+            &gone,
+            &present(member("y", Some(state(1, 2, 5, vec![]))))
+        ));
+        // An older report from the same shard, or other shards, do not replace it.
+        assert!(worth_retaining(
+            &gone,
+            &present(member("y", Some(state(1, 2, 4, vec![]))))
+        ));
+        assert!(worth_retaining(
+            &gone,
+            &present(member("z", Some(state(2, 1, 9, slots))))
+        ));
+    }
+
+    #[test]
+    fn bad_member_values_are_skipped_and_last_good_state_kept() {
+        let id = ChitchatId::new("node-1-1", 1, "127.0.0.1:1".parse().unwrap());
+        let good = state(1, 1, 3, vec![(SlotRange(0, 9), Epoch(1))]);
+        let mut kv: BTreeMap<String, String> = keys::encode_node_state(&good).into_iter().collect();
+        kv.insert(keys::KIND.into(), "node".into());
+        let p = parse_member(&id, 1, &kv, None);
+        assert_eq!(p.node.as_ref(), Some(&good));
+        assert!(!p.leaving);
+        kv.insert(keys::TERM.into(), "garbage".into());
+        assert!(parse_member(&id, 2, &kv, None).node.is_none());
+        assert_eq!(
+            parse_member(&id, 2, &kv, Some(good.clone())).node,
+            Some(good)
+        );
+        kv.insert(keys::KIND.into(), "alien".into());
+        assert!(parse_member(&id, 3, &kv, None).kind.is_none());
+        kv.insert(keys::KIND.into(), "router".into());
+        kv.insert(keys::LEAVING.into(), "true".into());
+        let p = parse_member(&id, 4, &kv, None);
+        assert_eq!(p.kind, Some(MemberKind::Router));
+        assert!(p.node.is_none());
+        assert!(p.leaving);
+    }
+
+    #[tokio::test]
+    async fn resolves_localhost_to_ipv4() {
+        assert_eq!(
+            resolve_addr("localhost:8011").await.unwrap(),
+            "127.0.0.1:8011".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            resolve_addr("10.0.0.1:5").await.unwrap(),
+            "10.0.0.1:5".parse::<SocketAddr>().unwrap()
+        );
+        assert!(resolve_addr("nope").await.is_err());
+        assert!(resolve_addr("host:notaport").await.is_err());
+        let seeds =
+            resolve_seeds(&["localhost:1".into(), "bad".into(), "127.0.0.1:1".into()]).await;
+        assert_eq!(seeds, vec!["127.0.0.1:1".to_string()]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forgotten_shard_keeps_its_slots_in_the_view() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut rc = GossipConfig::new("router-1", MemberKind::Router, any, any, vec![]);
+        rc.cluster = "retain".into();
+        rc.dead_grace_period = Duration::from_secs(2);
+        let router = Gossip::start(rc).await.unwrap();
+        let mut nc = GossipConfig::new(
+            "node-1-1",
+            MemberKind::Node,
+            any,
+            any,
+            vec![router.local_addr().to_string()],
+        );
+        nc.cluster = "retain".into();
+        let node = Gossip::start(nc).await.unwrap();
+        node.publish(&state(1, 1, 1, vec![(SlotRange(0, 9), Epoch(1))]))
+            .await;
+        let mut rx = router.watch();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let until = |pred: fn(&ClusterView) -> bool| {
+            let mut rx = rx.clone();
+            async move {
+                loop {
+                    if pred(&rx.borrow_and_update()) {
+                        return;
+                    }
+                    assert!(tokio::time::Instant::now() < deadline, "timed out");
+                    let _ = tokio::time::timeout(Duration::from_millis(300), rx.changed()).await;
+                }
+            }
+        };
+        until(|v| {
+            v.shard(ShardId(1))
+                .is_some_and(|s| s.state == ShardState::Active)
+        })
+        .await;
+        node.abort();
+        // Dead, then garbage-collected by chitchat (2 s later): the view still has the slots.
+        let chitchat = router.inner.chitchat.clone();
+        let started = tokio::time::Instant::now();
+        loop {
+            let known = chitchat.lock().await.node_states().len();
+            if known == 1 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "never collected"
+            );
+            let _ = tokio::time::timeout(Duration::from_millis(300), rx.changed()).await;
+        }
+        // One more round so the view has seen the collection.
+        refresh_view(&router.inner.builder, &router.inner.view_tx).await;
+        let view = router.view();
+        let shard = view.shard(ShardId(1)).expect("shard still known");
+        assert_eq!(shard.state, ShardState::Unreachable);
+        assert_eq!(view.owner_of(3), Some((ShardId(1), Epoch(1))));
+        assert!(!view.member("node-1-1").unwrap().live);
+        router.shutdown().await;
+    }
+}

@@ -1,0 +1,354 @@
+//! The router's HTTP API. The KV endpoints take the same parameters, methods and reply shapes as
+//! a node's (`/get`, `/put`, `/append`, `/delete`), so a client can talk to either; `/status`
+//! shows the router's cluster map and `/health` says it is up. Every error is a JSON body
+//! `{"error", "code", ...}`; nothing a client sends can panic the router.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{delete, get};
+use axum::Router;
+use serde_json::json;
+use tokio::sync::watch;
+use unikv_gossip::ClusterView;
+use unikv_http::{json_ok, method_not_allowed, not_found, ok, ApiError, Params};
+use unikv_types::{KvOp, KvReply, Limits};
+
+use crate::forward::{Backend, Forwarder};
+use crate::status::{self, Addresses};
+
+/// Everything the handlers share.
+pub struct App<B> {
+    pub forwarder: Forwarder<B>,
+    /// The latest gossip view, for `/status`.
+    pub view: watch::Receiver<Arc<ClusterView>>,
+    pub addresses: Addresses,
+    pub limits: Limits,
+}
+
+pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
+    Router::new()
+        .route(
+            "/get",
+            get(kv_get::<B>)
+                .post(kv_get::<B>)
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/put",
+            get(kv_put::<B>)
+                .post(kv_put::<B>)
+                .put(kv_put::<B>)
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/append",
+            get(kv_append::<B>)
+                .post(kv_append::<B>)
+                .put(kv_append::<B>)
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/delete",
+            delete(kv_delete::<B>)
+                .post(kv_delete::<B>)
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/status",
+            get(cluster_status::<B>).fallback(method_not_allowed),
+        )
+        .route("/health", get(health).fallback(method_not_allowed))
+        .fallback(not_found)
+        .with_state(app)
+}
+
+/// Body limit: a maximal value plus room for the key and other fields.
+fn max_body(limits: &Limits) -> usize {
+    limits
+        .max_value_bytes
+        .saturating_add(limits.max_key_bytes)
+        .saturating_add(64 * 1024)
+}
+
+async fn run<B: Backend>(
+    app: &App<B>,
+    req: Request,
+    op: impl FnOnce(&Params) -> Result<KvOp, ApiError>,
+) -> Result<(String, KvReply), ApiError> {
+    let p = Params::from_request(req, max_body(&app.limits)).await?;
+    let key = p.required("key")?.to_string();
+    let op = op(&p)?;
+    let client = if op.is_write() { p.client_seq()? } else { None };
+    let reply = app.forwarder.execute(key.clone(), op, client).await?;
+    Ok((key, reply))
+}
+
+fn value(p: &Params) -> Result<String, ApiError> {
+    Ok(p.required_any(&["val", "value"])?.to_string())
+}
+
+async fn kv_get<B: Backend>(
+    State(app): State<Arc<App<B>>>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let (key, reply) = run(&app, req, |_| Ok(KvOp::Get)).await?;
+    match reply {
+        KvReply::Value(Some(v)) => Ok(ok(json!({"key": key, "value": v}))),
+        KvReply::Value(None) => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "key not found").with("key", key))
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn kv_put<B: Backend>(
+    State(app): State<Arc<App<B>>>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let (_, reply) = run(&app, req, |p| Ok(KvOp::Put { value: value(p)? })).await?;
+    match reply {
+        KvReply::Written => Ok(ok(json_ok())),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn kv_append<B: Backend>(
+    State(app): State<Arc<App<B>>>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let (_, reply) = run(&app, req, |p| Ok(KvOp::Append { value: value(p)? })).await?;
+    match reply {
+        KvReply::Appended { previous } => Ok(ok(json!({"ok": true, "previous": previous}))),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn kv_delete<B: Backend>(
+    State(app): State<Arc<App<B>>>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let (_, reply) = run(&app, req, |_| Ok(KvOp::Delete)).await?;
+    match reply {
+        KvReply::Deleted { existed } => Ok(ok(json!({"ok": true, "deleted": existed}))),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// A reply of the wrong kind for the operation: only possible if a caller reused its
+/// (client_id, seq) for another operation, whose stored reply the shard's dedup returned.
+fn unexpected(reply: KvReply) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "sequence_reused",
+        format!(
+            "this (client_id, seq) was already used for another operation, which returned {reply:?}"
+        ),
+    )
+}
+
+async fn cluster_status<B: Backend>(State(app): State<Arc<App<B>>>) -> Response {
+    let view = app.view.borrow().clone();
+    ok(status::render(
+        &app.addresses,
+        &view,
+        app.forwarder.counters(),
+    ))
+}
+
+async fn health() -> Response {
+    ok(json!({"ok": true}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forward::tests::{forwarder, success, Fake};
+    use crate::view::tests::sample_view;
+    use serde_json::Value;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use unikv_types::{KvError, KvRequest};
+
+    /// Serves the router's HTTP API over a fake backend on a free port.
+    async fn serve(fake: &Arc<Fake>) -> std::net::SocketAddr {
+        let app = Arc::new(App {
+            forwarder: forwarder(fake, 500),
+            view: watch::channel(Arc::new(sample_view())).1,
+            addresses: Addresses {
+                http: "127.0.0.1:3000".into(),
+                gossip: "127.0.0.1:3000".into(),
+            },
+            limits: Limits::default(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router(app)).await });
+        addr
+    }
+
+    /// One HTTP/1.1 request; returns the status and the JSON body.
+    async fn send(
+        addr: std::net::SocketAddr,
+        method: &str,
+        target: &str,
+        body: Option<(&str, &str)>,
+    ) -> (u16, Value) {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut req =
+            format!("{method} {target} HTTP/1.1\r\nHost: router\r\nConnection: close\r\n");
+        if let Some((ctype, b)) = body {
+            req.push_str(&format!(
+                "Content-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{b}",
+                b.len()
+            ));
+        } else {
+            req.push_str("\r\n");
+        }
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.unwrap();
+        let text = String::from_utf8(raw).unwrap();
+        let status = text[9..12].parse().unwrap();
+        let (_, body) = text.split_once("\r\n\r\n").unwrap();
+        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    }
+
+    fn script(_: &str, req: &KvRequest) -> unikv_net::Result<Result<KvReply, KvError>> {
+        match (&req.op, req.key.as_str()) {
+            (KvOp::Get, "missing") => Ok(Ok(KvReply::Value(None))),
+            (KvOp::Put { .. }, "reused") => Ok(Ok(KvReply::Deleted { existed: false })),
+            (KvOp::Append { value }, _) if value == "x" => Ok(Ok(KvReply::Appended {
+                previous: Some("before".into()),
+            })),
+            _ => success(req),
+        }
+    }
+
+    #[tokio::test]
+    async fn kv_endpoints_answer_like_a_node() {
+        let fake = Fake::new(script);
+        let addr = serve(&fake).await;
+
+        let (s, b) = send(addr, "GET", "/get?key=foo", None).await;
+        assert_eq!(
+            (s, b),
+            (200, serde_json::json!({"key": "foo", "value": "v-foo"}))
+        );
+        let (s, b) = send(
+            addr,
+            "POST",
+            "/get",
+            Some(("application/json", r#"{"key":"foo"}"#)),
+        )
+        .await;
+        assert_eq!((s, &b["value"]), (200, &Value::from("v-foo")));
+        let (s, b) = send(addr, "GET", "/get?key=missing", None).await;
+        assert_eq!(
+            (s, &b["code"], &b["key"]),
+            (404, &Value::from("not_found"), &Value::from("missing"))
+        );
+
+        for method in ["GET", "POST", "PUT"] {
+            let (s, b) = send(addr, method, "/put?key=a&val=1", None).await;
+            assert_eq!((s, b), (200, serde_json::json!({"ok": true})), "{method}");
+        }
+        let (s, _) = send(
+            addr,
+            "PUT",
+            "/put",
+            Some(("application/x-www-form-urlencoded", "key=a&value=2")),
+        )
+        .await;
+        assert_eq!(s, 200);
+        let (s, b) = send(addr, "GET", "/put?key=a", None).await;
+        assert_eq!((s, &b["code"]), (400, &Value::from("missing_param")));
+        let (s, b) = send(addr, "GET", "/put?key=reused&val=1", None).await;
+        assert_eq!((s, &b["code"]), (409, &Value::from("sequence_reused")));
+
+        let (s, b) = send(addr, "POST", "/append?key=a&val=x", None).await;
+        assert_eq!(
+            (s, b),
+            (200, serde_json::json!({"ok": true, "previous": "before"}))
+        );
+        let (s, b) = send(addr, "GET", "/append?key=a&val=y", None).await;
+        assert_eq!(
+            (s, b),
+            (200, serde_json::json!({"ok": true, "previous": null}))
+        );
+
+        let (s, b) = send(addr, "DELETE", "/delete?key=a", None).await;
+        assert_eq!(
+            (s, b),
+            (200, serde_json::json!({"ok": true, "deleted": true}))
+        );
+        let (s, _) = send(addr, "POST", "/delete?key=a", None).await;
+        assert_eq!(s, 200);
+
+        // Caller-supplied sessions are passed on; half of one is an error.
+        let (s, _) = send(addr, "GET", "/put?key=a&val=1&client_id=c1&seq=7", None).await;
+        assert_eq!(s, 200);
+        let last = fake.calls().last().unwrap().1.client.clone().unwrap();
+        assert_eq!((last.client_id.as_str(), last.seq), ("c1", 7));
+        let (s, b) = send(addr, "GET", "/put?key=a&val=1&seq=7", None).await;
+        assert_eq!((s, &b["code"]), (400, &Value::from("bad_request")));
+    }
+
+    #[tokio::test]
+    async fn bad_requests_are_json_errors() {
+        let fake = Fake::new(script);
+        let addr = serve(&fake).await;
+        let (s, b) = send(addr, "GET", "/get", None).await;
+        assert_eq!((s, &b["code"]), (400, &Value::from("missing_param")));
+        let (s, b) = send(addr, "GET", "/get?key=", None).await;
+        assert_eq!((s, &b["code"]), (400, &Value::from("empty_key")));
+        let long = "k".repeat(2000);
+        let (s, b) = send(addr, "GET", &format!("/get?key={long}"), None).await;
+        assert_eq!((s, &b["code"]), (400, &Value::from("key_too_long")));
+        let (s, b) = send(addr, "GET", "/delete?key=a", None).await;
+        assert_eq!((s, &b["code"]), (405, &Value::from("method_not_allowed")));
+        let (s, b) = send(addr, "DELETE", "/get?key=a", None).await;
+        assert_eq!((s, &b["code"]), (405, &Value::from("method_not_allowed")));
+        let (s, b) = send(addr, "GET", "/nope", None).await;
+        assert_eq!((s, &b["code"]), (404, &Value::from("not_found")));
+        let (s, b) = send(
+            addr,
+            "POST",
+            "/put",
+            Some(("application/json", "{not json")),
+        )
+        .await;
+        assert_eq!((s, &b["code"]), (400, &Value::from("bad_request")));
+        // Keys of every shape, including ones that hash to the first and last slots.
+        for key in [
+            "%7B%7D",
+            "%7Ba%7D",
+            "%00",
+            "%F0%9F%A6%80",
+            "123456789",
+            "%7B",
+        ] {
+            let (s, _) = send(addr, "GET", &format!("/get?key={key}"), None).await;
+            assert_eq!(s, 200, "{key}");
+        }
+        assert!(fake.calls().len() >= 6);
+    }
+
+    #[tokio::test]
+    async fn status_and_health() {
+        let fake = Fake::new(script);
+        let addr = serve(&fake).await;
+        send(addr, "GET", "/get?key=foo", None).await;
+        let (s, b) = send(addr, "GET", "/status", None).await;
+        assert_eq!(s, 200);
+        assert_eq!(b["view_revision"], 9);
+        assert_eq!(b["shards"].as_array().map(Vec::len), Some(2));
+        assert_eq!(b["counters"]["requests"], 1);
+        assert_eq!(b["counters"]["ok"], 1);
+        let (s, b) = send(addr, "GET", "/health", None).await;
+        assert_eq!((s, b), (200, serde_json::json!({"ok": true})));
+        let (s, _) = send(addr, "POST", "/status", None).await;
+        assert_eq!(s, 405);
+    }
+}

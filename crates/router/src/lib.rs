@@ -1,0 +1,158 @@
+//! The unikv router: a stateless HTTP front end that sends each key to the shard owning it.
+//!
+//! There is no config server to ask. The router joins the cluster's gossip as a `router`
+//! member (seeded by any node), and every change of the gossip view rebuilds its routing table
+//! (`view` → `routing`). Requests are routed from that table alone and corrected by the nodes'
+//! redirects (`forward`); writes carry a (client id, seq) from a router session (`sessions`)
+//! when the caller sends none, so the router's own retries never apply a write twice.
+//!
+//! [`run`] takes a bound HTTP listener and a shutdown future so tests can run routers
+//! in-process on port 0.
+
+pub mod config;
+pub mod error;
+pub mod forward;
+pub mod http;
+pub mod routing;
+pub mod sessions;
+pub mod status;
+pub mod view;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use unikv_gossip::{ClusterView, Gossip, GossipConfig, MemberKind};
+use unikv_net::{ClusterTls, Transport};
+
+pub use config::Config;
+pub use error::{Error, Result};
+
+use crate::forward::Forwarder;
+use crate::routing::Routing;
+use crate::status::Addresses;
+
+/// Runs a router until `shutdown` completes, then stops serving HTTP, leaves the gossip and
+/// closes its connections to the nodes.
+pub async fn run(
+    config: Config,
+    http: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    config.validate()?;
+    let http_port = http.local_addr()?.port();
+    let tls = ClusterTls::load_or_create(&config.tls_dir, &format!("router-{http_port}"))?;
+    let transport = Transport::client(&tls)?;
+
+    let gossip_port = config.gossip_port.unwrap_or(http_port);
+    let listen = SocketAddr::new(config.gossip_listen()?.ip(), gossip_port);
+    let advertise = advertise_addr(&config.advertise_host, gossip_port).await?;
+    let name = format!("router-{http_port}-{:08x}", rand::random::<u32>());
+    let gossip_config = GossipConfig::new(
+        name.clone(),
+        MemberKind::Router,
+        listen,
+        advertise,
+        config.seeds(),
+    );
+    let gossip = Gossip::start(gossip_config)
+        .await
+        .map_err(|e| Error::Gossip(e.to_string()))?;
+    let addresses = Addresses {
+        http: format!("{}:{http_port}", config.advertise_host),
+        gossip: gossip.advertise_addr().to_string(),
+    };
+    tracing::info!(
+        name = %name, http = %http.local_addr()?, gossip = %addresses.gossip,
+        seeds = ?config.seeds(), "router starting"
+    );
+
+    let routing = Arc::new(Routing::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let views = gossip.watch();
+    let view_task = tokio::spawn(follow_views(
+        views.clone(),
+        routing.clone(),
+        stop_rx.clone(),
+    ));
+
+    let app = Arc::new(http::App {
+        forwarder: Forwarder::new(
+            transport.clone(),
+            routing,
+            config.limits(),
+            config.request_timeout(),
+        ),
+        view: views,
+        addresses,
+        limits: config.limits(),
+    });
+    let mut rx = stop_rx.clone();
+    let http_task = tokio::spawn(async move {
+        axum::serve(http, http::router(app))
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+    });
+
+    shutdown.await;
+    tracing::info!(name = %name, "shutting down");
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(std::time::Duration::from_secs(5), http_task).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server"),
+        Err(_) => tracing::warn!("http requests still running after 5 s; leaving them"),
+        _ => {}
+    }
+    let _ = view_task.await;
+    gossip.shutdown().await;
+    transport.close().await;
+    Ok(())
+}
+
+/// Rebuilds the routing table from every new gossip view until told to stop.
+async fn follow_views(
+    mut views: watch::Receiver<Arc<ClusterView>>,
+    routing: Arc<Routing>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut last_version = None;
+    let mut last_unowned = None;
+    loop {
+        let view = views.borrow_and_update().clone();
+        let table = view::table(&view);
+        let unowned = table.unowned_slots();
+        if last_version != Some(table.version) || last_unowned != Some(unowned) {
+            tracing::info!(
+                revision = table.revision,
+                version = table.version,
+                shards = view.shards.len(),
+                unowned_slots = unowned,
+                "cluster map changed"
+            );
+            last_version = Some(table.version);
+            last_unowned = Some(unowned);
+        }
+        routing.install(table);
+        tokio::select! {
+            changed = views.changed() => if changed.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// The gossip address to advertise: `host` resolved (IPv4 preferred), on `port`.
+async fn advertise_addr(host: &str, port: u16) -> Result<SocketAddr> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| Error::Config(format!("--advertise_host {host:?} does not resolve")))
+}
