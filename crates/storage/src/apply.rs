@@ -9,7 +9,7 @@ use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 use unikv_types::{ClientSeq, KvError, KvOp, KvReply, Slot};
 
-use crate::db::{dedup_key, kv_key, CF_DEDUP, CF_KV, CF_SM};
+use crate::db::{dedup_key, kv_key, slot_bounds, CF_DEDUP, CF_KV, CF_SM, CF_STATS};
 use crate::error::{decode, encode};
 use crate::raft_types::{Entry, LogId, StoredMembership};
 use crate::{Command, CommandResult, Db, Result, ShardDescriptor};
@@ -84,15 +84,138 @@ impl SmMeta {
     }
 }
 
-/// Reads through the pending batch to the database.
-struct Overlay<'a> {
-    db: &'a Db,
+/// Reads through the pending batch to the database, and accumulates per-slot statistics.
+pub(crate) struct Overlay<'a> {
+    pub(crate) db: &'a Db,
     kv: HashMap<Vec<u8>, Option<Vec<u8>>>,
     dedup: HashMap<Vec<u8>, DedupRecord>,
-    batch: WriteBatch,
+    /// Per-slot (keys, bytes) changes of this batch; `Reset` replaces the stored value.
+    stats: HashMap<Slot, StatsChange>,
+    pub(crate) batch: WriteBatch,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum StatsChange {
+    Delta(i64, i64),
+    Reset(SlotStats),
+}
+
+/// Number of keys and bytes (keys + values) stored in one slot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotStats {
+    pub keys: u64,
+    pub bytes: u64,
+}
+
+impl SlotStats {
+    pub fn encode(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.keys.to_be_bytes());
+        b[8..].copy_from_slice(&self.bytes.to_be_bytes());
+        b
+    }
+    pub fn decode(b: &[u8]) -> Self {
+        let word = |r: std::ops::Range<usize>| {
+            b.get(r)
+                .and_then(|s| s.try_into().ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0)
+        };
+        Self {
+            keys: word(0..8),
+            bytes: word(8..16),
+        }
+    }
 }
 
 impl<'a> Overlay<'a> {
+    pub(crate) fn new(db: &'a Db) -> Self {
+        Overlay {
+            db,
+            kv: HashMap::new(),
+            dedup: HashMap::new(),
+            stats: HashMap::new(),
+            batch: WriteBatch::default(),
+        }
+    }
+
+    fn count(&mut self, slot: Slot, keys: i64, bytes: i64) {
+        let e = self.stats.entry(slot).or_insert(StatsChange::Delta(0, 0));
+        match e {
+            StatsChange::Delta(k, b) => {
+                *k += keys;
+                *b += bytes;
+            }
+            StatsChange::Reset(s) => {
+                s.keys = s.keys.saturating_add_signed(keys);
+                s.bytes = s.bytes.saturating_add_signed(bytes);
+            }
+        }
+    }
+
+    /// Deletes everything stored for `slot` (data, dedup table, statistics).
+    pub(crate) fn delete_slot(&mut self, slot: Slot) {
+        let (lo, hi) = slot_bounds(slot);
+        self.batch.delete_range_cf(self.db.cf(CF_KV), &lo, &hi);
+        self.batch.delete_range_cf(self.db.cf(CF_DEDUP), &lo, &hi);
+        self.kv.retain(|k, _| !k.starts_with(&lo));
+        self.dedup.retain(|k, _| !k.starts_with(&lo));
+        self.stats
+            .insert(slot, StatsChange::Reset(SlotStats::default()));
+    }
+
+    /// Writes a slot's data and dedup table as received from another shard.
+    pub(crate) fn install_slot(
+        &mut self,
+        slot: Slot,
+        kv: &[(String, String)],
+        dedup: &[(String, DedupRecord)],
+    ) -> Result<()> {
+        self.delete_slot(slot);
+        let mut st = SlotStats::default();
+        for (k, v) in kv {
+            let key = kv_key(slot, k.as_bytes());
+            self.batch.put_cf(self.db.cf(CF_KV), &key, v.as_bytes());
+            self.kv.insert(key, Some(v.as_bytes().to_vec()));
+            st.keys += 1;
+            st.bytes += (k.len() + v.len()) as u64;
+        }
+        for (client, rec) in dedup {
+            self.put_dedup(dedup_key(slot, client), rec.clone())?;
+        }
+        self.stats.insert(slot, StatsChange::Reset(st));
+        Ok(())
+    }
+
+    /// Adds the statistics changes to the batch.
+    fn flush_stats(&mut self) -> Result<()> {
+        let cf = self.db.cf(CF_STATS);
+        for (slot, change) in std::mem::take(&mut self.stats) {
+            let key = slot.to_be_bytes();
+            let next = match change {
+                StatsChange::Reset(s) => s,
+                StatsChange::Delta(k, b) => {
+                    let cur = self
+                        .db
+                        .raw()
+                        .get_cf(cf, key)?
+                        .map(|v| SlotStats::decode(&v))
+                        .unwrap_or_default();
+                    SlotStats {
+                        keys: cur.keys.saturating_add_signed(k),
+                        bytes: cur.bytes.saturating_add_signed(b),
+                    }
+                }
+            };
+            if next == SlotStats::default() {
+                self.batch.delete_cf(cf, key);
+            } else {
+                self.batch.put_cf(cf, key, next.encode());
+            }
+        }
+        Ok(())
+    }
+
     fn get_kv(&self, k: &[u8]) -> Result<Option<Vec<u8>>> {
         if let Some(v) = self.kv.get(k) {
             return Ok(v.clone());
@@ -116,7 +239,7 @@ impl<'a> Overlay<'a> {
             None => Ok(None),
         }
     }
-    fn put_dedup(&mut self, k: Vec<u8>, rec: DedupRecord) -> Result<()> {
+    pub(crate) fn put_dedup(&mut self, k: Vec<u8>, rec: DedupRecord) -> Result<()> {
         self.batch
             .put_cf(self.db.cf(CF_DEDUP), &k, encode("dedup record", &rec)?);
         self.dedup.insert(k, rec);
@@ -127,12 +250,7 @@ impl<'a> Overlay<'a> {
 /// Applies `entries` in order, updating `meta`, and writes everything as one batch. Returns one
 /// result per entry.
 pub fn apply_entries(db: &Db, meta: &mut SmMeta, entries: &[Entry]) -> Result<Vec<CommandResult>> {
-    let mut ov = Overlay {
-        db,
-        kv: HashMap::new(),
-        dedup: HashMap::new(),
-        batch: WriteBatch::default(),
-    };
+    let mut ov = Overlay::new(db);
     let mut out = Vec::with_capacity(entries.len());
     for entry in entries {
         meta.applied = Some(entry.log_id);
@@ -146,6 +264,7 @@ pub fn apply_entries(db: &Db, meta: &mut SmMeta, entries: &[Entry]) -> Result<Ve
         };
         out.push(res);
     }
+    ov.flush_stats()?;
     meta.write_to(db, &mut ov.batch)?;
     db.write(ov.batch)?;
     Ok(out)
@@ -153,6 +272,7 @@ pub fn apply_entries(db: &Db, meta: &mut SmMeta, entries: &[Entry]) -> Result<Ve
 
 fn apply_command(ov: &mut Overlay<'_>, meta: &mut SmMeta, cmd: &Command) -> Result<CommandResult> {
     match cmd {
+        Command::Move(m) => crate::moves::apply_move(ov, &mut meta.descriptor, m),
         Command::Bootstrap { ranges, epoch, .. } => {
             if meta.descriptor.bootstrap(ranges, *epoch) {
                 tracing::info!(shard = %meta.descriptor.shard, slots = meta.descriptor.slot_count(), "initial slots claimed");
@@ -171,12 +291,18 @@ fn apply_command(ov: &mut Overlay<'_>, meta: &mut SmMeta, cmd: &Command) -> Resu
                     reason: "the shard has not claimed its slots yet".into(),
                 }));
             }
+            if let Some(h) = meta.descriptor.outgoing.get(slot) {
+                return Ok(Err(KvError::Unavailable {
+                    shard: meta.descriptor.shard,
+                    reason: format!("slot {slot} is moving to shard {}", h.peer),
+                }));
+            }
             if meta.descriptor.owns(*slot).is_none() {
                 return Ok(Err(KvError::WrongShard {
                     slot: *slot,
                     shard: meta.descriptor.shard,
-                    owner: None,
-                    epoch: None,
+                    owner: meta.descriptor.forwards.get(slot).map(|h| h.peer),
+                    epoch: meta.descriptor.forwards.get(slot).map(|h| h.epoch),
                 }));
             }
             if let Some(c) = client {
@@ -212,11 +338,19 @@ fn apply_op(ov: &mut Overlay<'_>, slot: Slot, key: &str, op: &KvOp) -> Result<Co
     let k = kv_key(slot, key.as_bytes());
     Ok(match op {
         KvOp::Put { value } => {
+            match ov.get_kv(&k)? {
+                Some(old) => ov.count(slot, 0, value.len() as i64 - old.len() as i64),
+                None => ov.count(slot, 1, (key.len() + value.len()) as i64),
+            }
             ov.put_kv(k, value.as_bytes().to_vec());
             Ok(KvReply::Written)
         }
         KvOp::Append { value } => {
             let prev = ov.get_kv(&k)?;
+            match &prev {
+                Some(_) => ov.count(slot, 0, value.len() as i64),
+                None => ov.count(slot, 1, (key.len() + value.len()) as i64),
+            }
             let mut next = prev.clone().unwrap_or_default();
             next.extend_from_slice(value.as_bytes());
             ov.put_kv(k, next);
@@ -225,7 +359,11 @@ fn apply_op(ov: &mut Overlay<'_>, slot: Slot, key: &str, op: &KvOp) -> Result<Co
             })
         }
         KvOp::Delete => {
-            let existed = ov.get_kv(&k)?.is_some();
+            let old = ov.get_kv(&k)?;
+            if let Some(old) = &old {
+                ov.count(slot, -1, -((key.len() + old.len()) as i64));
+            }
+            let existed = old.is_some();
             ov.delete_kv(k);
             Ok(KvReply::Deleted { existed })
         }

@@ -6,6 +6,7 @@
 //! - `kv`: user data, key = slot (u16 big-endian) ++ user key, value = raw bytes.
 //! - `dedup`: at-most-once table, key = slot (u16 BE) ++ client id, value = msgpack record.
 //! - `sm`: state machine metadata: applied log id, membership, shard descriptor.
+//! - `stats`: per-slot key count and bytes, key = slot (u16 BE), value = two u64 BE.
 //!
 //! Slot-prefixed keys make "all data of a slot" one contiguous range, so exporting or deleting a
 //! slot on a move is a range operation.
@@ -24,7 +25,8 @@ pub const CF_RAFT: &str = "raft";
 pub const CF_KV: &str = "kv";
 pub const CF_DEDUP: &str = "dedup";
 pub const CF_SM: &str = "sm";
-const ALL_CFS: [&str; 5] = [CF_LOG, CF_RAFT, CF_KV, CF_DEDUP, CF_SM];
+pub const CF_STATS: &str = "stats";
+const ALL_CFS: [&str; 6] = [CF_LOG, CF_RAFT, CF_KV, CF_DEDUP, CF_SM, CF_STATS];
 
 /// A request to the syncer: run `done` once the WAL is fsynced (or failed to).
 type SyncWaiter = Box<dyn FnOnce(std::io::Result<()>) + Send>;
@@ -168,6 +170,13 @@ pub fn kv_key(slot: Slot, key: &[u8]) -> Vec<u8> {
 /// Key of a client's record in the `dedup` family.
 pub fn dedup_key(slot: Slot, client_id: &str) -> Vec<u8> {
     kv_key(slot, client_id.as_bytes())
+}
+
+/// The key range `[start, end)` holding every key of `slot` in the `kv` or `dedup` family.
+pub fn slot_bounds(slot: Slot) -> (Vec<u8>, Vec<u8>) {
+    let start = slot.to_be_bytes().to_vec();
+    let end = (u32::from(slot) + 1).to_be_bytes()[2..].to_vec();
+    (start, end)
 }
 
 /// Splits a `kv`/`dedup` key into slot and rest.

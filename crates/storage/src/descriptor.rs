@@ -1,9 +1,12 @@
-//! The shard descriptor: which slots this shard owns and at which epoch. It lives in the
-//! replicated state machine, so only a Raft commit in this shard changes it; gossip and `/config`
-//! only ever report it.
+//! The shard descriptor: which slots this shard owns and at which epoch, the slots it is handing
+//! off or receiving, where moved slots went, and its registry entry (state, tags). It lives in
+//! the replicated state machine, so only a Raft commit in this shard changes it; gossip and
+//! `/config` only ever report it.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use unikv_types::{Epoch, ShardId, Slot, SlotRange};
+use unikv_types::{Epoch, ShardId, ShardState, Slot, SlotRange};
 
 /// A contiguous run of owned slots sharing one epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +26,29 @@ pub struct ShardDescriptor {
     pub version: u64,
     /// Owned ranges, sorted by `lo`, never overlapping.
     pub ranges: Vec<OwnedRange>,
+    /// Registry state: `Active`, `Draining` or `Inactive` (never `Unreachable`, which only
+    /// observers derive).
+    #[serde(default)]
+    pub state: ShardState,
+    /// Operator tags, e.g. `datacenter=us-east`.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Owned slots being handed off: frozen for writes, data still here.
+    #[serde(default)]
+    pub outgoing: BTreeMap<Slot, Handoff>,
+    /// Slots received but not yet serving (waiting for the source to confirm the hand-off).
+    #[serde(default)]
+    pub incoming: BTreeMap<Slot, Handoff>,
+    /// Where slots this shard gave away went, and at which epoch: the forwarding notes.
+    #[serde(default)]
+    pub forwards: BTreeMap<Slot, Handoff>,
+}
+
+/// One side of a slot move: the other shard and the epoch the slot has after the move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handoff {
+    pub peer: ShardId,
+    pub epoch: Epoch,
 }
 
 impl ShardDescriptor {
@@ -60,6 +86,54 @@ impl ShardDescriptor {
             }
         }
         out
+    }
+
+    /// Removes `slot` from the owned ranges (splitting a range if needed).
+    pub fn remove_slot(&mut self, slot: Slot) {
+        let mut out = Vec::with_capacity(self.ranges.len() + 1);
+        for r in &self.ranges {
+            if r.lo <= slot && slot <= r.hi {
+                if r.lo < slot {
+                    out.push(OwnedRange { hi: slot - 1, ..*r });
+                }
+                if slot < r.hi {
+                    out.push(OwnedRange { lo: slot + 1, ..*r });
+                }
+            } else {
+                out.push(*r);
+            }
+        }
+        self.ranges = out;
+    }
+
+    /// Adds `slot` at `epoch` (replacing any current ownership of it), merging with neighbours
+    /// of the same epoch.
+    pub fn add_slot(&mut self, slot: Slot, epoch: Epoch) {
+        self.remove_slot(slot);
+        let i = self.ranges.partition_point(|r| r.hi < slot);
+        self.ranges.insert(
+            i,
+            OwnedRange {
+                lo: slot,
+                hi: slot,
+                epoch,
+            },
+        );
+        // Merge with the left and right neighbours when contiguous and of the same epoch.
+        if i + 1 < self.ranges.len() {
+            let (a, b) = (self.ranges[i], self.ranges[i + 1]);
+            if a.epoch == b.epoch && a.hi as u32 + 1 == b.lo as u32 {
+                self.ranges[i].hi = b.hi;
+                self.ranges.remove(i + 1);
+            }
+        }
+        if i > 0 {
+            let (a, b) = (self.ranges[i - 1], self.ranges[i]);
+            if a.epoch == b.epoch && a.hi as u32 + 1 == b.lo as u32 {
+                self.ranges[i - 1].hi = b.hi;
+                self.ranges.remove(i);
+            }
+        }
     }
 
     /// Applies a bootstrap claim. Returns false (and changes nothing) if the shard was already
@@ -130,6 +204,36 @@ mod tests {
         // An empty claim is valid: a shard that starts without slots.
         assert!(d.bootstrap(&[], Epoch(1)));
         assert_eq!(d.slot_count(), 0);
+    }
+
+    #[test]
+    fn remove_and_add_slots_split_and_merge() {
+        let mut d = ShardDescriptor::new(ShardId(1));
+        assert!(d.bootstrap(&[SlotRange(0, 9)], Epoch(1)));
+        d.remove_slot(5);
+        assert_eq!(d.owns(5), None);
+        assert_eq!(d.slot_count(), 9);
+        assert_eq!(d.ranges.len(), 2);
+        d.add_slot(5, Epoch(1));
+        assert_eq!(
+            d.ranges,
+            vec![OwnedRange {
+                lo: 0,
+                hi: 9,
+                epoch: Epoch(1)
+            }]
+        );
+        d.add_slot(5, Epoch(3));
+        assert_eq!(d.owns(5), Some(Epoch(3)));
+        assert_eq!(d.ranges.len(), 3);
+        d.remove_slot(0);
+        d.remove_slot(9);
+        d.add_slot(20, Epoch(2));
+        assert_eq!(d.slot_count(), 9);
+        assert_eq!(d.owns(20), Some(Epoch(2)));
+        assert_eq!(d.owns(9), None);
+        // Still sorted and disjoint.
+        assert!(d.ranges.windows(2).all(|w| w[0].hi < w[1].lo));
     }
 
     #[test]

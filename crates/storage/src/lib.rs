@@ -12,6 +12,7 @@ pub mod db;
 pub mod descriptor;
 pub mod error;
 pub mod log_store;
+pub mod moves;
 pub mod raft_types;
 pub mod snapshot;
 pub mod state_machine;
@@ -20,7 +21,7 @@ pub use db::Db;
 pub use descriptor::{OwnedRange, ShardDescriptor};
 pub use error::{Error, Result};
 pub use log_store::LogStore;
-pub use raft_types::{Command, CommandResult, NodeAddr, TypeConfig};
+pub use raft_types::{Command, CommandResult, MoveCommand, NodeAddr, TypeConfig};
 pub use snapshot::SnapshotFile;
 pub use state_machine::{StateMachine, Store};
 

@@ -5,6 +5,7 @@
 //! - `H`: msgpack [`SnapshotHeader`] (meta and shard descriptor), always first;
 //! - `K`: a `kv` pair: key len u32, key, value len u32, value;
 //! - `D`: a `dedup` pair, same shape;
+//! - `S`: a `stats` pair (per-slot key count and bytes), same shape;
 //! - `E`: end, with u64 BE record count, so a truncated file is detected.
 
 use std::fs::File;
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 use rocksdb::{IteratorMode, ReadOptions};
 use serde::{Deserialize, Serialize};
 
-use crate::db::{CF_DEDUP, CF_KV};
+use crate::db::{CF_DEDUP, CF_KV, CF_STATS};
 use crate::error::{decode, encode};
 use crate::raft_types::SnapshotMeta;
 use crate::{Db, Error, Result, ShardDescriptor};
@@ -63,6 +64,7 @@ pub struct SnapshotHeader {
 pub enum Record {
     Kv(Vec<u8>, Vec<u8>),
     Dedup(Vec<u8>, Vec<u8>),
+    Stats(Vec<u8>, Vec<u8>),
 }
 
 /// Writes a snapshot of `db` (read at one RocksDB snapshot) to `path`, fsyncs it, and returns
@@ -81,7 +83,7 @@ pub fn write_snapshot(
     w.write_all(&(h.len() as u32).to_be_bytes())?;
     w.write_all(&h)?;
     let mut count = 0u64;
-    for (cf, tag) in [(CF_KV, b'K'), (CF_DEDUP, b'D')] {
+    for (cf, tag) in [(CF_KV, b'K'), (CF_DEDUP, b'D'), (CF_STATS, b'S')] {
         let mut ro = ReadOptions::default();
         ro.set_snapshot(snap);
         for item in db.raw().iterator_cf_opt(db.cf(cf), ro, IteratorMode::Start) {
@@ -132,14 +134,14 @@ pub fn read_snapshot(
         r.read_exact(&mut tag)
             .map_err(|_| corrupt("truncated: no end record"))?;
         match tag[0] {
-            b'K' | b'D' => {
+            t @ (b'K' | b'D' | b'S') => {
                 let k = read_blob(&mut r).map_err(|_| corrupt("truncated record"))?;
                 let v = read_blob(&mut r).map_err(|_| corrupt("truncated record"))?;
                 count += 1;
-                each(if tag[0] == b'K' {
-                    Record::Kv(k, v)
-                } else {
-                    Record::Dedup(k, v)
+                each(match t {
+                    b'K' => Record::Kv(k, v),
+                    b'D' => Record::Dedup(k, v),
+                    _ => Record::Stats(k, v),
                 })?;
             }
             b'E' => {

@@ -12,7 +12,8 @@ use rocksdb::WriteBatch;
 use unikv_types::{ShardId, Slot};
 
 use crate::apply::{apply_entries, SmMeta};
-use crate::db::{kv_key, CF_DEDUP, CF_KV};
+use crate::apply::{DedupRecord, SlotStats};
+use crate::db::{kv_key, CF_DEDUP, CF_KV, CF_STATS};
 use crate::error::blocking;
 use crate::raft_types::{LogId, Snapshot, SnapshotMeta, StoredMembership};
 use crate::snapshot::{file_name, read_snapshot, write_snapshot, Record, SnapshotHeader};
@@ -49,6 +50,20 @@ impl Store {
             .raw()
             .get_cf(db.cf(CF_KV), kv_key(slot, key.as_bytes()))?;
         Ok(v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    /// Everything stored for `slot`: its pairs and its dedup table (for handing it off).
+    #[allow(clippy::type_complexity)]
+    pub fn export_slot(
+        &self,
+        slot: Slot,
+    ) -> Result<(Vec<(String, String)>, Vec<(String, DedupRecord)>)> {
+        crate::moves::export_slot(&self.shared.db, slot)
+    }
+
+    /// Key count and bytes of every slot that holds data.
+    pub fn slot_stats(&self) -> Result<Vec<(Slot, SlotStats)>> {
+        crate::moves::slot_stats(&self.shared.db)
     }
 
     pub fn descriptor(&self) -> ShardDescriptor {
@@ -246,11 +261,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // Slot keys start with a big-endian u16 below 0x4000, so [0, 0xff) covers them all.
             batch.delete_range_cf(db.cf(CF_KV), [0u8].as_slice(), [0xffu8].as_slice());
             batch.delete_range_cf(db.cf(CF_DEDUP), [0u8].as_slice(), [0xffu8].as_slice());
+            batch.delete_range_cf(db.cf(CF_STATS), [0u8].as_slice(), [0xffu8].as_slice());
             let file = snapshot.reopen()?;
             let header = read_snapshot(file, &snapshot.path, |rec| {
                 match rec {
                     Record::Kv(k, v) => batch.put_cf(db.cf(CF_KV), k, v),
                     Record::Dedup(k, v) => batch.put_cf(db.cf(CF_DEDUP), k, v),
+                    Record::Stats(k, v) => batch.put_cf(db.cf(CF_STATS), k, v),
                 }
                 Ok(())
             })?;

@@ -1,0 +1,202 @@
+//! Applying the steps of a slot move (and registry changes) to the descriptor and the data.
+//!
+//! Invariant: at most one shard serves a slot at any moment; a gap is allowed, an overlap
+//! never. The source freezes writes (`Out`), the target installs the data without serving it
+//! (`In`), the source deletes its copy and keeps a forwarding note (`Done`), and only then does
+//! the target start serving (`Activate`, once it has learned from the source that `Done`
+//! committed). An `Abort` is possible until `Done`; the target then drops what it received
+//! (`Drop`). Because the target serves only after the source gave the slot up, aborting never
+//! needs the target's cooperation, and a target that never comes back cannot cause an overlap.
+//! Every step checks the epoch and is idempotent, so a new leader on either side can resume.
+
+use rocksdb::{Direction, IteratorMode, ReadOptions};
+use unikv_types::{KvError, KvReply, ShardState, Slot};
+
+use crate::apply::{DedupRecord, Overlay, SlotStats};
+use crate::db::{slot_bounds, split_key, CF_DEDUP, CF_KV, CF_STATS};
+use crate::descriptor::Handoff;
+use crate::error::decode;
+use crate::raft_types::MoveCommand;
+use crate::{CommandResult, Db, Result, ShardDescriptor};
+
+fn refused(message: String) -> CommandResult {
+    Err(KvError::BadRequest {
+        code: "move_refused".into(),
+        message,
+    })
+}
+
+pub(crate) fn apply_move(
+    ov: &mut Overlay<'_>,
+    d: &mut ShardDescriptor,
+    m: &MoveCommand,
+) -> Result<CommandResult> {
+    let ok = Ok(KvReply::Written);
+    let res = match m {
+        MoveCommand::Out { slot, to, epoch } => {
+            let h = Handoff {
+                peer: *to,
+                epoch: *epoch,
+            };
+            match (d.owns(*slot), d.outgoing.get(slot)) {
+                (_, Some(cur)) if *cur == h => ok,
+                (_, Some(cur)) => refused(format!(
+                    "slot {slot} is already moving to shard {}",
+                    cur.peer
+                )),
+                (Some(e), None) if e < *epoch && *to != d.shard => {
+                    d.outgoing.insert(*slot, h);
+                    d.version += 1;
+                    ok
+                }
+                (Some(e), None) => refused(format!(
+                    "slot {slot} is owned at epoch {e}, not below {epoch}"
+                )),
+                (None, None) => refused(format!("slot {slot} is not owned by shard {}", d.shard)),
+            }
+        }
+        MoveCommand::In {
+            slot,
+            from,
+            epoch,
+            kv,
+            dedup,
+        } => {
+            let h = Handoff {
+                peer: *from,
+                epoch: *epoch,
+            };
+            if d.incoming.get(slot) == Some(&h) || d.owns(*slot).is_some_and(|e| e >= *epoch) {
+                ok
+            } else if let Some(e) = d.owns(*slot) {
+                refused(format!("slot {slot} is already owned here at epoch {e}"))
+            } else if d.forwards.get(slot).is_some_and(|f| f.epoch >= *epoch) {
+                refused(format!(
+                    "slot {slot} already moved on from here at a newer epoch"
+                ))
+            } else if d.incoming.get(slot).is_some_and(|i| i.epoch > *epoch) {
+                refused(format!("slot {slot} is being received at a newer epoch"))
+            } else {
+                ov.install_slot(*slot, kv, dedup)?;
+                d.incoming.insert(*slot, h);
+                d.version += 1;
+                ok
+            }
+        }
+        MoveCommand::Done { slot, epoch } => match d.outgoing.get(slot).copied() {
+            Some(h) if h.epoch == *epoch => {
+                ov.delete_slot(*slot);
+                d.remove_slot(*slot);
+                d.outgoing.remove(slot);
+                d.forwards.insert(*slot, h);
+                d.version += 1;
+                ok
+            }
+            _ if d.forwards.get(slot).is_some_and(|f| f.epoch == *epoch) => ok,
+            _ => refused(format!("slot {slot} has no hand-off at epoch {epoch}")),
+        },
+        MoveCommand::Abort { slot, epoch } => match d.outgoing.get(slot).copied() {
+            Some(h) if h.epoch == *epoch => {
+                d.outgoing.remove(slot);
+                d.version += 1;
+                ok
+            }
+            _ if d.forwards.get(slot).is_some_and(|f| f.epoch == *epoch) => refused(format!(
+                "slot {slot} was already handed off at epoch {epoch}"
+            )),
+            _ => ok,
+        },
+        MoveCommand::Activate { slot, epoch } => match d.incoming.get(slot).copied() {
+            Some(h) if h.epoch == *epoch => {
+                d.incoming.remove(slot);
+                d.forwards.remove(slot);
+                d.add_slot(*slot, *epoch);
+                d.version += 1;
+                ok
+            }
+            _ if d.owns(*slot) == Some(*epoch) => ok,
+            _ => refused(format!("slot {slot} was not received at epoch {epoch}")),
+        },
+        MoveCommand::Drop { slot, epoch } => match d.incoming.get(slot).copied() {
+            Some(h) if h.epoch == *epoch => {
+                ov.delete_slot(*slot);
+                d.incoming.remove(slot);
+                d.version += 1;
+                ok
+            }
+            _ => ok,
+        },
+        MoveCommand::SetState { state } => {
+            if *state == ShardState::Unreachable {
+                refused("unreachable is derived by observers, not a registry state".into())
+            } else {
+                if d.state != *state {
+                    d.state = *state;
+                    d.version += 1;
+                }
+                ok
+            }
+        }
+        MoveCommand::SetTags { tags } => {
+            for (k, v) in tags {
+                if v.is_empty() {
+                    d.tags.remove(k);
+                } else {
+                    d.tags.insert(k.clone(), v.clone());
+                }
+            }
+            d.version += 1;
+            ok
+        }
+    };
+    if let (Err(e), MoveCommand::Out { .. } | MoveCommand::In { .. }) = (&res, m) {
+        tracing::warn!(shard = %d.shard, command = %m, error = %e, "slot move step refused");
+    }
+    Ok(res)
+}
+
+/// Everything stored for `slot`: its pairs and its dedup table, for handing it off.
+#[allow(clippy::type_complexity)]
+pub fn export_slot(
+    db: &Db,
+    slot: Slot,
+) -> Result<(Vec<(String, String)>, Vec<(String, DedupRecord)>)> {
+    let (lo, hi) = slot_bounds(slot);
+    let scan = |cf: &str| -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(hi.clone());
+        let mut out = Vec::new();
+        for item in
+            db.raw()
+                .iterator_cf_opt(db.cf(cf), ro, IteratorMode::From(&lo, Direction::Forward))
+        {
+            let (k, v) = item?;
+            if let Some((_, rest)) = split_key(&k) {
+                out.push((rest.to_vec(), v.to_vec()));
+            }
+        }
+        Ok(out)
+    };
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let kv = scan(CF_KV)?
+        .into_iter()
+        .map(|(k, v)| (text(&k), text(&v)))
+        .collect();
+    let dedup = scan(CF_DEDUP)?
+        .into_iter()
+        .map(|(k, v)| Ok((text(&k), decode("dedup record", &v)?)))
+        .collect::<Result<_>>()?;
+    Ok((kv, dedup))
+}
+
+/// Key count and bytes of every slot that holds data.
+pub fn slot_stats(db: &Db) -> Result<Vec<(Slot, SlotStats)>> {
+    let mut out = Vec::new();
+    for item in db.raw().iterator_cf(db.cf(CF_STATS), IteratorMode::Start) {
+        let (k, v) = item?;
+        if let Ok(b) = <[u8; 2]>::try_from(&k[..]) {
+            out.push((u16::from_be_bytes(b), SlotStats::decode(&v)));
+        }
+    }
+    Ok(out)
+}

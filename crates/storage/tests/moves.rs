@@ -1,0 +1,342 @@
+//! The slot-move steps on two real RocksDBs (a source and a target shard): ownership, write
+//! freeze, data and dedup hand-off, forwarding notes, abort, idempotency, per-slot statistics.
+
+use openraft::entry::RaftEntry;
+use openraft::testing::log_id;
+use openraft::EntryPayload;
+use unikv_storage::apply::{apply_entries, SmMeta};
+use unikv_storage::moves::{export_slot, slot_stats};
+use unikv_storage::raft_types::Entry;
+use unikv_storage::{Command, CommandResult, Db, MoveCommand, TypeConfig};
+use unikv_types::{ClientSeq, Epoch, KvError, KvOp, KvReply, NodeId, ShardId, SlotRange};
+
+struct Shard {
+    _dir: tempfile::TempDir,
+    db: Db,
+    meta: SmMeta,
+    next: u64,
+}
+
+impl Shard {
+    fn new(id: u64, owned: Option<(u16, u16)>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let meta = SmMeta::load(&db, ShardId(id)).unwrap();
+        let mut s = Shard {
+            _dir: dir,
+            db,
+            meta,
+            next: 1,
+        };
+        let ranges = owned
+            .map(|(lo, hi)| vec![SlotRange(lo, hi)])
+            .unwrap_or_default();
+        let r = s.apply(Command::Bootstrap {
+            shard: ShardId(id),
+            ranges,
+            epoch: Epoch(1),
+        });
+        assert_eq!(r, Ok(KvReply::Written));
+        s
+    }
+
+    fn apply(&mut self, cmd: Command) -> CommandResult {
+        let e = Entry::new(
+            log_id::<TypeConfig>(1, NodeId(1), self.next),
+            EntryPayload::Normal(cmd),
+        );
+        self.next += 1;
+        apply_entries(&self.db, &mut self.meta, &[e])
+            .unwrap()
+            .remove(0)
+    }
+
+    fn mv(&mut self, m: MoveCommand) -> CommandResult {
+        self.apply(Command::Move(m))
+    }
+
+    fn kv(&mut self, slot: u16, key: &str, op: KvOp, client: Option<(&str, u64)>) -> CommandResult {
+        self.apply(Command::Kv {
+            slot,
+            key: key.into(),
+            op,
+            client: client.map(|(c, s)| ClientSeq {
+                client_id: c.into(),
+                seq: s,
+            }),
+        })
+    }
+
+    fn stats(&self, slot: u16) -> (u64, u64) {
+        slot_stats(&self.db)
+            .unwrap()
+            .into_iter()
+            .find(|(s, _)| *s == slot)
+            .map(|(_, st)| (st.keys, st.bytes))
+            .unwrap_or((0, 0))
+    }
+}
+
+fn put(v: &str) -> KvOp {
+    KvOp::Put { value: v.into() }
+}
+
+#[test]
+fn a_slot_moves_with_its_data_and_dedup_table() {
+    let mut src = Shard::new(1, Some((0, 99)));
+    let mut dst = Shard::new(2, None);
+    assert_eq!(
+        src.kv(5, "a", put("1"), Some(("c", 1))),
+        Ok(KvReply::Written)
+    );
+    assert_eq!(
+        src.kv(5, "b", KvOp::Append { value: "xy".into() }, Some(("c", 2))),
+        Ok(KvReply::Appended { previous: None })
+    );
+    assert_eq!(src.kv(6, "other", put("o"), None), Ok(KvReply::Written));
+    assert_eq!(src.stats(5), (2, 5));
+
+    // 1. Freeze: writes to slot 5 wait, other slots go on.
+    let out = MoveCommand::Out {
+        slot: 5,
+        to: ShardId(2),
+        epoch: Epoch(2),
+    };
+    assert_eq!(src.mv(out.clone()), Ok(KvReply::Written));
+    assert_eq!(src.mv(out), Ok(KvReply::Written), "idempotent");
+    assert!(matches!(
+        src.kv(5, "a", put("2"), None),
+        Err(KvError::Unavailable { .. })
+    ));
+    assert_eq!(src.kv(6, "other", put("o2"), None), Ok(KvReply::Written));
+
+    // 2. The target installs the data; it does not serve it yet.
+    let (kv, dedup) = export_slot(&src.db, 5).unwrap();
+    assert_eq!(kv.len(), 2);
+    assert_eq!(dedup.len(), 1);
+    let inn = MoveCommand::In {
+        slot: 5,
+        from: ShardId(1),
+        epoch: Epoch(2),
+        kv,
+        dedup,
+    };
+    assert_eq!(dst.mv(inn.clone()), Ok(KvReply::Written));
+    assert_eq!(dst.mv(inn.clone()), Ok(KvReply::Written), "idempotent");
+    assert!(matches!(
+        dst.kv(5, "a", put("3"), None),
+        Err(KvError::WrongShard { .. })
+    ));
+    assert_eq!(dst.stats(5), (2, 5));
+
+    // 3. The source lets go: data gone, forwarding note in place.
+    let done = MoveCommand::Done {
+        slot: 5,
+        epoch: Epoch(2),
+    };
+    assert_eq!(src.mv(done.clone()), Ok(KvReply::Written));
+    assert_eq!(src.mv(done), Ok(KvReply::Written), "idempotent");
+    assert_eq!(export_slot(&src.db, 5).unwrap().0.len(), 0);
+    assert_eq!(src.stats(5), (0, 0));
+    assert_eq!(src.meta.descriptor.owns(5), None);
+    assert_eq!(src.meta.descriptor.slot_count(), 99);
+    match src.kv(5, "a", put("4"), None) {
+        Err(KvError::WrongShard { owner, epoch, .. }) => {
+            assert_eq!(owner, Some(ShardId(2)));
+            assert_eq!(epoch, Some(Epoch(2)));
+        }
+        other => panic!("expected WrongShard, got {other:?}"),
+    }
+    // An abort after the hand-off is refused.
+    assert!(src
+        .mv(MoveCommand::Abort {
+            slot: 5,
+            epoch: Epoch(2)
+        })
+        .is_err());
+
+    // 4. The target serves, and the dedup table came along: a retry is not applied twice.
+    let act = MoveCommand::Activate {
+        slot: 5,
+        epoch: Epoch(2),
+    };
+    assert_eq!(dst.mv(act.clone()), Ok(KvReply::Written));
+    assert_eq!(dst.mv(act), Ok(KvReply::Written), "idempotent");
+    assert_eq!(dst.meta.descriptor.owns(5), Some(Epoch(2)));
+    assert_eq!(
+        dst.kv(5, "b", KvOp::Append { value: "xy".into() }, Some(("c", 2))),
+        Ok(KvReply::Appended { previous: None }),
+        "the stored reply, not a second append"
+    );
+    assert_eq!(
+        dst.kv(5, "b", KvOp::Append { value: "z".into() }, Some(("c", 3))),
+        Ok(KvReply::Appended {
+            previous: Some("xy".into())
+        })
+    );
+    // A stale copy of the move-in can no longer change anything.
+    let (kv, dedup) = (vec![("a".to_string(), "old".to_string())], vec![]);
+    assert_eq!(
+        dst.mv(MoveCommand::In {
+            slot: 5,
+            from: ShardId(1),
+            epoch: Epoch(2),
+            kv,
+            dedup
+        }),
+        Ok(KvReply::Written)
+    );
+    assert_eq!(
+        export_slot(&dst.db, 5)
+            .unwrap()
+            .0
+            .iter()
+            .find(|(k, _)| k == "a")
+            .unwrap()
+            .1,
+        "1"
+    );
+}
+
+#[test]
+fn an_aborted_move_leaves_the_source_serving_and_the_target_empty() {
+    let mut src = Shard::new(1, Some((0, 99)));
+    let mut dst = Shard::new(2, None);
+    assert_eq!(src.kv(7, "k", put("v"), None), Ok(KvReply::Written));
+    assert_eq!(
+        src.mv(MoveCommand::Out {
+            slot: 7,
+            to: ShardId(2),
+            epoch: Epoch(2)
+        }),
+        Ok(KvReply::Written)
+    );
+    let (kv, dedup) = export_slot(&src.db, 7).unwrap();
+    assert_eq!(
+        dst.mv(MoveCommand::In {
+            slot: 7,
+            from: ShardId(1),
+            epoch: Epoch(2),
+            kv,
+            dedup
+        }),
+        Ok(KvReply::Written)
+    );
+    assert_eq!(
+        src.mv(MoveCommand::Abort {
+            slot: 7,
+            epoch: Epoch(2)
+        }),
+        Ok(KvReply::Written)
+    );
+    assert_eq!(
+        src.kv(7, "k", put("v2"), None),
+        Ok(KvReply::Written),
+        "writes resume"
+    );
+    assert!(
+        src.mv(MoveCommand::Done {
+            slot: 7,
+            epoch: Epoch(2)
+        })
+        .is_err(),
+        "no hand-off after abort"
+    );
+    assert_eq!(
+        dst.mv(MoveCommand::Drop {
+            slot: 7,
+            epoch: Epoch(2)
+        }),
+        Ok(KvReply::Written)
+    );
+    assert!(export_slot(&dst.db, 7).unwrap().0.is_empty());
+    assert!(
+        dst.mv(MoveCommand::Activate {
+            slot: 7,
+            epoch: Epoch(2)
+        })
+        .is_err(),
+        "nothing to activate"
+    );
+    assert_eq!(dst.meta.descriptor.owns(7), None);
+}
+
+#[test]
+fn refused_steps() {
+    let mut src = Shard::new(1, Some((0, 9)));
+    // Not owned.
+    assert!(src
+        .mv(MoveCommand::Out {
+            slot: 50,
+            to: ShardId(2),
+            epoch: Epoch(2)
+        })
+        .is_err());
+    // Epoch not increasing.
+    assert!(src
+        .mv(MoveCommand::Out {
+            slot: 1,
+            to: ShardId(2),
+            epoch: Epoch(1)
+        })
+        .is_err());
+    // To itself.
+    assert!(src
+        .mv(MoveCommand::Out {
+            slot: 1,
+            to: ShardId(1),
+            epoch: Epoch(2)
+        })
+        .is_err());
+    // Already moving elsewhere.
+    assert!(src
+        .mv(MoveCommand::Out {
+            slot: 1,
+            to: ShardId(2),
+            epoch: Epoch(2)
+        })
+        .is_ok());
+    assert!(src
+        .mv(MoveCommand::Out {
+            slot: 1,
+            to: ShardId(3),
+            epoch: Epoch(2)
+        })
+        .is_err());
+    // Receiving a slot owned here.
+    let (kv, dedup) = (vec![], vec![]);
+    assert!(src
+        .mv(MoveCommand::In {
+            slot: 2,
+            from: ShardId(3),
+            epoch: Epoch(2),
+            kv,
+            dedup
+        })
+        .is_err());
+}
+
+#[test]
+fn slot_statistics_follow_puts_appends_and_deletes() {
+    let mut s = Shard::new(1, Some((0, 16383)));
+    assert_eq!(s.kv(3, "ab", put("1234"), None), Ok(KvReply::Written));
+    assert_eq!(s.stats(3), (1, 6));
+    assert_eq!(s.kv(3, "ab", put("12"), None), Ok(KvReply::Written));
+    assert_eq!(s.stats(3), (1, 4));
+    assert!(s
+        .kv(3, "ab", KvOp::Append { value: "3".into() }, None)
+        .is_ok());
+    assert!(s
+        .kv(3, "cd", KvOp::Append { value: "x".into() }, None)
+        .is_ok());
+    assert_eq!(s.stats(3), (2, 8));
+    assert_eq!(
+        s.kv(3, "ab", KvOp::Delete, None),
+        Ok(KvReply::Deleted { existed: true })
+    );
+    assert_eq!(
+        s.kv(3, "zz", KvOp::Delete, None),
+        Ok(KvReply::Deleted { existed: false })
+    );
+    assert_eq!(s.stats(3), (1, 3));
+}
