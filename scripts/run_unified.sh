@@ -5,6 +5,8 @@
 #   scripts/run_unified.sh status       the router's /status
 #   scripts/run_unified.sh node S N     (re)start one node, e.g. after a crash
 #   scripts/run_unified.sh router       (re)start the router
+#   scripts/run_unified.sh addshard S   start shard S's 3 nodes (ports 80S1-80S3) and /addshard it
+#   scripts/run_unified.sh removeshard S  drain shard S (its slots move to the others)
 # Shard S node N: HTTP (and gossip, UDP) port 80SN, QUIC port 180SN; router on 3000.
 # Logs: logs/unified_S_N.log, logs/router.log. Data: data/unikv_S_N, cluster CA data/tls.
 # Environment (for tests and side-by-side clusters): UNIKV_SHARDS (3), UNIKV_HTTP_BASE (8000),
@@ -107,6 +109,14 @@ stop)
   ;;
 status) curl -s "$host:$router_port/status"; echo ;;
 node) start_node "${2:?shard}" "${3:?node}" ;;
+addshard)
+  s=${2:?shard}
+  [ -n "${UNIKV_NO_BUILD:-}" ] || cargo build --release -p unikv-node -p unikv-router
+  for n in 1 2 3; do start_node "$s" "$n"; done
+  join_shard "$s"
+  curl -sS "$host:$(http_port 1 1)/addshard?shardID=$s&shardAddress=$host:$(http_port "$s" 1)"; echo
+  ;;
+removeshard) curl -sS "$host:$(http_port 1 1)/removeshard?shardID=${2:?shard}"; echo ;;
 router) start_router ;;
-*) sed -n '2,13p' "$0"; exit 2 ;;
+*) sed -n '2,15p' "$0"; exit 2 ;;
 esac

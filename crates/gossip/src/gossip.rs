@@ -566,6 +566,9 @@ mod tests {
             state: ShardState::Active,
             descriptor_version: dv,
             initialised: true,
+            keys: 0,
+            bytes: 0,
+            tags: Vec::new(),
             slots,
         }
     }

@@ -36,6 +36,12 @@ pub const DESCRIPTOR_VERSION: &str = "descriptor_version";
 pub const INITIALISED: &str = "initialised";
 /// The slot ownership in one value (when it is short enough).
 pub const SLOTS: &str = "slots";
+/// Keys stored by the shard (decimal). Absent means 0.
+pub const KEYS: &str = "keys";
+/// Bytes stored by the shard (decimal). Absent means 0.
+pub const BYTES: &str = "bytes";
+/// Registry tags, `name=value` pairs joined by `,` (names and values never contain `,` or `=`).
+pub const TAGS: &str = "tags";
 /// `<count>:<hash>` when the slot ownership is split into chunks `slots.0`, `slots.1`, ...
 pub const SLOTS_COUNT: &str = "slots.n";
 /// Prefix of the chunk keys.
@@ -67,6 +73,12 @@ pub struct NodeState {
     pub initialised: bool,
     /// Owned slot ranges with epochs, as applied by this node.
     pub slots: Vec<(SlotRange, Epoch)>,
+    /// Keys stored by its shard, as of its last report (refreshed about once a second).
+    pub keys: u64,
+    /// Bytes (keys + values) stored by its shard, as of its last report.
+    pub bytes: u64,
+    /// Registry tags of its shard (e.g. datacenter=us-east), sorted by name.
+    pub tags: Vec<(String, String)>,
 }
 
 /// A value read from gossip that cannot be used.
@@ -283,8 +295,34 @@ pub fn encode_node_state(state: &NodeState) -> Vec<(String, String)> {
         LEADER,
         state.leader.map(|l| l.0.to_string()).unwrap_or_default(),
     );
+    push(KEYS, state.keys.to_string());
+    push(BYTES, state.bytes.to_string());
+    push(
+        TAGS,
+        state
+            .tags
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    // Written last: see `TERM`.
     push(TERM, state.term.to_string());
     keys
+}
+
+fn decode_tags(value: &str) -> Result<Vec<(String, String)>, KeyError> {
+    if value.is_empty() {
+        return Ok(Vec::new());
+    }
+    value
+        .split(',')
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| bad(TAGS, format!("expected name=value, got {kv:?}")))
+        })
+        .collect()
 }
 
 fn get<'a>(keys: &'a BTreeMap<String, String>, key: &str) -> Result<&'a str, KeyError> {
@@ -333,6 +371,17 @@ pub fn decode_node_state(keys: &BTreeMap<String, String>) -> Result<NodeState, K
         descriptor_version: parse_u64(DESCRIPTOR_VERSION, get(keys, DESCRIPTOR_VERSION)?)?,
         initialised,
         slots: read_slots(keys)?,
+        keys: keys
+            .get(KEYS)
+            .map(|v| parse_u64(KEYS, v))
+            .transpose()?
+            .unwrap_or(0),
+        bytes: keys
+            .get(BYTES)
+            .map(|v| parse_u64(BYTES, v))
+            .transpose()?
+            .unwrap_or(0),
+        tags: decode_tags(keys.get(TAGS).map(String::as_str).unwrap_or(""))?,
     })
 }
 
@@ -352,6 +401,9 @@ mod tests {
             state: ShardState::Draining,
             descriptor_version: 12,
             initialised: true,
+            keys: 42,
+            bytes: 4096,
+            tags: vec![("datacenter".into(), "us-east".into())],
             slots: vec![
                 (SlotRange(0, 5460), Epoch(1)),
                 (SlotRange(5461, 5470), Epoch(3)),

@@ -58,6 +58,11 @@ pub struct ShardView {
     /// The published state (from the highest descriptor_version member), or Unreachable if no
     /// member of the shard is live.
     pub state: ShardState,
+    /// Keys and bytes stored, as last reported by the leader (else the ownership source).
+    pub keys: u64,
+    pub bytes: u64,
+    /// Registry tags (from the highest descriptor_version member).
+    pub tags: Vec<(String, String)>,
 }
 
 /// One replica of a shard.
@@ -265,10 +270,9 @@ fn derive_shard(id: ShardId, entries: &[(&MemberView, &NodeState)]) -> ShardView
             });
         }
     }
-    let leader = best.and_then(|claim| {
-        let leader_id = claim.leader.0;
-        by_node.get(&leader_id).map(|(_, ns)| node_ref(ns))
-    });
+    let leader_state = best.and_then(|claim| by_node.get(&claim.leader.0).map(|(_, ns)| *ns));
+    let leader = leader_state.map(node_ref);
+    let stats_source = leader_state.or(owner.map(|(_, ns)| *ns));
 
     ShardView {
         id,
@@ -282,6 +286,9 @@ fn derive_shard(id: ShardId, entries: &[(&MemberView, &NodeState)]) -> ShardView
             Some((_, ns)) if any_live => ns.state,
             _ => ShardState::Unreachable,
         },
+        keys: stats_source.map(|ns| ns.keys).unwrap_or(0),
+        bytes: stats_source.map(|ns| ns.bytes).unwrap_or(0),
+        tags: owner.map(|(_, ns)| ns.tags.clone()).unwrap_or_default(),
     }
 }
 
@@ -302,6 +309,9 @@ mod tests {
             state: ShardState::Active,
             descriptor_version: 1,
             initialised: true,
+            keys: 0,
+            bytes: 0,
+            tags: Vec::new(),
             slots: vec![],
         }
     }

@@ -131,6 +131,9 @@ mod tests {
             descriptor_version: u64::from(!slots.is_empty()),
             initialised: !slots.is_empty(),
             state: unikv_types::ShardState::Active,
+            keys: 0,
+            bytes: 0,
+            tags: Vec::new(),
         }
     }
 

@@ -11,6 +11,7 @@ pub mod error;
 pub mod http;
 pub mod membership_gossip;
 pub mod raft_net;
+pub mod rebalance;
 pub mod rpc;
 pub mod service;
 pub mod status;
@@ -76,6 +77,7 @@ pub async fn run(
         transport: transport.clone(),
         me,
         gossip,
+        rebalance: Default::default(),
     });
     tracing::info!(
         shard = %node.shard(), node = %node.id(), raft = %quic_addr,
@@ -98,6 +100,7 @@ pub async fn run(
     let publisher = membership_gossip::spawn_publisher(node.clone(), stop_rx.clone());
     bootstrap::initialize_if_fresh(&node).await?;
     let claim_task = bootstrap::spawn_slot_claim(node.clone(), stop_rx.clone());
+    let rebalance_task = rebalance::spawn(node.clone(), stop_rx.clone());
 
     let app = http::router(node.clone());
     let mut rx = stop_rx.clone();
@@ -113,6 +116,7 @@ pub async fn run(
     tracing::info!(shard = %node.shard(), node = %node.id(), "shutting down");
     let _ = stop_tx.send(true);
     let _ = claim_task.await;
+    let _ = rebalance_task.await;
     let _ = publisher.await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), http_task).await;
     if let Err(e) = node.raft.shutdown().await {

@@ -11,7 +11,7 @@ use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::ServerState;
 use tokio::sync::watch;
 use unikv_gossip::{Gossip, GossipConfig, MemberKind, NodeState};
-use unikv_types::{Epoch, Role, ShardState, SlotRange};
+use unikv_types::{Epoch, Role, SlotRange};
 
 use crate::error::{Error, Result};
 use crate::service::Node;
@@ -50,8 +50,8 @@ pub fn role_of(s: ServerState) -> Role {
     }
 }
 
-/// What this node would publish now.
-pub fn current_state(node: &Node) -> NodeState {
+/// What this node would publish now; `totals` is the shard's (keys, bytes).
+pub fn current_state(node: &Node, totals: (u64, u64)) -> NodeState {
     let (role, leader, term) = {
         let m = node.raft.metrics();
         let m = m.borrow_watched();
@@ -66,7 +66,7 @@ pub fn current_state(node: &Node) -> NodeState {
         term,
         http: node.me.http.clone(),
         raft: node.me.raft.clone(),
-        state: ShardState::Active,
+        state: d.state,
         descriptor_version: d.version,
         initialised: d.initialised,
         slots: d
@@ -74,6 +74,24 @@ pub fn current_state(node: &Node) -> NodeState {
             .iter()
             .map(|r| (SlotRange(r.lo, r.hi), Epoch(r.epoch.0)))
             .collect(),
+        keys: totals.0,
+        bytes: totals.1,
+        tags: d.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}
+
+const STATS_EVERY: Duration = Duration::from_secs(1);
+
+/// The shard's stored keys and bytes, from the per-slot statistics.
+pub fn shard_totals(node: &Node) -> (u64, u64) {
+    match node.store.slot_stats() {
+        Ok(stats) => stats
+            .iter()
+            .fold((0, 0), |(k, b), (_, s)| (k + s.keys, b + s.bytes)),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading slot statistics");
+            (0, 0)
+        }
     }
 }
 
@@ -86,14 +104,23 @@ pub fn spawn_publisher(
     tokio::spawn(async move {
         let mut metrics = node.raft.metrics();
         let mut last: Option<NodeState> = None;
+        let mut totals = (0, 0);
+        let mut totals_at = tokio::time::Instant::now() - STATS_EVERY;
+        let mut tick = tokio::time::interval(STATS_EVERY);
         loop {
-            let state = current_state(&node);
+            // Key and byte totals change with every write: refresh them at most once a period.
+            if totals_at.elapsed() >= STATS_EVERY {
+                totals = shard_totals(&node);
+                totals_at = tokio::time::Instant::now();
+            }
+            let state = current_state(&node, totals);
             if last.as_ref() != Some(&state) {
                 node.gossip.publish(&state).await;
                 last = Some(state);
             }
             tokio::select! {
                 r = metrics.changed() => if r.is_err() { return },
+                _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
         }

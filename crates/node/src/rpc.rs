@@ -59,6 +59,26 @@ impl RpcHandler {
                 let req: AdminRequest = inc.read().await?;
                 inc.reply(&node.admin(req, true).await).await
             }
+            rpc_kind::MOVE_IN => {
+                let req = inc.read().await?;
+                inc.reply(&crate::rebalance::receive::handle_move_in(node, req).await)
+                    .await
+            }
+            rpc_kind::MOVE_STATUS => {
+                let req = inc.read().await?;
+                inc.reply(&crate::rebalance::receive::handle_status(node, req).await)
+                    .await
+            }
+            rpc_kind::MOVE_ACTIVATE => {
+                let req = inc.read().await?;
+                inc.reply(&crate::rebalance::receive::handle_activate(node, req).await)
+                    .await
+            }
+            rpc_kind::SHARD_ADMIN => {
+                let req = inc.read().await?;
+                inc.reply(&crate::rebalance::admin::handle_shard_admin(node, req).await)
+                    .await
+            }
             other => {
                 tracing::warn!(kind = other, remote = %inc.remote, "unknown rpc kind");
                 Ok(())

@@ -70,6 +70,7 @@ pub struct Node {
     pub me: NodeAddr,
     pub limits: Limits,
     pub gossip: unikv_gossip::Gossip,
+    pub rebalance: crate::rebalance::Rebalance,
 }
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
@@ -115,7 +116,7 @@ impl Node {
         }
     }
 
-    fn unavailable(&self, reason: impl Into<String>) -> KvError {
+    pub fn unavailable(&self, reason: impl Into<String>) -> KvError {
         KvError::Unavailable {
             shard: self.shard(),
             reason: reason.into(),
@@ -181,26 +182,49 @@ impl Node {
             op: req.op.clone(),
             client: req.client.clone(),
         };
+        match self.propose(cmd).await {
+            Err(KvError::NotLeader {
+                leader: Some(l), ..
+            }) if !req.forwarded && l.node_id != self.id() => self.forward(l, req, deadline).await,
+            other => other,
+        }
+    }
+
+    /// Proposes a command through this node's Raft group and returns its applied result;
+    /// `NotLeader` (with the leader it knows) if this node does not lead.
+    pub async fn propose(&self, cmd: Command) -> Result<KvReply, KvError> {
         match self.raft.client_write(cmd).await {
             Ok(resp) => resp.data,
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                let leader = f
-                    .leader_id
-                    .zip(f.leader_node)
-                    .map(|(id, n)| node_ref(id, &n));
-                match leader {
-                    Some(l) if !req.forwarded && l.node_id != self.id() => {
-                        self.forward(l, req, deadline).await
-                    }
-                    leader => Err(KvError::NotLeader {
-                        shard: self.shard(),
-                        leader,
-                    }),
-                }
+                Err(KvError::NotLeader {
+                    shard: self.shard(),
+                    leader: f
+                        .leader_id
+                        .zip(f.leader_node)
+                        .map(|(id, n)| node_ref(id, &n)),
+                })
             }
             Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
                 Err(KvError::Unknown {
                     reason: "leader changed before the write committed".into(),
+                })
+            }
+            Err(e) => Err(self.unavailable(e.to_string())),
+        }
+    }
+
+    /// Confirms with a quorum that this node leads its shard and has applied everything
+    /// committed so far (a linearizable read barrier).
+    pub async fn lead_barrier(&self) -> Result<(), KvError> {
+        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                Err(KvError::NotLeader {
+                    shard: self.shard(),
+                    leader: f
+                        .leader_id
+                        .zip(f.leader_node)
+                        .map(|(id, n)| node_ref(id, &n)),
                 })
             }
             Err(e) => Err(self.unavailable(e.to_string())),

@@ -72,6 +72,9 @@ pub(crate) mod tests {
             descriptor_version: 1,
             initialised: true,
             slots: Vec::new(),
+            keys: 0,
+            bytes: 0,
+            tags: Vec::new(),
         }
     }
 

@@ -151,6 +151,10 @@ impl ShardDescriptor {
             })
             .collect();
         self.initialised = true;
+        // A shard that starts without slots waits for `/addshard` before receiving any.
+        if self.ranges.is_empty() {
+            self.state = ShardState::Inactive;
+        }
         self.version += 1;
         true
     }

@@ -5,7 +5,8 @@
 //! (`In`), the source deletes its copy and keeps a forwarding note (`Done`), and only then does
 //! the target start serving (`Activate`, once it has learned from the source that `Done`
 //! committed). An `Abort` is possible until `Done`; the target then drops what it received
-//! (`Drop`). Because the target serves only after the source gave the slot up, aborting never
+//! (`Drop`); the source keeps the slot at the aborted epoch, so the next attempt uses a new
+//! epoch. Because the target serves only after the source gave the slot up, aborting never
 //! needs the target's cooperation, and a target that never comes back cannot cause an overlap.
 //! Every step checks the epoch and is idempotent, so a new leader on either side can resume.
 
@@ -97,7 +98,10 @@ pub(crate) fn apply_move(
         },
         MoveCommand::Abort { slot, epoch } => match d.outgoing.get(slot).copied() {
             Some(h) if h.epoch == *epoch => {
+                // Keep the slot at the aborted epoch: every hand-off attempt then has its own
+                // epoch, so a target holding the aborted copy can always tell it was aborted.
                 d.outgoing.remove(slot);
+                d.add_slot(*slot, *epoch);
                 d.version += 1;
                 ok
             }

@@ -264,6 +264,11 @@ fn an_aborted_move_leaves_the_source_serving_and_the_target_empty() {
 #[test]
 fn refused_steps() {
     let mut src = Shard::new(1, Some((0, 9)));
+    assert_eq!(src.meta.descriptor.state, unikv_types::ShardState::Active);
+    assert_eq!(
+        Shard::new(2, None).meta.descriptor.state,
+        unikv_types::ShardState::Inactive
+    );
     // Not owned.
     assert!(src
         .mv(MoveCommand::Out {

@@ -34,4 +34,12 @@ pub mod rpc_kind {
     pub const HELLO: u8 = 20;
     /// Membership change forwarded to the leader.
     pub const ADMIN: u8 = 21;
+    /// A slot's data from the source shard's leader to the target's.
+    pub const MOVE_IN: u8 = 30;
+    /// Target asks the source how a hand-off ended.
+    pub const MOVE_STATUS: u8 = 31;
+    /// Source tells the target a hand-off is done.
+    pub const MOVE_ACTIVATE: u8 = 32;
+    /// Registry change or explicit move for a shard's leader.
+    pub const SHARD_ADMIN: u8 = 33;
 }

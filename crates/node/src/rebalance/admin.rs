@@ -1,0 +1,336 @@
+//! Registry and rebalancing administration: `/addshard`, `/removeshard`, `/moveslot`,
+//! `/shard/tags`, `/stats`, `/rebalance/status`, and the `SHARD_ADMIN` RPC that carries a change
+//! to the leader of the shard it concerns. Unsafe requests are refused with a 4xx naming why.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::{json, Value};
+use unikv_http::{ok, ApiError, Params};
+use unikv_storage::{Command, MoveCommand};
+use unikv_types::{rpc_kind, KvError, ShardId, ShardState, Slot, SLOT_COUNT};
+
+use super::peer::call_shard;
+use super::planner::Shares;
+use super::{handoff, ShardAdmin};
+use crate::service::Node;
+
+const MAX_BODY: usize = 64 * 1024;
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Executes a registry change or explicit move on this node, which must lead its shard.
+pub async fn handle_shard_admin(node: &Arc<Node>, req: ShardAdmin) -> Result<Value, KvError> {
+    if !node.is_leader() {
+        return Err(KvError::NotLeader {
+            shard: node.shard(),
+            leader: node.leader(),
+        });
+    }
+    match req {
+        ShardAdmin::SetState(state) => {
+            node.propose(Command::Move(MoveCommand::SetState { state }))
+                .await?;
+            Ok(json!({"shard": node.shard().0, "state": state.as_str()}))
+        }
+        ShardAdmin::SetTags(tags) => {
+            node.propose(Command::Move(MoveCommand::SetTags { tags }))
+                .await?;
+            Ok(json!({"shard": node.shard().0, "tags": node.store.descriptor().tags}))
+        }
+        ShardAdmin::MoveSlot { slot, to } => {
+            let epoch = handoff::move_now(node, slot, to).await?;
+            Ok(json!({"slot": slot, "from": node.shard().0, "to": to.0, "epoch": epoch.0}))
+        }
+    }
+}
+
+fn shard_param(p: &Params, name: &str) -> Result<ShardId, ApiError> {
+    let v = p.u64(name)?;
+    if v == 0 {
+        return Err(ApiError::bad_request(
+            "bad_request",
+            format!("{name} must be at least 1"),
+        ));
+    }
+    Ok(ShardId(v))
+}
+
+/// Runs `req` on the leader of `shard` (this node if it is that leader).
+async fn on_shard(node: &Arc<Node>, shard: ShardId, req: ShardAdmin) -> Result<Value, ApiError> {
+    if shard == node.shard() && node.is_leader() {
+        return Ok(handle_shard_admin(node, req).await?);
+    }
+    Ok(call_shard::<_, Value>(node, shard, rpc_kind::SHARD_ADMIN, &req, ADMIN_TIMEOUT).await?)
+}
+
+/// States of all shards: gossip, with this shard from its own descriptor.
+fn states(node: &Node) -> Vec<(ShardId, ShardState)> {
+    let view = node.gossip.view();
+    let d = node.store.descriptor();
+    let mut out: Vec<(ShardId, ShardState)> = view
+        .shards
+        .values()
+        .filter(|s| s.id != node.shard())
+        .map(|s| (s.id, s.state))
+        .collect();
+    out.push((node.shard(), d.state));
+    out.sort_by_key(|(id, _)| *id);
+    out
+}
+
+pub async fn addshard(State(node): State<Arc<Node>>, req: Request) -> Result<Response, ApiError> {
+    let p = Params::from_request(req, MAX_BODY).await?;
+    let shard = shard_param(&p, "shardID")?;
+    let addr = p.required("shardAddress")?.trim().to_string();
+    if states(&node)
+        .iter()
+        .any(|(id, st)| *id == shard && matches!(st, ShardState::Active | ShardState::Draining))
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "shard_exists",
+            format!("shard {shard} is already part of the cluster"),
+        ));
+    }
+    let status = probe(&addr).await.map_err(|e| {
+        ApiError::bad_request(
+            "unreachable",
+            format!("no unikv node answers at {addr}: {e}"),
+        )
+    })?;
+    let found = status.get("shard_id").and_then(Value::as_u64);
+    if found != Some(shard.0) {
+        return Err(ApiError::bad_request(
+            "wrong_shard",
+            format!("the node at {addr} belongs to shard {found:?}, not {shard}"),
+        ));
+    }
+    let leader_raft = status
+        .pointer("/leader/raft")
+        .and_then(Value::as_str)
+        .map(String::from);
+    let req = ShardAdmin::SetState(ShardState::Active);
+    let res = match leader_raft {
+        Some(raft) if node.gossip.view().shard(shard).is_none() => {
+            // Not in gossip yet: ask its leader directly.
+            node.transport
+                .call::<_, Result<Value, KvError>>(
+                    &raft,
+                    rpc_kind::SHARD_ADMIN,
+                    &req,
+                    ADMIN_TIMEOUT,
+                )
+                .await
+                .map_err(|e| {
+                    ApiError::bad_request("unreachable", format!("shard {shard}'s leader: {e}"))
+                })??
+        }
+        _ => on_shard(&node, shard, req).await?,
+    };
+    tracing::info!(shard = %shard, %addr, "shard added");
+    Ok(ok(
+        json!({"ok": true, "shard": shard.0, "address": addr, "result": res}),
+    ))
+}
+
+/// GET /raft/status of a node by its HTTP address.
+async fn probe(addr: &str) -> Result<Value, String> {
+    let url = format!("http://{addr}/raft/status");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .no_proxy()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let resp = client.get(&url).send().await.map_err(|e| e.to_string())?;
+    resp.json::<Value>().await.map_err(|e| e.to_string())
+}
+
+pub async fn removeshard(
+    State(node): State<Arc<Node>>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let p = Params::from_request(req, MAX_BODY).await?;
+    let shard = shard_param(&p, "shardID")?;
+    let all = states(&node);
+    let Some((_, state)) = all.iter().find(|(id, _)| *id == shard) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_shard",
+            format!("no shard {shard} in the cluster"),
+        ));
+    };
+    if matches!(state, ShardState::Draining | ShardState::Inactive) {
+        return Ok(ok(
+            json!({"ok": true, "shard": shard.0, "state": state.as_str(), "already": true}),
+        ));
+    }
+    let others_active = all
+        .iter()
+        .filter(|(id, st)| *id != shard && *st == ShardState::Active)
+        .count();
+    if others_active == 0 {
+        return Err(ApiError::bad_request(
+            "last_active_shard",
+            format!("shard {shard} is the last active shard; its slots would have nowhere to go"),
+        ));
+    }
+    let res = on_shard(&node, shard, ShardAdmin::SetState(ShardState::Draining)).await?;
+    tracing::info!(shard = %shard, "shard draining");
+    Ok(ok(
+        json!({"ok": true, "shard": shard.0, "state": "draining", "result": res}),
+    ))
+}
+
+pub async fn moveslot(State(node): State<Arc<Node>>, req: Request) -> Result<Response, ApiError> {
+    let p = Params::from_request(req, MAX_BODY).await?;
+    let slot = p.u64("slot")?;
+    if slot >= u64::from(SLOT_COUNT) {
+        return Err(ApiError::bad_request(
+            "bad_request",
+            format!("slot must be below {SLOT_COUNT}"),
+        ));
+    }
+    let slot = slot as Slot;
+    let to = shard_param(&p, "to")?;
+    let target_state = states(&node)
+        .into_iter()
+        .find(|(id, _)| *id == to)
+        .map(|(_, s)| s);
+    if target_state != Some(ShardState::Active) {
+        return Err(ApiError::bad_request(
+            "bad_target",
+            format!("shard {to} is not an active shard (state: {target_state:?})"),
+        ));
+    }
+    let owner = if node.store.descriptor().owns(slot).is_some() {
+        Some(node.shard())
+    } else {
+        node.gossip.view().owner_of(slot).map(|(s, _)| s)
+    };
+    let Some(owner) = owner else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_owned",
+            format!("no shard owns slot {slot} right now"),
+        ));
+    };
+    if owner == to {
+        return Err(ApiError::bad_request(
+            "bad_target",
+            format!("slot {slot} is already owned by shard {to}"),
+        ));
+    }
+    let res = on_shard(&node, owner, ShardAdmin::MoveSlot { slot, to }).await?;
+    Ok(ok(json!({"ok": true, "result": res})))
+}
+
+pub async fn tags(State(node): State<Arc<Node>>, req: Request) -> Result<Response, ApiError> {
+    let p = Params::from_request(req, MAX_BODY).await?;
+    let shard = shard_param(&p, "shardID")?;
+    let mut tags: Vec<(String, String)> = Vec::new();
+    for (k, v) in p.iter() {
+        if k == "shardID" {
+            continue;
+        }
+        let valid = |s: &str| {
+            s.len() <= 64
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+        };
+        if k.is_empty() || !valid(k) || !valid(v) {
+            return Err(ApiError::bad_request(
+                "bad_tag",
+                format!("tag {k:?}={v:?}: names and values are up to 64 of [A-Za-z0-9-_.:]"),
+            ));
+        }
+        tags.push((k.to_string(), v.to_string()));
+    }
+    if tags.is_empty() {
+        return Err(ApiError::bad_request(
+            "missing_param",
+            "give tags as name=value parameters",
+        ));
+    }
+    if !states(&node).iter().any(|(id, _)| *id == shard) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_shard",
+            format!("no shard {shard} in the cluster"),
+        ));
+    }
+    let res = on_shard(&node, shard, ShardAdmin::SetTags(tags)).await?;
+    Ok(ok(json!({"ok": true, "result": res})))
+}
+
+pub async fn stats(State(node): State<Arc<Node>>, req: Request) -> Result<Response, ApiError> {
+    let p = Params::from_request(req, MAX_BODY).await?;
+    let view = node.gossip.view();
+    let d = node.store.descriptor();
+    let (keys, bytes) = crate::membership_gossip::shard_totals(&node);
+    let mut shards: Vec<Value> = view
+        .shards
+        .values()
+        .filter(|s| s.id != node.shard())
+        .map(|s| {
+            json!({
+                "id": s.id.0, "state": s.state.as_str(),
+                "tags": s.tags.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+                "slot_count": s.slots.iter().map(|(r, _)| r.len()).sum::<usize>(),
+                "keys": s.keys, "bytes": s.bytes, "descriptor_version": s.descriptor_version,
+            })
+        })
+        .collect();
+    let mut own = json!({
+        "id": node.shard().0, "state": d.state.as_str(), "tags": d.tags,
+        "slot_count": d.slot_count(), "keys": keys, "bytes": bytes, "descriptor_version": d.version,
+    });
+    if p.optional("slots")
+        .is_some_and(|v| v != "0" && v != "false")
+    {
+        let per_slot: Vec<Value> = node
+            .store
+            .slot_stats()
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?
+            .into_iter()
+            .map(|(slot, s)| json!({"slot": slot, "keys": s.keys, "bytes": s.bytes}))
+            .collect();
+        own["slots"] = Value::Array(per_slot);
+    }
+    shards.push(own);
+    shards.sort_by_key(|s| s["id"].as_u64());
+    let version: u64 = shards
+        .iter()
+        .filter_map(|s| s["descriptor_version"].as_u64())
+        .sum();
+    Ok(ok(json!({"version": version, "shards": shards})))
+}
+
+pub async fn rebalance_status(State(node): State<Arc<Node>>) -> Response {
+    let d = node.store.descriptor();
+    let view = node.gossip.view();
+    let shares = Shares::new(&view, &d);
+    let r = &node.rebalance;
+    ok(json!({
+        "shard": node.shard().0,
+        "state": d.state.as_str(),
+        "leader": node.is_leader(),
+        "moving": d.outgoing.len(),
+        "receiving": d.incoming.len(),
+        "queued": r.queued(),
+        "moved_slots": r.moved_slots.load(Relaxed),
+        "moved_bytes": r.moved_bytes.load(Relaxed),
+        "aborted": r.aborted.load(Relaxed),
+        "rate_bytes_per_s": r.rate().round(),
+        "cluster": {
+            "pending_slots": shares.pending(),
+            "targets": shares.targets().iter().map(|(k, v)| (k.0.to_string(), *v)).collect::<std::collections::BTreeMap<_, _>>(),
+            "slot_counts": shares.shards.iter().map(|(k, (c, _))| (k.0.to_string(), *c)).collect::<std::collections::BTreeMap<_, _>>(),
+        },
+    }))
+}

@@ -1,0 +1,167 @@
+//! The source side of a slot move, run by the source shard's leader:
+//! `Out` (freeze) → send the slot's data and dedup table to the target leader, which commits
+//! `In` → `Done` (delete here, forwarding note) → nudge the target to `Activate`.
+//! If the target refuses, or its shard stays unreachable past the abort timeout, `Abort`
+//! unfreezes the slot here instead.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use unikv_storage::descriptor::Handoff;
+use unikv_storage::{Command, MoveCommand};
+use unikv_types::{rpc_kind, Epoch, KvError, ShardId, ShardState, Slot};
+
+use super::peer::call_shard;
+use super::{lock, ActivateRequest, MoveIn};
+use crate::service::Node;
+
+/// A target shard unreachable for this long makes the source abort the hand-off.
+const ABORT_AFTER: Duration = Duration::from_secs(30);
+
+/// Starts a hand-off task for `slot` unless one runs already. `handoff` is the hand-off
+/// already committed (resume) or `None` to start one towards `to`.
+pub fn spawn(node: Arc<Node>, slot: Slot, handoff: Option<Handoff>, to: ShardId) {
+    if !lock(&node.rebalance.running).insert(slot) {
+        return;
+    }
+    tokio::spawn(async move {
+        let res = run(&node, slot, handoff, to).await;
+        if let Err(e) = &res {
+            tracing::warn!(shard = %node.shard(), slot, to = %to, error = %e, "slot hand-off stopped");
+        }
+        lock(&node.rebalance.running).remove(&slot);
+    });
+}
+
+/// Moves `slot` to `to` and waits until the hand-off is done (or refused); used by
+/// `/moveslot`, which answers only once the move finished.
+pub async fn move_now(node: &Arc<Node>, slot: Slot, to: ShardId) -> Result<Epoch, KvError> {
+    if !lock(&node.rebalance.running).insert(slot) {
+        return Err(KvError::BadRequest {
+            code: "slot_moving".into(),
+            message: format!("slot {slot} is already moving"),
+        });
+    }
+    let res = run(node, slot, None, to).await;
+    lock(&node.rebalance.running).remove(&slot);
+    res
+}
+
+async fn run(
+    node: &Arc<Node>,
+    slot: Slot,
+    handoff: Option<Handoff>,
+    to: ShardId,
+) -> Result<Epoch, KvError> {
+    let h = match handoff {
+        Some(h) => h,
+        None => start(node, slot, to).await?,
+    };
+    let (kv, dedup) = node
+        .store
+        .export_slot(slot)
+        .map_err(|e| KvError::Internal(e.to_string()))?;
+    let bytes: u64 = kv.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+    let msg = MoveIn {
+        slot,
+        from: node.shard(),
+        epoch: h.epoch,
+        kv,
+        dedup,
+    };
+    let mut unreachable_since: Option<Instant> = None;
+    loop {
+        if !node.is_leader() {
+            return Err(
+                node.unavailable("lost leadership during a hand-off; the next leader resumes it")
+            );
+        }
+        match call_shard::<_, ()>(
+            node,
+            h.peer,
+            rpc_kind::MOVE_IN,
+            &msg,
+            Duration::from_secs(5),
+        )
+        .await
+        {
+            Ok(()) => break,
+            Err(KvError::BadRequest { message, .. }) => {
+                tracing::warn!(shard = %node.shard(), slot, to = %h.peer, %message, "target refused the slot; aborting");
+                abort(node, slot, h.epoch).await?;
+                return Err(KvError::BadRequest {
+                    code: "move_refused".into(),
+                    message,
+                });
+            }
+            Err(e) => {
+                let unreachable = node
+                    .gossip
+                    .view()
+                    .shard(h.peer)
+                    .is_none_or(|s| s.state == ShardState::Unreachable);
+                let since = *unreachable_since.get_or_insert_with(Instant::now);
+                if !unreachable {
+                    unreachable_since = None;
+                } else if since.elapsed() > ABORT_AFTER {
+                    tracing::warn!(shard = %node.shard(), slot, to = %h.peer, error = %e, "target unreachable; aborting the hand-off");
+                    abort(node, slot, h.epoch).await?;
+                    return Err(e);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    node.propose(Command::Move(MoveCommand::Done {
+        slot,
+        epoch: h.epoch,
+    }))
+    .await?;
+    node.rebalance.record(bytes);
+    lock(&node.rebalance.settling).push((slot, h.peer, Instant::now()));
+    tracing::debug!(shard = %node.shard(), slot, to = %h.peer, epoch = %h.epoch, bytes, "slot handed off");
+    // Best effort: the target also asks on its own if this nudge is lost.
+    let nudge = ActivateRequest {
+        slot,
+        epoch: h.epoch,
+    };
+    let _ = call_shard::<_, ()>(
+        node,
+        h.peer,
+        rpc_kind::MOVE_ACTIVATE,
+        &nudge,
+        Duration::from_secs(2),
+    )
+    .await;
+    Ok(h.epoch)
+}
+
+/// Commits `Out` for `slot` (freezing it) at the next epoch.
+async fn start(node: &Node, slot: Slot, to: ShardId) -> Result<Handoff, KvError> {
+    let d = node.store.descriptor();
+    let Some(current) = d.owns(slot) else {
+        return Err(KvError::BadRequest {
+            code: "not_owner".into(),
+            message: format!("slot {slot} is not owned by shard {}", node.shard()),
+        });
+    };
+    let h = Handoff {
+        peer: to,
+        epoch: Epoch(current.0 + 1),
+    };
+    node.propose(Command::Move(MoveCommand::Out {
+        slot,
+        to,
+        epoch: h.epoch,
+    }))
+    .await?;
+    Ok(h)
+}
+
+async fn abort(node: &Node, slot: Slot, epoch: Epoch) -> Result<(), KvError> {
+    node.propose(Command::Move(MoveCommand::Abort { slot, epoch }))
+        .await?;
+    node.rebalance.aborted.fetch_add(1, Relaxed);
+    Ok(())
+}

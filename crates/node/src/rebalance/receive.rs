@@ -1,0 +1,111 @@
+//! The target side of a slot move, and the source's answers to the target:
+//! - `MOVE_IN` (target leader): commit `In`: the data is stored, not yet served;
+//! - `MOVE_STATUS` (source leader, after a read barrier): Done / Pending / Aborted;
+//! - `MOVE_ACTIVATE` (target leader): the source's nudge after `Done`: commit `Activate`;
+//! - the activation check (target leader): for each received slot, ask the source and commit
+//!   `Activate` or `Drop` accordingly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use unikv_storage::descriptor::Handoff;
+use unikv_storage::{Command, MoveCommand};
+use unikv_types::{rpc_kind, KvError, KvReply, Slot};
+
+use super::peer::call_shard;
+use super::{lock, ActivateRequest, MoveIn, MoveStatus, MoveStatusRequest};
+use crate::service::Node;
+
+fn done(r: Result<KvReply, KvError>) -> Result<(), KvError> {
+    r.map(|_| ())
+}
+
+pub async fn handle_move_in(node: &Node, m: MoveIn) -> Result<(), KvError> {
+    let state = node.store.descriptor().state;
+    if state != unikv_types::ShardState::Active {
+        return Err(KvError::BadRequest {
+            code: "move_refused".into(),
+            message: format!("shard {} is {state} and takes no slots", node.shard()),
+        });
+    }
+    done(
+        node.propose(Command::Move(MoveCommand::In {
+            slot: m.slot,
+            from: m.from,
+            epoch: m.epoch,
+            kv: m.kv,
+            dedup: m.dedup,
+        }))
+        .await,
+    )
+}
+
+pub async fn handle_activate(node: &Node, a: ActivateRequest) -> Result<(), KvError> {
+    done(
+        node.propose(Command::Move(MoveCommand::Activate {
+            slot: a.slot,
+            epoch: a.epoch,
+        }))
+        .await,
+    )
+}
+
+/// Answered by the source leader from state that includes every committed step.
+pub async fn handle_status(node: &Node, q: MoveStatusRequest) -> Result<MoveStatus, KvError> {
+    node.lead_barrier().await?;
+    let d = node.store.descriptor();
+    let h = Handoff {
+        peer: q.target,
+        epoch: q.epoch,
+    };
+    Ok(if d.forwards.get(&q.slot) == Some(&h) {
+        MoveStatus::Done
+    } else if d.outgoing.get(&q.slot) == Some(&h) {
+        MoveStatus::Pending
+    } else {
+        MoveStatus::Aborted
+    })
+}
+
+/// Asks the source about a received slot and activates or drops it; one check per slot at a
+/// time.
+pub fn spawn_activation_check(node: Arc<Node>, slot: Slot, h: Handoff) {
+    if !lock(&node.rebalance.activating).insert(slot) {
+        return;
+    }
+    tokio::spawn(async move {
+        let q = MoveStatusRequest {
+            slot,
+            epoch: h.epoch,
+            target: node.shard(),
+        };
+        let status = call_shard::<_, MoveStatus>(
+            &node,
+            h.peer,
+            rpc_kind::MOVE_STATUS,
+            &q,
+            Duration::from_secs(3),
+        )
+        .await;
+        let step = match status {
+            Ok(MoveStatus::Done) => Some(MoveCommand::Activate {
+                slot,
+                epoch: h.epoch,
+            }),
+            Ok(MoveStatus::Aborted) => Some(MoveCommand::Drop {
+                slot,
+                epoch: h.epoch,
+            }),
+            Ok(MoveStatus::Pending) | Err(_) => None,
+        };
+        if let Some(step) = step {
+            if let Err(e) = node.propose(Command::Move(step)).await {
+                tracing::debug!(slot, error = %e, "activation step not committed");
+            }
+        } else {
+            // Pending (or the source is unreachable): look again a little later.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        lock(&node.rebalance.activating).remove(&slot);
+    });
+}
