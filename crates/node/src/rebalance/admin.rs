@@ -327,6 +327,7 @@ pub async fn rebalance_status(State(node): State<Arc<Node>>) -> Response {
         "moved_bytes": r.moved_bytes.load(Relaxed),
         "aborted": r.aborted.load(Relaxed),
         "rate_bytes_per_s": r.rate().round(),
+        "write_pause_ms": r.pause_percentiles().map(|(p50, p99, max)| json!({"p50": p50, "p99": p99, "max": max})),
         "cluster": {
             "pending_slots": shares.pending(),
             "targets": shares.targets().iter().map(|(k, v)| (k.0.to_string(), *v)).collect::<std::collections::BTreeMap<_, _>>(),

@@ -54,9 +54,9 @@ async fn run(
     handoff: Option<Handoff>,
     to: ShardId,
 ) -> Result<Epoch, KvError> {
-    let h = match handoff {
-        Some(h) => h,
-        None => start(node, slot, to).await?,
+    let (h, frozen_at) = match handoff {
+        Some(h) => (h, None),
+        None => (start(node, slot, to).await?, Some(Instant::now())),
     };
     let (kv, dedup) = node
         .store
@@ -126,7 +126,7 @@ async fn run(
         slot,
         epoch: h.epoch,
     };
-    let _ = call_shard::<_, ()>(
+    let activated = call_shard::<_, ()>(
         node,
         h.peer,
         rpc_kind::MOVE_ACTIVATE,
@@ -134,6 +134,9 @@ async fn run(
         Duration::from_secs(2),
     )
     .await;
+    if let (Some(t), Ok(())) = (frozen_at, activated) {
+        node.rebalance.record_pause(t.elapsed());
+    }
     Ok(h.epoch)
 }
 

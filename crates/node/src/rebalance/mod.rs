@@ -89,6 +89,9 @@ pub struct Rebalance {
     pub moved_bytes: AtomicU64,
     pub aborted: AtomicU64,
     first_move: Mutex<Option<Instant>>,
+    /// Write pause of recent hand-offs started here: from `Out` applied to the target's
+    /// `Activate` acknowledged (the newest 4096).
+    pauses: Mutex<VecDeque<Duration>>,
 }
 
 impl Rebalance {
@@ -106,6 +109,25 @@ impl Rebalance {
             Some(t) => self.moved_bytes.load(Relaxed) as f64 / t.elapsed().as_secs_f64().max(0.001),
             None => 0.0,
         }
+    }
+
+    fn record_pause(&self, d: Duration) {
+        let mut p = lock(&self.pauses);
+        if p.len() == 4096 {
+            p.pop_front();
+        }
+        p.push_back(d);
+    }
+
+    /// (p50, p99, max) of recent write pauses, in milliseconds.
+    pub fn pause_percentiles(&self) -> Option<(f64, f64, f64)> {
+        let mut v: Vec<Duration> = lock(&self.pauses).iter().copied().collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort();
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1000.0;
+        Some((at(0.5), at(0.99), at(1.0)))
     }
 
     fn record(&self, bytes: u64) {
