@@ -1,6 +1,8 @@
 -- wrk script for a unikv node or router, shaped like ../shared/anchors/etcd_kv.lua so the two
 -- are comparable: 8-byte keys, 256-byte values, POST with a JSON body.
--- env: MODE=put|get, KEYS=number of distinct keys
+-- env: MODE=put|get|load, KEYS=number of distinct keys, THREADS (load: wrk's -t)
+-- MODE=load writes each key exactly once (thread t writes keys t, t+T, t+2T, ...) and then
+-- sends cheap GET /health requests until wrk's duration ends.
 local mode = os.getenv("MODE") or "put"
 local nkeys = tonumber(os.getenv("KEYS") or "10000")
 local val = string.rep("v", 256)
@@ -11,7 +13,15 @@ local hdr = { ["Content-Type"] = "application/json" }
 local tid = 0
 function setup(thread) thread:set("tid", tid); tid = tid + 1 end
 function init(args) ctr = (tid or 0) * 7919 end
+local nthreads = tonumber(os.getenv("THREADS") or "1")
+local loaded = 0
 function request()
+  if mode == "load" then
+    local i = (tid or 0) + loaded * nthreads
+    loaded = loaded + 1
+    if i >= nkeys then return wrk.format("GET", "/health") end
+    return wrk.format("POST", "/put", hdr, '{"key":"' .. keys[i] .. '","val":"' .. val .. '"}')
+  end
   ctr = ctr + 1
   local k = keys[ctr % nkeys]
   if mode == "put" then

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): online rebalancing 3 -> 4 shards with a loaded cluster.
+# Starts a 3x3 cluster + router on side ports, loads KEYS keys of 256 bytes through the router,
+# starts shard 4 and /addshard's it, and measures the total rebalance time, the data moved (MB/s)
+# and the write pause per moved slot (p50/p99 from each source leader's /rebalance/status).
+#   scripts/bench_rebalance.sh [KEYS]      (default 1000000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/env.sh
+keys=${1:-1000000}
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+cargo build --release -p unikv-node -p unikv-router
+work=$(mktemp -d /tmp/unikv-rebalance.XXXXXX)
+export UNIKV_DATA="$work/data" UNIKV_LOGS="$work/logs" UNIKV_NO_BUILD=1 UNIKV_HOST=127.0.0.1
+export UNIKV_HTTP_BASE=${BENCH_HTTP_BASE:-28000} UNIKV_RAFT_BASE=${BENCH_RAFT_BASE:-29000} UNIKV_ROUTER_PORT=${BENCH_ROUTER_PORT:-28999}
+cleanup() { scripts/run_unified.sh stop >/dev/null 2>&1 || true; rm -rf "$work"; }
+trap cleanup EXIT
+node() { echo "127.0.0.1:$((UNIKV_HTTP_BASE + 10 * $1 + 1))"; }
+scripts/run_unified.sh start
+echo "loading $keys keys of 256 bytes through the router..."
+t0=$(date +%s.%N)
+secs=$(( keys / 2000 + 30 ))
+THREADS=2 MODE=load KEYS=$keys wrk -t2 -c64 -d${secs}s --timeout 10s -s bench/unikv_kv.lua "http://127.0.0.1:$UNIKV_ROUTER_PORT" | grep RESULT
+echo "loaded in $(python3 -c "print(round($(date +%s.%N) - $t0, 1))") s"
+curl -s "$(node 1)/stats" | python3 -c 'import json,sys; s=json.load(sys.stdin); print("before:", [(x["id"], x["slot_count"], x["keys"], x["bytes"]) for x in s["shards"]])'
+start=$(date +%s.%N)
+scripts/run_unified.sh addshard 4
+while :; do
+  done=$(curl -s "$(node 1)/rebalance/status" | python3 -c 'import json,sys; c=json.load(sys.stdin)["cluster"]; print(int(c["pending_slots"] == 0 and c["targets"].get("4", 0) > 0))')
+  [ "$done" = 1 ] && break
+  sleep 0.2
+done
+total=$(python3 -c "print($(date +%s.%N) - $start)")
+sleep 2
+curl -s "$(node 1)/stats" | python3 -c 'import json,sys; s=json.load(sys.stdin); print("after: ", [(x["id"], x["slot_count"], x["keys"], x["bytes"]) for x in s["shards"]])'
+for s in 1 2 3; do for n in 1 2 3; do curl -s "127.0.0.1:$((UNIKV_HTTP_BASE + 10 * s + n))/rebalance/status"; echo; done; done | python3 -c '
+import json, sys
+total = float(sys.argv[1])
+rows = [r for r in (json.loads(l) for l in sys.stdin if l.strip()) if r["moved_slots"] > 0]
+moved = sum(r["moved_bytes"] for r in rows)
+slots = sum(r["moved_slots"] for r in rows)
+print("rebalance 3->4: %.1f s total, %d slots, %.1f MB moved, %.2f MB/s" % (total, slots, moved / 1e6, moved / 1e6 / total))
+for r in rows:
+    print("  shard %d moved %d slots; write pause per slot ms: %s" % (r["shard"], r["moved_slots"], r["write_pause_ms"]))
+' "$total"
