@@ -27,17 +27,30 @@ pids="$data/pids"
 http_port() { echo $((http_base + 10 * $1 + $2)); }
 raft_port() { echo $((raft_base + 10 * $1 + $2)); }
 
-# Stops the process recorded in a pid file, if it is still the one we started.
-stop_pidfile() {
-  local f=$1 pid
-  [ -f "$f" ] || return 0
-  pid=$(cat "$f")
-  if grep -qs "unikv-" "/proc/$pid/cmdline"; then
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -f "$f"
+# Whether a pid is still a running (not zombie) process.
+running() { local st; st=$(ps -o stat= -p "$1" 2>/dev/null) && [ "${st:0:1}" != Z ]; }
+
+# Stops the processes recorded in pid files (only if they are still the ones we started):
+# SIGTERM to all at once, then wait up to 10 s, then SIGKILL what is left.
+stop_pidfiles() {
+  local f pid live=()
+  for f in "$@"; do
+    [ -f "$f" ] || continue
+    pid=$(cat "$f")
+    if grep -qs "unikv-" "/proc/$pid/cmdline" && running "$pid"; then
+      kill "$pid" 2>/dev/null || true
+      live+=("$pid")
+    fi
+    rm -f "$f"
+  done
+  for _ in $(seq 100); do
+    local any=0
+    for pid in "${live[@]}"; do running "$pid" && any=1; done
+    [ $any = 0 ] && return 0
+    sleep 0.1
+  done
+  for pid in "${live[@]}"; do running "$pid" && kill -9 "$pid" 2>/dev/null; done
+  return 0
 }
 
 start_node() { # shard node
@@ -46,7 +59,7 @@ start_node() { # shard node
     [ "$o" = "$s" ] && continue
     peers="${peers:+$peers,}$host:$(http_port "$o" 1)"
   done
-  stop_pidfile "$pids/unikv_${s}_${n}.pid"
+  stop_pidfiles "$pids/unikv_${s}_${n}.pid"
   mkdir -p "$pids" "$logs"
   # shellcheck disable=SC2086
   "$UNIKV_BIN/unikv-node" --shard_id "$s" --node_id "$n" --port "$(http_port "$s" "$n")" \
@@ -59,7 +72,7 @@ start_node() { # shard node
 start_router() {
   local ports="" s
   for s in $(seq "$shards"); do ports="${ports:+$ports,}$(http_port "$s" 1)"; done
-  stop_pidfile "$pids/router.pid"
+  stop_pidfiles "$pids/router.pid"
   mkdir -p "$pids" "$logs"
   # shellcheck disable=SC2086
   "$UNIKV_BIN/unikv-router" --shard_ports "$ports" --port "$router_port" --tls_dir "$data/tls" \
@@ -104,7 +117,7 @@ start)
   echo "unikv ready: router on $host:$router_port, shards 1-$shards on HTTP ports $(http_port 1 1)..$(http_port "$shards" 3)"
   ;;
 stop)
-  [ -d "$pids" ] && for f in "$pids"/*.pid; do stop_pidfile "$f"; done
+  [ -d "$pids" ] && stop_pidfiles "$pids"/*.pid
   echo "stopped (data kept in $data)"
   ;;
 status) curl -s "$host:$router_port/status"; echo ;;

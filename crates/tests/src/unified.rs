@@ -1,0 +1,957 @@
+//! The unified cluster (3 shards x 3 nodes + one router), started, restarted and stopped only
+//! through `scripts/run_unified.sh`, the path users run, with per-test ports and a tempdir.
+//!
+//! Every process of a cluster is addressed through one [`Api`]: node `N` of shard `S` is id
+//! [`node_ref`]`(S, N)` (= `10 * S + N`, e.g. 21 = shard 2 node 1) and the router is
+//! [`ROUTER`] (0).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fmt;
+use std::fs::{self, File};
+use std::future::Future;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use rand::Rng;
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use unikv_types::{key_slot, Slot, SLOT_COUNT};
+
+use crate::api::{Api, Body, LeaderInfo, Method, RaftStatus, PROBE_TIMEOUT};
+use crate::ports::port_is_free;
+use crate::wait::wait_until_ok;
+
+/// Shards the script starts (`UNIKV_SHARDS`).
+pub const SHARDS: u64 = 3;
+/// Nodes per shard (the script always starts nodes 1, 2 and 3).
+pub const NODES_PER_SHARD: u64 = 3;
+/// The [`Api`] id of the router.
+pub const ROUTER: u64 = 0;
+/// The router's per-request deadline in these tests (`--request_timeout_ms`).
+pub const ROUTER_DEADLINE: Duration = Duration::from_millis(2_000);
+/// Bound of cluster-level waits (convergence, a restarted node catching up).
+pub const UNIFIED_WAIT: Duration = Duration::from_secs(60);
+/// Bound of one `run_unified.sh` invocation (`start` waits up to 60 s per shard and 90 s for
+/// the router itself).
+pub const SCRIPT_TIMEOUT: Duration = Duration::from_secs(330);
+/// Lines of each log printed when a test fails.
+pub const LOG_TAIL_LINES: usize = 60;
+
+/// Lowest HTTP base handed out; bases step by 100.
+const HTTP_BASE_MIN: u16 = 20_000;
+/// Number of distinct HTTP bases (20000, 20100, ..., 25900).
+const HTTP_BASES: u16 = 60;
+/// QUIC base = HTTP base + this (26000..31999: below the Linux ephemeral range).
+const RAFT_OFFSET: u16 = 6_000;
+/// Router port = HTTP base + this (nodes use base + 11 ..= base + 33).
+const ROUTER_OFFSET: u16 = 50;
+
+/// The [`Api`] id of node `node` of shard `shard`.
+pub fn node_ref(shard: u64, node: u64) -> u64 {
+    10 * shard + node
+}
+
+/// The shard of an [`Api`] node id made by [`node_ref`].
+pub fn shard_of(id: u64) -> u64 {
+    id / 10
+}
+
+/// The node number within its shard of an [`Api`] node id made by [`node_ref`].
+pub fn node_of(id: u64) -> u64 {
+    id % 10
+}
+
+/// A process the script started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Proc {
+    /// Node `.1` of shard `.0`.
+    Node(u64, u64),
+    /// The router.
+    Router,
+}
+
+impl fmt::Display for Proc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Proc::Node(s, n) => write!(f, "node {s}/{n}"),
+            Proc::Router => write!(f, "router"),
+        }
+    }
+}
+
+/// Every process of a cluster: nine nodes, then the router.
+pub fn all_procs() -> Vec<Proc> {
+    let mut v: Vec<Proc> = (1..=SHARDS)
+        .flat_map(|s| (1..=NODES_PER_SHARD).map(move |n| Proc::Node(s, n)))
+        .collect();
+    v.push(Proc::Router);
+    v
+}
+
+/// The ports of one cluster, all derived from one HTTP base as the script derives them.
+#[derive(Debug, Clone, Copy)]
+pub struct UnifiedPorts {
+    pub http_base: u16,
+    pub raft_base: u16,
+    pub router: u16,
+}
+
+impl UnifiedPorts {
+    /// HTTP (and gossip UDP) port of a node.
+    pub fn http(&self, shard: u64, node: u64) -> u16 {
+        self.http_base + (10 * shard + node) as u16
+    }
+
+    /// QUIC port of a node.
+    pub fn raft(&self, shard: u64, node: u64) -> u16 {
+        self.raft_base + (10 * shard + node) as u16
+    }
+
+    /// Every port the cluster binds.
+    pub fn all(&self) -> Vec<u16> {
+        let mut v = vec![self.router];
+        for s in 1..=SHARDS {
+            for n in 1..=NODES_PER_SHARD {
+                v.push(self.http(s, n));
+                v.push(self.raft(s, n));
+            }
+        }
+        v
+    }
+}
+
+fn bases_taken() -> &'static Mutex<HashSet<u16>> {
+    static TAKEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    TAKEN.get_or_init(|| Mutex::new(HashSet::new()))
+}
+
+/// Picks a random HTTP base (step 100) never handed out before in this process whose every
+/// port (nine HTTP/gossip, nine QUIC, the router's) is free for TCP and UDP right now.
+pub fn alloc_unified_ports() -> UnifiedPorts {
+    let mut rng = rand::rng();
+    let mut taken = bases_taken().lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..2_000 {
+        let http_base = HTTP_BASE_MIN + 100 * rng.random_range(0..HTTP_BASES);
+        if taken.contains(&http_base) {
+            continue;
+        }
+        let ports = UnifiedPorts {
+            http_base,
+            raft_base: http_base + RAFT_OFFSET,
+            router: http_base + ROUTER_OFFSET,
+        };
+        if ports.all().into_iter().all(port_is_free) {
+            taken.insert(http_base);
+            return ports;
+        }
+    }
+    panic!("alloc_unified_ports: no free HTTP base found");
+}
+
+/// Limits how many unified clusters (ten processes each) run at once in this test process.
+/// `$UNIKV_TEST_CLUSTERS` overrides the default (a third of the CPUs, at least 1).
+fn cluster_slots() -> Arc<Semaphore> {
+    static SLOTS: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    SLOTS
+        .get_or_init(|| {
+            let n = std::env::var("UNIKV_TEST_CLUSTERS")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .filter(|n| *n > 0)
+                .unwrap_or_else(|| {
+                    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+                    (cpus / 3).max(1)
+                });
+            Arc::new(Semaphore::new(n))
+        })
+        .clone()
+}
+
+/// `scripts/run_unified.sh` of this checkout.
+pub fn script_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../scripts/run_unified.sh")
+        .canonicalize()
+        .expect("scripts/run_unified.sh exists")
+}
+
+/// The cargo target dir this test binary was built in (`<target>/release/deps/<test exe>`);
+/// panics unless it is the release profile, where the script looks for the binaries.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test exe lives in <target>/<profile>/deps");
+    assert!(
+        profile_dir.file_name().is_some_and(|n| n == "release"),
+        "the unified tests run the release binaries: run them with `cargo test --release` (test exe {})",
+        exe.display()
+    );
+    profile_dir
+        .parent()
+        .expect("profile dir has a parent")
+        .to_path_buf()
+}
+
+/// A leader as `/config` and the router's `/status` report it.
+pub type Leader = LeaderInfo;
+
+/// A member of a shard in `/config` or the router's `/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Member {
+    pub node_id: u64,
+    #[serde(default)]
+    pub http: Option<String>,
+    #[serde(default)]
+    pub raft: Option<String>,
+    #[serde(default)]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub live: Option<bool>,
+}
+
+/// One `{"lo","hi","epoch"}` of a shard's `epochs`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+pub struct EpochRange {
+    pub lo: u16,
+    pub hi: u16,
+    pub epoch: u64,
+}
+
+/// One shard of `/config` (or of the router's `/status`, which has no `epochs`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ShardInfo {
+    pub id: u64,
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub leader: Option<Leader>,
+    #[serde(default)]
+    pub term: u64,
+    #[serde(default)]
+    pub members: Vec<Member>,
+    #[serde(default)]
+    pub slots: Vec<[u16; 2]>,
+    #[serde(default)]
+    pub slot_count: usize,
+    #[serde(default)]
+    pub epochs: Vec<EpochRange>,
+    #[serde(default)]
+    pub descriptor_version: u64,
+}
+
+impl ShardInfo {
+    /// True if one of the shard's slot ranges holds `slot`.
+    pub fn owns(&self, slot: Slot) -> bool {
+        self.slots.iter().any(|[lo, hi]| *lo <= slot && slot <= *hi)
+    }
+}
+
+/// The body of a node's `GET /config`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClusterConfig {
+    pub version: u64,
+    pub shards: Vec<ShardInfo>,
+}
+
+/// What two nodes must agree on: per shard, its leader's node id, slot ranges and epochs.
+pub type ConfigView = BTreeMap<u64, (Option<u64>, Vec<[u16; 2]>, Vec<EpochRange>)>;
+
+impl ClusterConfig {
+    /// The part of the config every node must agree on (live/role details left out).
+    pub fn view(&self) -> ConfigView {
+        self.shards
+            .iter()
+            .map(|s| {
+                let mut epochs = s.epochs.clone();
+                epochs.sort();
+                (
+                    s.id,
+                    (
+                        s.leader.as_ref().map(|l| l.node_id),
+                        s.slots.clone(),
+                        epochs,
+                    ),
+                )
+            })
+            .collect()
+    }
+
+    /// The slot → shard map of this config.
+    pub fn slot_map(&self) -> SlotMap {
+        SlotMap::from_shards(&self.shards)
+    }
+
+    /// The shard with this id.
+    pub fn shard(&self, id: u64) -> Option<&ShardInfo> {
+        self.shards.iter().find(|s| s.id == id)
+    }
+}
+
+/// The body of the router's `GET /status`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RouterStatus {
+    #[serde(default)]
+    pub router: Value,
+    #[serde(default)]
+    pub view_revision: Value,
+    #[serde(default)]
+    pub version: u64,
+    pub shards: Vec<ShardInfo>,
+    pub unowned_slots: u64,
+    #[serde(default)]
+    pub counters: Value,
+}
+
+/// Which shard owns each slot.
+#[derive(Debug, Clone)]
+pub struct SlotMap {
+    owner: Vec<Option<u64>>,
+}
+
+impl SlotMap {
+    /// Builds the map from shards' slot ranges; a slot claimed twice panics.
+    pub fn from_shards(shards: &[ShardInfo]) -> SlotMap {
+        let mut owner = vec![None; SLOT_COUNT as usize];
+        for s in shards {
+            for [lo, hi] in &s.slots {
+                for slot in *lo..=*hi {
+                    let cell = owner.get_mut(slot as usize).unwrap_or_else(|| {
+                        panic!("shard {} claims slot {slot} >= {SLOT_COUNT}", s.id)
+                    });
+                    if let Some(other) = cell.replace(s.id) {
+                        panic!("slot {slot} is claimed by shards {other} and {}", s.id);
+                    }
+                }
+            }
+        }
+        SlotMap { owner }
+    }
+
+    /// The shard owning a slot.
+    pub fn owner(&self, slot: Slot) -> Option<u64> {
+        self.owner[slot as usize]
+    }
+
+    /// The shard owning a key.
+    pub fn key_owner(&self, key: &str) -> Option<u64> {
+        self.owner(key_slot(key.as_bytes()))
+    }
+
+    /// `n` keys `"{prefix}-{i}"` owned by `shard`, scanning `i` upwards.
+    pub fn keys_of(&self, shard: u64, prefix: &str, n: usize) -> Vec<String> {
+        let mut out = Vec::with_capacity(n);
+        let mut i = 0u64;
+        while out.len() < n {
+            assert!(
+                i < 10_000_000,
+                "no {n} keys of shard {shard} found with prefix {prefix:?}"
+            );
+            let k = format!("{prefix}-{i}");
+            if self.key_owner(&k) == Some(shard) {
+                out.push(k);
+            }
+            i += 1;
+        }
+        out
+    }
+}
+
+/// Runs `op` on every item with `workers` concurrent tasks; results in item order.
+pub async fn run_concurrent<T, R, F, Fut>(items: Vec<T>, workers: usize, op: F) -> Vec<R>
+where
+    T: Clone + Send + Sync + 'static,
+    R: Send + 'static,
+    F: Fn(T) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+{
+    let items = Arc::new(items);
+    let next = Arc::new(AtomicUsize::new(0));
+    let op = Arc::new(op);
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..workers.max(1) {
+        let (items, next, op) = (items.clone(), next.clone(), op.clone());
+        set.spawn(async move {
+            let mut done = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                done.push((i, op(item.clone()).await));
+            }
+            done
+        });
+    }
+    let mut all = Vec::with_capacity(items.len());
+    while let Some(res) = set.join_next().await {
+        all.extend(res.expect("worker task panicked"));
+    }
+    all.sort_by_key(|(i, _)| *i);
+    all.into_iter().map(|(_, r)| r).collect()
+}
+
+/// True if `pid` exists and is not a zombie.
+pub fn pid_alive(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "pid (comm) S ...": the state follows the last ')'.
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    !matches!(state, Some("Z") | Some("X") | None)
+}
+
+/// A 3-shard unified cluster run by `scripts/run_unified.sh` in a tempdir. Dropping it runs
+/// `run_unified.sh stop` and then SIGKILLs any process of its pid files still alive.
+pub struct Unified {
+    dir: Option<tempfile::TempDir>,
+    root: PathBuf,
+    data: PathBuf,
+    logs: PathBuf,
+    target_dir: PathBuf,
+    ports: UnifiedPorts,
+    node_args: String,
+    router_args: String,
+    api: Api,
+    /// Every pid ever read from this cluster's pid files.
+    pids: Mutex<BTreeSet<u32>>,
+    /// Script invocations so far (names the script output files).
+    runs: AtomicUsize,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Unified {
+    /// Starts a cluster whose router answers within [`ROUTER_DEADLINE`].
+    pub async fn start() -> Unified {
+        Unified::start_with(&[], &[]).await
+    }
+
+    /// Starts a cluster with extra node and router flags (`UNIKV_NODE_ARGS`,
+    /// `UNIKV_ROUTER_ARGS`, after `--request_timeout_ms 2000` for the router) through
+    /// `run_unified.sh start`, which returns once the router sees every slot owned and every
+    /// leader.
+    pub async fn start_with(node_args: &[&str], router_args: &[&str]) -> Unified {
+        let slot = cluster_slots()
+            .acquire_owned()
+            .await
+            .expect("cluster semaphore closed");
+        let target_dir = target_dir();
+        for bin in ["unikv-node", "unikv-router"] {
+            let p = target_dir.join("release").join(bin);
+            assert!(
+                p.is_file(),
+                "{} not found: build it with `cargo build --release -p {bin}`",
+                p.display()
+            );
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("unikv-unified-")
+            .tempdir()
+            .expect("create tempdir");
+        let root = dir.path().to_path_buf();
+        let data = root.join("data");
+        let logs = root.join("logs");
+        fs::create_dir_all(&logs).expect("create logs dir");
+        let ports = alloc_unified_ports();
+        let mut addrs = BTreeMap::new();
+        addrs.insert(ROUTER, format!("127.0.0.1:{}", ports.router));
+        for s in 1..=SHARDS {
+            for n in 1..=NODES_PER_SHARD {
+                addrs.insert(node_ref(s, n), format!("127.0.0.1:{}", ports.http(s, n)));
+            }
+        }
+        let mut all_router_args = vec![
+            "--request_timeout_ms".to_string(),
+            ROUTER_DEADLINE.as_millis().to_string(),
+        ];
+        all_router_args.extend(router_args.iter().map(|a| a.to_string()));
+        let u = Unified {
+            dir: Some(dir),
+            root,
+            data,
+            logs,
+            target_dir,
+            ports,
+            node_args: node_args.join(" "),
+            router_args: all_router_args.join(" "),
+            api: Api::new(addrs),
+            pids: Mutex::new(BTreeSet::new()),
+            runs: AtomicUsize::new(0),
+            _slot: slot,
+        };
+        eprintln!(
+            "[unified] dir {} http base {} raft base {} router port {}",
+            u.root.display(),
+            ports.http_base,
+            ports.raft_base,
+            ports.router
+        );
+        let t0 = Instant::now();
+        let out = u
+            .script(&["start"])
+            .await
+            .unwrap_or_else(|e| panic!("run_unified.sh start failed: {e:#}"));
+        assert!(
+            out.contains("unikv ready"),
+            "run_unified.sh start exited 0 without \"unikv ready\":\n{out}"
+        );
+        eprintln!("[unified] ready in {:?}", t0.elapsed());
+        u
+    }
+
+    /// A cloneable client for every node ([`node_ref`]) and the router ([`ROUTER`]).
+    pub fn api(&self) -> Api {
+        self.api.clone()
+    }
+
+    /// The cluster's ports.
+    pub fn ports(&self) -> UnifiedPorts {
+        self.ports
+    }
+
+    /// The tempdir holding `data/` and `logs/`.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// [`Api`] ids of the nodes of a shard.
+    pub fn shard_nodes(&self, shard: u64) -> Vec<u64> {
+        (1..=NODES_PER_SHARD).map(|n| node_ref(shard, n)).collect()
+    }
+
+    /// [`Api`] ids of every node.
+    pub fn all_nodes(&self) -> Vec<u64> {
+        (1..=SHARDS).flat_map(|s| self.shard_nodes(s)).collect()
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        let p = self.ports;
+        vec![
+            ("CARGO_TARGET_DIR", self.target_dir.display().to_string()),
+            ("UNIKV_SHARDS", SHARDS.to_string()),
+            ("UNIKV_HTTP_BASE", p.http_base.to_string()),
+            ("UNIKV_RAFT_BASE", p.raft_base.to_string()),
+            ("UNIKV_ROUTER_PORT", p.router.to_string()),
+            ("UNIKV_DATA", self.data.display().to_string()),
+            ("UNIKV_LOGS", self.logs.display().to_string()),
+            ("UNIKV_HOST", "127.0.0.1".to_string()),
+            ("UNIKV_NO_BUILD", "1".to_string()),
+            ("UNIKV_NODE_ARGS", self.node_args.clone()),
+            ("UNIKV_ROUTER_ARGS", self.router_args.clone()),
+        ]
+    }
+
+    /// A fresh file in the logs dir for the output of one script invocation.
+    fn script_output(&self, args: &[&str]) -> (PathBuf, File) {
+        let run = self.runs.fetch_add(1, Ordering::Relaxed) + 1;
+        let path = self
+            .logs
+            .join(format!("script-{run:02}-{}.txt", args.join("-")));
+        let file = File::create(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        (path, file)
+    }
+
+    /// Runs `run_unified.sh <args>` with this cluster's environment, at most
+    /// [`SCRIPT_TIMEOUT`]; returns its output (stdout and stderr) if it exits 0.
+    pub async fn script(&self, args: &[&str]) -> anyhow::Result<String> {
+        let (out_path, file) = self.script_output(args);
+        let err_file = file.try_clone().context("clone output file")?;
+        let mut child = tokio::process::Command::new("bash")
+            .arg(script_path())
+            .args(args)
+            .envs(self.env())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::from(err_file))
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn bash scripts/run_unified.sh")?;
+        let waited = tokio::time::timeout(SCRIPT_TIMEOUT, child.wait()).await;
+        self.record_pids();
+        let out = fs::read_to_string(&out_path).unwrap_or_default();
+        match waited {
+            Ok(Ok(status)) if status.success() => Ok(out),
+            Ok(Ok(status)) => bail!("run_unified.sh {args:?} exited with {status}; output:\n{out}"),
+            Ok(Err(e)) => bail!("waiting for run_unified.sh {args:?}: {e}"),
+            Err(_) => {
+                let _ = child.kill().await;
+                bail!(
+                    "run_unified.sh {args:?} did not finish in {SCRIPT_TIMEOUT:?}; output:\n{out}"
+                )
+            }
+        }
+    }
+
+    fn pid_file(&self, p: Proc) -> PathBuf {
+        let pids = self.data.join("pids");
+        match p {
+            Proc::Node(s, n) => pids.join(format!("unikv_{s}_{n}.pid")),
+            Proc::Router => pids.join("router.pid"),
+        }
+    }
+
+    /// The pid in a process's pid file.
+    pub fn pid(&self, p: Proc) -> anyhow::Result<u32> {
+        let f = self.pid_file(p);
+        let text = fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        text.trim()
+            .parse()
+            .with_context(|| format!("{} holds {text:?}, not a pid", f.display()))
+    }
+
+    fn lock_pids(&self) -> MutexGuard<'_, BTreeSet<u32>> {
+        self.pids.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Remembers every pid now in the pid files, so Drop can clean them up whatever happens.
+    fn record_pids(&self) {
+        let found: Vec<u32> = all_procs()
+            .into_iter()
+            .filter_map(|p| self.pid(p).ok())
+            .collect();
+        self.lock_pids().extend(found);
+    }
+
+    /// True if `pid` is a live unikv process of this cluster (its command line names our
+    /// data dir), so a recycled pid is never signalled.
+    pub fn is_ours(&self, pid: u32) -> bool {
+        if !pid_alive(pid) {
+            return false;
+        }
+        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            return false;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        cmdline.contains("unikv-") && cmdline.contains(&*self.data.to_string_lossy())
+    }
+
+    /// True if the process of a pid file is alive.
+    pub fn is_running(&self, p: Proc) -> bool {
+        self.pid(p).is_ok_and(|pid| self.is_ours(pid))
+    }
+
+    /// Panics naming every process of `procs` that is not running (a crash, or a pid file
+    /// the script did not write).
+    pub fn assert_running(&self, procs: &[Proc]) {
+        let dead: Vec<String> = procs
+            .iter()
+            .filter(|p| !self.is_running(**p))
+            .map(|p| format!("{p} (pid file: {:?})", self.pid(*p).ok()))
+            .collect();
+        assert!(
+            dead.is_empty(),
+            "processes not running: {}",
+            dead.join(", ")
+        );
+    }
+
+    /// SIGKILLs a running process (by its pid file) and waits until it is gone; returns its
+    /// pid.
+    pub async fn kill9(&self, p: Proc) -> u32 {
+        let pid = self.pid(p).unwrap_or_else(|e| panic!("kill9 {p}: {e:#}"));
+        assert!(self.is_ours(pid), "kill9 {p}: pid {pid} is not running");
+        self.lock_pids().insert(pid);
+        send_sigkill(pid).unwrap_or_else(|e| panic!("kill -9 {pid} ({p}): {e:#}"));
+        wait_until_ok(
+            Duration::from_secs(10),
+            &format!("{p} (pid {pid}) to die"),
+            || async {
+                if pid_alive(pid) {
+                    Err("still alive")
+                } else {
+                    Ok(())
+                }
+            },
+        )
+        .await;
+        eprintln!("[unified] kill -9 {p} (pid {pid})");
+        pid
+    }
+
+    /// `run_unified.sh node S N`: (re)starts one node with its flags and data dir.
+    pub async fn restart_node(&self, shard: u64, node: u64) {
+        let (s, n) = (shard.to_string(), node.to_string());
+        self.script(&["node", &s, &n])
+            .await
+            .unwrap_or_else(|e| panic!("run_unified.sh node {s} {n}: {e:#}"));
+        eprintln!(
+            "[unified] restarted node {shard}/{node} (pid {:?})",
+            self.pid(Proc::Node(shard, node)).ok()
+        );
+    }
+
+    /// `run_unified.sh router`: (re)starts the router.
+    pub async fn restart_router(&self) {
+        self.script(&["router"])
+            .await
+            .unwrap_or_else(|e| panic!("run_unified.sh router: {e:#}"));
+        eprintln!(
+            "[unified] restarted the router (pid {:?})",
+            self.pid(Proc::Router).ok()
+        );
+    }
+
+    /// `GET /config` of a node, parsed.
+    pub async fn config(&self, node: u64) -> anyhow::Result<ClusterConfig> {
+        let r = self
+            .api
+            .request(
+                node,
+                Method::GET,
+                "/config",
+                &[],
+                Body::Empty,
+                PROBE_TIMEOUT,
+            )
+            .await?;
+        if r.status != 200 {
+            bail!("GET /config on node {node}: {r}");
+        }
+        let v = r
+            .json
+            .clone()
+            .ok_or_else(|| anyhow!("GET /config on node {node}: not JSON: {r}"))?;
+        serde_json::from_value(v)
+            .with_context(|| format!("GET /config on node {node}: unexpected shape: {r}"))
+    }
+
+    /// `GET /config` of every node of `nodes`, once.
+    pub async fn configs(&self, nodes: &[u64]) -> anyhow::Result<Vec<(u64, ClusterConfig)>> {
+        let mut out = Vec::new();
+        for &n in nodes {
+            out.push((n, self.config(n).await?));
+        }
+        Ok(out)
+    }
+
+    /// Polls `/config` on every node until all report the same [`ConfigView`] (shards,
+    /// leaders, slot ranges, epochs); returns every node's config from that round.
+    pub async fn agreed_configs(&self) -> Vec<(u64, ClusterConfig)> {
+        let nodes = self.all_nodes();
+        wait_until_ok(
+            UNIFIED_WAIT,
+            "every node's /config to agree on shards, leaders, slots and epochs",
+            || async {
+                let all = self.configs(&nodes).await.map_err(|e| format!("{e:#}"))?;
+                let first = all[0].1.view();
+                match all.iter().find(|(_, c)| c.view() != first) {
+                    None => Ok(all),
+                    Some((n, c)) => Err(format!(
+                        "node {} sees {:?}; node {n} sees {:?}",
+                        all[0].0,
+                        first,
+                        c.view()
+                    )),
+                }
+            },
+        )
+        .await
+    }
+
+    /// The slot map every node agrees on.
+    pub async fn agreed_slot_map(&self) -> SlotMap {
+        self.agreed_configs().await[0].1.slot_map()
+    }
+
+    /// The router's `GET /status`, parsed.
+    pub async fn router_status(&self) -> anyhow::Result<RouterStatus> {
+        let r = self.api.get_path(ROUTER, "/status", &[]).await?;
+        if r.status != 200 {
+            bail!("GET /status on the router: {r}");
+        }
+        let v = r
+            .json
+            .clone()
+            .ok_or_else(|| anyhow!("GET /status on the router: not JSON: {r}"))?;
+        serde_json::from_value(v)
+            .with_context(|| format!("GET /status on the router: unexpected shape: {r}"))
+    }
+
+    /// `/raft/status` of a node.
+    pub async fn raft_status(&self, node: u64) -> anyhow::Result<RaftStatus> {
+        self.api.status(node).await
+    }
+
+    /// One look at the given nodes of a shard: `Ok(n)` if node `n` says it leads and a
+    /// majority of the shard (counting it) names it leader; else a description.
+    pub async fn observe_shard_leader(&self, shard: u64, among: &[u64]) -> Result<u64, String> {
+        let mut statuses = Vec::new();
+        let mut notes = Vec::new();
+        for &n in among {
+            match self.raft_status(node_ref(shard, n)).await {
+                Ok(s) => {
+                    notes.push(format!("{}/{}", shard, s.summary()));
+                    statuses.push(s);
+                }
+                Err(e) => notes.push(format!("node {shard}/{n}: {e:#}")),
+            }
+        }
+        let leader = statuses
+            .iter()
+            .filter(|s| s.role == "leader")
+            .max_by_key(|s| s.term)
+            .map(|s| s.node_id);
+        if let Some(l) = leader {
+            let agree = statuses.iter().filter(|s| s.leader_id() == Some(l)).count();
+            if agree as u64 * 2 > NODES_PER_SHARD {
+                return Ok(l);
+            }
+        }
+        Err(notes.join(" | "))
+    }
+
+    /// Waits for a leader of `shard` among nodes `among`, acknowledged by a majority.
+    pub async fn wait_shard_leader(&self, shard: u64, among: &[u64], timeout: Duration) -> u64 {
+        let what = format!("a leader of shard {shard} among nodes {among:?}");
+        wait_until_ok(timeout, &what, || self.observe_shard_leader(shard, among)).await
+    }
+
+    /// Waits until a restarted node is a voter of its shard again, follows (or is) the
+    /// leader a majority acknowledges, and has applied at least what the leader had applied
+    /// when this wait began.
+    pub async fn wait_node_caught_up(&self, shard: u64, node: u64) {
+        let all: Vec<u64> = (1..=NODES_PER_SHARD).collect();
+        let leader = self.wait_shard_leader(shard, &all, UNIFIED_WAIT).await;
+        let target = self
+            .raft_status(node_ref(shard, leader))
+            .await
+            .ok()
+            .and_then(|s| s.applied_index)
+            .unwrap_or(0);
+        let what = format!("node {shard}/{node} to rejoin and apply index {target}");
+        wait_until_ok(UNIFIED_WAIT, &what, || async {
+            let s = self
+                .raft_status(node_ref(shard, node))
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            let voter = s.voters.contains(&node);
+            let applied = s.applied_index.unwrap_or(0);
+            if voter && s.leader_id().is_some() && applied >= target {
+                Ok(())
+            } else {
+                Err(s.summary())
+            }
+        })
+        .await;
+    }
+
+    /// Prints the state of every process and the last `lines` lines of every log.
+    pub fn dump_logs(&self, lines: usize) {
+        for p in all_procs() {
+            let pid = self.pid(p).ok();
+            let alive = pid.is_some_and(|pid| self.is_ours(pid));
+            eprintln!("[unified] {p}: pid {pid:?} alive={alive}");
+        }
+        let mut files: Vec<PathBuf> = match fs::read_dir(&self.logs) {
+            Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.path()).collect(),
+            Err(e) => {
+                eprintln!("[unified] cannot list {}: {e}", self.logs.display());
+                return;
+            }
+        };
+        files.sort();
+        for f in files {
+            let text = match fs::read(&f) {
+                Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+                Err(e) => {
+                    eprintln!("[unified] cannot read {}: {e}", f.display());
+                    continue;
+                }
+            };
+            let all: Vec<&str> = text.lines().collect();
+            let start = all.len().saturating_sub(lines);
+            eprintln!(
+                "===== {} (last {} of {} lines) =====",
+                f.display(),
+                all.len() - start,
+                all.len()
+            );
+            for line in &all[start..] {
+                eprintln!("{line}");
+            }
+        }
+    }
+
+    /// `run_unified.sh stop`, blocking (for Drop), bounded by [`SCRIPT_TIMEOUT`].
+    fn stop_blocking(&self) -> anyhow::Result<()> {
+        let (out_path, file) = self.script_output(&["stop"]);
+        let err_file = file.try_clone()?;
+        let mut child = std::process::Command::new("bash")
+            .arg(script_path())
+            .arg("stop")
+            .envs(self.env())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::from(err_file))
+            .spawn()
+            .context("spawn run_unified.sh stop")?;
+        let deadline = Instant::now() + SCRIPT_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                if status.success() {
+                    return Ok(());
+                }
+                let out = fs::read_to_string(&out_path).unwrap_or_default();
+                bail!("run_unified.sh stop exited with {status}: {out}");
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("run_unified.sh stop did not finish in {SCRIPT_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `kill -9 <pid>`.
+fn send_sigkill(pid: u32) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .arg("-9")
+        .arg(pid.to_string())
+        .stdin(Stdio::null())
+        .status()
+        .context("run kill")?;
+    if !status.success() {
+        bail!("kill -9 {pid} exited with {status}");
+    }
+    Ok(())
+}
+
+impl Drop for Unified {
+    fn drop(&mut self) {
+        let failed = std::thread::panicking();
+        if failed {
+            eprintln!("[unified] test failed; process states and logs follow");
+            self.dump_logs(LOG_TAIL_LINES);
+        }
+        self.record_pids();
+        if let Err(e) = self.stop_blocking() {
+            eprintln!("[unified] {e:#}");
+        }
+        let pids: Vec<u32> = self.lock_pids().iter().copied().collect();
+        for pid in pids {
+            if self.is_ours(pid) {
+                eprintln!("[unified] pid {pid} survived run_unified.sh stop; kill -9");
+                if let Err(e) = send_sigkill(pid) {
+                    eprintln!("[unified] {e:#}");
+                }
+            }
+        }
+        // UNIKV_KEEP_DIRS=1 keeps the data and logs of every test, passed or failed.
+        if std::env::var_os("UNIKV_KEEP_DIRS").is_some() {
+            if let Some(dir) = self.dir.take() {
+                let kept = dir.keep();
+                eprintln!("[unified] kept {}", kept.display());
+            }
+        }
+        let _ = std::io::stderr().flush();
+    }
+}
