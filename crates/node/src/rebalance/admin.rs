@@ -218,6 +218,17 @@ pub async fn moveslot(State(node): State<Arc<Node>>, req: Request) -> Result<Res
             format!("no shard owns slot {slot} right now"),
         ));
     };
+    // An operator may name the source; it must be the owner.
+    if p.optional("from").is_some() {
+        let from = shard_param(&p, "from")?;
+        if from != owner {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_owner",
+                format!("shard {from} does not own slot {slot} (shard {owner} does)"),
+            ));
+        }
+    }
     if owner == to {
         return Err(ApiError::bad_request(
             "bad_target",
