@@ -116,6 +116,17 @@ impl Node {
         }
     }
 
+    /// `NotLeader` with the leader openraft pointed at.
+    fn not_leader(&self, f: openraft::errors::ForwardToLeader<TypeConfig>) -> KvError {
+        KvError::NotLeader {
+            shard: self.shard(),
+            leader: f
+                .leader_id
+                .zip(f.leader_node)
+                .map(|(id, n)| node_ref(id, &n)),
+        }
+    }
+
     pub fn unavailable(&self, reason: impl Into<String>) -> KvError {
         KvError::Unavailable {
             shard: self.shard(),
@@ -196,13 +207,7 @@ impl Node {
         match self.raft.client_write(cmd).await {
             Ok(resp) => resp.data,
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(KvError::NotLeader {
-                    shard: self.shard(),
-                    leader: f
-                        .leader_id
-                        .zip(f.leader_node)
-                        .map(|(id, n)| node_ref(id, &n)),
-                })
+                Err(self.not_leader(f))
             }
             Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
                 Err(KvError::Unknown {
@@ -219,13 +224,7 @@ impl Node {
         match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
-                Err(KvError::NotLeader {
-                    shard: self.shard(),
-                    leader: f
-                        .leader_id
-                        .zip(f.leader_node)
-                        .map(|(id, n)| node_ref(id, &n)),
-                })
+                Err(self.not_leader(f))
             }
             Err(e) => Err(self.unavailable(e.to_string())),
         }
@@ -337,13 +336,7 @@ impl Node {
         match self.raft.get_read_log_id(ReadPolicy::ReadIndex).await {
             Ok((read_log_id, _)) => Ok(read_log_id.index()),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
-                Err(KvError::NotLeader {
-                    shard: self.shard(),
-                    leader: f
-                        .leader_id
-                        .zip(f.leader_node)
-                        .map(|(id, n)| node_ref(id, &n)),
-                })
+                Err(self.not_leader(f))
             }
             Err(e) => Err(self.unavailable(e.to_string())),
         }
