@@ -103,6 +103,9 @@ fn shard(s: &ShardView) -> Value {
         "slots": slots,
         "slot_count": slot_count,
         "descriptor_version": s.descriptor_version,
+        "keys": s.keys,
+        "bytes": s.bytes,
+        "tags": s.tags.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
     })
 }
 
