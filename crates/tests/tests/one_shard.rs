@@ -729,3 +729,110 @@ async fn bad_input_gets_4xx_json() {
 
     assert_no_failures("bad input", &failures);
 }
+
+/// `/raft/leave` removes a member (sent to a follower, which forwards it to the leader); the
+/// shard keeps serving with two voters; the removed node can join again and catches up; the
+/// last voter cannot leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leave_removes_a_member_and_it_can_rejoin() {
+    let c = Cluster::start().await;
+    let api = c.api();
+    let leader = c.wait_converged(WAIT).await;
+    let gone = followers(&c, leader)[0];
+    let via = followers(&c, leader)[1];
+    let r = api
+        .request(
+            via,
+            Method::POST,
+            "/raft/leave",
+            &[],
+            Body::form(&[("nodeid", &gone.to_string())]),
+            REQUEST_TIMEOUT,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "leave: {}", r.raw);
+    let mut expected: Vec<u64> = c.node_ids().into_iter().filter(|n| *n != gone).collect();
+    expected.sort();
+    let voters = r.field("voters").cloned().unwrap_or_default();
+    assert_eq!(voters, json!(expected), "voters after leave: {}", r.raw);
+    wait_until_ok(WAIT, "leader reports two voters", || async {
+        let s = c.status(leader).await?;
+        anyhow::ensure!(
+            s.sorted_voters() == expected,
+            "voters {:?}",
+            s.sorted_voters()
+        );
+        Ok(())
+    })
+    .await;
+    // The shard still commits with two voters.
+    let kvs = make_kvs("after-leave", 20);
+    for (k, v) in &kvs {
+        c.put_ok(via, k, v).await;
+    }
+    // Leaving again is a 404: it is no longer a member.
+    let r = api
+        .request(
+            leader,
+            Method::POST,
+            "/raft/leave",
+            &[],
+            Body::form(&[("nodeid", &gone.to_string())]),
+            REQUEST_TIMEOUT,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404, "second leave: {}", r.raw);
+    // It can join again and catches up on what it missed.
+    let r = api
+        .request(
+            leader,
+            Method::POST,
+            "/raft/join",
+            &[],
+            Body::form(&[("nodeid", &gone.to_string()), ("addr", &c.raft_addr(gone))]),
+            REQUEST_TIMEOUT * 4,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "rejoin: {}", r.raw);
+    for (k, v) in &kvs {
+        assert_eq!(
+            c.get_value(gone, k).await.as_deref(),
+            Some(v.as_str()),
+            "key {k} on the rejoined node"
+        );
+    }
+    // A one-voter shard refuses to lose its last voter.
+    let one = Cluster::start_with(&[]).await;
+    let api1 = one.api();
+    let l = one.wait_converged(WAIT).await;
+    for n in followers(&one, l) {
+        let r = api1
+            .request(
+                l,
+                Method::POST,
+                "/raft/leave",
+                &[],
+                Body::form(&[("nodeid", &n.to_string())]),
+                REQUEST_TIMEOUT,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "leave {n}: {}", r.raw);
+    }
+    let r = api1
+        .request(
+            l,
+            Method::POST,
+            "/raft/leave",
+            &[],
+            Body::form(&[("nodeid", &l.to_string())]),
+            REQUEST_TIMEOUT,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "last voter: {}", r.raw);
+    assert_eq!(r.code(), Some("last_voter"));
+}
