@@ -113,7 +113,7 @@ fn own_shard(node: &Node, view: &unikv_gossip::ClusterView) -> (Value, u64) {
         .collect();
     let v = shard_json(
         node.shard().0,
-        unikv_types::ShardState::Active.as_str(),
+        d.state.as_str(),
         json!(node.leader()),
         m.current_term,
         members,

@@ -30,6 +30,10 @@ pub struct ShardDescriptor {
     /// observers derive).
     #[serde(default)]
     pub state: ShardState,
+    /// Whether the state was set explicitly (e.g. by `/addshard`): the bootstrap claim then
+    /// leaves it alone.
+    #[serde(default)]
+    pub state_set: bool,
     /// Operator tags, e.g. `datacenter=us-east`.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
@@ -151,8 +155,9 @@ impl ShardDescriptor {
             })
             .collect();
         self.initialised = true;
-        // A shard that starts without slots waits for `/addshard` before receiving any.
-        if self.ranges.is_empty() {
+        // A shard that starts without slots waits for `/addshard` before receiving any (unless
+        // `/addshard` already came, before the claim did).
+        if self.ranges.is_empty() && !self.state_set {
             self.state = ShardState::Inactive;
         }
         self.version += 1;

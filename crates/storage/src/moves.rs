@@ -134,8 +134,9 @@ pub(crate) fn apply_move(
             if *state == ShardState::Unreachable {
                 refused("unreachable is derived by observers, not a registry state".into())
             } else {
-                if d.state != *state {
+                if d.state != *state || !d.state_set {
                     d.state = *state;
+                    d.state_set = true;
                     d.version += 1;
                 }
                 ok

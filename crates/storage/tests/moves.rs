@@ -322,6 +322,34 @@ fn refused_steps() {
 }
 
 #[test]
+fn an_activation_before_the_initial_claim_is_kept() {
+    // `/addshard` can reach a fresh shard before its (empty) initial claim commits.
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    let meta = SmMeta::load(&db, ShardId(4)).unwrap();
+    let mut s = Shard {
+        _dir: dir,
+        db,
+        meta,
+        next: 1,
+    };
+    assert_eq!(
+        s.mv(MoveCommand::SetState {
+            state: unikv_types::ShardState::Active
+        }),
+        Ok(KvReply::Written)
+    );
+    let claim = Command::Bootstrap {
+        shard: ShardId(4),
+        ranges: vec![],
+        epoch: Epoch(1),
+    };
+    assert_eq!(s.apply(claim), Ok(KvReply::Written));
+    assert_eq!(s.meta.descriptor.state, unikv_types::ShardState::Active);
+    assert!(s.meta.descriptor.initialised);
+}
+
+#[test]
 fn slot_statistics_follow_puts_appends_and_deletes() {
     let mut s = Shard::new(1, Some((0, 16383)));
     assert_eq!(s.kv(3, "ab", put("1234"), None), Ok(KvReply::Written));

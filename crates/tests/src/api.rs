@@ -301,13 +301,24 @@ impl Api {
 
     /// `POST /append?key=K&val=V`.
     pub async fn append(&self, node: u64, key: &str, val: &str) -> anyhow::Result<Resp> {
+        self.append_timeout(node, key, val, REQUEST_TIMEOUT).await
+    }
+
+    /// `POST /append?key=K&val=V` with an explicit timeout.
+    pub async fn append_timeout(
+        &self,
+        node: u64,
+        key: &str,
+        val: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Resp> {
         self.request(
             node,
             Method::POST,
             "/append",
             &[("key", key), ("val", val)],
             Body::Empty,
-            REQUEST_TIMEOUT,
+            timeout,
         )
         .await
     }

@@ -1,9 +1,11 @@
 //! Harness for real-process tests of `unikv-node`: start a 3-node shard in a tempdir (or, in
 //! [`unified`], a 3-shard cluster with its router through `scripts/run_unified.sh`), talk to it
-//! over HTTP, kill -9 and restart processes, and check data.
+//! over HTTP, kill -9 and restart processes, add and drain shards, run client [`load`] against
+//! it, and check data.
 
 pub mod api;
 pub mod cluster;
+pub mod load;
 pub mod ports;
 pub mod unified;
 pub mod wait;
@@ -14,10 +16,10 @@ pub use api::{Api, Body, LeaderInfo, Method, RaftStatus, Resp};
 pub use cluster::{node_bin, Cluster, SHARD_ID, WAIT};
 pub use ports::{alloc_port, alloc_ports, port_is_free};
 pub use unified::{
-    node_ref, run_concurrent, ClusterConfig, Proc, RouterStatus, SlotMap, Unified, ROUTER,
-    ROUTER_DEADLINE, SHARDS, UNIFIED_WAIT,
+    node_ref, run_concurrent, ClusterConfig, Proc, RebalanceStatus, RouterStatus, ShardStats,
+    SlotMap, Stats, Unified, MAX_SHARDS, ROUTER, ROUTER_DEADLINE, SHARDS, UNIFIED_WAIT,
 };
-pub use wait::{try_wait_until, wait_until, wait_until_ok};
+pub use wait::{try_wait_until, wait_until, wait_until_ok, wait_until_ok_every};
 
 /// A key unique to this process and call, e.g. `"{prefix}-<random>"`.
 pub fn unique(prefix: &str) -> String {

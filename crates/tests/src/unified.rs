@@ -3,7 +3,9 @@
 //!
 //! Every process of a cluster is addressed through one [`Api`]: node `N` of shard `S` is id
 //! [`node_ref`]`(S, N)` (= `10 * S + N`, e.g. 21 = shard 2 node 1) and the router is
-//! [`ROUTER`] (0).
+//! [`ROUTER`] (0). A cluster starts with [`SHARDS`] shards (or as many as
+//! [`Unified::start_shards`] asks for) and can grow to [`MAX_SHARDS`] with
+//! [`Unified::add_shard`] (`run_unified.sh addshard S`), whose ports are reserved up front.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
@@ -18,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use rand::Rng;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -25,10 +28,12 @@ use unikv_types::{key_slot, Slot, SLOT_COUNT};
 
 use crate::api::{Api, Body, LeaderInfo, Method, RaftStatus, PROBE_TIMEOUT};
 use crate::ports::port_is_free;
-use crate::wait::wait_until_ok;
+use crate::wait::{wait_until_ok, wait_until_ok_every};
 
-/// Shards the script starts (`UNIKV_SHARDS`).
+/// Shards the script starts (`UNIKV_SHARDS`) unless a test asks for another count.
 pub const SHARDS: u64 = 3;
+/// Shards a test cluster may have, counting those added later: ports are reserved for all.
+pub const MAX_SHARDS: u64 = 4;
 /// Nodes per shard (the script always starts nodes 1, 2 and 3).
 pub const NODES_PER_SHARD: u64 = 3;
 /// The [`Api`] id of the router.
@@ -85,7 +90,8 @@ impl fmt::Display for Proc {
     }
 }
 
-/// Every process of a cluster: nine nodes, then the router.
+/// Every process of a cluster of [`SHARDS`] shards: nine nodes, then the router (for a
+/// cluster of another size, or one that grew, see [`Unified::procs`]).
 pub fn all_procs() -> Vec<Proc> {
     let mut v: Vec<Proc> = (1..=SHARDS)
         .flat_map(|s| (1..=NODES_PER_SHARD).map(move |n| Proc::Node(s, n)))
@@ -113,10 +119,10 @@ impl UnifiedPorts {
         self.raft_base + (10 * shard + node) as u16
     }
 
-    /// Every port the cluster binds.
+    /// Every port the cluster binds, up to [`MAX_SHARDS`] shards.
     pub fn all(&self) -> Vec<u16> {
         let mut v = vec![self.router];
-        for s in 1..=SHARDS {
+        for s in 1..=MAX_SHARDS {
             for n in 1..=NODES_PER_SHARD {
                 v.push(self.http(s, n));
                 v.push(self.raft(s, n));
@@ -132,7 +138,8 @@ fn bases_taken() -> &'static Mutex<HashSet<u16>> {
 }
 
 /// Picks a random HTTP base (step 100) never handed out before in this process whose every
-/// port (nine HTTP/gossip, nine QUIC, the router's) is free for TCP and UDP right now.
+/// port ([`MAX_SHARDS`] x 3 HTTP/gossip and QUIC, the router's) is free for TCP and UDP right
+/// now.
 pub fn alloc_unified_ports() -> UnifiedPorts {
     let mut rng = rand::rng();
     let mut taken = bases_taken().lock().unwrap_or_else(|e| e.into_inner());
@@ -293,6 +300,33 @@ impl ClusterConfig {
     pub fn shard(&self, id: u64) -> Option<&ShardInfo> {
         self.shards.iter().find(|s| s.id == id)
     }
+
+    /// Per slot, the shard owning it and the epoch it owns it at (from `epochs`); panics if
+    /// two shards claim a slot.
+    pub fn slot_epochs(&self) -> Vec<Option<(u64, u64)>> {
+        let mut out = vec![None; SLOT_COUNT as usize];
+        for s in &self.shards {
+            for e in &s.epochs {
+                for slot in e.lo..=e.hi {
+                    let cell = out.get_mut(slot as usize).unwrap_or_else(|| {
+                        panic!(
+                            "shard {} has an epoch for slot {slot} >= {SLOT_COUNT}",
+                            s.id
+                        )
+                    });
+                    if let Some((other, _)) = cell.replace((s.id, e.epoch)) {
+                        panic!("slot {slot} has epochs in shards {other} and {}", s.id);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Slots owned per shard (every shard listed, also those owning none).
+    pub fn slot_counts(&self) -> BTreeMap<u64, usize> {
+        self.shards.iter().map(|s| (s.id, s.slot_count)).collect()
+    }
 }
 
 /// The body of the router's `GET /status`.
@@ -308,6 +342,128 @@ pub struct RouterStatus {
     pub unowned_slots: u64,
     #[serde(default)]
     pub counters: Value,
+}
+
+/// `write_pause_ms` of `/rebalance/status`: the write pause of slots this node handed off.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+pub struct WritePause {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// The `cluster` part of `/rebalance/status`: the node's gossip view with its own shard taken
+/// from its descriptor.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct RebalanceCluster {
+    /// Slots above their shard's fair share, summed over all shards.
+    pub pending_slots: usize,
+    /// Fair share per shard.
+    pub targets: BTreeMap<u64, usize>,
+    /// Owned slots per shard.
+    pub slot_counts: BTreeMap<u64, usize>,
+}
+
+/// The body of a node's `GET /rebalance/status` (counters are since that process started).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct RebalanceStatus {
+    pub shard: u64,
+    pub state: String,
+    pub leader: bool,
+    /// Slots of this shard being handed off (frozen for writes).
+    pub moving: usize,
+    /// Slots received and not yet served.
+    pub receiving: usize,
+    /// Planned hand-offs not started yet.
+    pub queued: usize,
+    pub moved_slots: u64,
+    pub moved_bytes: u64,
+    pub aborted: u64,
+    pub rate_bytes_per_s: f64,
+    pub write_pause_ms: Option<WritePause>,
+    pub cluster: RebalanceCluster,
+}
+
+impl RebalanceStatus {
+    /// Ok if this node sees the cluster balanced at `expected` (slots per shard; shards not
+    /// listed own and get none) with nothing moving, received or queued here; else why not.
+    pub fn balanced_at(&self, expected: &BTreeMap<u64, usize>) -> Result<(), String> {
+        let c = &self.cluster;
+        let mut problems = Vec::new();
+        if c.pending_slots != 0 || self.moving != 0 || self.receiving != 0 || self.queued != 0 {
+            problems.push(format!(
+                "pending {} moving {} receiving {} queued {}",
+                c.pending_slots, self.moving, self.receiving, self.queued
+            ));
+        }
+        let shards: BTreeSet<u64> = expected
+            .keys()
+            .chain(c.targets.keys())
+            .chain(c.slot_counts.keys())
+            .copied()
+            .collect();
+        for s in shards {
+            let want = expected.get(&s).copied().unwrap_or(0);
+            let target = c.targets.get(&s).copied().unwrap_or(0);
+            let count = c.slot_counts.get(&s).copied().unwrap_or(0);
+            if target != want || count != want {
+                problems.push(format!(
+                    "shard {s}: target {target} slots {count} (want {want})"
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("shard {}: {}", self.shard, problems.join(", ")))
+        }
+    }
+}
+
+/// Keys and bytes of one slot in `/stats?slots=1`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SlotStats {
+    pub slot: Slot,
+    pub keys: u64,
+    pub bytes: u64,
+}
+
+/// One shard of a node's `GET /stats`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ShardStats {
+    pub id: u64,
+    pub state: String,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    pub slot_count: usize,
+    pub keys: u64,
+    pub bytes: u64,
+    pub descriptor_version: u64,
+    /// Per-slot counts (`?slots=1`, the answering node's own shard, slots holding data only).
+    #[serde(default)]
+    pub slots: Option<Vec<SlotStats>>,
+}
+
+/// The body of a node's `GET /stats`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Stats {
+    pub version: u64,
+    pub shards: Vec<ShardStats>,
+}
+
+impl Stats {
+    /// The shard with this id.
+    pub fn shard(&self, id: u64) -> Option<&ShardStats> {
+        self.shards.iter().find(|s| s.id == id)
+    }
+}
+
+/// The last line of `text` that is a JSON object (what the script prints for `curl`).
+pub fn last_json_line(text: &str) -> Option<Value> {
+    text.lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
+        .find(Value::is_object)
 }
 
 /// Which shard owns each slot.
@@ -408,8 +564,9 @@ pub fn pid_alive(pid: u32) -> bool {
     !matches!(state, Some("Z") | Some("X") | None)
 }
 
-/// A 3-shard unified cluster run by `scripts/run_unified.sh` in a tempdir. Dropping it runs
-/// `run_unified.sh stop` and then SIGKILLs any process of its pid files still alive.
+/// A unified cluster (3 shards unless asked otherwise) run by `scripts/run_unified.sh` in a
+/// tempdir. Dropping it runs `run_unified.sh stop` and then SIGKILLs any process of its pid
+/// files still alive.
 pub struct Unified {
     dir: Option<tempfile::TempDir>,
     root: PathBuf,
@@ -419,6 +576,10 @@ pub struct Unified {
     ports: UnifiedPorts,
     node_args: String,
     router_args: String,
+    /// Shards `run_unified.sh start` starts (`UNIKV_SHARDS`).
+    shards: u64,
+    /// Shards started later with `run_unified.sh addshard`.
+    added: Mutex<BTreeSet<u64>>,
     api: Api,
     /// Every pid ever read from this cluster's pid files.
     pids: Mutex<BTreeSet<u32>>,
@@ -438,6 +599,15 @@ impl Unified {
     /// `run_unified.sh start`, which returns once the router sees every slot owned and every
     /// leader.
     pub async fn start_with(node_args: &[&str], router_args: &[&str]) -> Unified {
+        Unified::start_shards(SHARDS, node_args, router_args).await
+    }
+
+    /// Like [`Unified::start_with`] with `shards` shards (`UNIKV_SHARDS`, 1..=[`MAX_SHARDS`]).
+    pub async fn start_shards(shards: u64, node_args: &[&str], router_args: &[&str]) -> Unified {
+        assert!(
+            (1..=MAX_SHARDS).contains(&shards),
+            "a test cluster has 1..={MAX_SHARDS} shards, not {shards}"
+        );
         let slot = cluster_slots()
             .acquire_owned()
             .await
@@ -462,7 +632,7 @@ impl Unified {
         let ports = alloc_unified_ports();
         let mut addrs = BTreeMap::new();
         addrs.insert(ROUTER, format!("127.0.0.1:{}", ports.router));
-        for s in 1..=SHARDS {
+        for s in 1..=MAX_SHARDS {
             for n in 1..=NODES_PER_SHARD {
                 addrs.insert(node_ref(s, n), format!("127.0.0.1:{}", ports.http(s, n)));
             }
@@ -481,6 +651,8 @@ impl Unified {
             ports,
             node_args: node_args.join(" "),
             router_args: all_router_args.join(" "),
+            shards,
+            added: Mutex::new(BTreeSet::new()),
             api: Api::new(addrs),
             pids: Mutex::new(BTreeSet::new()),
             runs: AtomicUsize::new(0),
@@ -526,16 +698,41 @@ impl Unified {
         (1..=NODES_PER_SHARD).map(|n| node_ref(shard, n)).collect()
     }
 
-    /// [`Api`] ids of every node.
+    /// The shards this cluster runs: those started first and those added since.
+    pub fn shard_ids(&self) -> Vec<u64> {
+        let mut ids: BTreeSet<u64> = (1..=self.shards).collect();
+        ids.extend(self.lock_added().iter().copied());
+        ids.into_iter().collect()
+    }
+
+    /// Every process of this cluster: the nodes of [`Unified::shard_ids`], then the router.
+    pub fn procs(&self) -> Vec<Proc> {
+        let mut v: Vec<Proc> = self
+            .shard_ids()
+            .into_iter()
+            .flat_map(|s| (1..=NODES_PER_SHARD).map(move |n| Proc::Node(s, n)))
+            .collect();
+        v.push(Proc::Router);
+        v
+    }
+
+    /// [`Api`] ids of every node of [`Unified::shard_ids`].
     pub fn all_nodes(&self) -> Vec<u64> {
-        (1..=SHARDS).flat_map(|s| self.shard_nodes(s)).collect()
+        self.shard_ids()
+            .into_iter()
+            .flat_map(|s| self.shard_nodes(s))
+            .collect()
+    }
+
+    fn lock_added(&self) -> MutexGuard<'_, BTreeSet<u64>> {
+        self.added.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn env(&self) -> Vec<(&'static str, String)> {
         let p = self.ports;
         vec![
             ("CARGO_TARGET_DIR", self.target_dir.display().to_string()),
-            ("UNIKV_SHARDS", SHARDS.to_string()),
+            ("UNIKV_SHARDS", self.shards.to_string()),
             ("UNIKV_HTTP_BASE", p.http_base.to_string()),
             ("UNIKV_RAFT_BASE", p.raft_base.to_string()),
             ("UNIKV_ROUTER_PORT", p.router.to_string()),
@@ -612,7 +809,8 @@ impl Unified {
 
     /// Remembers every pid now in the pid files, so Drop can clean them up whatever happens.
     fn record_pids(&self) {
-        let found: Vec<u32> = all_procs()
+        let found: Vec<u32> = self
+            .procs()
             .into_iter()
             .filter_map(|p| self.pid(p).ok())
             .collect();
@@ -779,6 +977,116 @@ impl Unified {
         self.api.status(node).await
     }
 
+    /// `GET path?query` on a node (probe timeout), answered 200 with a body of type `T`.
+    async fn get_typed<T: DeserializeOwned>(
+        &self,
+        node: u64,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> anyhow::Result<T> {
+        let r = self
+            .api
+            .request(node, Method::GET, path, query, Body::Empty, PROBE_TIMEOUT)
+            .await?;
+        if r.status != 200 {
+            bail!("GET {path} on node {node}: {r}");
+        }
+        let v = r
+            .json
+            .clone()
+            .ok_or_else(|| anyhow!("GET {path} on node {node}: not JSON: {r}"))?;
+        serde_json::from_value(v)
+            .with_context(|| format!("GET {path} on node {node}: unexpected shape: {r}"))
+    }
+
+    /// `GET /rebalance/status` of a node, parsed.
+    pub async fn rebalance_status(&self, node: u64) -> anyhow::Result<RebalanceStatus> {
+        self.get_typed(node, "/rebalance/status", &[]).await
+    }
+
+    /// `GET /stats` of a node (with `?slots=1` if `per_slot`), parsed.
+    pub async fn stats(&self, node: u64, per_slot: bool) -> anyhow::Result<Stats> {
+        let query: &[(&str, &str)] = if per_slot { &[("slots", "1")] } else { &[] };
+        self.get_typed(node, "/stats", query).await
+    }
+
+    /// `run_unified.sh addshard S`: starts shard `shard`'s three nodes, joins them and asks
+    /// node 1/1 to `/addshard` it; returns the JSON answer the script printed (whatever its
+    /// status: check `"ok"`).
+    pub async fn add_shard(&self, shard: u64) -> anyhow::Result<Value> {
+        assert!(
+            (1..=MAX_SHARDS).contains(&shard),
+            "shard {shard}: ports are reserved for shards 1..={MAX_SHARDS} only"
+        );
+        // Known before the script runs, so its pids are recorded and cleaned up whatever
+        // happens.
+        self.lock_added().insert(shard);
+        let s = shard.to_string();
+        let out = self.script(&["addshard", &s]).await;
+        self.record_pids();
+        let out = out?;
+        last_json_line(&out)
+            .ok_or_else(|| anyhow!("run_unified.sh addshard {shard} printed no JSON:\n{out}"))
+    }
+
+    /// `run_unified.sh removeshard S`: asks node 1/1 to drain shard `shard`; returns the JSON
+    /// answer the script printed.
+    pub async fn remove_shard(&self, shard: u64) -> anyhow::Result<Value> {
+        let s = shard.to_string();
+        let out = self.script(&["removeshard", &s]).await?;
+        last_json_line(&out)
+            .ok_or_else(|| anyhow!("run_unified.sh removeshard {shard} printed no JSON:\n{out}"))
+    }
+
+    /// Polls every node (every `every`, at most `timeout`) until each one's
+    /// `/rebalance/status` sees the cluster balanced at `expected` slots per shard (see
+    /// [`RebalanceStatus::balanced_at`]) and all `/config`s agree on leaders, slots and epochs
+    /// with exactly those counts; returns every node's config from that round.
+    pub async fn wait_balanced(
+        &self,
+        expected: &BTreeMap<u64, usize>,
+        every: Duration,
+        timeout: Duration,
+    ) -> Vec<(u64, ClusterConfig)> {
+        let nodes = self.all_nodes();
+        let what = format!("the cluster to balance at {expected:?} slots per shard");
+        wait_until_ok_every(every, timeout, &what, || async {
+            for &n in &nodes {
+                let st = self
+                    .rebalance_status(n)
+                    .await
+                    .map_err(|e| format!("{e:#}"))?;
+                st.balanced_at(expected)
+                    .map_err(|e| format!("node {n}: {e}"))?;
+            }
+            let all = self.configs(&nodes).await.map_err(|e| format!("{e:#}"))?;
+            let first = all[0].1.view();
+            if let Some((n, c)) = all.iter().find(|(_, c)| c.view() != first) {
+                return Err(format!(
+                    "/config differs: node {} sees {:?}; node {n} sees {:?}",
+                    all[0].0,
+                    first,
+                    c.view()
+                ));
+            }
+            let counts = all[0].1.slot_counts();
+            let want: BTreeMap<u64, usize> = counts
+                .keys()
+                .chain(expected.keys())
+                .map(|s| (*s, expected.get(s).copied().unwrap_or(0)))
+                .collect();
+            let have: BTreeMap<u64, usize> = want
+                .keys()
+                .map(|s| (*s, counts.get(s).copied().unwrap_or(0)))
+                .collect();
+            if have != want {
+                return Err(format!("/config slot counts {have:?}, want {want:?}"));
+            }
+            Ok(all)
+        })
+        .await
+    }
+
     /// One look at the given nodes of a shard: `Ok(n)` if node `n` says it leads and a
     /// majority of the shard (counting it) names it leader; else a description.
     pub async fn observe_shard_leader(&self, shard: u64, among: &[u64]) -> Result<u64, String> {
@@ -844,7 +1152,7 @@ impl Unified {
 
     /// Prints the state of every process and the last `lines` lines of every log.
     pub fn dump_logs(&self, lines: usize) {
-        for p in all_procs() {
+        for p in self.procs() {
             let pid = self.pid(p).ok();
             let alive = pid.is_some_and(|pid| self.is_ours(pid));
             eprintln!("[unified] {p}: pid {pid:?} alive={alive}");

@@ -39,7 +39,22 @@ where
 
 /// Polls `poll` until it returns `Ok`; panics after `timeout` naming `what` and the last
 /// `Err` (the state seen by the last poll).
-pub async fn wait_until_ok<T, E, F, Fut>(timeout: Duration, what: &str, mut poll: F) -> T
+pub async fn wait_until_ok<T, E, F, Fut>(timeout: Duration, what: &str, poll: F) -> T
+where
+    E: Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    wait_until_ok_every(POLL_INTERVAL, timeout, what, poll).await
+}
+
+/// [`wait_until_ok`] pausing `every` between polls (for polls that are costly themselves).
+pub async fn wait_until_ok_every<T, E, F, Fut>(
+    every: Duration,
+    timeout: Duration,
+    what: &str,
+    mut poll: F,
+) -> T
 where
     E: Display,
     F: FnMut() -> Fut,
@@ -54,6 +69,6 @@ where
         if Instant::now() >= deadline {
             panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
         }
-        tokio::time::sleep(POLL_INTERVAL).await;
+        tokio::time::sleep(every).await;
     }
 }

@@ -26,11 +26,24 @@ pub fn spawn(node: Arc<Node>, slot: Slot, handoff: Option<Handoff>, to: ShardId)
         return;
     }
     tokio::spawn(async move {
-        let res = run(&node, slot, handoff, to).await;
-        if let Err(e) = &res {
-            tracing::warn!(shard = %node.shard(), slot, to = %to, error = %e, "slot hand-off stopped");
+        let (mut slot, mut handoff, mut to) = (slot, handoff, to);
+        loop {
+            let res = run(&node, slot, handoff, to).await;
+            if let Err(e) = &res {
+                tracing::warn!(shard = %node.shard(), slot, to = %to, error = %e, "slot hand-off stopped");
+            }
+            lock(&node.rebalance.running).remove(&slot);
+            // Keep this worker busy with the next planned move instead of waiting for a tick.
+            if res.is_err() || !node.is_leader() {
+                return;
+            }
+            let next = lock(&node.rebalance.queue).pop_front();
+            let Some((s, t)) = next else { return };
+            if !lock(&node.rebalance.running).insert(s) {
+                return;
+            }
+            (slot, handoff, to) = (s, None, t);
         }
-        lock(&node.rebalance.running).remove(&slot);
     });
 }
 
