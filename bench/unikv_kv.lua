@@ -10,8 +10,10 @@ local keys = {}
 for i = 0, nkeys - 1 do keys[i] = string.format("k%07d", i) end
 local ctr = 0
 local hdr = { ["Content-Type"] = "application/json" }
-local tid = 0
-function setup(thread) thread:set("tid", tid); tid = tid + 1 end
+-- `tid` is a global that setup() sets in each thread's own Lua state (a `local` here would
+-- shadow it and every thread would see 0).
+local next_tid = 0
+function setup(thread) thread:set("tid", next_tid); next_tid = next_tid + 1 end
 function init(args) ctr = (tid or 0) * 7919 end
 local nthreads = tonumber(os.getenv("THREADS") or "1")
 local loaded = 0
