@@ -104,3 +104,26 @@ where
     }
     failures
 }
+
+/// `n` key/value pairs with a common random prefix.
+pub fn make_kvs(prefix: &str, n: usize) -> Vec<(String, String)> {
+    let p = unique(prefix);
+    (0..n)
+        .map(|i| (format!("{p}-{i:04}"), format!("value-{i}-of-{p}")))
+        .collect()
+}
+
+/// Fails with the first 20 failures listed when there are any.
+pub fn assert_no_failures(what: &str, failures: &[String]) {
+    assert!(
+        failures.is_empty(),
+        "{what}: {} failures, first ones:\n{}",
+        failures.len(),
+        failures
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

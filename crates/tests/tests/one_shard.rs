@@ -12,32 +12,11 @@ use unikv_tests::{
     alloc_port, check_values, put_all, unique, wait_until_ok, Api, Body, Cluster, Method, Resp,
     WAIT,
 };
+use unikv_tests::{assert_no_failures, make_kvs};
 
 /// Every node id but `leader`.
 fn followers(c: &Cluster, leader: u64) -> Vec<u64> {
     c.node_ids().into_iter().filter(|n| *n != leader).collect()
-}
-
-/// `n` key/value pairs with a common random prefix.
-fn make_kvs(prefix: &str, n: usize) -> Vec<(String, String)> {
-    let p = unique(prefix);
-    (0..n)
-        .map(|i| (format!("{p}-{i:04}"), format!("value-{i}-of-{p}")))
-        .collect()
-}
-
-fn assert_no_failures(what: &str, failures: &[String]) {
-    assert!(
-        failures.is_empty(),
-        "{what}: {} failures, first ones:\n{}",
-        failures.len(),
-        failures
-            .iter()
-            .take(20)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
 }
 
 fn assert_ok_true(what: &str, r: &Resp) {

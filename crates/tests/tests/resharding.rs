@@ -16,6 +16,7 @@ use unikv_tests::load::{
     start_appender, start_hammer, start_writer, AppendLog, Load, Outcome, WriteLog,
 };
 use unikv_tests::unified::NODES_PER_SHARD;
+use unikv_tests::{assert_no_failures, make_kvs};
 use unikv_tests::{
     check_values, node_ref, put_all, unique, wait_until_ok, ClusterConfig, Proc, RebalanceStatus,
     Resp, Unified, ROUTER, UNIFIED_WAIT,
@@ -50,28 +51,6 @@ const LOAD_PAUSE: Duration = Duration::from_millis(5);
 const LOAD_WARMUP: u64 = 20;
 /// Moved keys per source shard asked for directly on that shard's nodes.
 const MOVED_KEY_PROBES: usize = 10;
-
-/// `n` key/value pairs with a common random prefix.
-fn make_kvs(prefix: &str, n: usize) -> Vec<(String, String)> {
-    let p = unique(prefix);
-    (0..n)
-        .map(|i| (format!("{p}-{i:04}"), format!("value-{i}-of-{p}")))
-        .collect()
-}
-
-fn assert_no_failures(what: &str, failures: &[String]) {
-    assert!(
-        failures.is_empty(),
-        "{what}: {} failures, first ones:\n{}",
-        failures.len(),
-        failures
-            .iter()
-            .take(20)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-}
 
 /// Asserts a JSON error body `{"error": "<non-empty>", "code": code}` with `status`.
 fn assert_json_error(what: &str, r: &Resp, status: u16, code: &str) {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use unikv_tests::unified::{all_procs, NODES_PER_SHARD};
+use unikv_tests::{assert_no_failures, make_kvs};
 use unikv_tests::{
     check_values, node_ref, put_all, run_concurrent, try_wait_until, unique, wait_until_ok, Body,
     Method, Proc, Resp, SlotMap, Unified, ROUTER, ROUTER_DEADLINE, SHARDS, UNIFIED_WAIT,
@@ -23,28 +24,6 @@ const ROUTER_REPLY_BOUND: Duration = Duration::from_secs(5);
 const WRITE_EVERY: Duration = Duration::from_millis(10);
 /// Writes the failover writer leaves pending at most.
 const MAX_IN_FLIGHT: usize = 256;
-
-/// `n` key/value pairs with a common random prefix.
-fn make_kvs(prefix: &str, n: usize) -> Vec<(String, String)> {
-    let p = unique(prefix);
-    (0..n)
-        .map(|i| (format!("{p}-{i:04}"), format!("value-{i}-of-{p}")))
-        .collect()
-}
-
-fn assert_no_failures(what: &str, failures: &[String]) {
-    assert!(
-        failures.is_empty(),
-        "{what}: {} failures, first ones:\n{}",
-        failures.len(),
-        failures
-            .iter()
-            .take(20)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-}
 
 fn is_ok_true(r: &Resp) -> bool {
     r.is_ok() && r.field("ok") == Some(&Value::Bool(true))
