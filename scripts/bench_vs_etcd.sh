@@ -1,39 +1,74 @@
 #!/usr/bin/env bash
-# Benchmark (not a test): the unified cluster (3x3 + router) next to a 3-member etcd, same
-# machine, same run, same load shape (wrk, 8-byte keys, 256-byte values, 10,000 keys, 10 s per
-# cell). Prints one row per cell with the ratio unikv/etcd.
-#   scripts/bench_vs_etcd.sh [MODES] [CONNS]    e.g. "put get" "1 16 64" (the defaults)
+# Benchmark (not a test): the unified cluster (3 shards x 3 nodes + router) next to a 3-member
+# etcd, same machine, same run, same client (our `bench` binary drives both: 8-byte keys,
+# 256-byte values, 10,000 keys, uniform; etcd through its JSON gateway on its leader).
+#   scripts/bench_vs_etcd.sh [WORKLOADS] [CONNS]   defaults: "put get mixed mixed95" "1 16 64"
+# Env: SECS (10 per cell), DIST (uniform|zipfian), OUT (JSON lines of every cell, default
+# $TMPDIR/unikv-bench-DATE.jsonl), BENCH_HTTP_BASE / BENCH_RAFT_BASE / BENCH_ROUTER_PORT.
+# Prints a progress line per cell, then a table with the ratio unikv/etcd per cell and the
+# WAL fsyncs per acknowledged write (from the nodes' /raft/status counters).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
-modes=${1:-put get}
+workloads=${1:-put get mixed mixed95}
 conns=${2:-1 16 64}
+secs=${SECS:-10}
+dist=${DIST:-uniform}
 anchor="$(pwd)/../shared/anchors/etcd.sh"
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
-cargo build --release -p unikv-node -p unikv-router
+out=${OUT:-${TMPDIR:-/tmp}/unikv-bench-$(date -u +%Y%m%dT%H%M%S).jsonl}
+cargo build --release -p unikv-node -p unikv-router -p unikv-bench
+bench="$UNIKV_BIN/bench"
 work=$(mktemp -d /tmp/unikv-bench.XXXXXX)
 export UNIKV_DATA="$work/data" UNIKV_LOGS="$work/logs" UNIKV_NO_BUILD=1 UNIKV_HOST=127.0.0.1
 export UNIKV_HTTP_BASE=${BENCH_HTTP_BASE:-26000} UNIKV_RAFT_BASE=${BENCH_RAFT_BASE:-27000} UNIKV_ROUTER_PORT=${BENCH_ROUTER_PORT:-26999}
 cleanup() { scripts/run_unified.sh stop >/dev/null 2>&1 || true; "$anchor" stop >/dev/null 2>&1 || true; rm -rf "$work"; }
 trap cleanup EXIT
-scripts/run_unified.sh start
-"$anchor" start
-router="http://127.0.0.1:$UNIKV_ROUTER_PORT"
-echo "# $(date -u '+%F %H:%M') UTC, $(nproc) cores; wrk 10 s per cell; unikv through its router vs etcd's leader"
-printf '%-5s %5s | %-44s | %-44s | %s\n' mode conns "unikv (rps p50 p99)" "etcd (rps p50 p99)" "ratio rps / p50 / p99"
-for mode in $modes; do
-  emode=$mode; [ "$mode" = get ] && emode=range
+scripts/run_unified.sh start >/dev/null
+"$anchor" start >/dev/null
+etcd_leader=$(ETCDCTL_API=3 etcdctl --endpoints=127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793 endpoint status -w json \
+  | python3 -c 'import json,sys; s=json.load(sys.stdin); print([e["Endpoint"] for e in s if e["Status"]["leader"]==e["Status"]["header"]["member_id"]][0])')
+router="127.0.0.1:$UNIKV_ROUTER_PORT"
+# Sum of WAL fsyncs over the 9 nodes.
+fsyncs() {
+  local s n total=0 v
+  for s in 1 2 3; do for n in 1 2 3; do
+    v=$(curl -sf "http://127.0.0.1:$((UNIKV_HTTP_BASE + 10 * s + n))/raft/status" \
+      | python3 -c 'import json,sys; print(json.load(sys.stdin).get("wal_fsyncs", 0))' 2>/dev/null || echo 0)
+    total=$((total + v))
+  done; done
+  echo $total
+}
+: >"$out"
+cells=0; total_cells=$(( $(wc -w <<<"$workloads") * $(wc -w <<<"$conns") ))
+for w in $workloads; do
   for c in $conns; do
-    t=$([ "$c" -eq 1 ] && echo 1 || echo 2)
-    u=$(MODE=$mode KEYS=10000 wrk -t"$t" -c"$c" -d10s --timeout 5s -s bench/unikv_kv.lua "$router" | grep RESULT)
-    e=$("$anchor" bench "$emode" "$c")
-    python3 - "$mode" "$c" "$u" "$e" <<'PY'
-import re, sys
-mode, c, u, e = sys.argv[1:]
-g = lambda s, k: float(re.search(k + r"=([\d.]+)", s).group(1))
-cell = lambda s: "%8.0f/s %7.2fms %7.2fms err=%d" % (g(s, "rps"), g(s, "p50"), g(s, "p99"), g(s, "non2xx") + g(s, "errs"))
-print("%-5s %5s | %-44s | %-44s | %.2f / %.2f / %.2f" % (mode, c, cell(u), cell(e),
-      g(u, "rps") / g(e, "rps"), g(u, "p50") / g(e, "p50"), g(u, "p99") / g(e, "p99")))
-PY
+    cells=$((cells + 1))
+    printf '[%d/%d] %-8s %3s conns: unikv...' "$cells" "$total_cells" "$w" "$c" >&2
+    f0=$(fsyncs)
+    "$bench" --target "router=$router" --workload "$w" --conns "$c" --duration "$secs" --dist "$dist" --json \
+      | tail -1 | python3 -c 'import json,sys; d=json.load(sys.stdin); print(json.dumps(d))' >>"$out"
+    f1=$(fsyncs)
+    echo "{\"fsyncs\": $((f1 - f0))}" >>"$out"
+    printf ' etcd...' >&2
+    "$bench" --target "etcd=$etcd_leader" --workload "$w" --conns "$c" --duration "$secs" --dist "$dist" --json \
+      | tail -1 >>"$out"
+    echo ' done' >&2
   done
 done
+echo "# $(date -u '+%F %H:%M') UTC, $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB; bench $secs s per cell, $dist keys; unikv via router vs etcd leader; JSON: $out"
+python3 - "$out" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+print("| workload | conns | unikv ops/s (p50 / p99 ms) | etcd ops/s (p50 / p99 ms) | ops/s ratio | p50 ratio | p99 ratio | fsyncs per write | errors u/e |")
+print("|---|---|---|---|---|---|---|---|---|")
+for i in range(0, len(rows), 3):
+    u, f, e = rows[i], rows[i + 1], rows[i + 2]
+    cell = lambda d: "%s (%.2f / %.2f)" % (format(round(d["ops_per_sec"]), ","), d["all"]["p50_ms"], d["all"]["p99_ms"])
+    r = lambda a, b: a / b if b else float("nan")
+    writes = u["writes_acked_total"]
+    fpw = "%.2f" % (f["fsyncs"] / writes) if writes else "-"
+    print("| %s | %d | %s | %s | %.2f× | %.2f× | %.2f× | %s | %d / %d |" % (
+        u["workload"], u["conns"], cell(u), cell(e), r(u["ops_per_sec"], e["ops_per_sec"]),
+        r(u["all"]["p50_ms"], e["all"]["p50_ms"]), r(u["all"]["p99_ms"], e["all"]["p99_ms"]), fpw,
+        u["errors"], e["errors"]))
+PY

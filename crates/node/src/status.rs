@@ -45,6 +45,7 @@ pub fn raft_status(node: &Node) -> Value {
         "purged_index": m.purged.as_ref().map(|l| l.index()),
         "wal_fsyncs": sync.fsyncs.load(Relaxed),
         "synced_appends": sync.synced_appends.load(Relaxed),
+        "wal_fsync_micros": sync.fsync_micros.load(Relaxed),
     })
 }
 

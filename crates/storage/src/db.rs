@@ -46,6 +46,8 @@ pub struct SyncStats {
     pub fsyncs: std::sync::atomic::AtomicU64,
     /// Appends whose durability those fsyncs covered.
     pub synced_appends: std::sync::atomic::AtomicU64,
+    /// Time spent in those fsyncs, in microseconds.
+    pub fsync_micros: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Db {
@@ -137,11 +139,15 @@ fn spawn_syncer(db: Arc<DB>, stats: Arc<SyncStats>) -> mpsc::Sender<SyncWaiter> 
                 while let Ok(more) = rx.try_recv() {
                     waiters.push(more);
                 }
+                let started = std::time::Instant::now();
                 let res = match weak.upgrade() {
                     Some(db) => db.flush_wal(true).map_err(std::io::Error::other),
                     None => Err(std::io::Error::other("database closed")),
                 };
                 use std::sync::atomic::Ordering::Relaxed;
+                stats
+                    .fsync_micros
+                    .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
                 stats.fsyncs.fetch_add(1, Relaxed);
                 stats
                     .synced_appends

@@ -11,6 +11,7 @@ pub mod apply;
 pub mod db;
 pub mod descriptor;
 pub mod error;
+pub mod log_cache;
 pub mod log_store;
 pub mod moves;
 pub mod raft_types;

@@ -7,6 +7,7 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
@@ -14,6 +15,7 @@ use rocksdb::{Direction, IteratorMode, WriteBatch};
 
 use crate::db::{index_key, key_index, CF_LOG, CF_RAFT};
 use crate::error::{blocking, decode, encode};
+use crate::log_cache::{self, LogCache};
 use crate::raft_types::{Entry, LogId, Vote};
 use crate::{Db, TypeConfig};
 
@@ -24,11 +26,22 @@ const KEY_PURGED: &[u8] = b"last_purged";
 #[derive(Clone, Debug)]
 pub struct LogStore {
     db: Db,
+    /// The newest entries, shared by every clone (the log reader handed to replication and
+    /// the state machine is a clone).
+    cache: Arc<Mutex<LogCache>>,
 }
 
 impl LogStore {
     pub fn new(db: Db) -> Self {
-        Self { db }
+        Self {
+            db,
+            cache: Arc::new(Mutex::new(LogCache::new(log_cache::DEFAULT_CAPACITY))),
+        }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, LogCache> {
+        // The cache holds no invariant a panic could break halfway: recover it.
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
@@ -80,6 +93,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         };
         if end.is_some_and(|e| e < start) {
             return Ok(Vec::new());
+        }
+        if let Some(hit) = self.cache().get(start, end) {
+            return Ok(hit);
         }
         let this = self.clone();
         Ok(blocking(move || Ok(this.read_range(start, end)?)).await?)
@@ -157,15 +173,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut b = WriteBatch::default();
         let cf = self.db.cf(CF_LOG);
-        for entry in entries {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        for entry in &entries {
             b.put_cf(
                 cf,
                 index_key(entry.log_id.index()),
-                encode("log entry", &entry)?,
+                encode("log entry", entry)?,
             );
         }
         // Written now so the entries are readable on return; durable when the callback runs.
+        // The cache is updated under its lock after the write, so a reader never sees an entry
+        // in the cache that RocksDB does not have yet.
+        let mut cache = self.cache();
         self.db.write(b)?;
+        cache.append(&entries);
+        drop(cache);
         self.db.sync_then(move |res| callback.io_completed(res));
         Ok(())
     }
@@ -177,6 +199,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Synced: a truncated suffix must not reappear after a crash next to newer entries.
         let db = self.db.clone();
         blocking(move || db.write_sync(b)).await?;
+        self.cache().truncate_after(last_log_id.map(|l| l.index()));
         Ok(())
     }
 
@@ -190,6 +213,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             index_key(log_id.index() + 1),
         );
         self.db.write(b)?;
+        self.cache().purge(log_id.index());
         Ok(())
     }
 }
