@@ -2,10 +2,12 @@
 # Installs what a fresh machine lacks to build and test unikv (Debian packages), idempotently.
 #   libclang-dev: RocksDB's Rust bindings are generated with bindgen, which needs libclang.
 #   curl:         the scripts talk to the nodes' HTTP APIs.
+#   iptables:     the fault tests (nemesis) cut UDP links between nodes on loopback.
 set -euo pipefail
 missing=()
 dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

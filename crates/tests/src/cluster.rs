@@ -27,14 +27,13 @@ const DEFAULT_FLAGS: &[(&str, &str)] = &[
     ("--election_max_ms", "1000"),
 ];
 
-/// Path of the binary under test: `$UNIKV_NODE_BIN`, else `<dir of the test exe>/../unikv-node`.
+/// Path of the binary under test: `$UNIKV_NODE_BIN`, else `unikv-node` in the profile dir of
+/// this executable (`<profile>/deps/<test exe>` or `<profile>/<bin>`).
 pub fn node_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("UNIKV_NODE_BIN") {
         return PathBuf::from(p);
     }
-    let exe = std::env::current_exe().expect("current_exe");
-    let deps = exe.parent().expect("test exe has a parent dir");
-    deps.join("..").join("unikv-node")
+    crate::unified::profile_dir().join("unikv-node")
 }
 
 /// Limits how many clusters run at once in this test process, so parallel tests on a small
@@ -340,6 +339,17 @@ impl Cluster {
     /// True if this harness has a running process for the node.
     pub fn is_running(&self, id: u64) -> bool {
         self.node(id).lock().child.is_some()
+    }
+
+    /// The pid of a node's running process.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.node(id).lock().child.as_ref().map(|c| c.id())
+    }
+
+    /// A node's UDP ports: QUIC (Raft and KV RPCs) and gossip (the HTTP port number).
+    pub fn udp_ports(&self, id: u64) -> Vec<u16> {
+        let n = self.node(id);
+        vec![n.raft_port, n.http_port]
     }
 
     /// Nodes this harness believes are running.

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod cluster;
 pub mod load;
+pub mod nemesis;
 pub mod ports;
 pub mod unified;
 pub mod wait;

@@ -188,14 +188,23 @@ pub fn script_path() -> PathBuf {
         .expect("scripts/run_unified.sh exists")
 }
 
-/// The cargo target dir this test binary was built in (`<target>/release/deps/<test exe>`);
-/// panics unless it is the release profile, where the script looks for the binaries.
+/// The cargo profile dir of this executable: `<target>/<profile>` for a test
+/// (`<profile>/deps/<test exe>`) or a binary (`<profile>/<bin>`).
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().expect("executable has a parent dir");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("deps has a parent").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// The cargo target dir this executable was built in; panics unless it is the release
+/// profile, where the script looks for the binaries.
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test exe lives in <target>/<profile>/deps");
+    let profile_dir = profile_dir();
     assert!(
         profile_dir.file_name().is_some_and(|n| n == "release"),
         "the unified tests run the release binaries: run them with `cargo test --release` (test exe {})",

@@ -1,0 +1,182 @@
+//! The nemesis: on a schedule, one fault at a time against real node processes, each healed
+//! before the next — kill -9 and restart, SIGSTOP/SIGCONT longer than an election timeout,
+//! iptables partitions (an isolated leader, an isolated follower, one-way cuts), and on the
+//! unified cluster slot moves between shards.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rand::prelude::*;
+
+use super::firewall::{Cut, Firewall};
+use super::topology::{Kind, NodeRef, Topology};
+use crate::api::{Body, Method};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FaultKind {
+    Kill,
+    Pause,
+    Partition,
+    Move,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 4] = [
+        FaultKind::Kill,
+        FaultKind::Pause,
+        FaultKind::Partition,
+        FaultKind::Move,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Kill => "kill",
+            FaultKind::Pause => "pause",
+            FaultKind::Partition => "partition",
+            FaultKind::Move => "move",
+        }
+    }
+}
+
+impl std::str::FromStr for FaultKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<FaultKind, String> {
+        FaultKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| format!("unknown fault {s:?} (kill | pause | partition | move)"))
+    }
+}
+
+/// What the nemesis did, for the run report.
+#[derive(Default, Debug, Clone)]
+pub struct FaultLog {
+    pub counts: BTreeMap<String, u64>,
+    pub events: Vec<String>,
+}
+
+impl FaultLog {
+    fn note(&mut self, kind: &str, what: String) {
+        *self.counts.entry(kind.to_string()).or_default() += 1;
+        eprintln!("[nemesis] {what}");
+        self.events.push(what);
+    }
+}
+
+fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill {sig} {pid} failed");
+    Ok(())
+}
+
+/// Picks the shard's leader half the time (the interesting case), else any node.
+async fn pick_node(topo: &Topology, rng: &mut StdRng) -> NodeRef {
+    let shards = topo.shards();
+    let shard = shards[rng.random_range(0..shards.len())];
+    if rng.random_bool(0.5) {
+        if let Some(l) = topo.leader(shard).await {
+            return l;
+        }
+    }
+    NodeRef {
+        shard,
+        node: rng.random_range(1..=3),
+    }
+}
+
+/// Applies one fault of `kind`, holds it for `hold`, heals it. Returns a description, or None
+/// if the fault does not apply (e.g. slot moves on a single shard).
+pub async fn apply(
+    topo: &Topology,
+    firewall: &Firewall,
+    kind: FaultKind,
+    hold: Duration,
+    keys: &[String],
+    rng: &mut StdRng,
+    log: &mut FaultLog,
+) -> anyhow::Result<()> {
+    match kind {
+        FaultKind::Kill => {
+            let n = pick_node(topo, rng).await;
+            topo.kill9(n).await;
+            log.note("kill", format!("kill -9 node {n}, restart after {hold:?}"));
+            tokio::time::sleep(hold).await;
+            topo.restart(n).await;
+        }
+        FaultKind::Pause => {
+            let n = pick_node(topo, rng).await;
+            let Some(pid) = topo.pid(n) else {
+                return Ok(());
+            };
+            signal(pid, "-STOP")?;
+            log.note(
+                "pause",
+                format!("SIGSTOP node {n} (pid {pid}) for {hold:?}"),
+            );
+            tokio::time::sleep(hold).await;
+            signal(pid, "-CONT")?;
+        }
+        FaultKind::Partition => {
+            let n = pick_node(topo, rng).await;
+            let cut = match rng.random_range(0..4) {
+                0 => Cut::Inbound,
+                1 => Cut::Outbound,
+                _ => Cut::Both,
+            };
+            firewall.isolate(&topo.udp_ports(n), cut)?;
+            log.note(
+                "partition",
+                format!("partition node {n} ({cut:?}) for {hold:?}"),
+            );
+            tokio::time::sleep(hold).await;
+            firewall.heal()?;
+        }
+        FaultKind::Move => {
+            if topo.kind() != Kind::Unified || keys.is_empty() {
+                return Ok(());
+            }
+            // Move the slot of one of the keys in use to another shard: the clients' keys
+            // are the ones whose histories are checked.
+            let key = &keys[rng.random_range(0..keys.len())];
+            let slot = unikv_types::key_slot(key.as_bytes());
+            let mut shards = topo.shards();
+            shards.shuffle(rng);
+            let api = topo.api();
+            let slot_s = slot.to_string();
+            // The owner is not known here: try targets until one is not the owner.
+            for to in shards {
+                let via = topo.api_id(NodeRef { shard: to, node: 1 });
+                let to_s = to.to_string();
+                let resp = api
+                    .request(
+                        via,
+                        Method::POST,
+                        "/moveslot",
+                        &[("slot", &slot_s), ("to", &to_s)],
+                        Body::Empty,
+                        Duration::from_secs(10),
+                    )
+                    .await;
+                let (outcome, owner) = match resp {
+                    Ok(r) => (
+                        format!("{} {}", r.status, r.code().unwrap_or("")),
+                        r.code() == Some("bad_target"),
+                    ),
+                    Err(e) => (format!("error {e:#}"), false),
+                };
+                if owner {
+                    continue;
+                }
+                log.note(
+                    "move",
+                    format!("move slot {slot} (key {key}) to shard {to}: {outcome}"),
+                );
+                break;
+            }
+            tokio::time::sleep(hold).await;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! Network partitions on loopback with iptables: every rule lives in one chain of our own
+//! (`UNIKV_NEM_<pid>_<n>`), jumped to from INPUT, so healing is "flush the chain" and cleanup is
+//! "unhook and delete the chain" — nothing outside it is ever touched, even when a run fails
+//! (the chain is removed on drop).
+//!
+//! QUIC (Raft and KV RPCs) and gossip are UDP, and each node sends and receives on its own
+//! ports, so dropping UDP packets to or from a node's ports cuts exactly that node's links.
+
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+pub struct Firewall {
+    chain: String,
+}
+
+/// Which traffic of a node is dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cut {
+    /// Nothing in, nothing out.
+    Both,
+    /// The node receives nothing (it still sends).
+    Inbound,
+    /// Nothing the node sends arrives.
+    Outbound,
+}
+
+fn iptables(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("iptables")
+        .args(["-w", "5"])
+        .args(args)
+        .output()
+        .context("running iptables (scripts/setup.sh installs it)")?;
+    if !out.status.success() {
+        bail!(
+            "iptables {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+impl Firewall {
+    /// Creates the chain and hooks it into INPUT.
+    pub fn new() -> anyhow::Result<Firewall> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let chain = format!("UNIKV_NEM_{}_{n}", std::process::id());
+        // A chain left by a crashed earlier run of this pid: remove it first.
+        let _ = Firewall::remove(&chain);
+        iptables(&["-N", &chain])?;
+        iptables(&["-I", "INPUT", "-j", &chain])?;
+        Ok(Firewall { chain })
+    }
+
+    /// Drops `cut` traffic of the node owning `ports` (its UDP ports).
+    pub fn isolate(&self, ports: &[u16], cut: Cut) -> anyhow::Result<()> {
+        for p in ports {
+            let p = p.to_string();
+            if matches!(cut, Cut::Both | Cut::Inbound) {
+                iptables(&[
+                    "-A",
+                    &self.chain,
+                    "-i",
+                    "lo",
+                    "-p",
+                    "udp",
+                    "--dport",
+                    &p,
+                    "-j",
+                    "DROP",
+                ])?;
+            }
+            if matches!(cut, Cut::Both | Cut::Outbound) {
+                iptables(&[
+                    "-A",
+                    &self.chain,
+                    "-i",
+                    "lo",
+                    "-p",
+                    "udp",
+                    "--sport",
+                    &p,
+                    "-j",
+                    "DROP",
+                ])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every rule (all partitions heal).
+    pub fn heal(&self) -> anyhow::Result<()> {
+        iptables(&["-F", &self.chain])
+    }
+
+    fn remove(chain: &str) -> anyhow::Result<()> {
+        let unhook = iptables(&["-D", "INPUT", "-j", chain]);
+        iptables(&["-F", chain])?;
+        iptables(&["-X", chain])?;
+        unhook
+    }
+}
+
+impl Drop for Firewall {
+    fn drop(&mut self) {
+        if let Err(e) = Firewall::remove(&self.chain) {
+            eprintln!("[nemesis] removing iptables chain {}: {e:#}", self.chain);
+        }
+    }
+}
