@@ -47,7 +47,9 @@ impl Firewall {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let chain = format!("UNIKV_NEM_{}_{n}", std::process::id());
-        // A chain left by a crashed earlier run of this pid: remove it first.
+        // Chains left by runs that were killed before their destructors ran (kill -9 of the
+        // campaign): their pid is gone, so nobody else owns them.
+        Firewall::remove_stale();
         let _ = Firewall::remove(&chain);
         iptables(&["-N", &chain])?;
         iptables(&["-I", "INPUT", "-j", &chain])?;
@@ -93,6 +95,28 @@ impl Firewall {
     /// Removes every rule (all partitions heal).
     pub fn heal(&self) -> anyhow::Result<()> {
         iptables(&["-F", &self.chain])
+    }
+
+    /// Removes every `UNIKV_NEM_<pid>_<n>` chain whose process no longer exists.
+    fn remove_stale() {
+        let Ok(out) = Command::new("iptables").args(["-w", "5", "-S"]).output() else {
+            return;
+        };
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some(chain) = line.strip_prefix("-N ") else {
+                continue;
+            };
+            let pid = chain
+                .strip_prefix("UNIKV_NEM_")
+                .and_then(|rest| rest.split('_').next())
+                .and_then(|p| p.parse::<u32>().ok());
+            if let Some(pid) = pid {
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    eprintln!("[nemesis] removing stale iptables chain {chain}");
+                    let _ = Firewall::remove(chain);
+                }
+            }
+        }
     }
 
     fn remove(chain: &str) -> anyhow::Result<()> {
