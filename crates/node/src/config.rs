@@ -103,6 +103,16 @@ pub struct Config {
         default_value_t = 5_000
     )]
     pub request_timeout_ms: u64,
+    /// Serve linearizable reads under the leader lease (no round trip while a quorum has
+    /// acknowledged the leader within an election timeout), falling back to ReadIndex.
+    /// `--lease_reads false` makes every read a ReadIndex round.
+    #[arg(
+        long = "lease_reads",
+        alias = "lease-reads",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub lease_reads: bool,
     /// Write logs to this file instead of stderr (filter with RUST_LOG, default info).
     #[arg(long = "log_file", alias = "log-file")]
     pub log_file: Option<PathBuf>,

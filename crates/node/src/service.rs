@@ -285,8 +285,30 @@ impl Node {
         }
     }
 
+    /// The leader's read barrier: under a valid leader lease (a quorum acknowledged this
+    /// leader less than an election timeout ago, so no other leader can exist yet) it costs no
+    /// round trip; otherwise — lease expired, or not the leader — ReadIndex decides, which
+    /// also yields the ForwardToLeader error a follower needs.
+    async fn ensure_linearizable(
+        &self,
+    ) -> Result<(), RaftError<TypeConfig, LinearizableReadError<TypeConfig>>> {
+        if self.config.lease_reads
+            && self
+                .raft
+                .ensure_linearizable(ReadPolicy::LeaseRead)
+                .await
+                .is_ok()
+        {
+            return Ok(());
+        }
+        self.raft
+            .ensure_linearizable(ReadPolicy::ReadIndex)
+            .await
+            .map(|_| ())
+    }
+
     async fn read(&self, slot: Slot, key: &str, deadline: Instant) -> Result<KvReply, KvError> {
-        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+        match self.ensure_linearizable().await {
             Ok(_) => {}
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
                 let Some(leader) = f.leader_node else {
@@ -333,6 +355,11 @@ impl Node {
     /// On the leader: confirms leadership with a quorum and returns the index a follower must
     /// apply before serving a linearizable read.
     pub async fn read_index(&self) -> Result<u64, KvError> {
+        if self.config.lease_reads {
+            if let Ok((read_log_id, _)) = self.raft.get_read_log_id(ReadPolicy::LeaseRead).await {
+                return Ok(read_log_id.index());
+            }
+        }
         match self.raft.get_read_log_id(ReadPolicy::ReadIndex).await {
             Ok((read_log_id, _)) => Ok(read_log_id.index()),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {

@@ -97,7 +97,7 @@ impl Firewall {
         iptables(&["-F", &self.chain])
     }
 
-    /// Removes every `UNIKV_NEM_<pid>_<n>` chain whose process no longer exists.
+    /// Removes every `UNIKV_NEM_<pid>_<n>` chain whose process is gone (or a zombie).
     fn remove_stale() {
         let Ok(out) = Command::new("iptables").args(["-w", "5", "-S"]).output() else {
             return;
@@ -111,7 +111,7 @@ impl Firewall {
                 .and_then(|rest| rest.split('_').next())
                 .and_then(|p| p.parse::<u32>().ok());
             if let Some(pid) = pid {
-                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                if !crate::unified::pid_alive(pid) {
                     eprintln!("[nemesis] removing stale iptables chain {chain}");
                     let _ = Firewall::remove(chain);
                 }
