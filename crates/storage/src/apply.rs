@@ -9,6 +9,7 @@ use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 use unikv_types::{ClientSeq, KvError, KvOp, KvReply, Slot};
 
+use crate::apply_cache::ApplyCache;
 use crate::db::{dedup_key, kv_key, slot_bounds, CF_DEDUP, CF_KV, CF_SM, CF_STATS};
 use crate::error::{decode, encode};
 use crate::raft_types::{Entry, LogId, StoredMembership};
@@ -74,6 +75,12 @@ impl SmMeta {
         })
     }
 
+    /// Adds the applied log id alone to `batch` (membership and descriptor unchanged).
+    pub fn write_applied_to(&self, db: &Db, batch: &mut WriteBatch) -> Result<()> {
+        batch.put_cf(db.cf(CF_SM), KEY_APPLIED, encode("applied", &self.applied)?);
+        Ok(())
+    }
+
     /// Adds this metadata to `batch`.
     pub fn write_to(&self, db: &Db, batch: &mut WriteBatch) -> Result<()> {
         let cf = db.cf(CF_SM);
@@ -84,11 +91,17 @@ impl SmMeta {
     }
 }
 
-/// Reads through the pending batch to the database, and accumulates per-slot statistics.
+/// Reads through the pending batch to the cache and the database, and accumulates per-slot
+/// statistics.
 pub(crate) struct Overlay<'a> {
     pub(crate) db: &'a Db,
+    cache: &'a mut ApplyCache,
     kv: HashMap<Vec<u8>, Option<Vec<u8>>>,
     dedup: HashMap<Vec<u8>, DedupRecord>,
+    /// Slots whose data and dedup table this batch deleted or replaced.
+    replaced: Vec<Slot>,
+    /// Statistics this batch writes, for the cache once the batch is durable in RocksDB.
+    new_stats: Vec<(Slot, SlotStats)>,
     /// Per-slot (keys, bytes) changes of this batch; `Reset` replaces the stored value.
     stats: HashMap<Slot, StatsChange>,
     pub(crate) batch: WriteBatch,
@@ -129,11 +142,14 @@ impl SlotStats {
 }
 
 impl<'a> Overlay<'a> {
-    pub(crate) fn new(db: &'a Db) -> Self {
+    pub(crate) fn new(db: &'a Db, cache: &'a mut ApplyCache) -> Self {
         Overlay {
             db,
+            cache,
             kv: HashMap::new(),
             dedup: HashMap::new(),
+            replaced: Vec::new(),
+            new_stats: Vec::new(),
             stats: HashMap::new(),
             batch: WriteBatch::default(),
         }
@@ -160,6 +176,7 @@ impl<'a> Overlay<'a> {
         self.batch.delete_range_cf(self.db.cf(CF_DEDUP), &lo, &hi);
         self.kv.retain(|k, _| !k.starts_with(&lo));
         self.dedup.retain(|k, _| !k.starts_with(&lo));
+        self.replaced.push(slot);
         self.stats
             .insert(slot, StatsChange::Reset(SlotStats::default()));
     }
@@ -195,12 +212,7 @@ impl<'a> Overlay<'a> {
             let next = match change {
                 StatsChange::Reset(s) => s,
                 StatsChange::Delta(k, b) => {
-                    let cur = self
-                        .db
-                        .raw()
-                        .get_cf(cf, key)?
-                        .map(|v| SlotStats::decode(&v))
-                        .unwrap_or_default();
+                    let cur = self.cache.stats(self.db, slot)?;
                     SlotStats {
                         keys: cur.keys.saturating_add_signed(k),
                         bytes: cur.bytes.saturating_add_signed(b),
@@ -212,6 +224,31 @@ impl<'a> Overlay<'a> {
             } else {
                 self.batch.put_cf(cf, key, next.encode());
             }
+            self.new_stats.push((slot, next));
+        }
+        Ok(())
+    }
+
+    /// Writes the batch, then tells the cache what is now in RocksDB.
+    fn commit(self) -> Result<()> {
+        let Overlay {
+            db,
+            cache,
+            dedup,
+            replaced,
+            new_stats,
+            batch,
+            ..
+        } = self;
+        db.write(batch)?;
+        for slot in replaced {
+            cache.forget_slot(slot);
+        }
+        for (slot, st) in new_stats {
+            cache.set_stats(slot, st);
+        }
+        for (k, rec) in dedup {
+            cache.put_dedup(k, rec);
         }
         Ok(())
     }
@@ -234,6 +271,9 @@ impl<'a> Overlay<'a> {
         if let Some(v) = self.dedup.get(k) {
             return Ok(Some(v.clone()));
         }
+        if let Some(v) = self.cache.dedup(k) {
+            return Ok(Some(v.clone()));
+        }
         match self.db.raw().get_cf(self.db.cf(CF_DEDUP), k)? {
             Some(b) => Ok(Some(decode("dedup record", &b)?)),
             None => Ok(None),
@@ -248,25 +288,46 @@ impl<'a> Overlay<'a> {
 }
 
 /// Applies `entries` in order, updating `meta`, and writes everything as one batch. Returns one
-/// result per entry.
+/// result per entry. (A cold cache: tests and one-off callers.)
 pub fn apply_entries(db: &Db, meta: &mut SmMeta, entries: &[Entry]) -> Result<Vec<CommandResult>> {
-    let mut ov = Overlay::new(db);
+    apply_entries_cached(db, meta, &mut ApplyCache::default(), entries)
+}
+
+/// [`apply_entries`] with the state machine's long-lived [`ApplyCache`].
+pub fn apply_entries_cached(
+    db: &Db,
+    meta: &mut SmMeta,
+    cache: &mut ApplyCache,
+    entries: &[Entry],
+) -> Result<Vec<CommandResult>> {
+    let mut ov = Overlay::new(db, cache);
     let mut out = Vec::with_capacity(entries.len());
+    // Membership and descriptor are rewritten only by the entries that change them: the
+    // descriptor of a shard that took part in many moves is kilobytes.
+    let mut meta_changed = false;
     for entry in entries {
         meta.applied = Some(entry.log_id);
         let res = match &entry.payload {
             EntryPayload::Blank => Ok(KvReply::Written),
             EntryPayload::Membership(m) => {
                 meta.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                meta_changed = true;
                 Ok(KvReply::Written)
             }
-            EntryPayload::Normal(cmd) => apply_command(&mut ov, meta, cmd)?,
+            EntryPayload::Normal(cmd) => {
+                meta_changed |= !matches!(cmd, Command::Kv { .. });
+                apply_command(&mut ov, meta, cmd)?
+            }
         };
         out.push(res);
     }
     ov.flush_stats()?;
-    meta.write_to(db, &mut ov.batch)?;
-    db.write(ov.batch)?;
+    if meta_changed {
+        meta.write_to(db, &mut ov.batch)?;
+    } else {
+        meta.write_applied_to(db, &mut ov.batch)?;
+    }
+    ov.commit()?;
     Ok(out)
 }
 

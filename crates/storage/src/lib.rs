@@ -8,6 +8,7 @@
 //! ahead of durable state.
 
 pub mod apply;
+pub mod apply_cache;
 pub mod db;
 pub mod descriptor;
 pub mod error;

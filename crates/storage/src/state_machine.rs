@@ -11,8 +11,9 @@ use openraft::{OptionalSend, RaftSnapshotBuilder};
 use rocksdb::WriteBatch;
 use unikv_types::{ShardId, Slot};
 
-use crate::apply::{apply_entries, SmMeta};
+use crate::apply::{apply_entries_cached, SmMeta};
 use crate::apply::{DedupRecord, SlotStats};
+use crate::apply_cache::ApplyCache;
 use crate::db::{kv_key, CF_DEDUP, CF_KV, CF_STATS};
 use crate::error::blocking;
 use crate::raft_types::{LogId, Snapshot, SnapshotMeta, StoredMembership};
@@ -25,6 +26,9 @@ struct Shared {
     db: Db,
     shard: ShardId,
     meta: RwLock<SmMeta>,
+    /// Statistics and dedup records apply would otherwise read back (only apply and snapshot
+    /// install touch it).
+    cache: Mutex<ApplyCache>,
     snap_dir: PathBuf,
     /// The latest snapshot on disk.
     current: Mutex<Option<(SnapshotMeta, PathBuf)>>,
@@ -106,6 +110,7 @@ impl StateMachine {
                 db,
                 shard,
                 meta: RwLock::new(meta),
+                cache: Mutex::new(ApplyCache::default()),
                 snap_dir: snap_dir.to_path_buf(),
                 current: Mutex::new(current),
             }),
@@ -231,7 +236,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let shared = self.shared.clone();
             let (meta, results) = blocking(move || {
                 let mut meta = read_lock(&shared.meta).clone();
-                let results = apply_entries(&shared.db, &mut meta, &group)?;
+                let mut cache = lock(&shared.cache);
+                let results = apply_entries_cached(&shared.db, &mut meta, &mut cache, &group)?;
                 Ok((meta, results))
             })
             .await?;
@@ -257,6 +263,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let meta = meta.clone();
         let new_meta = blocking(move || {
             let db = &shared.db;
+            // Whatever happens below, the cached state no longer describes the database.
+            lock(&shared.cache).clear();
             let mut batch = WriteBatch::default();
             // Slot keys start with a big-endian u16 below 0x4000, so [0, 0xff) covers them all.
             batch.delete_range_cf(db.cf(CF_KV), [0u8].as_slice(), [0xffu8].as_slice());

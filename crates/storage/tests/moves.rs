@@ -4,7 +4,8 @@
 use openraft::entry::RaftEntry;
 use openraft::testing::log_id;
 use openraft::EntryPayload;
-use unikv_storage::apply::{apply_entries, SmMeta};
+use unikv_storage::apply::{apply_entries_cached, SmMeta};
+use unikv_storage::apply_cache::ApplyCache;
 use unikv_storage::moves::{export_slot, slot_stats};
 use unikv_storage::raft_types::Entry;
 use unikv_storage::{Command, CommandResult, Db, MoveCommand, TypeConfig};
@@ -14,6 +15,9 @@ struct Shard {
     _dir: tempfile::TempDir,
     db: Db,
     meta: SmMeta,
+    /// One cache for the shard's whole life, as in the state machine: every step below also
+    /// checks that the cached statistics and dedup records stay true across moves.
+    cache: ApplyCache,
     next: u64,
 }
 
@@ -26,6 +30,7 @@ impl Shard {
             _dir: dir,
             db,
             meta,
+            cache: ApplyCache::default(),
             next: 1,
         };
         let ranges = owned
@@ -46,7 +51,7 @@ impl Shard {
             EntryPayload::Normal(cmd),
         );
         self.next += 1;
-        apply_entries(&self.db, &mut self.meta, &[e])
+        apply_entries_cached(&self.db, &mut self.meta, &mut self.cache, &[e])
             .unwrap()
             .remove(0)
     }
@@ -67,13 +72,20 @@ impl Shard {
         })
     }
 
-    fn stats(&self, slot: u16) -> (u64, u64) {
-        slot_stats(&self.db)
+    fn stats(&mut self, slot: u16) -> (u64, u64) {
+        let stored = slot_stats(&self.db)
             .unwrap()
             .into_iter()
             .find(|(s, _)| *s == slot)
             .map(|(_, st)| (st.keys, st.bytes))
-            .unwrap_or((0, 0))
+            .unwrap_or((0, 0));
+        let cached = self.cache.stats(&self.db, slot).unwrap();
+        assert_eq!(
+            (cached.keys, cached.bytes),
+            stored,
+            "cached statistics of slot {slot} differ from RocksDB"
+        );
+        stored
     }
 }
 
@@ -331,6 +343,7 @@ fn an_activation_before_the_initial_claim_is_kept() {
         _dir: dir,
         db,
         meta,
+        cache: ApplyCache::default(),
         next: 1,
     };
     assert_eq!(
