@@ -113,6 +113,16 @@ pub struct Config {
         action = clap::ArgAction::Set
     )]
     pub lease_reads: bool,
+    /// RocksDB memtables of all column families together, in MiB.
+    #[arg(long = "memtable_mb", alias = "memtable-mb", default_value_t = 64)]
+    pub memtable_mb: usize,
+    /// RocksDB block cache (shared by all column families), in MiB.
+    #[arg(
+        long = "block_cache_mb",
+        alias = "block-cache-mb",
+        default_value_t = 64
+    )]
+    pub block_cache_mb: usize,
     /// Write logs to this file instead of stderr (filter with RUST_LOG, default info).
     #[arg(long = "log_file", alias = "log-file")]
     pub log_file: Option<PathBuf>,
@@ -188,6 +198,13 @@ impl Config {
         }
     }
 
+    pub fn db_options(&self) -> unikv_storage::DbOptions {
+        unikv_storage::DbOptions {
+            memtable_mb: self.memtable_mb,
+            block_cache_mb: self.block_cache_mb,
+        }
+    }
+
     pub fn request_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.request_timeout_ms)
     }
@@ -200,6 +217,11 @@ impl Config {
         }
         if self.node_id == 0 {
             return bad("--node_id must be at least 1".into());
+        }
+        if !(4..=65_536).contains(&self.memtable_mb)
+            || !(1..=1_048_576).contains(&self.block_cache_mb)
+        {
+            return bad("--memtable_mb must be 4..=65536 and --block_cache_mb 1..=1048576".into());
         }
         match self.raft_addr.rsplit_once(':') {
             Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0) => {}

@@ -49,7 +49,8 @@ pub async fn run(
     config.validate()?;
     let data_dir = config.data_dir();
     std::fs::create_dir_all(&data_dir)?;
-    let (log_store, sm) = unikv_storage::open(&data_dir, config.shard())?;
+    let (log_store, sm) =
+        unikv_storage::open_with(&data_dir, config.shard(), &config.db_options())?;
     let store = sm.store();
     let tls = ClusterTls::load_or_create(
         &config.tls_dir(),

@@ -39,6 +39,24 @@ pub struct Db {
     stats: Arc<SyncStats>,
 }
 
+/// RocksDB's memory bounds (the node's `--memtable_mb` and `--block_cache_mb`): memtables of
+/// all column families together, and one block cache shared by them. Index and filter blocks
+/// and iterators come on top (small next to these).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DbOptions {
+    pub memtable_mb: usize,
+    pub block_cache_mb: usize,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        DbOptions {
+            memtable_mb: 64,
+            block_cache_mb: 64,
+        }
+    }
+}
+
 /// Counters that show how well group commit batches.
 #[derive(Default, Debug)]
 pub struct SyncStats {
@@ -60,16 +78,33 @@ impl std::fmt::Debug for Db {
 
 impl Db {
     pub fn open(path: &Path) -> Result<Self> {
+        Db::open_with(path, &DbOptions::default())
+    }
+
+    /// Opens with explicit memory bounds.
+    pub fn open_with(path: &Path, memory: &DbOptions) -> Result<Self> {
         std::fs::create_dir_all(path)?;
+        let mb = |n: usize| n.max(1).saturating_mul(1 << 20);
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.increase_parallelism(2);
         opts.set_max_background_jobs(2);
         opts.set_keep_log_file_num(4);
+        // All memtables together stay under this; past it RocksDB flushes the largest.
+        opts.set_db_write_buffer_size(mb(memory.memtable_mb));
+        let cache = rocksdb::Cache::new_lru_cache(mb(memory.block_cache_mb));
         let cfs = ALL_CFS
             .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()))
+            .map(|name| {
+                let mut cf = Options::default();
+                cf.set_write_buffer_size(mb(memory.memtable_mb / 2).min(64 << 20));
+                let mut table = rocksdb::BlockBasedOptions::default();
+                table.set_block_cache(&cache);
+                table.set_bloom_filter(10.0, false);
+                cf.set_block_based_table_factory(&table);
+                ColumnFamilyDescriptor::new(*name, cf)
+            })
             .collect::<Vec<_>>();
         let db = Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?);
         let stats = Arc::new(SyncStats::default());

@@ -19,7 +19,7 @@ pub mod raft_types;
 pub mod snapshot;
 pub mod state_machine;
 
-pub use db::Db;
+pub use db::{Db, DbOptions};
 pub use descriptor::{OwnedRange, ShardDescriptor};
 pub use error::{Error, Result};
 pub use log_store::LogStore;
@@ -32,7 +32,16 @@ pub fn open(
     dir: &std::path::Path,
     shard: unikv_types::ShardId,
 ) -> Result<(LogStore, StateMachine)> {
-    let db = Db::open(&dir.join("db"))?;
+    open_with(dir, shard, &DbOptions::default())
+}
+
+/// [`open`] with explicit RocksDB memory bounds.
+pub fn open_with(
+    dir: &std::path::Path,
+    shard: unikv_types::ShardId,
+    memory: &DbOptions,
+) -> Result<(LogStore, StateMachine)> {
+    let db = Db::open_with(&dir.join("db"), memory)?;
     let log = LogStore::new(db.clone());
     let sm = StateMachine::open(db, &dir.join("snapshots"), shard)?;
     Ok((log, sm))
