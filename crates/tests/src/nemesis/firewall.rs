@@ -60,7 +60,7 @@ impl Firewall {
     pub fn isolate(&self, ports: &[u16], cut: Cut) -> anyhow::Result<()> {
         for p in ports {
             let p = p.to_string();
-            if matches!(cut, Cut::Both | Cut::Inbound) {
+            let drop = |direction: &str| {
                 iptables(&[
                     "-A",
                     &self.chain,
@@ -68,25 +68,17 @@ impl Firewall {
                     "lo",
                     "-p",
                     "udp",
-                    "--dport",
+                    direction,
                     &p,
                     "-j",
                     "DROP",
-                ])?;
+                ])
+            };
+            if matches!(cut, Cut::Both | Cut::Inbound) {
+                drop("--dport")?;
             }
             if matches!(cut, Cut::Both | Cut::Outbound) {
-                iptables(&[
-                    "-A",
-                    &self.chain,
-                    "-i",
-                    "lo",
-                    "-p",
-                    "udp",
-                    "--sport",
-                    &p,
-                    "-j",
-                    "DROP",
-                ])?;
+                drop("--sport")?;
             }
         }
         Ok(())

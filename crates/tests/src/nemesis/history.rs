@@ -15,22 +15,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OpKind {
-    Get,
-    Put,
-    Append,
-    Delete,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Ok,
-    Fail,
-    Info,
-}
+pub use unikv_checker::{OpKind, Status};
 
 /// One completed operation (one JSON line).
 #[derive(Clone, Debug, Serialize)]
