@@ -1,7 +1,7 @@
 //! The nemesis: on a schedule, one fault at a time against real node processes, each healed
 //! before the next — kill -9 and restart, SIGSTOP/SIGCONT longer than an election timeout,
 //! iptables partitions (an isolated leader, an isolated follower, one-way cuts), and on the
-//! unified cluster slot moves between shards.
+//! unified cluster slot moves between shards and adding, then draining, a fourth shard.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,6 +11,7 @@ use rand::prelude::*;
 use super::firewall::{Cut, Firewall};
 use super::topology::{Kind, NodeRef, Topology};
 use crate::api::{Body, Method};
+use crate::unified::MAX_SHARDS;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum FaultKind {
@@ -18,14 +19,17 @@ pub enum FaultKind {
     Pause,
     Partition,
     Move,
+    /// `run_unified.sh addshard 4` the first time, `removeshard 4` (a drain) the second.
+    Reshard,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 4] = [
+    pub const ALL: [FaultKind; 5] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Partition,
         FaultKind::Move,
+        FaultKind::Reshard,
     ];
 
     pub fn name(self) -> &'static str {
@@ -34,6 +38,7 @@ impl FaultKind {
             FaultKind::Pause => "pause",
             FaultKind::Partition => "partition",
             FaultKind::Move => "move",
+            FaultKind::Reshard => "reshard",
         }
     }
 }
@@ -44,7 +49,9 @@ impl std::str::FromStr for FaultKind {
         FaultKind::ALL
             .into_iter()
             .find(|k| k.name() == s)
-            .ok_or_else(|| format!("unknown fault {s:?} (kill | pause | partition | move)"))
+            .ok_or_else(|| {
+                format!("unknown fault {s:?} (kill | pause | partition | move | reshard)")
+            })
     }
 }
 
@@ -132,6 +139,27 @@ pub async fn apply(
             );
             tokio::time::sleep(hold).await;
             firewall.heal()?;
+        }
+        FaultKind::Reshard => {
+            let Topology::Unified(u) = topo else {
+                return Ok(());
+            };
+            let done = log.counts.get("reshard").copied().unwrap_or(0);
+            let outcome = match done {
+                0 => u.add_shard(MAX_SHARDS).await,
+                1 => u.remove_shard(MAX_SHARDS).await,
+                _ => return Ok(()),
+            };
+            let what = if done == 0 { "addshard" } else { "removeshard" };
+            let outcome = match outcome {
+                Ok(v) => v.to_string(),
+                Err(e) => format!("error {e:#}"),
+            };
+            log.note(
+                "reshard",
+                format!("{what} {MAX_SHARDS} while clients run: {outcome}"),
+            );
+            tokio::time::sleep(hold).await;
         }
         FaultKind::Move => {
             if topo.kind() != Kind::Unified || keys.is_empty() {
