@@ -21,7 +21,20 @@ bench="$UNIKV_BIN/bench"
 work=$(mktemp -d /tmp/unikv-bench.XXXXXX)
 export UNIKV_DATA="$work/data" UNIKV_LOGS="$work/logs" UNIKV_NO_BUILD=1 UNIKV_HOST=127.0.0.1
 export UNIKV_HTTP_BASE=${BENCH_HTTP_BASE:-26000} UNIKV_RAFT_BASE=${BENCH_RAFT_BASE:-27000} UNIKV_ROUTER_PORT=${BENCH_ROUTER_PORT:-26999}
-cleanup() { scripts/run_unified.sh stop >/dev/null 2>&1 || true; "$anchor" stop >/dev/null 2>&1 || true; rm -rf "$work"; }
+# The anchor's stop sends SIGTERM and moves on; make sure its members are gone before we exit.
+stop_etcd() {
+  local pids p
+  pids=$(cat "${ANCHOR_DIR:-${TMPDIR:-/tmp}/etcd-anchor}"/e*.pid 2>/dev/null || true)
+  "$anchor" stop >/dev/null 2>&1 || true
+  for _ in $(seq 100); do
+    local alive=0
+    for p in $pids; do [ "$(ps -o stat= -p "$p" 2>/dev/null | cut -c1)" ] && [ "$(ps -o stat= -p "$p" | cut -c1)" != Z ] && alive=1; done
+    [ $alive = 0 ] && return 0
+    sleep 0.1
+  done
+  for p in $pids; do kill -9 "$p" 2>/dev/null || true; done
+}
+cleanup() { scripts/run_unified.sh stop >/dev/null 2>&1 || true; stop_etcd; rm -rf "$work"; }
 trap cleanup EXIT
 scripts/run_unified.sh start >/dev/null
 "$anchor" start >/dev/null
