@@ -1,25 +1,37 @@
-//! The short nemesis for every CI run: one run on a single shard and one on the unified
-//! cluster, clients under kill -9, SIGSTOP, partitions (and slot moves on the unified
-//! cluster), then the linearizability checker. Any anomaly or lost write fails the build.
-//! Needs root and iptables (scripts/setup.sh installs it).
+//! The short nemesis for every CI run: two 60-second runs on a single shard and two on the
+//! unified cluster, clients under kill -9, SIGSTOP, partitions (and slot moves, addshard and
+//! drain on the unified cluster), then the linearizability checker. Any anomaly or lost write
+//! fails the build. Needs root and iptables (scripts/setup.sh installs it).
 
 use std::time::Duration;
 
 use unikv_tests::nemesis::topology::Kind;
 use unikv_tests::nemesis::{run_once, RunConfig};
 
-/// Seconds of faults per run; `UNIKV_NEMESIS_SECS` overrides.
-fn seconds() -> u64 {
-    std::env::var("UNIKV_NEMESIS_SECS")
+/// `UNIKV_NEMESIS_SECS` (seconds of faults per run, default 60) and `UNIKV_NEMESIS_RUNS`
+/// (runs per topology, default 2).
+fn setting(name: &str, default: u64) -> u64 {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(40)
+        .unwrap_or(default)
+}
+
+fn seconds() -> u64 {
+    setting("UNIKV_NEMESIS_SECS", 60)
 }
 
 async fn run(kind: Kind) {
+    for _ in 0..setting("UNIKV_NEMESIS_RUNS", 2) {
+        run_one(kind).await;
+    }
+}
+
+async fn run_one(kind: Kind) {
+    // A fresh seed per run, printed so a failure can be replayed with the nemesis binary.
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_secs());
+        .map_or(1, |d| d.as_nanos() as u64 % 1_000_000_007);
     let out = std::env::temp_dir().join("unikv-nemesis");
     let config = RunConfig::new(kind, Duration::from_secs(seconds()), seed, out);
     let r = run_once(&config).await.expect("nemesis run");
