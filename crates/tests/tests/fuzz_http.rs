@@ -153,8 +153,12 @@ fn body(rng: &mut StdRng) -> (Option<&'static str>, Vec<u8>) {
 
 /// Sends `n` random requests to `addr`; returns the failures (answers that break the rules).
 async fn fuzz(addr: &str, n: usize, seed: u64) -> (usize, Vec<String>) {
+    // A fresh connection per request: a server that answers before reading a malformed body
+    // must close that connection (it cannot find the next request), and a pooled client would
+    // race that close with its next request and report a transport error that is not ours.
     let client = reqwest::Client::builder()
         .no_proxy()
+        .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(15))
         .build()
         .expect("client");
