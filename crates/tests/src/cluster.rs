@@ -526,38 +526,12 @@ impl Cluster {
 
     /// Prints the last `lines` lines of every node log (and captured stdout/stderr).
     pub fn dump_logs(&self, lines: usize) {
-        let mut files: Vec<PathBuf> = match fs::read_dir(&self.root) {
-            Ok(rd) => rd
-                .filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "log"))
-                .collect(),
-            Err(e) => {
-                eprintln!("[cluster] cannot list {}: {e}", self.root.display());
-                return;
-            }
-        };
-        files.sort();
-        for f in files {
-            let text = match fs::read(&f) {
-                Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-                Err(e) => {
-                    eprintln!("[cluster] cannot read {}: {e}", f.display());
-                    continue;
-                }
-            };
-            let all: Vec<&str> = text.lines().collect();
-            let start = all.len().saturating_sub(lines);
-            eprintln!(
-                "===== {} (last {} of {} lines) =====",
-                f.display(),
-                all.len() - start,
-                all.len()
-            );
-            for line in &all[start..] {
-                eprintln!("{line}");
-            }
-        }
+        crate::print_log_tails(
+            "cluster",
+            &self.root,
+            |p| p.extension().is_some_and(|x| x == "log"),
+            lines,
+        );
     }
 }
 
