@@ -22,17 +22,22 @@ struct Shard {
 }
 
 impl Shard {
-    fn new(id: u64, owned: Option<(u16, u16)>) -> Self {
+    /// A fresh shard that has not claimed anything yet.
+    fn unclaimed(id: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path()).unwrap();
         let meta = SmMeta::load(&db, ShardId(id)).unwrap();
-        let mut s = Shard {
+        Shard {
             _dir: dir,
             db,
             meta,
             cache: ApplyCache::default(),
             next: 1,
-        };
+        }
+    }
+
+    fn new(id: u64, owned: Option<(u16, u16)>) -> Self {
+        let mut s = Shard::unclaimed(id);
         let ranges = owned
             .map(|(lo, hi)| vec![SlotRange(lo, hi)])
             .unwrap_or_default();
@@ -336,16 +341,7 @@ fn refused_steps() {
 #[test]
 fn an_activation_before_the_initial_claim_is_kept() {
     // `/addshard` can reach a fresh shard before its (empty) initial claim commits.
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::open(dir.path()).unwrap();
-    let meta = SmMeta::load(&db, ShardId(4)).unwrap();
-    let mut s = Shard {
-        _dir: dir,
-        db,
-        meta,
-        cache: ApplyCache::default(),
-        next: 1,
-    };
+    let mut s = Shard::unclaimed(4);
     assert_eq!(
         s.mv(MoveCommand::SetState {
             state: unikv_types::ShardState::Active
