@@ -15,6 +15,7 @@ pub mod rebalance;
 pub mod rpc;
 pub mod service;
 pub mod status;
+pub mod vote_hold;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -47,10 +48,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     config.validate()?;
+    let started = std::time::Instant::now();
     let data_dir = config.data_dir();
     std::fs::create_dir_all(&data_dir)?;
-    let (log_store, sm) =
+    let (mut log_store, sm) =
         unikv_storage::open_with(&data_dir, config.shard(), &config.db_options())?;
+    let vote_hold = vote_hold::VoteHold::for_start(&config, &mut log_store, started).await?;
     let store = sm.store();
     let tls = ClusterTls::load_or_create(
         &config.tls_dir(),
@@ -61,6 +64,7 @@ pub async fn run(
     let raft_config = Arc::new(config.raft_config()?);
     let network = raft_net::Network {
         transport: transport.clone(),
+        vote_hold,
     };
     let raft = service::Raft::new(config.node(), raft_config, network, log_store, sm)
         .await
@@ -79,6 +83,7 @@ pub async fn run(
         me,
         gossip,
         rebalance: Default::default(),
+        vote_hold,
     });
     tracing::info!(
         shard = %node.shard(), node = %node.id(), raft = %quic_addr,

@@ -19,6 +19,8 @@ use unikv_storage::raft_types::{Snapshot, SnapshotMeta, Vote};
 use unikv_storage::{NodeAddr, SnapshotFile, TypeConfig};
 use unikv_types::{rpc_kind, NodeId};
 
+use crate::vote_hold::VoteHold;
+
 /// Opening the snapshot stream must fail fast when the peer is down: openraft retries after a
 /// short backoff, and a dial to a dead peer would otherwise wait for QUIC's idle timeout.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(1);
@@ -27,6 +29,8 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct Network {
     pub transport: Transport,
+    /// While it holds, this node does not campaign (see `vote_hold`).
+    pub vote_hold: VoteHold,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -37,6 +41,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.raft.clone(),
             transport: self.transport.clone(),
+            vote_hold: self.vote_hold,
         }
     }
 }
@@ -45,6 +50,21 @@ pub struct PeerClient {
     target: NodeId,
     addr: String,
     transport: Transport,
+    vote_hold: VoteHold,
+}
+
+impl PeerClient {
+    /// A node inside its post-restart hold asks nobody for votes: its own vote would count
+    /// for itself while it may still owe the old leader its lease.
+    fn check_vote_hold(&self) -> Result<(), RPCError<TypeConfig>> {
+        if self.vote_hold.holds() {
+            let e = std::io::Error::other(
+                "restarted less than one leader lease ago: not campaigning yet",
+            );
+            return Err(RPCError::Network(NetworkError::new(&e)));
+        }
+        Ok(())
+    }
 }
 
 /// The header of a snapshot stream; the file's bytes follow it.
@@ -138,6 +158,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         req: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.check_vote_hold()?;
         self.call(rpc_kind::VOTE, &req, option.hard_ttl()).await
     }
 
@@ -146,6 +167,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         req: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.check_vote_hold()?;
         self.call(rpc_kind::PRE_VOTE, &req, option.hard_ttl()).await
     }
 

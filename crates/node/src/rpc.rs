@@ -3,6 +3,9 @@
 
 use std::sync::Arc;
 
+use openraft::errors::RaftError;
+use openraft::raft::{VoteRequest, VoteResponse};
+use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::Snapshot;
 use tokio::io::AsyncWriteExt;
 use unikv_net::{Handler, Incoming};
@@ -27,6 +30,21 @@ impl Handler for RpcHandler {
 }
 
 impl RpcHandler {
+    /// The answer of a node still inside its post-restart vote hold: not granted, with its
+    /// current vote so a candidate with a lower one learns of the higher term.
+    fn refuse_vote(
+        &self,
+        req: &VoteRequest<TypeConfig>,
+        what: &str,
+    ) -> Result<VoteResponse<TypeConfig>, RaftError<TypeConfig>> {
+        let vote = self.node.raft.metrics().borrow_watched().vote;
+        tracing::info!(
+            shard = %self.node.shard(), node = %self.node.id(), request = %req, what,
+            "refusing: restarted less than one leader lease ago"
+        );
+        Ok(VoteResponse::new(vote, None, false))
+    }
+
     async fn dispatch(&self, kind: u8, mut inc: Incoming) -> unikv_net::Result<()> {
         let node = &self.node;
         match kind {
@@ -35,11 +53,17 @@ impl RpcHandler {
                 inc.reply(&node.raft.append_entries(req).await).await
             }
             rpc_kind::VOTE => {
-                let req = inc.read().await?;
+                let req: VoteRequest<TypeConfig> = inc.read().await?;
+                if node.vote_hold.holds() {
+                    return inc.reply(&self.refuse_vote(&req, "vote")).await;
+                }
                 inc.reply(&node.raft.vote(req).await).await
             }
             rpc_kind::PRE_VOTE => {
-                let req = inc.read().await?;
+                let req: VoteRequest<TypeConfig> = inc.read().await?;
+                if node.vote_hold.holds() {
+                    return inc.reply(&self.refuse_vote(&req, "pre-vote")).await;
+                }
                 inc.reply(&node.raft.pre_vote(req).await).await
             }
             rpc_kind::SNAPSHOT => self.receive_snapshot(inc).await,

@@ -71,6 +71,8 @@ pub struct Node {
     pub limits: Limits,
     pub gossip: unikv_gossip::Gossip,
     pub rebalance: crate::rebalance::Rebalance,
+    /// Refuses votes for one lease after a restart (see `vote_hold`).
+    pub vote_hold: crate::vote_hold::VoteHold,
 }
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(3);

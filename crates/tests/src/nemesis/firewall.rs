@@ -84,6 +84,33 @@ impl Firewall {
         Ok(())
     }
 
+    /// Drops every UDP packet between the node owning `a` and the node owning `b` (both ways);
+    /// each keeps its links to everyone else. Each node sends from the ports it listens on
+    /// (one QUIC endpoint, one gossip socket), so port pairs name the link exactly.
+    pub fn cut_link(&self, a: &[u16], b: &[u16]) -> anyhow::Result<()> {
+        for pa in a {
+            for pb in b {
+                for (from, to) in [(pa, pb), (pb, pa)] {
+                    iptables(&[
+                        "-A",
+                        &self.chain,
+                        "-i",
+                        "lo",
+                        "-p",
+                        "udp",
+                        "--sport",
+                        &from.to_string(),
+                        "--dport",
+                        &to.to_string(),
+                        "-j",
+                        "DROP",
+                    ])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Removes every rule (all partitions heal).
     pub fn heal(&self) -> anyhow::Result<()> {
         iptables(&["-F", &self.chain])
