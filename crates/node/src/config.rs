@@ -104,13 +104,14 @@ pub struct Config {
     )]
     pub request_timeout_ms: u64,
     /// Serve linearizable reads under the leader lease (no round trip while a quorum has
-    /// acknowledged the leader within an election timeout), falling back to ReadIndex.
-    /// Off by default: the nemesis suite found a stale read with it on (see
-    /// docs/reliability.md); a follower restarted by kill -9 forgets the lease it granted.
+    /// acknowledged the leader within `--election_max_ms`), falling back to ReadIndex.
+    /// Safe while clock *rates* agree between nodes; a restarted node withholds its vote for
+    /// one lease so it cannot break the lease it granted before a crash (see `vote_hold`).
+    /// `false` sends every read through ReadIndex (one heartbeat round per batch of reads).
     #[arg(
         long = "lease_reads",
         alias = "lease-reads",
-        default_value_t = false,
+        default_value_t = true,
         action = clap::ArgAction::Set
     )]
     pub lease_reads: bool,

@@ -1,6 +1,6 @@
 //! The short nemesis for every CI run: two 60-second runs on a single shard and two on the
-//! unified cluster, clients under kill -9, SIGSTOP, partitions (and slot moves on the unified
-//! cluster), then the linearizability checker. Any anomaly or lost write
+//! unified cluster, clients under kill -9, SIGSTOP, partitions (and slot moves, addshard and
+//! removeshard on the unified cluster), then the linearizability checker. Any anomaly or lost write
 //! fails the build. Needs root and iptables (scripts/setup.sh installs it).
 
 use std::time::Duration;
@@ -35,14 +35,8 @@ async fn run_one(kind: Kind) {
         .map_or(1, |d| d.as_nanos() as u64 % 1_000_000_007);
     let out = std::env::temp_dir().join("unikv-nemesis");
     let mut config = RunConfig::new(kind, Duration::from_secs(seconds()), seed, out);
-    // The fault kinds of the 50-run campaign in docs/reliability.md. `reshard` runs on demand
-    // (scripts/nemesis.sh) until the anomaly recorded there is explained.
-    config.faults = vec![
-        FaultKind::Kill,
-        FaultKind::Pause,
-        FaultKind::Partition,
-        FaultKind::Move,
-    ];
+    // Every fault kind (moves and reshards apply to the unified cluster only).
+    config.faults = FaultKind::ALL.to_vec();
     let r = run_once(&config).await.expect("nemesis run");
     eprintln!("[nemesis] {kind} seed {seed}: {}", r.summary());
     assert!(

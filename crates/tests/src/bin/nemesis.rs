@@ -26,10 +26,11 @@ struct Args {
     /// Comma-separated: shard, unified (runs alternate between them).
     #[arg(long, default_value = "shard,unified", value_delimiter = ',')]
     topology: Vec<Kind>,
-    /// Comma-separated subset of kill, pause, partition, move.
+    /// Comma-separated subset of kill, pause, partition, move, reshard (move and reshard
+    /// apply to the unified cluster only).
     #[arg(
         long,
-        default_value = "kill,pause,partition,move",
+        default_value = "kill,pause,partition,move,reshard",
         value_delimiter = ','
     )]
     faults: Vec<FaultKind>,
