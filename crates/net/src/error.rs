@@ -39,6 +39,29 @@ pub enum Error {
     Resolve(String),
 }
 
+/// One failed exchange that carried several requests (the router's KV batches) fails each of
+/// them the same way; `io::Error` is not `Clone`, so it keeps its kind and message.
+impl Clone for Error {
+    fn clone(&self) -> Self {
+        match self {
+            Error::Tls(s) => Error::Tls(s.clone()),
+            Error::Io(e) => Error::Io(std::io::Error::new(e.kind(), e.to_string())),
+            Error::Connect { addr, reason } => Error::Connect {
+                addr: addr.clone(),
+                reason: reason.clone(),
+            },
+            Error::Timeout { addr, after_ms } => Error::Timeout {
+                addr: addr.clone(),
+                after_ms: *after_ms,
+            },
+            Error::Codec(s) => Error::Codec(s.clone()),
+            Error::Stream(s) => Error::Stream(s.clone()),
+            Error::TooLarge { limit } => Error::TooLarge { limit: *limit },
+            Error::Resolve(s) => Error::Resolve(s.clone()),
+        }
+    }
+}
+
 impl Error {
     /// True when the failure suggests the peer is down or unreachable (as opposed to a bug or a
     /// protocol mismatch): connect failures, timeouts and resolution failures.

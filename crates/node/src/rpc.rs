@@ -11,7 +11,10 @@ use tokio::io::AsyncWriteExt;
 use unikv_net::{Handler, Incoming};
 use unikv_storage::raft_types::{SnapshotMeta, Vote};
 use unikv_storage::{SnapshotFile, TypeConfig};
-use unikv_types::{rpc_kind, KvRequest};
+use unikv_types::{rpc_kind, KvError, KvReply, KvRequest};
+
+/// Most requests a `KV_BATCH` may carry.
+const MAX_KV_BATCH: usize = 1024;
 
 use crate::raft_net::SnapshotHead;
 use crate::service::{AdminRequest, Node};
@@ -70,6 +73,23 @@ impl RpcHandler {
             rpc_kind::KV => {
                 let req: KvRequest = inc.read().await?;
                 inc.reply(&node.kv(req).await).await
+            }
+            rpc_kind::KV_BATCH => {
+                let reqs: Vec<KvRequest> = inc.read().await?;
+                if reqs.len() > MAX_KV_BATCH {
+                    let refusal = KvError::BadRequest {
+                        code: "batch_too_large".into(),
+                        message: format!(
+                            "{} requests in one batch (at most {MAX_KV_BATCH})",
+                            reqs.len()
+                        ),
+                    };
+                    let replies: Vec<Result<KvReply, KvError>> = vec![Err(refusal); reqs.len()];
+                    return inc.reply(&replies).await;
+                }
+                // Concurrently, so the writes among them can share Raft entries.
+                let replies = futures::future::join_all(reqs.into_iter().map(|r| node.kv(r))).await;
+                inc.reply(&replies).await
             }
             rpc_kind::READ_INDEX => {
                 let () = inc.read().await?;

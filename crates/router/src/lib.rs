@@ -5,10 +5,12 @@
 //! (`view` → `routing`). Requests are routed from that table alone and corrected by the nodes'
 //! redirects (`forward`); writes carry a (client id, seq) from a router session (`sessions`)
 //! when the caller sends none, so the router's own retries never apply a write twice.
+//! Requests to the same node share QUIC exchanges (`batch`).
 //!
 //! [`run`] takes a bound HTTP listener and a shutdown future so tests can run routers
 //! in-process on port 0.
 
+pub mod batch;
 pub mod config;
 pub mod error;
 pub mod forward;
@@ -80,7 +82,7 @@ pub async fn run(
 
     let app = Arc::new(http::App {
         forwarder: Forwarder::new(
-            transport.clone(),
+            batch::Batching::new(transport.clone()),
             routing,
             config.limits(),
             config.request_timeout(),

@@ -59,6 +59,7 @@ impl Shard {
         apply_entries_cached(&self.db, &mut self.meta, &mut self.cache, &[e])
             .unwrap()
             .remove(0)
+            .into_one()
     }
 
     fn mv(&mut self, m: MoveCommand) -> CommandResult {
