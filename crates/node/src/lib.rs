@@ -10,7 +10,6 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod membership_gossip;
-pub mod proposer;
 pub mod raft_net;
 pub mod rebalance;
 pub mod rpc;
@@ -75,7 +74,6 @@ pub async fn run(
         raft: config.raft_addr.clone(),
         http: config.http_addr(),
     };
-    let proposer = proposer::Proposer::start(raft.clone());
     let node = Arc::new(Node {
         limits: config.limits(),
         config,
@@ -85,7 +83,6 @@ pub async fn run(
         me,
         gossip,
         rebalance: Default::default(),
-        proposer,
         vote_hold,
     });
     tracing::info!(

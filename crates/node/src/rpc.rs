@@ -87,7 +87,7 @@ impl RpcHandler {
                     let replies: Vec<Result<KvReply, KvError>> = vec![Err(refusal); reqs.len()];
                     return inc.reply(&replies).await;
                 }
-                // Concurrently, so the writes among them can share Raft entries.
+                // Concurrently: one slow request does not hold up the others.
                 let replies = futures::future::join_all(reqs.into_iter().map(|r| node.kv(r))).await;
                 inc.reply(&replies).await
             }

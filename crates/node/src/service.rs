@@ -17,7 +17,6 @@ use unikv_types::{
 };
 
 use crate::config::Config;
-use crate::proposer::ProposeError;
 
 pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
 
@@ -72,8 +71,6 @@ pub struct Node {
     pub limits: Limits,
     pub gossip: unikv_gossip::Gossip,
     pub rebalance: crate::rebalance::Rebalance,
-    /// Groups concurrent KV writes into shared Raft entries.
-    pub proposer: crate::proposer::Proposer,
     /// Refuses votes for one lease after a restart (see `vote_hold`).
     pub vote_hold: crate::vote_hold::VoteHold,
 }
@@ -207,25 +204,19 @@ impl Node {
     }
 
     /// Proposes a command through this node's Raft group and returns its applied result;
-    /// `NotLeader` (with the leader it knows) if this node does not lead. KV writes go through
-    /// the batching proposer (they may share an entry); moves and registry changes go alone.
+    /// `NotLeader` (with the leader it knows) if this node does not lead.
     pub async fn propose(&self, cmd: Command) -> Result<KvReply, KvError> {
-        let outcome = if matches!(cmd, Command::Kv { .. }) {
-            self.proposer.propose(cmd).await
-        } else {
-            self.raft
-                .client_write(cmd)
-                .await
-                .map(|resp| resp.data.into_one())
-                .map_err(ProposeError::from)
-        };
-        match outcome {
-            Ok(res) => res,
-            Err(ProposeError::ForwardToLeader(f)) => Err(self.not_leader(f)),
-            Err(ProposeError::Discarded) => Err(KvError::Unknown {
-                reason: "leader changed before the write committed".into(),
-            }),
-            Err(ProposeError::Raft(e)) => Err(self.unavailable(e)),
+        match self.raft.client_write(cmd).await {
+            Ok(resp) => resp.data,
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(self.not_leader(f))
+            }
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
+                Err(KvError::Unknown {
+                    reason: "leader changed before the write committed".into(),
+                })
+            }
+            Err(e) => Err(self.unavailable(e.to_string())),
         }
     }
 

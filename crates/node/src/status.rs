@@ -46,8 +46,6 @@ pub fn raft_status(node: &Node) -> Value {
         "wal_fsyncs": sync.fsyncs.load(Relaxed),
         "synced_appends": sync.synced_appends.load(Relaxed),
         "wal_fsync_micros": sync.fsync_micros.load(Relaxed),
-        "proposed_entries": node.proposer.stats().entries.load(Relaxed),
-        "proposed_writes": node.proposer.stats().writes.load(Relaxed),
     })
 }
 

@@ -13,7 +13,7 @@ use crate::apply_cache::ApplyCache;
 use crate::db::{dedup_key, kv_key, slot_bounds, CF_DEDUP, CF_KV, CF_SM, CF_STATS};
 use crate::error::{decode, encode};
 use crate::raft_types::{Entry, LogId, StoredMembership};
-use crate::{Applied, Command, CommandResult, Db, Result, ShardDescriptor};
+use crate::{Command, CommandResult, Db, Result, ShardDescriptor};
 
 pub const KEY_APPLIED: &[u8] = b"applied";
 pub const KEY_MEMBERSHIP: &[u8] = b"membership";
@@ -289,7 +289,7 @@ impl<'a> Overlay<'a> {
 
 /// Applies `entries` in order, updating `meta`, and writes everything as one batch. Returns one
 /// result per entry. (A cold cache: tests and one-off callers.)
-pub fn apply_entries(db: &Db, meta: &mut SmMeta, entries: &[Entry]) -> Result<Vec<Applied>> {
+pub fn apply_entries(db: &Db, meta: &mut SmMeta, entries: &[Entry]) -> Result<Vec<CommandResult>> {
     apply_entries_cached(db, meta, &mut ApplyCache::default(), entries)
 }
 
@@ -299,7 +299,7 @@ pub fn apply_entries_cached(
     meta: &mut SmMeta,
     cache: &mut ApplyCache,
     entries: &[Entry],
-) -> Result<Vec<Applied>> {
+) -> Result<Vec<CommandResult>> {
     let mut ov = Overlay::new(db, cache);
     let mut out = Vec::with_capacity(entries.len());
     // Membership and descriptor are rewritten only by the entries that change them: the
@@ -308,25 +308,15 @@ pub fn apply_entries_cached(
     for entry in entries {
         meta.applied = Some(entry.log_id);
         let res = match &entry.payload {
-            EntryPayload::Blank => Applied::One(Ok(KvReply::Written)),
+            EntryPayload::Blank => Ok(KvReply::Written),
             EntryPayload::Membership(m) => {
                 meta.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                 meta_changed = true;
-                Applied::One(Ok(KvReply::Written))
-            }
-            EntryPayload::Normal(Command::Batch(cmds)) => {
-                let mut results = Vec::with_capacity(cmds.len());
-                for cmd in cmds {
-                    results.push(match cmd {
-                        Command::Kv { .. } => apply_command(&mut ov, meta, cmd)?,
-                        other => Err(not_batchable(other)),
-                    });
-                }
-                Applied::Batch(results)
+                Ok(KvReply::Written)
             }
             EntryPayload::Normal(cmd) => {
                 meta_changed |= !matches!(cmd, Command::Kv { .. });
-                Applied::One(apply_command(&mut ov, meta, cmd)?)
+                apply_command(&mut ov, meta, cmd)?
             }
         };
         out.push(res);
@@ -341,16 +331,8 @@ pub fn apply_entries_cached(
     Ok(out)
 }
 
-fn not_batchable(cmd: &Command) -> KvError {
-    KvError::BadRequest {
-        code: "bad_command".into(),
-        message: format!("only KV writes can be batched, not {cmd}"),
-    }
-}
-
 fn apply_command(ov: &mut Overlay<'_>, meta: &mut SmMeta, cmd: &Command) -> Result<CommandResult> {
     match cmd {
-        Command::Batch(_) => Ok(Err(not_batchable(cmd))),
         Command::Move(m) => crate::moves::apply_move(ov, &mut meta.descriptor, m),
         Command::Bootstrap { ranges, epoch, .. } => {
             if meta.descriptor.bootstrap(ranges, *epoch) {

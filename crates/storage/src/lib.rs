@@ -23,7 +23,7 @@ pub use db::{Db, DbOptions};
 pub use descriptor::{OwnedRange, ShardDescriptor};
 pub use error::{Error, Result};
 pub use log_store::LogStore;
-pub use raft_types::{Applied, Command, CommandResult, MoveCommand, NodeAddr, TypeConfig};
+pub use raft_types::{Command, CommandResult, MoveCommand, NodeAddr, TypeConfig};
 pub use snapshot::SnapshotFile;
 pub use state_machine::{StateMachine, Store};
 

@@ -40,10 +40,6 @@ pub enum Command {
         ranges: Vec<SlotRange>,
         epoch: Epoch,
     },
-    /// KV writes proposed together as one log entry by the leader's proposal batcher: applied
-    /// in order, each with its own result (`Applied::Batch`). Only `Kv` commands belong here;
-    /// anything else inside is refused, not applied.
-    Batch(Vec<Command>),
 }
 
 impl fmt::Display for Command {
@@ -54,7 +50,6 @@ impl fmt::Display for Command {
             Command::Bootstrap { shard, ranges, .. } => {
                 write!(f, "bootstrap shard={shard} ranges={ranges:?}")
             }
-            Command::Batch(cmds) => write!(f, "batch of {} commands", cmds.len()),
         }
     }
 }
@@ -127,31 +122,11 @@ impl fmt::Display for MoveCommand {
 /// What applying a command returns to the proposer.
 pub type CommandResult = Result<KvReply, KvError>;
 
-/// What applying one log entry returns: one result, or one per command of a `Command::Batch`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Applied {
-    One(CommandResult),
-    Batch(Vec<CommandResult>),
-}
-
-impl Applied {
-    /// The result of an entry that held one command (a batch here is a caller's bug, reported
-    /// as an error rather than a panic).
-    pub fn into_one(self) -> CommandResult {
-        match self {
-            Applied::One(r) => r,
-            Applied::Batch(rs) => Err(KvError::Unknown {
-                reason: format!("expected one result, the entry was a batch of {}", rs.len()),
-            }),
-        }
-    }
-}
-
 openraft::declare_raft_types!(
     /// The Raft types of a unikv shard.
     pub TypeConfig:
         D = Command,
-        R = Applied,
+        R = CommandResult,
         NodeId = NodeId,
         Node = NodeAddr,
 );

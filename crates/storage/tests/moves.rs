@@ -59,7 +59,6 @@ impl Shard {
         apply_entries_cached(&self.db, &mut self.meta, &mut self.cache, &[e])
             .unwrap()
             .remove(0)
-            .into_one()
     }
 
     fn mv(&mut self, m: MoveCommand) -> CommandResult {

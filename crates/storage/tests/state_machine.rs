@@ -8,7 +8,7 @@ use openraft::testing::log_id;
 use openraft::{EntryPayload, RaftSnapshotBuilder};
 use unikv_storage::apply::{apply_entries, SmMeta};
 use unikv_storage::raft_types::Entry;
-use unikv_storage::{Applied, Command, CommandResult, Db, StateMachine, TypeConfig};
+use unikv_storage::{Command, CommandResult, Db, StateMachine, TypeConfig};
 use unikv_types::{ClientSeq, Epoch, KvError, KvOp, KvReply, NodeId, ShardId, SlotRange};
 
 fn entry(index: u64, cmd: Command) -> Entry {
@@ -64,11 +64,7 @@ async fn apply(sm: &mut StateMachine, first: u64, cmds: Vec<Command>) {
 
 /// Applies commands with the apply function itself, returning each result.
 fn apply_direct(db: &Db, meta: &mut SmMeta, first: u64, cmds: Vec<Command>) -> Vec<CommandResult> {
-    apply_entries(db, meta, &entries(first, cmds))
-        .unwrap()
-        .into_iter()
-        .map(|a| a.into_one())
-        .collect()
+    apply_entries(db, meta, &entries(first, cmds)).unwrap()
 }
 
 fn fresh_db(dir: &std::path::Path) -> (Db, SmMeta) {
@@ -127,55 +123,6 @@ async fn writes_apply_in_order_and_check_ownership() {
     // The metadata was written with the batch.
     let reloaded = SmMeta::load(&db, ShardId(1)).unwrap();
     assert_eq!(reloaded.descriptor, meta.descriptor);
-}
-
-#[tokio::test]
-async fn a_batch_entry_applies_its_commands_in_order_with_one_result_each() {
-    let dir = tempfile::tempdir().unwrap();
-    let (db, mut meta) = fresh_db(dir.path());
-    apply_direct(&db, &mut meta, 1, vec![bootstrap(0, 99)]);
-    let batch = Command::Batch(vec![
-        kv(5, "a", KvOp::Put { value: "x".into() }, Some(("c1", 1))),
-        kv(5, "a", KvOp::Append { value: "y".into() }, Some(("c2", 1))),
-        // A retry of the first command inside the same entry: answered from dedup.
-        kv(5, "a", KvOp::Put { value: "x".into() }, Some(("c1", 1))),
-        kv(200, "c", KvOp::Put { value: "v".into() }, None),
-        bootstrap(0, 10),
-        kv(7, "b", KvOp::Delete, None),
-    ]);
-    let out = apply_entries(&db, &mut meta, &[entry(2, batch)]).unwrap();
-    let Applied::Batch(r) = &out[0] else {
-        panic!("a batch entry must answer with a batch: {out:?}");
-    };
-    assert_eq!(r.len(), 6);
-    assert_eq!(r[0], Ok(KvReply::Written));
-    assert_eq!(
-        r[1],
-        Ok(KvReply::Appended {
-            previous: Some("x".into())
-        })
-    );
-    assert_eq!(r[2], Ok(KvReply::Written), "deduplicated, not reapplied");
-    assert!(matches!(r[3], Err(KvError::WrongShard { slot: 200, .. })));
-    assert!(
-        matches!(&r[4], Err(KvError::BadRequest { code, .. }) if code == "bad_command"),
-        "{:?}",
-        r[4]
-    );
-    assert_eq!(r[5], Ok(KvReply::Deleted { existed: false }));
-    assert_eq!(get(&db, 5, "a").as_deref(), Some("xy"));
-    assert_eq!(meta.applied.unwrap().index(), 2);
-    assert_eq!(
-        meta.descriptor.slot_count(),
-        100,
-        "the nested bootstrap changed nothing"
-    );
-    // A single command keeps answering with one result.
-    let one = apply_entries(&db, &mut meta, &[entry(3, kv(5, "a", KvOp::Delete, None))]).unwrap();
-    assert_eq!(
-        one,
-        vec![Applied::One(Ok(KvReply::Deleted { existed: true }))]
-    );
 }
 
 #[tokio::test]

@@ -28,7 +28,7 @@ pub mod rpc_kind {
     pub const PRE_VOTE: u8 = 4;
     /// A KV request (router or forwarding node → node).
     pub const KV: u8 = 10;
-    /// Several KV requests to one node in one exchange (router → node): `Vec<KvRequest>` in,
+    /// Several KV requests (the router batches reads) to one node in one exchange: `Vec<KvRequest>` in,
     /// one `Result<KvReply, KvError>` per request out, in the same order.
     pub const KV_BATCH: u8 = 12;
     /// Ask a leader for a read index so a follower can serve a linearizable read locally.
