@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod load;
 pub mod nemesis;
 pub mod ports;
+pub mod reshard_checks;
 pub mod unified;
 pub mod views;
 pub mod wait;
