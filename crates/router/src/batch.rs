@@ -273,6 +273,17 @@ mod tests {
         }
     }
 
+    /// `n` concurrent gets of keys `k0..k{n-1}` through `b`, outcomes in key order.
+    async fn concurrent_gets(
+        b: &Batching,
+        addr: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<Outcome> {
+        let reqs: Vec<KvRequest> = (0..n).map(|i| get(format!("k{i}"))).collect();
+        futures::future::join_all(reqs.iter().map(|r| b.call(addr, r, timeout))).await
+    }
+
     async fn echo_server(delay: Duration) -> (Arc<Echo>, String, Transport, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let server_tls = ClusterTls::load_or_create(dir.path(), "node-1-1").unwrap();
@@ -293,19 +304,9 @@ mod tests {
     async fn concurrent_requests_share_exchanges_and_each_gets_its_own_answer() {
         let (echo, addr, client, _dir) = echo_server(Duration::from_millis(20)).await;
         let batching = Arc::new(Batching::new(client));
-        let calls = (0..100).map(|i| {
-            let b = batching.clone();
-            let addr = addr.clone();
-            async move {
-                let key = format!("k{i}");
-                let out = b
-                    .call(&addr, &get(key.clone()), Duration::from_secs(10))
-                    .await;
-                (key, out)
-            }
-        });
-        for (key, out) in futures::future::join_all(calls).await {
-            assert_eq!(out.unwrap(), Ok(KvReply::Value(Some(key))));
+        let outs = concurrent_gets(&batching, &addr, 100, Duration::from_secs(10)).await;
+        for (i, out) in outs.into_iter().enumerate() {
+            assert_eq!(out.unwrap(), Ok(KvReply::Value(Some(format!("k{i}")))));
         }
         let exchanges = echo.exchanges.load(Ordering::SeqCst);
         assert_eq!(echo.requests.load(Ordering::SeqCst), 100);
@@ -351,15 +352,7 @@ mod tests {
     async fn a_slow_node_times_each_request_out_and_an_unreachable_one_fails_each() {
         let (_echo, addr, client, _dir) = echo_server(Duration::from_secs(5)).await;
         let batching = Arc::new(Batching::new(client.clone()));
-        let slow = (0..5).map(|i| {
-            let b = batching.clone();
-            let addr = addr.clone();
-            async move {
-                b.call(&addr, &get(format!("k{i}")), Duration::from_millis(200))
-                    .await
-            }
-        });
-        for out in futures::future::join_all(slow).await {
+        for out in concurrent_gets(&batching, &addr, 5, Duration::from_millis(200)).await {
             assert!(
                 matches!(out, Err(unikv_net::Error::Timeout { .. })),
                 "{out:?}"
@@ -370,15 +363,7 @@ mod tests {
             let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
             s.local_addr().unwrap().to_string()
         };
-        let gone = (0..5).map(|i| {
-            let b = batching.clone();
-            let dead = dead.clone();
-            async move {
-                b.call(&dead, &get(format!("k{i}")), Duration::from_millis(1500))
-                    .await
-            }
-        });
-        for out in futures::future::join_all(gone).await {
+        for out in concurrent_gets(&batching, &dead, 5, Duration::from_millis(1500)).await {
             let e = out.expect_err("nothing listens there");
             assert!(e.is_unreachable(), "{e}");
         }

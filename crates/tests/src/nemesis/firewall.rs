@@ -56,29 +56,23 @@ impl Firewall {
         Ok(Firewall { chain })
     }
 
+    /// Appends a rule dropping loopback UDP packets that match `filter` (port matches).
+    fn drop_udp(&self, filter: &[&str]) -> anyhow::Result<()> {
+        let mut args = vec!["-A", &self.chain, "-i", "lo", "-p", "udp"];
+        args.extend_from_slice(filter);
+        args.extend_from_slice(&["-j", "DROP"]);
+        iptables(&args)
+    }
+
     /// Drops `cut` traffic of the node owning `ports` (its UDP ports).
     pub fn isolate(&self, ports: &[u16], cut: Cut) -> anyhow::Result<()> {
         for p in ports {
             let p = p.to_string();
-            let drop = |direction: &str| {
-                iptables(&[
-                    "-A",
-                    &self.chain,
-                    "-i",
-                    "lo",
-                    "-p",
-                    "udp",
-                    direction,
-                    &p,
-                    "-j",
-                    "DROP",
-                ])
-            };
             if matches!(cut, Cut::Both | Cut::Inbound) {
-                drop("--dport")?;
+                self.drop_udp(&["--dport", &p])?;
             }
             if matches!(cut, Cut::Both | Cut::Outbound) {
-                drop("--sport")?;
+                self.drop_udp(&["--sport", &p])?;
             }
         }
         Ok(())
@@ -91,20 +85,7 @@ impl Firewall {
         for pa in a {
             for pb in b {
                 for (from, to) in [(pa, pb), (pb, pa)] {
-                    iptables(&[
-                        "-A",
-                        &self.chain,
-                        "-i",
-                        "lo",
-                        "-p",
-                        "udp",
-                        "--sport",
-                        &from.to_string(),
-                        "--dport",
-                        &to.to_string(),
-                        "-j",
-                        "DROP",
-                    ])?;
+                    self.drop_udp(&["--sport", &from.to_string(), "--dport", &to.to_string()])?;
                 }
             }
         }
