@@ -47,6 +47,25 @@ impl Resp {
     pub fn code(&self) -> Option<&str> {
         self.str_field("code")
     }
+
+    /// 200 with `{"ok": true}`.
+    pub fn is_ok_true(&self) -> bool {
+        self.is_ok() && self.field("ok") == Some(&Value::Bool(true))
+    }
+}
+
+/// Asserts a JSON error body `{"error": "<non-empty>", "code": code}` with `status`.
+pub fn assert_json_error(what: &str, r: &Resp, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{what}: expected HTTP {status}, got {r}");
+    assert!(
+        r.json.as_ref().is_some_and(Value::is_object),
+        "{what}: body is not a JSON object: {r}"
+    );
+    assert_eq!(r.code(), Some(code), "{what}: wrong code: {r}");
+    assert!(
+        r.str_field("error").is_some_and(|e| !e.is_empty()),
+        "{what}: no \"error\" message: {r}"
+    );
 }
 
 impl fmt::Display for Resp {

@@ -352,6 +352,25 @@ impl Cluster {
         vec![n.raft_port, n.http_port]
     }
 
+    /// Every node id but `leader`.
+    pub fn followers(&self, leader: u64) -> Vec<u64> {
+        self.node_ids()
+            .into_iter()
+            .filter(|n| *n != leader)
+            .collect()
+    }
+
+    /// Asserts that every node reads `key` as `expected` (`None` = not found).
+    pub async fn assert_value_everywhere(&self, key: &str, expected: Option<&str>) {
+        for n in self.node_ids() {
+            assert_eq!(
+                self.get_value(n, key).await.as_deref(),
+                expected,
+                "value of {key:?} read on node {n}"
+            );
+        }
+    }
+
     /// Nodes this harness believes are running.
     pub fn live_nodes(&self) -> Vec<u64> {
         self.nodes

@@ -10,12 +10,13 @@ pub mod nemesis;
 pub mod ports;
 pub mod reshard_checks;
 pub mod unified;
+pub mod unified_env;
 pub mod views;
 pub mod wait;
 
 use std::sync::Arc;
 
-pub use api::{Api, Body, LeaderInfo, Method, RaftStatus, Resp};
+pub use api::{assert_json_error, Api, Body, LeaderInfo, Method, RaftStatus, Resp};
 pub use cluster::{node_bin, Cluster, SHARD_ID, WAIT};
 pub use ports::{alloc_port, alloc_ports, port_is_free};
 pub use unified::{

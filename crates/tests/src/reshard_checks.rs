@@ -11,7 +11,7 @@ use crate::load::{start_appender, start_writer, AppendLog, Load, WriteLog};
 use crate::unified::NODES_PER_SHARD;
 use crate::{assert_no_failures, make_kvs};
 use crate::{
-    check_values, node_ref, put_all, unique, wait_until_ok, ClusterConfig, RebalanceStatus, Resp,
+    check_values, node_ref, put_all, unique, wait_until_ok, ClusterConfig, RebalanceStatus,
     Unified, ROUTER,
 };
 use serde_json::Value;
@@ -45,16 +45,6 @@ pub const LOAD_PAUSE: Duration = Duration::from_millis(5);
 pub const LOAD_WARMUP: u64 = 20;
 /// Moved keys per source shard asked for directly on that shard's nodes.
 pub const MOVED_KEY_PROBES: usize = 10;
-
-/// Asserts a JSON error body `{"error": "<non-empty>", "code": code}` with `status`.
-pub fn assert_json_error(what: &str, r: &Resp, status: u16, code: &str) {
-    assert_eq!(r.status, status, "{what}: expected HTTP {status}, got {r}");
-    assert_eq!(r.code(), Some(code), "{what}: wrong code: {r}");
-    assert!(
-        r.str_field("error").is_some_and(|e| !e.is_empty()),
-        "{what}: no \"error\" message: {r}"
-    );
-}
 
 /// Asserts the JSON the script printed for `addshard`/`removeshard` says `"ok": true`.
 pub fn assert_script_ok(what: &str, answer: &Value) {

@@ -6,26 +6,24 @@
 //! [`ROUTER`] (0). A cluster starts with [`SHARDS`] shards (or as many as
 //! [`Unified::start_shards`] asks for) and can grow to [`MAX_SHARDS`] with
 //! [`Unified::add_shard`] (`run_unified.sh addshard S`), whose ports are reserved up front.
+//! Port blocks, script and binary paths live in `unified_env` (re-exported here).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::fs::{self, File};
-use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use rand::Rng;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::api::{Api, Body, Method, RaftStatus, PROBE_TIMEOUT};
-use crate::ports::port_is_free;
 use crate::wait::{wait_until_ok, wait_until_ok_every};
 
 /// Shards the script starts (`UNIKV_SHARDS`) unless a test asks for another count.
@@ -45,15 +43,6 @@ pub const UNIFIED_WAIT: Duration = Duration::from_secs(60);
 pub const SCRIPT_TIMEOUT: Duration = Duration::from_secs(330);
 /// Lines of each log printed when a test fails.
 pub const LOG_TAIL_LINES: usize = 60;
-
-/// Lowest HTTP base handed out; bases step by 100.
-const HTTP_BASE_MIN: u16 = 20_000;
-/// Number of distinct HTTP bases (20000, 20100, ..., 25900).
-const HTTP_BASES: u16 = 60;
-/// QUIC base = HTTP base + this (26000..31999: below the Linux ephemeral range).
-const RAFT_OFFSET: u16 = 6_000;
-/// Router port = HTTP base + this (nodes use base + 11 ..= base + 33).
-const ROUTER_OFFSET: u16 = 50;
 
 /// The [`Api`] id of node `node` of shard `shard`.
 pub fn node_ref(shard: u64, node: u64) -> u64 {
@@ -98,167 +87,8 @@ pub fn all_procs() -> Vec<Proc> {
     v
 }
 
-/// The ports of one cluster, all derived from one HTTP base as the script derives them.
-#[derive(Debug, Clone, Copy)]
-pub struct UnifiedPorts {
-    pub http_base: u16,
-    pub raft_base: u16,
-    pub router: u16,
-}
-
-impl UnifiedPorts {
-    /// HTTP (and gossip UDP) port of a node.
-    pub fn http(&self, shard: u64, node: u64) -> u16 {
-        self.http_base + (10 * shard + node) as u16
-    }
-
-    /// QUIC port of a node.
-    pub fn raft(&self, shard: u64, node: u64) -> u16 {
-        self.raft_base + (10 * shard + node) as u16
-    }
-
-    /// Every port the cluster binds, up to [`MAX_SHARDS`] shards.
-    pub fn all(&self) -> Vec<u16> {
-        let mut v = vec![self.router];
-        for s in 1..=MAX_SHARDS {
-            for n in 1..=NODES_PER_SHARD {
-                v.push(self.http(s, n));
-                v.push(self.raft(s, n));
-            }
-        }
-        v
-    }
-}
-
-fn bases_taken() -> &'static Mutex<HashSet<u16>> {
-    static TAKEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
-    TAKEN.get_or_init(|| Mutex::new(HashSet::new()))
-}
-
-/// Picks a random HTTP base (step 100) never handed out before in this process whose every
-/// port ([`MAX_SHARDS`] x 3 HTTP/gossip and QUIC, the router's) is free for TCP and UDP right
-/// now.
-pub fn alloc_unified_ports() -> UnifiedPorts {
-    let mut rng = rand::rng();
-    let mut taken = bases_taken().lock().unwrap_or_else(|e| e.into_inner());
-    for _ in 0..2_000 {
-        let http_base = HTTP_BASE_MIN + 100 * rng.random_range(0..HTTP_BASES);
-        if taken.contains(&http_base) {
-            continue;
-        }
-        let ports = UnifiedPorts {
-            http_base,
-            raft_base: http_base + RAFT_OFFSET,
-            router: http_base + ROUTER_OFFSET,
-        };
-        if ports.all().into_iter().all(port_is_free) {
-            taken.insert(http_base);
-            return ports;
-        }
-    }
-    panic!("alloc_unified_ports: no free HTTP base found");
-}
-
-/// Limits how many unified clusters (ten processes each) run at once in this test process.
-/// `$UNIKV_TEST_CLUSTERS` overrides the default (a third of the CPUs, at least 1).
-fn cluster_slots() -> Arc<Semaphore> {
-    static SLOTS: OnceLock<Arc<Semaphore>> = OnceLock::new();
-    SLOTS
-        .get_or_init(|| {
-            let n = std::env::var("UNIKV_TEST_CLUSTERS")
-                .ok()
-                .and_then(|v| v.parse::<usize>().ok())
-                .filter(|n| *n > 0)
-                .unwrap_or_else(|| {
-                    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-                    (cpus / 3).max(1)
-                });
-            Arc::new(Semaphore::new(n))
-        })
-        .clone()
-}
-
-/// `scripts/run_unified.sh` of this checkout.
-pub fn script_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../scripts/run_unified.sh")
-        .canonicalize()
-        .expect("scripts/run_unified.sh exists")
-}
-
-/// The cargo profile dir of this executable: `<target>/<profile>` for a test
-/// (`<profile>/deps/<test exe>`) or a binary (`<profile>/<bin>`).
-pub fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().expect("executable has a parent dir");
-    if dir.file_name().is_some_and(|n| n == "deps") {
-        dir.parent().expect("deps has a parent").to_path_buf()
-    } else {
-        dir.to_path_buf()
-    }
-}
-
-/// The cargo target dir this executable was built in; panics unless it is the release
-/// profile, where the script looks for the binaries.
-pub fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = profile_dir();
-    assert!(
-        profile_dir.file_name().is_some_and(|n| n == "release"),
-        "the unified tests run the release binaries: run them with `cargo test --release` (test exe {})",
-        exe.display()
-    );
-    profile_dir
-        .parent()
-        .expect("profile dir has a parent")
-        .to_path_buf()
-}
-
+pub use crate::unified_env::*;
 pub use crate::views::*;
-
-/// Runs `op` on every item with `workers` concurrent tasks; results in item order.
-pub async fn run_concurrent<T, R, F, Fut>(items: Vec<T>, workers: usize, op: F) -> Vec<R>
-where
-    T: Clone + Send + Sync + 'static,
-    R: Send + 'static,
-    F: Fn(T) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = R> + Send + 'static,
-{
-    let items = Arc::new(items);
-    let next = Arc::new(AtomicUsize::new(0));
-    let op = Arc::new(op);
-    let mut set = tokio::task::JoinSet::new();
-    for _ in 0..workers.max(1) {
-        let (items, next, op) = (items.clone(), next.clone(), op.clone());
-        set.spawn(async move {
-            let mut done = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(item) = items.get(i) else { break };
-                done.push((i, op(item.clone()).await));
-            }
-            done
-        });
-    }
-    let mut all = Vec::with_capacity(items.len());
-    while let Some(res) = set.join_next().await {
-        all.extend(res.expect("worker task panicked"));
-    }
-    all.sort_by_key(|(i, _)| *i);
-    all.into_iter().map(|(_, r)| r).collect()
-}
-
-/// True if `pid` exists and is not a zombie.
-pub fn pid_alive(pid: u32) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // "pid (comm) S ...": the state follows the last ')'.
-    let state = stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].split_whitespace().next());
-    !matches!(state, Some("Z") | Some("X") | None)
-}
 
 /// A unified cluster (3 shards unless asked otherwise) run by `scripts/run_unified.sh` in a
 /// tempdir. Dropping it runs `run_unified.sh stop` and then SIGKILLs any process of its pid

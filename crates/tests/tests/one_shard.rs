@@ -1,6 +1,6 @@
 //! One shard, three real `unikv-node` processes: reads and writes from any member, kill -9 of
-//! the leader under load, kill -9 of everything, snapshot catch-up, exactly-once retries, and
-//! bad input.
+//! the leader under load, kill -9 of everything, snapshot catch-up, exactly-once retries and
+//! membership changes (bad input: `one_shard_input.rs`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -8,16 +8,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use unikv_tests::api::REQUEST_TIMEOUT;
-use unikv_tests::{
-    alloc_port, check_values, put_all, unique, wait_until_ok, Api, Body, Cluster, Method, Resp,
-    WAIT,
-};
 use unikv_tests::{assert_no_failures, make_kvs};
-
-/// Every node id but `leader`.
-fn followers(c: &Cluster, leader: u64) -> Vec<u64> {
-    c.node_ids().into_iter().filter(|n| *n != leader).collect()
-}
+use unikv_tests::{
+    check_values, put_all, unique, wait_until_ok, Api, Body, Cluster, Method, Resp, WAIT,
+};
 
 fn assert_ok_true(what: &str, r: &Resp) {
     assert!(
@@ -26,23 +20,13 @@ fn assert_ok_true(what: &str, r: &Resp) {
     );
 }
 
-async fn assert_value_everywhere(c: &Cluster, key: &str, expected: Option<&str>) {
-    for n in c.node_ids() {
-        assert_eq!(
-            c.get_value(n, key).await.as_deref(),
-            expected,
-            "value of {key:?} read on node {n}"
-        );
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_serve_from_any_member() {
     let c = Cluster::start().await;
     let api = c.api();
     let ids = c.node_ids();
     let leader = c.leader().await;
-    let f = followers(&c, leader);
+    let f = c.followers(leader);
 
     // Put on node 1, get from nodes 2 and 3.
     let k1 = unique("a-put-node1");
@@ -65,13 +49,13 @@ async fn three_nodes_serve_from_any_member() {
     assert_eq!(c.get_value(f[1], &k2).await.as_deref(), Some("two"));
     // An overwrite through the other follower is visible on every node.
     c.put_ok(f[1], &k2, "two-b").await;
-    assert_value_everywhere(&c, &k2, Some("two-b")).await;
+    c.assert_value_everywhere(&k2, Some("two-b")).await;
 
     // Append returns the previous value (null when the key did not exist).
     let r = c.append(f[1], &k2, "+x").await;
     assert_ok_true("append to existing key", &r);
     assert_eq!(r.field("previous"), Some(&json!("two-b")), "append: {r}");
-    assert_value_everywhere(&c, &k2, Some("two-b+x")).await;
+    c.assert_value_everywhere(&k2, Some("two-b+x")).await;
     let k3 = unique("a-append-fresh");
     let r = c.append(leader, &k3, "first").await;
     assert_ok_true("append to missing key", &r);
@@ -79,7 +63,7 @@ async fn three_nodes_serve_from_any_member() {
     let r = c.append(f[0], &k3, "-second").await;
     assert_ok_true("second append", &r);
     assert_eq!(r.field("previous"), Some(&json!("first")), "append: {r}");
-    assert_value_everywhere(&c, &k3, Some("first-second")).await;
+    c.assert_value_everywhere(&k3, Some("first-second")).await;
 
     // Delete, then every node answers 404 not_found; a second delete reports deleted=false.
     let r = c.delete(f[0], &k2).await;
@@ -149,9 +133,9 @@ async fn three_nodes_serve_from_any_member() {
         .await
         .expect("POST /put json");
     assert_ok_true("POST /put with JSON body", &r);
-    assert_value_everywhere(&c, &kg, Some("via-get")).await;
-    assert_value_everywhere(&c, &kf, Some("via-form")).await;
-    assert_value_everywhere(&c, &kj, Some("via-json")).await;
+    c.assert_value_everywhere(&kg, Some("via-get")).await;
+    c.assert_value_everywhere(&kf, Some("via-form")).await;
+    c.assert_value_everywhere(&kj, Some("via-json")).await;
 }
 
 /// One write the writer task got 200 for.
@@ -263,7 +247,7 @@ async fn leader_kill9_under_concurrent_writer() {
         .iter()
         .map(|a| (a.key.clone(), a.val.clone()))
         .collect();
-    let survivors = followers(&c, old_leader);
+    let survivors = c.followers(old_leader);
     assert_no_failures(
         "acknowledged writes read from surviving nodes",
         &check_values(&api, &survivors, &kvs, 8).await,
@@ -326,9 +310,9 @@ async fn lagging_follower_catches_up_by_snapshot() {
     let victim = if leader != 3 {
         3
     } else {
-        followers(&c, leader)[0]
+        c.followers(leader)[0]
     };
-    let live: Vec<u64> = followers(&c, victim);
+    let live: Vec<u64> = c.followers(victim);
 
     let early = make_kvs("d-early", 10);
     assert_no_failures("early puts", &put_all(&api, &live, &early, 2).await);
@@ -457,7 +441,7 @@ async fn append_once_scenario(c: &Cluster, node: u64, retry_node: u64, client_id
         first.field("previous"),
         "retry of seq 1 must return the first reply: {retry} vs first {first}"
     );
-    assert_value_everywhere(c, &key, Some("a")).await;
+    c.assert_value_everywhere(&key, Some("a")).await;
 
     let second = call(node, "b", 2).await;
     assert_ok_true("append seq 2", &second);
@@ -466,7 +450,7 @@ async fn append_once_scenario(c: &Cluster, node: u64, retry_node: u64, client_id
         Some(&json!("a")),
         "append seq 2: {second}"
     );
-    assert_value_everywhere(c, &key, Some("ab")).await;
+    c.assert_value_everywhere(&key, Some("ab")).await;
     let retry2 = call(retry_node, "b", 2).await;
     assert_ok_true("retry of seq 2 via another node", &retry2);
     assert_eq!(
@@ -474,7 +458,7 @@ async fn append_once_scenario(c: &Cluster, node: u64, retry_node: u64, client_id
         Some(&json!("a")),
         "retry of seq 2 via node {retry_node} must return the first reply: {retry2}"
     );
-    assert_value_everywhere(c, &key, Some("ab")).await;
+    c.assert_value_everywhere(&key, Some("ab")).await;
 
     let stale = call(node, "a", 1).await;
     match stale.status {
@@ -488,225 +472,18 @@ async fn append_once_scenario(c: &Cluster, node: u64, retry_node: u64, client_id
             "late retry of seq 1: expected the stored reply or 409 stale_sequence, got {stale}"
         ),
     }
-    assert_value_everywhere(c, &key, Some("ab")).await;
+    c.assert_value_everywhere(&key, Some("ab")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn same_client_seq_append_applied_once() {
     let c = Cluster::start().await;
     let leader = c.leader().await;
-    let f = followers(&c, leader);
+    let f = c.followers(leader);
     // Through the leader (one retry via a follower) ...
     append_once_scenario(&c, leader, f[0], "c1").await;
     // ... and the same through a follower (one retry via the other follower).
     append_once_scenario(&c, f[0], f[1], "c2").await;
-}
-
-/// Records a failure unless `r` has a status in `statuses` and a JSON object body with string
-/// fields "error" and "code", the code being one of `codes`.
-fn check_error(
-    failures: &mut Vec<String>,
-    what: &str,
-    r: anyhow::Result<Resp>,
-    statuses: &[u16],
-    codes: &[&str],
-) {
-    let r = match r {
-        Ok(r) => r,
-        Err(e) => {
-            failures.push(format!("{what}: transport error: {e:#}"));
-            return;
-        }
-    };
-    let obj = r.json.as_ref().and_then(Value::as_object);
-    let error_ok = obj
-        .and_then(|o| o.get("error"))
-        .is_some_and(|e| e.as_str().is_some_and(|s| !s.is_empty()));
-    let code = obj.and_then(|o| o.get("code")).and_then(Value::as_str);
-    if !statuses.contains(&r.status) || !error_ok || !code.is_some_and(|c| codes.contains(&c)) {
-        failures.push(format!(
-            "{what}: expected HTTP {statuses:?} with JSON {{\"error\":<string>,\"code\":{codes:?}}}, got {r}"
-        ));
-    } else {
-        eprintln!("[test] ok: {what}: {r}");
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn bad_input_gets_4xx_json() {
-    let c = Cluster::start_with(&[("--max_key_bytes", "64"), ("--max_value_bytes", "1024")]).await;
-    let api = c.api();
-    let leader = c.leader().await;
-    let follower = followers(&c, leader)[0];
-    let timeout = Duration::from_secs(10);
-    let mut failures = Vec::new();
-
-    let long_key = "k".repeat(65);
-    let long_val = "v".repeat(1025);
-    let huge_val = "v".repeat(4096);
-    for n in [leader, follower] {
-        let at = |s: &str| format!("{s} (node {n})");
-        check_error(
-            &mut failures,
-            &at("GET /get without key"),
-            api.get_path(n, "/get", &[]).await,
-            &[400],
-            &["missing_param"],
-        );
-        check_error(
-            &mut failures,
-            &at("POST /put without key"),
-            api.request(
-                n,
-                Method::POST,
-                "/put",
-                &[("val", "x")],
-                Body::Empty,
-                timeout,
-            )
-            .await,
-            &[400],
-            &["missing_param"],
-        );
-        check_error(
-            &mut failures,
-            &at("GET /get?key="),
-            api.get(n, "").await,
-            &[400],
-            &["empty_key"],
-        );
-        check_error(
-            &mut failures,
-            &at("POST /put?key=&val=x"),
-            api.put(n, "", "x").await,
-            &[400],
-            &["empty_key"],
-        );
-        check_error(
-            &mut failures,
-            &at("POST /put with a 65-byte key"),
-            api.put(n, &long_key, "x").await,
-            &[400],
-            &["key_too_long"],
-        );
-        check_error(
-            &mut failures,
-            &at("GET /get with a 65-byte key"),
-            api.get(n, &long_key).await,
-            &[400],
-            &["key_too_long"],
-        );
-        check_error(
-            &mut failures,
-            &at("POST /put with a 1025-byte value"),
-            api.put(n, "k-long-val", &long_val).await,
-            &[400],
-            &["value_too_long"],
-        );
-        check_error(
-            &mut failures,
-            &at("POST /put with a 4096-byte value in a form body"),
-            api.request(
-                n,
-                Method::POST,
-                "/put",
-                &[],
-                Body::form(&[("key", "k-huge-val"), ("val", &huge_val)]),
-                timeout,
-            )
-            .await,
-            &[400, 413],
-            &["value_too_long", "body_too_large"],
-        );
-        check_error(
-            &mut failures,
-            &at("POST /put with malformed JSON"),
-            api.request(
-                n,
-                Method::POST,
-                "/put",
-                &[],
-                Body::Raw {
-                    content_type: "application/json".into(),
-                    bytes: br#"{"key": "k", "val": "#.to_vec(),
-                },
-                timeout,
-            )
-            .await,
-            &[400],
-            &["bad_request"],
-        );
-        check_error(
-            &mut failures,
-            &at("GET /delete"),
-            api.get_path(n, "/delete", &[("key", "k")]).await,
-            &[405],
-            &["method_not_allowed"],
-        );
-        check_error(
-            &mut failures,
-            &at("GET /raft/join"),
-            api.get_path(n, "/raft/join", &[]).await,
-            &[405],
-            &["method_not_allowed"],
-        );
-        check_error(
-            &mut failures,
-            &at("GET /no/such/path"),
-            api.get_path(n, "/no/such/path", &[]).await,
-            &[404],
-            &["not_found"],
-        );
-        check_error(
-            &mut failures,
-            &at("POST /raft/join nodeid=abc"),
-            api.join(n, "abc", &c.raft_addr(n)).await,
-            &[400],
-            &["bad_request", "missing_param"],
-        );
-    }
-
-    // Limits are "over N": exactly max_key_bytes / max_value_bytes is accepted.
-    let edge_key = "e".repeat(64);
-    let edge_val = "w".repeat(1024);
-    match api.put(follower, &edge_key, &edge_val).await {
-        Ok(r) if r.is_ok() => {}
-        other => failures.push(format!(
-            "put of a 64-byte key with a 1024-byte value must succeed, got {other:?}"
-        )),
-    }
-    match api.get_value(leader, &edge_key).await {
-        Ok(Some(v)) if v == edge_val => {}
-        other => failures.push(format!(
-            "get of the 64-byte key: expected the 1024-byte value, got {:?}",
-            other.map(|o| o.map(|v| v.len()))
-        )),
-    }
-
-    // Join of an address where nothing listens.
-    let dead = format!("127.0.0.1:{}", alloc_port());
-    let t = Instant::now();
-    let r = api.join(leader, "9", &dead).await;
-    eprintln!(
-        "[test] join of unreachable {dead} answered after {:?}",
-        t.elapsed()
-    );
-    let is_4xx: Vec<u16> = (400..500).collect();
-    check_error(
-        &mut failures,
-        &format!("POST /raft/join nodeid=9&addr={dead} (nothing listens)"),
-        r,
-        &is_4xx,
-        &["unreachable"],
-    );
-
-    // The bad requests left the group intact: same voters, writes still work.
-    c.wait_converged(WAIT).await;
-    let k = unique("f-after");
-    c.put_ok(follower, &k, "still-works").await;
-    assert_value_everywhere(&c, &k, Some("still-works")).await;
-
-    assert_no_failures("bad input", &failures);
 }
 
 /// `/raft/leave` removes a member (sent to a follower, which forwards it to the leader); the
@@ -717,8 +494,8 @@ async fn leave_removes_a_member_and_it_can_rejoin() {
     let c = Cluster::start().await;
     let api = c.api();
     let leader = c.wait_converged(WAIT).await;
-    let gone = followers(&c, leader)[0];
-    let via = followers(&c, leader)[1];
+    let gone = c.followers(leader)[0];
+    let via = c.followers(leader)[1];
     let r = api
         .request(
             via,
@@ -787,7 +564,7 @@ async fn leave_removes_a_member_and_it_can_rejoin() {
     let one = Cluster::start_with(&[]).await;
     let api1 = one.api();
     let l = one.wait_converged(WAIT).await;
-    for n in followers(&one, l) {
+    for n in one.followers(l) {
         let r = api1
             .request(
                 l,

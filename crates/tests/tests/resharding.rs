@@ -16,10 +16,11 @@ use serde_json::Value;
 use unikv_tests::load::{start_hammer, Outcome};
 use unikv_tests::reshard_checks::*;
 use unikv_tests::unified::NODES_PER_SHARD;
-use unikv_tests::{assert_no_failures, make_kvs};
 use unikv_tests::{
-    check_values, node_ref, put_all, wait_until_ok, Proc, Unified, ROUTER, UNIFIED_WAIT,
+    assert_json_error, check_values, node_ref, put_all, wait_until_ok, Proc, Unified, ROUTER,
+    UNIFIED_WAIT,
 };
+use unikv_tests::{assert_no_failures, make_kvs};
 use unikv_types::{key_slot, SLOT_COUNT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

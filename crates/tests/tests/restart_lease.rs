@@ -51,7 +51,7 @@ async fn get_quick(api: &Api, node: u64) -> Option<String> {
 async fn a_restarted_follower_cannot_elect_a_second_leader_inside_the_old_lease() {
     let c = Cluster::start_with(&[("--lease_reads", "true")]).await;
     let l = c.wait_converged(WAIT).await;
-    let followers: Vec<u64> = c.node_ids().into_iter().filter(|&n| n != l).collect();
+    let followers = c.followers(l);
     let (a, b) = (followers[0], followers[1]);
     c.put_ok(l, KEY, "old").await;
     assert_eq!(c.get_value(l, KEY).await.as_deref(), Some("old"));
