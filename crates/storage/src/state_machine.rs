@@ -204,6 +204,35 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     }
 }
 
+/// Groups of at most this many entries are applied on the state machine's own task.
+const INLINE_APPLY_MAX: usize = 64;
+
+/// Whether a group is small and plain enough to apply without the blocking pool: a handful of
+/// KV writes costs a few memtable inserts and one unsynced WAL write, less than the two
+/// thread hand-offs of `spawn_blocking` (~100 µs of a one-connection write's latency on this
+/// machine, docs/benchmarks.md). Slot moves (which may import or delete whole slots) and big
+/// catch-up groups still go to the blocking pool.
+fn applies_inline(group: &[crate::raft_types::Entry]) -> bool {
+    group.len() <= INLINE_APPLY_MAX
+        && !group.iter().any(|e| {
+            matches!(
+                &e.payload,
+                openraft::EntryPayload::Normal(crate::raft_types::Command::Move(_))
+            )
+        })
+}
+
+/// Applies one group to a copy of the metadata; the caller publishes the copy.
+fn apply_group(
+    shared: &Shared,
+    group: &[crate::raft_types::Entry],
+) -> Result<(SmMeta, Vec<crate::raft_types::CommandResult>)> {
+    let mut meta = read_lock(&shared.meta).clone();
+    let mut cache = lock(&shared.cache);
+    let results = apply_entries_cached(&shared.db, &mut meta, &mut cache, group)?;
+    Ok((meta, results))
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotFile;
     type SnapshotBuilder = Self;
@@ -233,14 +262,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             if group.is_empty() {
                 return Ok(());
             }
-            let shared = self.shared.clone();
-            let (meta, results) = blocking(move || {
-                let mut meta = read_lock(&shared.meta).clone();
-                let mut cache = lock(&shared.cache);
-                let results = apply_entries_cached(&shared.db, &mut meta, &mut cache, &group)?;
-                Ok((meta, results))
-            })
-            .await?;
+            let (meta, results) = if applies_inline(&group) {
+                apply_group(&self.shared, &group)?
+            } else {
+                let shared = self.shared.clone();
+                blocking(move || apply_group(&shared, &group)).await?
+            };
             *write_lock(&self.shared.meta) = meta;
             for (responder, result) in responders.into_iter().zip(results) {
                 if let Some(r) = responder {
