@@ -65,7 +65,7 @@ start_node() { # shard node
   "$UNIKV_BIN/unikv-node" --shard_id "$s" --node_id "$n" --port "$(http_port "$s" "$n")" \
     --raft_addr "$host:$(raft_port "$s" "$n")" --peer_shards "$peers" --initial_shards "$shards" \
     --data_dir "$data/unikv_${s}_${n}" --tls_dir "$data/tls" --log_file "$logs/unified_${s}_${n}.log" \
-    ${UNIKV_NODE_ARGS:-} >>"$logs/unified_${s}_${n}.out" 2>&1 &
+    --worker_threads 1 ${UNIKV_NODE_ARGS:-} >>"$logs/unified_${s}_${n}.out" 2>&1 &
   echo $! >"$pids/unikv_${s}_${n}.pid"
 }
 

@@ -12,7 +12,10 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "unikv-node",
-    about = "A unikv shard replica (Raft over QUIC, RocksDB storage)"
+    about = "A unikv shard replica (Raft over QUIC, RocksDB storage)",
+    // A flag given twice takes its last value, so extra flags (UNIKV_NODE_ARGS in the scripts)
+    // can override the scripts' own.
+    args_override_self = true
 )]
 pub struct Config {
     /// Shard (Raft group) this replica belongs to.
@@ -115,6 +118,13 @@ pub struct Config {
         action = clap::ArgAction::Set
     )]
     pub lease_reads: bool,
+    /// Threads running the node's async work (network, Raft, HTTP). `1` runs everything on
+    /// one thread (tokio's current-thread runtime): no hand-offs between worker threads, the
+    /// better choice when many nodes share a machine (`scripts/run_unified.sh` runs nine on
+    /// one host and passes 1). `0`, the default, means one worker per CPU core. WAL fsyncs
+    /// and large applies run on their own threads either way.
+    #[arg(long = "worker_threads", alias = "worker-threads", default_value_t = 0)]
+    pub worker_threads: usize,
     /// RocksDB memtables of all column families together, in MiB.
     #[arg(long = "memtable_mb", alias = "memtable-mb", default_value_t = 64)]
     pub memtable_mb: usize,
@@ -332,5 +342,23 @@ mod tests {
         c.raft_addr = "x:1".into();
         c.election_max_ms = c.election_min_ms;
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn a_repeated_flag_takes_its_last_value() {
+        let base = [
+            "--shard_id",
+            "1",
+            "--node_id",
+            "1",
+            "--port",
+            "1",
+            "--raft_addr",
+            "x:1",
+        ];
+        assert_eq!(parse(&base).worker_threads, 0);
+        let mut args = base.to_vec();
+        args.extend(["--worker_threads", "1", "--worker_threads", "4"]);
+        assert_eq!(parse(&args).worker_threads, 4);
     }
 }

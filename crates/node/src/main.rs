@@ -1,5 +1,5 @@
-//! `unikv-node`: parses flags, sets up logging, binds the HTTP port and runs the node until
-//! SIGINT or SIGTERM.
+//! `unikv-node`: parses flags, sets up logging, builds the runtime `--worker_threads` asks
+//! for, binds the HTTP port and runs the node until SIGINT or SIGTERM.
 
 use anyhow::Context;
 use clap::Parser;
@@ -8,9 +8,25 @@ use unikv_node::Config;
 /// Log filter when RUST_LOG is not set: our own info logs, only warnings from openraft and QUIC.
 const DEFAULT_FILTER: &str = "info,openraft=warn,quinn=warn,chitchat=warn";
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let config = Config::parse();
+    let runtime = match config.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    }
+    .context("building the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
     unikv_http::process::init_tracing(config.log_file.as_deref(), DEFAULT_FILTER)
         .context("setting up logging")?;
     config.validate()?;
