@@ -11,7 +11,8 @@
 # Logs: logs/unified_S_N.log, logs/router.log. Data: data/unikv_S_N, cluster CA data/tls.
 # Environment (for tests and side-by-side clusters): UNIKV_SHARDS (3), UNIKV_HTTP_BASE (8000),
 # UNIKV_RAFT_BASE (18000), UNIKV_ROUTER_PORT (3000), UNIKV_DATA (data), UNIKV_LOGS (logs),
-# UNIKV_HOST (localhost), UNIKV_NODE_ARGS / UNIKV_ROUTER_ARGS (extra flags), UNIKV_NO_BUILD=1.
+# UNIKV_HOST (localhost), UNIKV_NODE_ARGS / UNIKV_ROUTER_ARGS (extra flags; a flag given again
+# overrides the script's, e.g. "--worker_threads 0"), UNIKV_NO_BUILD=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -76,7 +77,7 @@ start_router() {
   mkdir -p "$pids" "$logs"
   # shellcheck disable=SC2086
   "$UNIKV_BIN/unikv-router" --shard_ports "$ports" --port "$router_port" --tls_dir "$data/tls" \
-    --log_file "$logs/router.log" ${UNIKV_ROUTER_ARGS:-} >>"$logs/router.out" 2>&1 &
+    --log_file "$logs/router.log" --worker_threads 1 ${UNIKV_ROUTER_ARGS:-} >>"$logs/router.out" 2>&1 &
   echo $! >"$pids/router.pid"
 }
 

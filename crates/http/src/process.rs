@@ -1,7 +1,25 @@
-//! Process plumbing shared by the `unikv-node` and `unikv-router` binaries: logging set-up and
-//! the shutdown signal.
+//! Process plumbing shared by the `unikv-node` and `unikv-router` binaries: the async runtime,
+//! logging set-up and the shutdown signal.
 
 use std::path::Path;
+
+/// The runtime a binary's `--worker_threads` asks for: `1` is tokio's current-thread runtime
+/// (every task on the one thread: no hand-offs between workers, the cheapest when many
+/// processes share a few cores), `0` one worker per CPU core, `n` that many workers.
+pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    match worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    }
+}
 
 /// Installs the global tracing subscriber: RUST_LOG if set, else `default_filter`; to
 /// `log_file` (appending, created with its directory) or to stderr.

@@ -10,19 +10,8 @@ const DEFAULT_FILTER: &str = "info,openraft=warn,quinn=warn,chitchat=warn";
 
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    let runtime = match config.worker_threads {
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        0 => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
-    }
-    .context("building the async runtime")?;
+    let runtime =
+        unikv_http::process::runtime(config.worker_threads).context("building the runtime")?;
     runtime.block_on(serve(config))
 }
 

@@ -18,7 +18,9 @@ const LOCAL_HOST: &str = "127.0.0.1";
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "unikv-router",
-    about = "The unikv router: learns the cluster map by gossip and routes each key to its shard"
+    about = "The unikv router: learns the cluster map by gossip and routes each key to its shard",
+    // A flag given twice takes its last value (UNIKV_ROUTER_ARGS can override the scripts').
+    args_override_self = true
 )]
 pub struct Config {
     /// Seed nodes, comma separated: a port (this machine) or `host:port`. These are the nodes'
@@ -28,6 +30,11 @@ pub struct Config {
     /// HTTP port (TCP).
     #[arg(long, default_value_t = 3000)]
     pub port: u16,
+    /// Threads running the router: `1` runs everything on one thread (no hand-offs between
+    /// workers; `scripts/run_unified.sh` passes it, the router sharing two cores with nine
+    /// nodes); `0`, the default, one worker per CPU core.
+    #[arg(long = "worker_threads", alias = "worker-threads", default_value_t = 0)]
+    pub worker_threads: usize,
     /// Gossip port (UDP) [default: the same number as --port].
     #[arg(long = "gossip_port", alias = "gossip-port")]
     pub gossip_port: Option<u16>,

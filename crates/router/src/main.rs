@@ -1,5 +1,5 @@
-//! `unikv-router`: parses flags, sets up logging, binds the HTTP port and routes requests until
-//! SIGINT or SIGTERM.
+//! `unikv-router`: parses flags, sets up logging, builds the runtime `--worker_threads` asks
+//! for, binds the HTTP port and routes requests until SIGINT or SIGTERM.
 
 use anyhow::Context;
 use clap::Parser;
@@ -9,9 +9,14 @@ use unikv_router::Config;
 /// gossip libraries (they are chatty at info).
 const DEFAULT_FILTER: &str = "info,quinn=warn,chitchat=warn";
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let config = Config::parse();
+    let runtime =
+        unikv_http::process::runtime(config.worker_threads).context("building the runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
     unikv_http::process::init_tracing(config.log_file.as_deref(), DEFAULT_FILTER)
         .context("setting up logging")?;
     config.validate()?;

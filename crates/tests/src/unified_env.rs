@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::fs;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -104,12 +104,18 @@ pub(crate) fn cluster_slots() -> Arc<Semaphore> {
         .clone()
 }
 
-/// `scripts/run_unified.sh` of this checkout.
+/// `scripts/run_unified.sh` of the checkout under test. `cargo test` sets CARGO_MANIFEST_DIR
+/// when it runs a test, and that is preferred over the directory this binary was compiled
+/// in: with a target dir shared between checkouts (CI's clones and a working copy), cargo may
+/// reuse a test binary compiled in another checkout, whose path may be gone or stale.
 pub fn script_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../scripts/run_unified.sh")
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let script = manifest_dir.join("../../scripts/run_unified.sh");
+    script
         .canonicalize()
-        .expect("scripts/run_unified.sh exists")
+        .unwrap_or_else(|e| panic!("{} exists: {e}", script.display()))
 }
 
 /// The cargo profile dir of this executable: `<target>/<profile>` for a test
