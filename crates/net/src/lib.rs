@@ -26,3 +26,5 @@ pub use frame::{read_frame, write_frame, MAX_MESSAGE};
 pub use serve::{Handler, Incoming};
 pub use tls::ClusterTls;
 pub use transport::Transport;
+/// The stream halves of [`Incoming`] and [`Transport::open`], for streaming protocols.
+pub use quinn::{RecvStream, SendStream};

@@ -5,6 +5,7 @@
 //! (`bootstrap`) and the HTTP API (`http`). It takes a bound HTTP listener and a shutdown
 //! future so tests can run nodes in-process on port 0.
 
+pub mod append_stream;
 pub mod bootstrap;
 pub mod config;
 pub mod error;

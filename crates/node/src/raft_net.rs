@@ -4,11 +4,15 @@
 use std::future::Future;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::Stream;
 use openraft::errors::{
     NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
 };
 use openraft::network::v2::RaftNetworkV2;
 use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::StreamAppendResult;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
@@ -75,7 +79,7 @@ pub struct SnapshotHead {
     pub len: u64,
 }
 
-fn to_rpc_error(e: unikv_net::Error) -> RPCError<TypeConfig> {
+pub(crate) fn to_rpc_error(e: unikv_net::Error) -> RPCError<TypeConfig> {
     if e.is_unreachable() {
         RPCError::Unreachable(Unreachable::new(&e))
     } else {
@@ -151,6 +155,25 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.call(rpc_kind::APPEND, &req, option.hard_ttl()).await
+    }
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<
+            BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+            RPCError<TypeConfig>,
+        >,
+    >
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        Box::pin(async move {
+            crate::append_stream::open(&self.transport, &self.addr, input, option.hard_ttl()).await
+        })
     }
 
     async fn vote(

@@ -55,6 +55,7 @@ impl RpcHandler {
                 let req = inc.read().await?;
                 inc.reply(&node.raft.append_entries(req).await).await
             }
+            rpc_kind::APPEND_STREAM => crate::append_stream::serve(node, inc).await,
             rpc_kind::VOTE => {
                 let req: VoteRequest<TypeConfig> = inc.read().await?;
                 if node.vote_hold.holds() {

@@ -26,6 +26,9 @@ pub mod rpc_kind {
     pub const SNAPSHOT: u8 = 3;
     /// Raft Pre-Vote: would you vote for me? (node → node, changes nothing).
     pub const PRE_VOTE: u8 = 4;
+    /// A replication session: AppendEntries frames one way, their answers back, in order
+    /// (node → node, one stream per session; `unikv_node::append_stream`).
+    pub const APPEND_STREAM: u8 = 5;
     /// A KV request (router or forwarding node → node).
     pub const KV: u8 = 10;
     /// Several KV requests (the router batches reads) to one node in one exchange: `Vec<KvRequest>` in,
