@@ -23,8 +23,8 @@ mod tests;
 
 pub use error::{Error, Result};
 pub use frame::{read_frame, write_frame, MAX_MESSAGE};
+/// The stream halves of [`Incoming`] and [`Transport::open`], for streaming protocols.
+pub use quinn::{RecvStream, SendStream};
 pub use serve::{Handler, Incoming};
 pub use tls::ClusterTls;
 pub use transport::Transport;
-/// The stream halves of [`Incoming`] and [`Transport::open`], for streaming protocols.
-pub use quinn::{RecvStream, SendStream};
