@@ -323,18 +323,21 @@ mod tests {
         }
     }
 
+    /// The fewest flags a node starts with.
+    const MINIMAL: [&str; 8] = [
+        "--shard_id",
+        "1",
+        "--node_id",
+        "1",
+        "--port",
+        "1",
+        "--raft_addr",
+        "x:1",
+    ];
+
     #[test]
     fn validate_rejects_nonsense() {
-        let mut c = parse(&[
-            "--shard_id",
-            "1",
-            "--node_id",
-            "1",
-            "--port",
-            "1",
-            "--raft_addr",
-            "x:1",
-        ]);
+        let mut c = parse(&MINIMAL);
         assert!(c.validate().is_ok());
         assert!(c.bootstrap());
         c.raft_addr = "nohost".into();
@@ -346,18 +349,8 @@ mod tests {
 
     #[test]
     fn a_repeated_flag_takes_its_last_value() {
-        let base = [
-            "--shard_id",
-            "1",
-            "--node_id",
-            "1",
-            "--port",
-            "1",
-            "--raft_addr",
-            "x:1",
-        ];
-        assert_eq!(parse(&base).worker_threads, 0);
-        let mut args = base.to_vec();
+        assert_eq!(parse(&MINIMAL).worker_threads, 0);
+        let mut args = MINIMAL.to_vec();
         args.extend(["--worker_threads", "1", "--worker_threads", "4"]);
         assert_eq!(parse(&args).worker_threads, 4);
     }

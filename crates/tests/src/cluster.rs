@@ -42,18 +42,21 @@ pub fn node_bin() -> PathBuf {
 fn cluster_slots() -> Arc<Semaphore> {
     static SLOTS: OnceLock<Arc<Semaphore>> = OnceLock::new();
     SLOTS
-        .get_or_init(|| {
-            let n = std::env::var("UNIKV_TEST_CLUSTERS")
-                .ok()
-                .and_then(|v| v.parse::<usize>().ok())
-                .filter(|n| *n > 0)
-                .unwrap_or_else(|| {
-                    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-                    (cpus / 2).max(2)
-                });
-            Arc::new(Semaphore::new(n))
-        })
+        .get_or_init(|| Arc::new(Semaphore::new(concurrent_clusters(2, 2))))
         .clone()
+}
+
+/// How many clusters of one kind may run at once: `$UNIKV_TEST_CLUSTERS` if set and positive,
+/// else the CPUs divided by `cpus_per_cluster`, at least `min`.
+pub(crate) fn concurrent_clusters(cpus_per_cluster: usize, min: usize) -> usize {
+    std::env::var("UNIKV_TEST_CLUSTERS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| {
+            let cpus = std::thread::available_parallelism().map_or(min, |n| n.get());
+            (cpus / cpus_per_cluster).max(min)
+        })
 }
 
 struct NodeState {

@@ -79,6 +79,15 @@ pub fn error_kind(e: &str) -> String {
     }
 }
 
+/// `"; failures: …"` (the commonest kinds, see [`top_errors`]) or nothing when there are none.
+fn failures_suffix<'a>(errors: impl Iterator<Item = &'a str>) -> String {
+    let mut errors = errors.peekable();
+    if errors.peek().is_none() {
+        return String::new();
+    }
+    format!("; failures: {}", top_errors(errors))
+}
+
 /// The most frequent kinds of failure in a list, as `"count x kind"`.
 pub fn top_errors<'a>(errors: impl Iterator<Item = &'a str>) -> String {
     let mut by: BTreeMap<String, usize> = BTreeMap::new();
@@ -184,14 +193,7 @@ impl Done {
             w.failed.len(),
             self.ran,
             w.acked.len() as f64 / self.ran.as_secs_f64(),
-            if w.failed.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "; failures: {}",
-                    top_errors(w.failed.iter().map(|f| f.2.as_str()))
-                )
-            }
+            failures_suffix(w.failed.iter().map(|f| f.2.as_str()))
         );
         let mut expected = self.preload.clone();
         expected.extend(w.acked.iter().cloned());
@@ -215,14 +217,7 @@ impl Done {
             a.acked.len(),
             a.failed.len(),
             unacked_in,
-            if a.failed.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "; failures: {}",
-                    top_errors(a.failed.iter().map(|f| f.2.as_str()))
-                )
-            }
+            failures_suffix(a.failed.iter().map(|f| f.2.as_str()))
         );
         assert_no_failures(
             "appended tokens: once each, acknowledged ones present",

@@ -90,17 +90,7 @@ pub fn alloc_unified_ports() -> UnifiedPorts {
 pub(crate) fn cluster_slots() -> Arc<Semaphore> {
     static SLOTS: OnceLock<Arc<Semaphore>> = OnceLock::new();
     SLOTS
-        .get_or_init(|| {
-            let n = std::env::var("UNIKV_TEST_CLUSTERS")
-                .ok()
-                .and_then(|v| v.parse::<usize>().ok())
-                .filter(|n| *n > 0)
-                .unwrap_or_else(|| {
-                    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-                    (cpus / 3).max(1)
-                });
-            Arc::new(Semaphore::new(n))
-        })
+        .get_or_init(|| Arc::new(Semaphore::new(crate::cluster::concurrent_clusters(3, 1))))
         .clone()
 }
 
