@@ -20,7 +20,7 @@ scripts/run_unified.sh start
 echo "loading $keys keys of 256 bytes through the router..."
 t0=$(date +%s.%N)
 secs=${LOAD_SECS:-$(( keys / 4000 + 20 ))}
-THREADS=2 MODE=load KEYS=$keys wrk -t2 -c64 -d${secs}s --timeout 10s -s bench/unikv_kv.lua "http://127.0.0.1:$UNIKV_ROUTER_PORT" | grep RESULT
+THREADS=2 MODE=load KEYS=$keys wrk -t2 -c64 -d${secs}s --timeout 10s -s tools/bench/unikv_kv.lua "http://127.0.0.1:$UNIKV_ROUTER_PORT" | grep RESULT
 echo "loaded in $(python3 -c "print(round($(date +%s.%N) - $t0, 1))") s"
 curl -s "$(node 1)/stats" | python3 -c 'import json,sys; s=json.load(sys.stdin); print("before:", [(x["id"], x["slot_count"], x["keys"], x["bytes"]) for x in s["shards"]])'
 start=$(date +%s.%N)

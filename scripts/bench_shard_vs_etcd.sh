@@ -38,7 +38,7 @@ for mode in "${modes[@]}"; do
   for c in 1 64; do
     t=$([ "$c" -eq 1 ] && echo 1 || echo 2)
     before=$(fsyncs)
-    u=$(MODE=$mode KEYS=10000 wrk -t$t -c$c -d10s --timeout 5s -s bench/unikv_kv.lua "http://$leader" | grep RESULT)
+    u=$(MODE=$mode KEYS=10000 wrk -t$t -c$c -d10s --timeout 5s -s tools/bench/unikv_kv.lua "http://$leader" | grep RESULT)
     after=$(fsyncs)
     e=$("$anchor" bench "$emode" "$c")
     echo "unikv $c conns: $u  (leader wal fsyncs/appends before: $before after: $after)"

@@ -102,7 +102,7 @@ pub fn script_path() -> PathBuf {
     let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    let script = manifest_dir.join("../../scripts/run_unified.sh");
+    let script = manifest_dir.join("../scripts/run_unified.sh");
     script
         .canonicalize()
         .unwrap_or_else(|e| panic!("{} exists: {e}", script.display()))
