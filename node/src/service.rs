@@ -530,5 +530,3 @@ impl Node {
         Ok(self.admin_reply(false))
     }
 }
-
-pub type SharedNode = Arc<Node>;

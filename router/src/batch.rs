@@ -268,7 +268,6 @@ mod tests {
             key,
             op: KvOp::Get,
             client: None,
-            epoch: None,
             forwarded: false,
         }
     }

@@ -129,7 +129,6 @@ impl<B: Backend> Forwarder<B> {
             key,
             op,
             client,
-            epoch: None,
             forwarded: false,
         };
 
@@ -169,7 +168,6 @@ impl<B: Backend> Forwarder<B> {
                 continue;
             };
 
-            req.epoch = Some(owner.epoch);
             let budget = deadline.saturating_duration_since(now).min(ATTEMPT_CAP);
             let outcome = self.backend.call(&target.raft, &req, budget).await;
             let shard = owner.shard;

@@ -52,8 +52,6 @@ pub struct KvRequest {
     pub op: KvOp,
     /// Present on writes that must be applied at most once.
     pub client: Option<ClientSeq>,
-    /// The slot epoch the sender believes in (informational for now; answers carry the truth).
-    pub epoch: Option<Epoch>,
     /// Set by a node that forwards the request, so the receiver never forwards it again.
     pub forwarded: bool,
 }

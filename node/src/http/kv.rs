@@ -31,7 +31,6 @@ async fn run(
             key: key.clone(),
             op,
             client,
-            epoch: None,
             forwarded: false,
         })
         .await?;
