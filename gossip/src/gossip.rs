@@ -15,9 +15,10 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, info, warn};
 
+use crate::config::{GossipConfig, MemberKind};
+use crate::error::{Error, Result};
 use crate::keys::{self, NodeState};
 use crate::view::{ClusterView, MemberView};
-use crate::{Error, GossipConfig, MemberKind, Result};
 
 /// Phi threshold of chitchat's failure detector. Phi is "time since a member's heartbeat was last
 /// seen to advance / mean interval between such observations". Measured on loopback with 2 to 20

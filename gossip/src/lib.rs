@@ -12,27 +12,13 @@
 //! - [`Gossip`]: the running member (chitchat server plus a task that keeps the view current).
 
 mod config;
+mod error;
 mod gossip;
 pub mod keys;
 pub mod view;
 
 pub use config::{GossipConfig, MemberKind};
+pub use error::{Error, Result};
 pub use gossip::{resolve_addr, Gossip};
 pub use keys::NodeState;
 pub use view::{ClusterView, MemberView, ShardMember, ShardView};
-
-/// Result type of this crate.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Errors of this crate. Gossip itself never fails once started; these come from start-up.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("i/o error: {0}")]
-    Io(#[from] std::io::Error),
-    /// The UDP socket could not be bound (address in use, permission, ...).
-    #[error("cannot bind gossip socket: {0}")]
-    Bind(String),
-    /// The configuration is invalid.
-    #[error("invalid gossip configuration: {0}")]
-    Config(String),
-}

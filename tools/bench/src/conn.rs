@@ -8,7 +8,7 @@
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// One open connection with its reusable buffers.
 pub struct Conn {

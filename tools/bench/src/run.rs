@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 
 use crate::conn::Conn;
+use crate::error::{Error, Result};
 use crate::keys::{key_name, Distribution, KeyChooser};
 use crate::stats::{Latency, Recorder, Summary};
 use crate::target::{Target, Workload};
-use crate::{Error, Result};
 
 #[derive(Clone, Debug)]
 pub struct Config {

@@ -6,7 +6,7 @@
 
 use base64::Engine;
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
