@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::api::{Api, RaftStatus, Resp};
+use crate::machine::concurrent_clusters;
 use crate::ports::alloc_ports;
 use crate::wait::wait_until_ok;
 
@@ -33,7 +34,7 @@ pub fn node_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("UNIKV_NODE_BIN") {
         return PathBuf::from(p);
     }
-    crate::unified::profile_dir().join("unikv-node")
+    crate::machine::profile_dir().join("unikv-node")
 }
 
 /// Limits how many clusters run at once in this test process, so parallel tests on a small
@@ -44,19 +45,6 @@ fn cluster_slots() -> Arc<Semaphore> {
     SLOTS
         .get_or_init(|| Arc::new(Semaphore::new(concurrent_clusters(2, 2))))
         .clone()
-}
-
-/// How many clusters of one kind may run at once: `$UNIKV_TEST_CLUSTERS` if set and positive,
-/// else the CPUs divided by `cpus_per_cluster`, at least `min`.
-pub(crate) fn concurrent_clusters(cpus_per_cluster: usize, min: usize) -> usize {
-    std::env::var("UNIKV_TEST_CLUSTERS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or_else(|| {
-            let cpus = std::thread::available_parallelism().map_or(min, |n| n.get());
-            (cpus / cpus_per_cluster).max(min)
-        })
 }
 
 struct NodeState {
@@ -548,7 +536,7 @@ impl Cluster {
 
     /// Prints the last `lines` lines of every node log (and captured stdout/stderr).
     pub fn dump_logs(&self, lines: usize) {
-        crate::print_log_tails(
+        crate::log_tails::print_log_tails(
             "cluster",
             &self.root,
             |p| p.extension().is_some_and(|x| x == "log"),

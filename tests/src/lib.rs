@@ -5,7 +5,10 @@
 
 pub mod api;
 pub mod cluster;
+pub mod imports;
 pub mod load;
+pub mod log_tails;
+pub mod machine;
 pub mod nemesis;
 pub mod ports;
 pub mod reshard_checks;
@@ -18,6 +21,8 @@ use std::sync::Arc;
 
 pub use api::{assert_json_error, Api, Body, LeaderInfo, Method, RaftStatus, Resp};
 pub use cluster::{node_bin, Cluster, SHARD_ID, WAIT};
+pub use log_tails::print_log_tails;
+pub use machine::{profile_dir, target_dir};
 pub use ports::{alloc_port, alloc_ports, port_is_free};
 pub use unified::{
     node_ref, run_concurrent, ClusterConfig, Proc, RebalanceStatus, RouterStatus, ShardStats,
@@ -130,46 +135,4 @@ pub fn assert_no_failures(what: &str, failures: &[String]) {
             .collect::<Vec<_>>()
             .join("\n")
     );
-}
-
-/// Prints the last `lines` lines of every file in `dir` that `keep` accepts, sorted by name
-/// (what a failing cluster test shows of its processes' logs).
-pub fn print_log_tails(
-    tag: &str,
-    dir: &std::path::Path,
-    keep: impl Fn(&std::path::Path) -> bool,
-    lines: usize,
-) {
-    let mut files: Vec<std::path::PathBuf> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| keep(p))
-            .collect(),
-        Err(e) => {
-            eprintln!("[{tag}] cannot list {}: {e}", dir.display());
-            return;
-        }
-    };
-    files.sort();
-    for f in files {
-        let text = match std::fs::read(&f) {
-            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-            Err(e) => {
-                eprintln!("[{tag}] cannot read {}: {e}", f.display());
-                continue;
-            }
-        };
-        let all: Vec<&str> = text.lines().collect();
-        let start = all.len().saturating_sub(lines);
-        eprintln!(
-            "===== {} (last {} of {} lines) =====",
-            f.display(),
-            all.len() - start,
-            all.len()
-        );
-        for line in &all[start..] {
-            eprintln!("{line}");
-        }
-    }
 }

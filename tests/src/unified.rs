@@ -25,14 +25,11 @@ use serde_json::Value;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::api::{Api, Body, Method, RaftStatus, PROBE_TIMEOUT};
+use crate::machine::target_dir;
 use crate::wait::{wait_until_ok, wait_until_ok_every};
 
 /// Shards the script starts (`UNIKV_SHARDS`) unless a test asks for another count.
 pub const SHARDS: u64 = 3;
-/// Shards a test cluster may have, counting those added later: ports are reserved for all.
-pub const MAX_SHARDS: u64 = 4;
-/// Nodes per shard (the script always starts nodes 1, 2 and 3).
-pub const NODES_PER_SHARD: u64 = 3;
 /// The [`Api`] id of the router.
 pub const ROUTER: u64 = 0;
 /// The router's per-request deadline in these tests (`--request_timeout_ms`).
@@ -432,7 +429,7 @@ impl Unified {
             let alive = pid.is_some_and(|pid| self.is_ours(pid));
             eprintln!("[unified] {p}: pid {pid:?} alive={alive}");
         }
-        crate::print_log_tails("unified", &self.logs, |_| true, lines);
+        crate::log_tails::print_log_tails("unified", &self.logs, |_| true, lines);
     }
 
     /// `run_unified.sh stop`, blocking (for Drop), bounded by [`SCRIPT_TIMEOUT`].

@@ -13,7 +13,11 @@ use rand::Rng;
 use tokio::sync::Semaphore;
 
 use crate::ports::port_is_free;
-use crate::unified::{MAX_SHARDS, NODES_PER_SHARD};
+
+/// Shards a test cluster may have, counting those added later: ports are reserved for all.
+pub const MAX_SHARDS: u64 = 4;
+/// Nodes per shard (the script always starts nodes 1, 2 and 3).
+pub const NODES_PER_SHARD: u64 = 3;
 
 /// Lowest HTTP base handed out; bases step by 100.
 const HTTP_BASE_MIN: u16 = 20_000;
@@ -90,7 +94,7 @@ pub fn alloc_unified_ports() -> UnifiedPorts {
 pub(crate) fn cluster_slots() -> Arc<Semaphore> {
     static SLOTS: OnceLock<Arc<Semaphore>> = OnceLock::new();
     SLOTS
-        .get_or_init(|| Arc::new(Semaphore::new(crate::cluster::concurrent_clusters(3, 1))))
+        .get_or_init(|| Arc::new(Semaphore::new(crate::machine::concurrent_clusters(3, 1))))
         .clone()
 }
 
@@ -106,34 +110,6 @@ pub fn script_path() -> PathBuf {
     script
         .canonicalize()
         .unwrap_or_else(|e| panic!("{} exists: {e}", script.display()))
-}
-
-/// The cargo profile dir of this executable: `<target>/<profile>` for a test
-/// (`<profile>/deps/<test exe>`) or a binary (`<profile>/<bin>`).
-pub fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().expect("executable has a parent dir");
-    if dir.file_name().is_some_and(|n| n == "deps") {
-        dir.parent().expect("deps has a parent").to_path_buf()
-    } else {
-        dir.to_path_buf()
-    }
-}
-
-/// The cargo target dir this executable was built in; panics unless it is the release
-/// profile, where the script looks for the binaries.
-pub fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = profile_dir();
-    assert!(
-        profile_dir.file_name().is_some_and(|n| n == "release"),
-        "the unified tests run the release binaries: run them with `cargo test --release` (test exe {})",
-        exe.display()
-    );
-    profile_dir
-        .parent()
-        .expect("profile dir has a parent")
-        .to_path_buf()
 }
 
 /// Runs `op` on every item with `workers` concurrent tasks; results in item order.
