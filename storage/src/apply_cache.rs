@@ -11,9 +11,9 @@ use std::collections::HashMap;
 use rocksdb::IteratorMode;
 use unikv_types::{Slot, SLOT_COUNT};
 
-use crate::apply::{DedupRecord, SlotStats};
-use crate::db::{slot_bounds, CF_STATS};
-use crate::{Db, Result};
+use crate::db::{slot_bounds, Db, CF_STATS};
+use crate::error::Result;
+use crate::records::{DedupRecord, SlotStats};
 
 /// Dedup records kept before the map is cleared (a record is ~100 bytes).
 const MAX_DEDUP: usize = 100_000;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 use unikv_types::Slot;
 
-use crate::Result;
+use crate::error::Result;
 
 pub const CF_LOG: &str = "log";
 pub const CF_RAFT: &str = "raft";

@@ -39,20 +39,49 @@ pub struct ShardDescriptor {
     pub tags: BTreeMap<String, String>,
     /// Owned slots being handed off: frozen for writes, data still here.
     #[serde(default)]
-    pub outgoing: BTreeMap<Slot, Handoff>,
+    pub outgoing: BTreeMap<Slot, Outgoing>,
     /// Slots received but not yet serving (waiting for the source to confirm the hand-off).
     #[serde(default)]
-    pub incoming: BTreeMap<Slot, Handoff>,
+    pub incoming: BTreeMap<Slot, Incoming>,
     /// Where slots this shard gave away went, and at which epoch: the forwarding notes.
     #[serde(default)]
-    pub forwards: BTreeMap<Slot, Handoff>,
+    pub forwards: BTreeMap<Slot, Forward>,
 }
 
-/// One side of a slot move: the other shard and the epoch the slot has after the move.
+// The three records below were one type with a field `peer` before; `alias` reads descriptors
+// written then.
+
+/// A slot this shard is handing off: the shard it goes to and the epoch it will have there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Handoff {
-    pub peer: ShardId,
+pub struct Outgoing {
+    #[serde(alias = "peer")]
+    pub target: ShardId,
     pub epoch: Epoch,
+}
+
+/// A slot received and not yet served: the shard it comes from and its epoch here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Incoming {
+    #[serde(alias = "peer")]
+    pub source: ShardId,
+    pub epoch: Epoch,
+}
+
+/// Where a slot this shard gave away went, and its epoch there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forward {
+    #[serde(alias = "peer")]
+    pub target: ShardId,
+    pub epoch: Epoch,
+}
+
+impl From<Outgoing> for Forward {
+    fn from(o: Outgoing) -> Self {
+        Forward {
+            target: o.target,
+            epoch: o.epoch,
+        }
+    }
 }
 
 impl ShardDescriptor {
@@ -253,5 +282,28 @@ mod tests {
             Epoch(1)
         ));
         assert_eq!(d.slot_ranges(), vec![SlotRange(0, 9), SlotRange(11, 12)]);
+    }
+
+    #[test]
+    fn hand_off_records_written_with_a_peer_field_still_decode() {
+        #[derive(Serialize)]
+        struct Old {
+            peer: ShardId,
+            epoch: Epoch,
+        }
+        let old = crate::error::encode(
+            "old",
+            &Old {
+                peer: ShardId(3),
+                epoch: Epoch(5),
+            },
+        )
+        .unwrap();
+        let o: Outgoing = crate::error::decode("outgoing", &old).unwrap();
+        assert_eq!((o.target, o.epoch), (ShardId(3), Epoch(5)));
+        let i: Incoming = crate::error::decode("incoming", &old).unwrap();
+        assert_eq!((i.source, i.epoch), (ShardId(3), Epoch(5)));
+        let f: Forward = crate::error::decode("forward", &old).unwrap();
+        assert_eq!((f.target, f.epoch), (ShardId(3), Epoch(5)));
     }
 }

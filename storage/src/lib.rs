@@ -9,22 +9,29 @@
 
 pub mod apply;
 pub mod apply_cache;
+pub mod command;
 pub mod db;
 pub mod descriptor;
 pub mod error;
 pub mod log_cache;
 pub mod log_store;
+pub mod meta;
 pub mod moves;
+pub mod overlay;
 pub mod raft_types;
+pub mod records;
+pub mod registry;
 pub mod snapshot;
 pub mod state_machine;
 
+pub use command::{Command, CommandResult, MoveCommand, RegistryCommand};
 pub use db::{Db, DbOptions};
-pub use descriptor::{OwnedRange, ShardDescriptor};
+pub use descriptor::{Forward, Incoming, Outgoing, OwnedRange, ShardDescriptor};
 pub use error::{Error, Result};
 pub use log_store::LogStore;
-pub use raft_types::{Command, CommandResult, MoveCommand, NodeAddr, TypeConfig};
-pub use snapshot::SnapshotFile;
+pub use raft_types::{NodeAddr, TypeConfig};
+pub use records::{DedupRecord, SlotStats};
+pub use snapshot::{Snapshot, SnapshotFile};
 pub use state_machine::{StateMachine, Store};
 
 /// Opens (or creates) the storage of one replica under `dir`: the RocksDB and the snapshot folder.

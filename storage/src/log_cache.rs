@@ -96,7 +96,7 @@ impl LogCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::TypeConfig;
+    use crate::raft_types::TypeConfig;
     use openraft::testing::log_id;
     use unikv_types::NodeId;
 

@@ -13,11 +13,12 @@ use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 
+use crate::db::Db;
 use crate::db::{index_key, key_index, CF_LOG, CF_RAFT};
 use crate::error::{blocking, decode, encode};
 use crate::log_cache::{self, LogCache};
+use crate::raft_types::TypeConfig;
 use crate::raft_types::{Entry, LogId, Vote};
-use crate::{Db, TypeConfig};
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";

@@ -1,4 +1,4 @@
-//! Applying the steps of a slot move (and registry changes) to the descriptor and the data.
+//! Applying the steps of a slot move to the descriptor and the data.
 //!
 //! Invariant: at most one shard serves a slot at any moment; a gap is allowed, an overlap
 //! never. The source freezes writes (`Out`), the target installs the data without serving it
@@ -11,16 +11,17 @@
 //! Every step checks the epoch and is idempotent, so a new leader on either side can resume.
 
 use rocksdb::{Direction, IteratorMode, ReadOptions};
-use unikv_types::{KvError, KvReply, ShardState, Slot};
+use unikv_types::{KvError, KvReply, Slot};
 
-use crate::apply::{DedupRecord, Overlay, SlotStats};
-use crate::db::{slot_bounds, split_key, CF_DEDUP, CF_KV, CF_STATS};
-use crate::descriptor::Handoff;
-use crate::error::decode;
-use crate::raft_types::MoveCommand;
-use crate::{CommandResult, Db, Result, ShardDescriptor};
+use crate::command::{CommandResult, MoveCommand};
+use crate::db::{slot_bounds, split_key, Db, CF_DEDUP, CF_KV, CF_STATS};
+use crate::descriptor::{Incoming, Outgoing, ShardDescriptor};
+use crate::error::{decode, Result};
+use crate::overlay::Overlay;
+use crate::records::{DedupRecord, SlotStats};
 
-fn refused(message: String) -> CommandResult {
+/// A step (or registry change) that does not apply in the current state.
+pub(crate) fn refused(message: String) -> CommandResult {
     Err(KvError::BadRequest {
         code: "move_refused".into(),
         message,
@@ -35,15 +36,15 @@ pub(crate) fn apply_move(
     let ok = Ok(KvReply::Written);
     let res = match m {
         MoveCommand::Out { slot, to, epoch } => {
-            let h = Handoff {
-                peer: *to,
+            let h = Outgoing {
+                target: *to,
                 epoch: *epoch,
             };
             match (d.owns(*slot), d.outgoing.get(slot)) {
                 (_, Some(cur)) if *cur == h => ok,
                 (_, Some(cur)) => refused(format!(
                     "slot {slot} is already moving to shard {}",
-                    cur.peer
+                    cur.target
                 )),
                 (Some(e), None) if e < *epoch && *to != d.shard => {
                     d.outgoing.insert(*slot, h);
@@ -63,8 +64,8 @@ pub(crate) fn apply_move(
             kv,
             dedup,
         } => {
-            let h = Handoff {
-                peer: *from,
+            let h = Incoming {
+                source: *from,
                 epoch: *epoch,
             };
             if d.incoming.get(slot) == Some(&h) || d.owns(*slot).is_some_and(|e| e >= *epoch) {
@@ -89,7 +90,7 @@ pub(crate) fn apply_move(
                 ov.delete_slot(*slot);
                 d.remove_slot(*slot);
                 d.outgoing.remove(slot);
-                d.forwards.insert(*slot, h);
+                d.forwards.insert(*slot, h.into());
                 d.version += 1;
                 ok
             }
@@ -130,29 +131,6 @@ pub(crate) fn apply_move(
             }
             _ => ok,
         },
-        MoveCommand::SetState { state } => {
-            if *state == ShardState::Unreachable {
-                refused("unreachable is derived by observers, not a registry state".into())
-            } else {
-                if d.state != *state || !d.state_set {
-                    d.state = *state;
-                    d.state_set = true;
-                    d.version += 1;
-                }
-                ok
-            }
-        }
-        MoveCommand::SetTags { tags } => {
-            for (k, v) in tags {
-                if v.is_empty() {
-                    d.tags.remove(k);
-                } else {
-                    d.tags.insert(k.clone(), v.clone());
-                }
-            }
-            d.version += 1;
-            ok
-        }
     };
     if let (Err(e), MoveCommand::Out { .. } | MoveCommand::In { .. }) = (&res, m) {
         tracing::warn!(shard = %d.shard, command = %m, error = %e, "slot move step refused");

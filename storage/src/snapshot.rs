@@ -15,12 +15,17 @@ use std::path::{Path, PathBuf};
 use rocksdb::{IteratorMode, ReadOptions};
 use serde::{Deserialize, Serialize};
 
+use crate::db::Db;
 use crate::db::{CF_DEDUP, CF_KV, CF_STATS};
+use crate::descriptor::ShardDescriptor;
 use crate::error::{decode, encode};
-use crate::raft_types::SnapshotMeta;
-use crate::{Db, Error, Result, ShardDescriptor};
+use crate::error::{Error, Result};
+use crate::raft_types::{SnapshotMeta, TypeConfig};
 
 const MAGIC: &[u8; 8] = b"UKVSNAP1";
+
+/// A snapshot as openraft hands it around: its meta and the file.
+pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotFile>;
 
 /// A snapshot on disk. The open file handle keeps the data readable even if a newer snapshot
 /// replaces this one while it is being sent.

@@ -11,14 +11,18 @@ use openraft::{OptionalSend, RaftSnapshotBuilder};
 use rocksdb::WriteBatch;
 use unikv_types::{ShardId, Slot};
 
-use crate::apply::{apply_entries_cached, SmMeta};
-use crate::apply::{DedupRecord, SlotStats};
+use crate::apply::apply_entries_cached;
 use crate::apply_cache::ApplyCache;
-use crate::db::{kv_key, CF_DEDUP, CF_KV, CF_STATS};
-use crate::error::blocking;
-use crate::raft_types::{LogId, Snapshot, SnapshotMeta, StoredMembership};
-use crate::snapshot::{file_name, read_snapshot, write_snapshot, Record, SnapshotHeader};
-use crate::{Db, Error, Result, ShardDescriptor, SnapshotFile, TypeConfig};
+use crate::command::{Command, CommandResult};
+use crate::db::{kv_key, Db, CF_DEDUP, CF_KV, CF_STATS};
+use crate::descriptor::ShardDescriptor;
+use crate::error::{blocking, Error, Result};
+use crate::meta::SmMeta;
+use crate::raft_types::{Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::records::{DedupRecord, SlotStats};
+use crate::snapshot::{
+    file_name, read_snapshot, write_snapshot, Record, Snapshot, SnapshotFile, SnapshotHeader,
+};
 
 /// Shared state between the state machine, its snapshot builders and read handles.
 #[derive(Debug)]
@@ -212,21 +216,15 @@ const INLINE_APPLY_MAX: usize = 64;
 /// thread hand-offs of `spawn_blocking` (~100 µs of a one-connection write's latency on this
 /// machine, docs/benchmarks.md). Slot moves (which may import or delete whole slots) and big
 /// catch-up groups still go to the blocking pool.
-fn applies_inline(group: &[crate::raft_types::Entry]) -> bool {
+fn applies_inline(group: &[Entry]) -> bool {
     group.len() <= INLINE_APPLY_MAX
-        && !group.iter().any(|e| {
-            matches!(
-                &e.payload,
-                openraft::EntryPayload::Normal(crate::raft_types::Command::Move(_))
-            )
-        })
+        && !group
+            .iter()
+            .any(|e| matches!(&e.payload, openraft::EntryPayload::Normal(Command::Move(_))))
 }
 
 /// Applies one group to a copy of the metadata; the caller publishes the copy.
-fn apply_group(
-    shared: &Shared,
-    group: &[crate::raft_types::Entry],
-) -> Result<(SmMeta, Vec<crate::raft_types::CommandResult>)> {
+fn apply_group(shared: &Shared, group: &[Entry]) -> Result<(SmMeta, Vec<CommandResult>)> {
     let mut meta = read_lock(&shared.meta).clone();
     let mut cache = lock(&shared.cache);
     let results = apply_entries_cached(&shared.db, &mut meta, &mut cache, group)?;

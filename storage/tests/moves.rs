@@ -4,11 +4,12 @@
 use openraft::entry::RaftEntry;
 use openraft::testing::log_id;
 use openraft::EntryPayload;
-use unikv_storage::apply::{apply_entries_cached, SmMeta};
+use unikv_storage::apply::apply_entries_cached;
 use unikv_storage::apply_cache::ApplyCache;
+use unikv_storage::meta::SmMeta;
 use unikv_storage::moves::{export_slot, slot_stats};
 use unikv_storage::raft_types::Entry;
-use unikv_storage::{Command, CommandResult, Db, MoveCommand, TypeConfig};
+use unikv_storage::{Command, CommandResult, Db, MoveCommand, RegistryCommand, TypeConfig};
 use unikv_types::{ClientSeq, Epoch, KvError, KvOp, KvReply, NodeId, ShardId, SlotRange};
 
 struct Shard {
@@ -343,9 +344,9 @@ fn an_activation_before_the_initial_claim_is_kept() {
     // `/addshard` can reach a fresh shard before its (empty) initial claim commits.
     let mut s = Shard::unclaimed(4);
     assert_eq!(
-        s.mv(MoveCommand::SetState {
+        s.apply(Command::Registry(RegistryCommand::SetState {
             state: unikv_types::ShardState::Active
-        }),
+        })),
         Ok(KvReply::Written)
     );
     let claim = Command::Bootstrap {

@@ -1,0 +1,284 @@
+//! What a shard's Raft log carries: KV writes, the steps of slot moves, registry changes and the
+//! bootstrap claim — and what applying one returns.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use unikv_types::{ClientSeq, Epoch, KvError, KvOp, KvReply, ShardId, ShardState, Slot, SlotRange};
+
+use crate::records::DedupRecord;
+
+/// A replicated command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "legacy::CommandDe")]
+pub enum Command {
+    /// A KV write (`op` is never `Get`), applied at most once per `client` if present.
+    Kv {
+        slot: Slot,
+        key: String,
+        op: KvOp,
+        client: Option<ClientSeq>,
+    },
+    /// A step of a slot move (see `moves`).
+    Move(MoveCommand),
+    /// Claims the shard's initial slots. Applied only while the descriptor was never
+    /// initialised, so a replayed or duplicated bootstrap can never change ownership.
+    Bootstrap {
+        shard: ShardId,
+        ranges: Vec<SlotRange>,
+        epoch: Epoch,
+    },
+    /// A change of this shard's registry entry (see `registry`).
+    Registry(RegistryCommand),
+}
+
+/// The steps of moving a slot between shards. Every step is idempotent: applying it again after
+/// it took effect changes nothing and answers success.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MoveCommand {
+    /// Source: hand `slot` to `to`, where it will have `epoch`. Freezes writes to it.
+    Out {
+        slot: Slot,
+        to: ShardId,
+        epoch: Epoch,
+    },
+    /// Target: install `slot` received from `from` (data and dedup table); not served yet.
+    In {
+        slot: Slot,
+        from: ShardId,
+        epoch: Epoch,
+        kv: Vec<(String, String)>,
+        dedup: Vec<(String, DedupRecord)>,
+    },
+    /// Source: the target installed the slot; delete the data, keep a forwarding note.
+    Done { slot: Slot, epoch: Epoch },
+    /// Source: give up a hand-off the target has not confirmed; the slot serves writes again.
+    Abort { slot: Slot, epoch: Epoch },
+    /// Target: the source confirmed the hand-off; serve the slot.
+    Activate { slot: Slot, epoch: Epoch },
+    /// Target: the source aborted; drop what was received.
+    Drop { slot: Slot, epoch: Epoch },
+}
+
+/// Changes of the shard's registry entry: its state and its tags.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RegistryCommand {
+    /// Set this shard's state (active, draining, inactive).
+    SetState { state: ShardState },
+    /// Set tags (an empty value removes the tag).
+    SetTags { tags: Vec<(String, String)> },
+}
+
+/// What applying a command returns to the proposer.
+pub type CommandResult = Result<KvReply, KvError>;
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Move(m) => write!(f, "{m}"),
+            Command::Registry(r) => write!(f, "{r}"),
+            Command::Kv { slot, key, op, .. } => write!(f, "{} slot={slot} key={key:?}", op.name()),
+            Command::Bootstrap { shard, ranges, .. } => {
+                write!(f, "bootstrap shard={shard} ranges={ranges:?}")
+            }
+        }
+    }
+}
+
+impl fmt::Display for MoveCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MoveCommand::Out { slot, to, epoch } => {
+                write!(f, "move-out slot={slot} to={to} epoch={epoch}")
+            }
+            MoveCommand::In {
+                slot,
+                from,
+                epoch,
+                kv,
+                ..
+            } => {
+                write!(
+                    f,
+                    "move-in slot={slot} from={from} epoch={epoch} keys={}",
+                    kv.len()
+                )
+            }
+            MoveCommand::Done { slot, epoch } => write!(f, "move-done slot={slot} epoch={epoch}"),
+            MoveCommand::Abort { slot, epoch } => write!(f, "move-abort slot={slot} epoch={epoch}"),
+            MoveCommand::Activate { slot, epoch } => {
+                write!(f, "activate slot={slot} epoch={epoch}")
+            }
+            MoveCommand::Drop { slot, epoch } => {
+                write!(f, "drop-incoming slot={slot} epoch={epoch}")
+            }
+        }
+    }
+}
+
+impl fmt::Display for RegistryCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RegistryCommand::SetState { state } => write!(f, "set-state {state}"),
+            RegistryCommand::SetTags { tags } => write!(f, "set-tags {tags:?}"),
+        }
+    }
+}
+
+/// Reading entries written before registry changes had their own variant: they were
+/// `Move(SetState{..})` and `Move(SetTags{..})`. Logs of such data dirs still decode (the same
+/// entry is then `Registry(..)`); new entries are written in the new form only.
+mod legacy {
+    use super::*;
+
+    #[derive(Deserialize)]
+    pub(super) enum CommandDe {
+        Kv {
+            slot: Slot,
+            key: String,
+            op: KvOp,
+            client: Option<ClientSeq>,
+        },
+        Move(MoveDe),
+        Bootstrap {
+            shard: ShardId,
+            ranges: Vec<SlotRange>,
+            epoch: Epoch,
+        },
+        Registry(RegistryCommand),
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    pub(super) enum MoveDe {
+        Move(MoveCommand),
+        Registry(RegistryCommand),
+    }
+
+    impl From<CommandDe> for Command {
+        fn from(c: CommandDe) -> Self {
+            match c {
+                CommandDe::Kv {
+                    slot,
+                    key,
+                    op,
+                    client,
+                } => Command::Kv {
+                    slot,
+                    key,
+                    op,
+                    client,
+                },
+                CommandDe::Move(MoveDe::Move(m)) => Command::Move(m),
+                CommandDe::Move(MoveDe::Registry(r)) | CommandDe::Registry(r) => {
+                    Command::Registry(r)
+                }
+                CommandDe::Bootstrap {
+                    shard,
+                    ranges,
+                    epoch,
+                } => Command::Bootstrap {
+                    shard,
+                    ranges,
+                    epoch,
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{decode, encode};
+
+    #[test]
+    fn every_command_round_trips() {
+        let cmds = [
+            Command::Kv {
+                slot: 7,
+                key: "k".into(),
+                op: KvOp::Put { value: "v".into() },
+                client: Some(ClientSeq {
+                    client_id: "c".into(),
+                    seq: 3,
+                }),
+            },
+            Command::Move(MoveCommand::In {
+                slot: 9,
+                from: ShardId(2),
+                epoch: Epoch(4),
+                kv: vec![("a".into(), "b".into())],
+                dedup: vec![(
+                    "c".into(),
+                    DedupRecord {
+                        seq: 1,
+                        reply: KvReply::Written,
+                    },
+                )],
+            }),
+            Command::Move(MoveCommand::Done {
+                slot: 9,
+                epoch: Epoch(4),
+            }),
+            Command::Bootstrap {
+                shard: ShardId(1),
+                ranges: vec![SlotRange(0, 5)],
+                epoch: Epoch(1),
+            },
+            Command::Registry(RegistryCommand::SetState {
+                state: ShardState::Draining,
+            }),
+            Command::Registry(RegistryCommand::SetTags {
+                tags: vec![("dc".into(), "east".into())],
+            }),
+        ];
+        for c in cmds {
+            let back: Command = decode("command", &encode("command", &c).unwrap()).unwrap();
+            assert_eq!(back, c);
+        }
+    }
+
+    /// The shape registry changes had in the log before they got their own variant.
+    #[derive(Serialize)]
+    enum OldCommand {
+        Move(OldMove),
+    }
+    #[derive(Serialize)]
+    enum OldMove {
+        SetState { state: ShardState },
+        SetTags { tags: Vec<(String, String)> },
+    }
+
+    #[test]
+    fn registry_changes_written_as_moves_still_decode() {
+        let old = encode(
+            "command",
+            &OldCommand::Move(OldMove::SetState {
+                state: ShardState::Inactive,
+            }),
+        )
+        .unwrap();
+        let c: Command = decode("command", &old).unwrap();
+        assert_eq!(
+            c,
+            Command::Registry(RegistryCommand::SetState {
+                state: ShardState::Inactive
+            })
+        );
+        let old = encode(
+            "command",
+            &OldCommand::Move(OldMove::SetTags {
+                tags: vec![("a".into(), String::new())],
+            }),
+        )
+        .unwrap();
+        let c: Command = decode("command", &old).unwrap();
+        assert_eq!(
+            c,
+            Command::Registry(RegistryCommand::SetTags {
+                tags: vec![("a".into(), String::new())]
+            })
+        );
+    }
+}

@@ -1,0 +1,79 @@
+//! State machine metadata: the applied log id, the membership and the shard descriptor, kept in
+//! memory and in the `sm` column family, and written in the same batch as the entries they
+//! reflect.
+
+use rocksdb::WriteBatch;
+
+use crate::db::{Db, CF_SM};
+use crate::descriptor::ShardDescriptor;
+use crate::error::{decode, encode, Result};
+use crate::raft_types::{LogId, StoredMembership};
+
+pub const KEY_APPLIED: &[u8] = b"applied";
+pub const KEY_MEMBERSHIP: &[u8] = b"membership";
+pub const KEY_DESCRIPTOR: &[u8] = b"descriptor";
+
+/// State machine metadata kept in memory and in the `sm` family.
+#[derive(Debug, Clone, Default)]
+pub struct SmMeta {
+    pub applied: Option<LogId>,
+    pub membership: StoredMembership,
+    pub descriptor: ShardDescriptor,
+}
+
+impl SmMeta {
+    pub fn load(db: &Db, shard: unikv_types::ShardId) -> Result<Self> {
+        Self::load_with(shard, |k| db.raw().get_cf(db.cf(CF_SM), k))
+    }
+
+    /// Loads the metadata as of a RocksDB snapshot.
+    pub fn load_at(
+        db: &Db,
+        snap: &rocksdb::Snapshot<'_>,
+        shard: unikv_types::ShardId,
+    ) -> Result<Self> {
+        Self::load_with(shard, |k| {
+            let mut ro = rocksdb::ReadOptions::default();
+            ro.set_snapshot(snap);
+            db.raw().get_cf_opt(db.cf(CF_SM), k, &ro)
+        })
+    }
+
+    fn load_with(
+        shard: unikv_types::ShardId,
+        get: impl Fn(&[u8]) -> std::result::Result<Option<Vec<u8>>, rocksdb::Error>,
+    ) -> Result<Self> {
+        let applied = match get(KEY_APPLIED)? {
+            Some(b) => decode("applied", &b)?,
+            None => None,
+        };
+        let membership = match get(KEY_MEMBERSHIP)? {
+            Some(b) => decode("membership", &b)?,
+            None => StoredMembership::default(),
+        };
+        let descriptor = match get(KEY_DESCRIPTOR)? {
+            Some(b) => decode("descriptor", &b)?,
+            None => ShardDescriptor::new(shard),
+        };
+        Ok(Self {
+            applied,
+            membership,
+            descriptor,
+        })
+    }
+
+    /// Adds the applied log id alone to `batch` (membership and descriptor unchanged).
+    pub fn write_applied_to(&self, db: &Db, batch: &mut WriteBatch) -> Result<()> {
+        batch.put_cf(db.cf(CF_SM), KEY_APPLIED, encode("applied", &self.applied)?);
+        Ok(())
+    }
+
+    /// Adds this metadata to `batch`.
+    pub fn write_to(&self, db: &Db, batch: &mut WriteBatch) -> Result<()> {
+        let cf = db.cf(CF_SM);
+        batch.put_cf(cf, KEY_APPLIED, encode("applied", &self.applied)?);
+        batch.put_cf(cf, KEY_MEMBERSHIP, encode("membership", &self.membership)?);
+        batch.put_cf(cf, KEY_DESCRIPTOR, encode("descriptor", &self.descriptor)?);
+        Ok(())
+    }
+}
