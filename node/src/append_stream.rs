@@ -66,7 +66,7 @@ where
     let (send, recv) = transport
         .open(addr, rpc_kind::APPEND_STREAM, ttl)
         .await
-        .map_err(crate::raft_net::to_rpc_error)?;
+        .map_err(crate::raft_errors::to_rpc_error)?;
     let window = Arc::new(Semaphore::new(WINDOW));
     let sent = Arc::new(AtomicU64::new(0));
     let wrote = Arc::new(Notify::new());

@@ -278,6 +278,17 @@ impl Config {
     }
 }
 
+/// Resolves `host:port`, preferring IPv4 (so `localhost` means 127.0.0.1).
+pub async fn resolve(addr: &str) -> Result<std::net::SocketAddr> {
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| Error::Config(format!("{addr} does not resolve")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

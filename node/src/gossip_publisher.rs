@@ -13,14 +13,15 @@ use tokio::sync::watch;
 use unikv_gossip::{Gossip, GossipConfig, MemberKind, NodeState};
 use unikv_types::{Epoch, Role, SlotRange};
 
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::service::Node;
-use crate::Config;
 
 /// Starts gossip for a node.
 pub async fn start(config: &Config) -> Result<Gossip> {
-    let listen = crate::resolve(&format!("{}:{}", config.http_host, config.gossip_port())).await?;
-    let advertise = crate::resolve(&format!(
+    let listen =
+        crate::config::resolve(&format!("{}:{}", config.http_host, config.gossip_port())).await?;
+    let advertise = crate::config::resolve(&format!(
         "{}:{}",
         config.advertise_host(),
         config.gossip_port()

@@ -2,15 +2,17 @@
 //!
 //! `run` wires the parts together: RocksDB storage (`unikv-storage`), openraft over QUIC
 //! (`raft_net`, `rpc`), the request logic (`service`), bootstrap of a fresh group
-//! (`bootstrap`) and the HTTP API (`http`). It takes a bound HTTP listener and a shutdown
+//! (`bootstrap`), online resharding (`rebalance`), gossip (`gossip_publisher`) and the HTTP API
+//! (`http`). It takes a bound HTTP listener and a shutdown
 //! future so tests can run nodes in-process on port 0.
 
 pub mod append_stream;
 pub mod bootstrap;
 pub mod config;
 pub mod error;
+pub mod gossip_publisher;
 pub mod http;
-pub mod membership_gossip;
+pub mod raft_errors;
 pub mod raft_net;
 pub mod rebalance;
 pub mod rpc;
@@ -19,7 +21,6 @@ pub mod status;
 pub mod vote_hold;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -30,17 +31,6 @@ use unikv_storage::NodeAddr;
 pub use config::Config;
 pub use error::{Error, Result};
 pub use service::Node;
-
-/// Resolves `host:port`, preferring IPv4 (so `localhost` means 127.0.0.1).
-pub async fn resolve(addr: &str) -> Result<SocketAddr> {
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or(addrs.first())
-        .copied()
-        .ok_or_else(|| Error::Config(format!("{addr} does not resolve")))
-}
 
 /// Runs a node until `shutdown` completes, then stops Raft, the RPC server and HTTP cleanly.
 pub async fn run(
@@ -60,7 +50,7 @@ pub async fn run(
         &config.tls_dir(),
         &format!("node-{}-{}", config.shard_id, config.node_id),
     )?;
-    let quic_addr = resolve(&config.raft_addr).await?;
+    let quic_addr = config::resolve(&config.raft_addr).await?;
     let transport = Transport::bind(quic_addr, &tls)?;
     let raft_config = Arc::new(config.raft_config()?);
     let network = raft_net::Network {
@@ -70,7 +60,7 @@ pub async fn run(
     let raft = service::Raft::new(config.node(), raft_config, network, log_store, sm)
         .await
         .map_err(|e| Error::Raft(e.to_string()))?;
-    let gossip = membership_gossip::start(&config).await?;
+    let gossip = gossip_publisher::start(&config).await?;
     let me = NodeAddr {
         raft: config.raft_addr.clone(),
         http: config.http_addr(),
@@ -83,7 +73,6 @@ pub async fn run(
         transport: transport.clone(),
         me,
         gossip,
-        rebalance: Default::default(),
         vote_hold,
     });
     tracing::info!(
@@ -91,10 +80,15 @@ pub async fn run(
         http = %http.local_addr()?, data = %data_dir.display(), "node starting"
     );
 
+    let rebalancer = Arc::new(rebalance::Rebalancer::new(node.clone()));
+
     let (stop_tx, stop_rx) = watch::channel(false);
     let rpc_task = {
         let transport = transport.clone();
-        let handler = Arc::new(rpc::RpcHandler { node: node.clone() });
+        let handler = Arc::new(rpc::RpcHandler {
+            node: node.clone(),
+            rebalancer: rebalancer.clone(),
+        });
         let mut rx = stop_rx.clone();
         tokio::spawn(async move {
             transport
@@ -104,12 +98,12 @@ pub async fn run(
                 .await
         })
     };
-    let publisher = membership_gossip::spawn_publisher(node.clone(), stop_rx.clone());
+    let publisher = gossip_publisher::spawn_publisher(node.clone(), stop_rx.clone());
     bootstrap::initialize_if_fresh(&node).await?;
     let claim_task = bootstrap::spawn_slot_claim(node.clone(), stop_rx.clone());
-    let rebalance_task = rebalance::spawn(node.clone(), stop_rx.clone());
+    let rebalance_task = rebalancer.spawn(stop_rx.clone());
 
-    let app = http::router(node.clone());
+    let app = http::router(node.clone()).merge(rebalancer.routes());
     let mut rx = stop_rx.clone();
     let http_task = tokio::spawn(async move {
         axum::serve(http, app)

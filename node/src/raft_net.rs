@@ -19,10 +19,11 @@ use openraft::raft::{
 use openraft::OptionalSend;
 use tokio::io::AsyncWriteExt;
 use unikv_net::Transport;
-use unikv_storage::raft_types::{Snapshot, SnapshotMeta, Vote};
-use unikv_storage::{NodeAddr, SnapshotFile, TypeConfig};
+use unikv_storage::raft_types::{SnapshotMeta, Vote};
+use unikv_storage::{NodeAddr, Snapshot, SnapshotFile, TypeConfig};
 use unikv_types::{rpc_kind, NodeId};
 
+use crate::raft_errors::to_rpc_error;
 use crate::vote_hold::VoteHold;
 
 /// Opening the snapshot stream must fail fast when the peer is down: openraft retries after a
@@ -77,14 +78,6 @@ pub struct SnapshotHead {
     pub vote: Vote,
     pub meta: SnapshotMeta,
     pub len: u64,
-}
-
-pub(crate) fn to_rpc_error(e: unikv_net::Error) -> RPCError<TypeConfig> {
-    if e.is_unreachable() {
-        RPCError::Unreachable(Unreachable::new(&e))
-    } else {
-        RPCError::Network(NetworkError::new(&e))
-    }
 }
 
 impl PeerClient {

@@ -17,10 +17,13 @@ use unikv_types::{rpc_kind, KvError, KvReply, KvRequest};
 const MAX_KV_BATCH: usize = 1024;
 
 use crate::raft_net::SnapshotHead;
+use crate::rebalance::Rebalancer;
 use crate::service::{AdminRequest, Node};
 
 pub struct RpcHandler {
     pub node: Arc<Node>,
+    /// Serves the slot-move and shard-admin kinds.
+    pub rebalancer: Arc<Rebalancer>,
 }
 
 impl Handler for RpcHandler {
@@ -106,23 +109,19 @@ impl RpcHandler {
             }
             rpc_kind::MOVE_IN => {
                 let req = inc.read().await?;
-                inc.reply(&crate::rebalance::receive::handle_move_in(node, req).await)
-                    .await
+                inc.reply(&self.rebalancer.move_in(req).await).await
             }
             rpc_kind::MOVE_STATUS => {
                 let req = inc.read().await?;
-                inc.reply(&crate::rebalance::receive::handle_status(node, req).await)
-                    .await
+                inc.reply(&self.rebalancer.move_status(req).await).await
             }
             rpc_kind::MOVE_ACTIVATE => {
                 let req = inc.read().await?;
-                inc.reply(&crate::rebalance::receive::handle_activate(node, req).await)
-                    .await
+                inc.reply(&self.rebalancer.activate(req).await).await
             }
             rpc_kind::SHARD_ADMIN => {
                 let req = inc.read().await?;
-                inc.reply(&crate::rebalance::admin::handle_shard_admin(node, req).await)
-                    .await
+                inc.reply(&self.rebalancer.shard_admin(req).await).await
             }
             other => {
                 tracing::warn!(kind = other, remote = %inc.remote, "unknown rpc kind");

@@ -3,7 +3,6 @@
 //! member via ReadIndex), membership changes, and the facts `/raft/status` reports.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
@@ -70,7 +69,6 @@ pub struct Node {
     pub me: NodeAddr,
     pub limits: Limits,
     pub gossip: unikv_gossip::Gossip,
-    pub rebalance: crate::rebalance::Rebalance,
     /// Refuses votes for one lease after a restart (see `vote_hold`).
     pub vote_hold: crate::vote_hold::VoteHold,
 }

@@ -100,7 +100,7 @@ fn own_shard(node: &Node, view: &unikv_gossip::ClusterView) -> (Value, u64) {
             let g = gossip_members.iter().find(|g| g.node_id == *id);
             let live = *id == node.id() || g.is_some_and(|g| g.live);
             let role = if *id == node.id() {
-                crate::membership_gossip::role_of(m.state).as_str()
+                crate::gossip_publisher::role_of(m.state).as_str()
             } else {
                 g.map(|g| g.role.as_str()).unwrap_or("unknown")
             };

@@ -13,7 +13,6 @@ use axum::Router;
 use unikv_http as reply;
 pub use unikv_http::ApiError;
 
-use crate::rebalance::admin as rb;
 use crate::service::Node;
 
 pub fn router(node: Arc<Node>) -> Router {
@@ -63,35 +62,6 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(
             "/health",
             get(admin::health).fallback(reply::method_not_allowed),
-        )
-        .route(
-            "/addshard",
-            get(rb::addshard)
-                .post(rb::addshard)
-                .fallback(reply::method_not_allowed),
-        )
-        .route(
-            "/removeshard",
-            get(rb::removeshard)
-                .post(rb::removeshard)
-                .fallback(reply::method_not_allowed),
-        )
-        .route(
-            "/moveslot",
-            get(rb::moveslot)
-                .post(rb::moveslot)
-                .fallback(reply::method_not_allowed),
-        )
-        .route(
-            "/shard/tags",
-            get(rb::tags)
-                .post(rb::tags)
-                .fallback(reply::method_not_allowed),
-        )
-        .route("/stats", get(rb::stats).fallback(reply::method_not_allowed))
-        .route(
-            "/rebalance/status",
-            get(rb::rebalance_status).fallback(reply::method_not_allowed),
         )
         .fallback(reply::not_found)
         .with_state(node)

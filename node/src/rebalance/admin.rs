@@ -11,19 +11,22 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{json, Value};
 use unikv_http::{ok, ApiError, Params};
-use unikv_storage::{Command, MoveCommand};
+use unikv_storage::{Command, RegistryCommand};
 use unikv_types::{rpc_kind, KvError, ShardId, ShardState, Slot, SLOT_COUNT};
 
+use super::handoff;
+use super::messages::ShardAdmin;
 use super::peer::call_shard;
 use super::planner::Shares;
-use super::{handoff, ShardAdmin};
+use super::rebalancer::Rebalancer;
 use crate::service::Node;
 
 const MAX_BODY: usize = 64 * 1024;
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Executes a registry change or explicit move on this node, which must lead its shard.
-pub async fn handle_shard_admin(node: &Arc<Node>, req: ShardAdmin) -> Result<Value, KvError> {
+pub async fn handle_shard_admin(rb: &Rebalancer, req: ShardAdmin) -> Result<Value, KvError> {
+    let node = &rb.node;
     if !node.is_leader() {
         return Err(KvError::NotLeader {
             shard: node.shard(),
@@ -32,17 +35,17 @@ pub async fn handle_shard_admin(node: &Arc<Node>, req: ShardAdmin) -> Result<Val
     }
     match req {
         ShardAdmin::SetState(state) => {
-            node.propose(Command::Move(MoveCommand::SetState { state }))
+            node.propose(Command::Registry(RegistryCommand::SetState { state }))
                 .await?;
             Ok(json!({"shard": node.shard().0, "state": state.as_str()}))
         }
         ShardAdmin::SetTags(tags) => {
-            node.propose(Command::Move(MoveCommand::SetTags { tags }))
+            node.propose(Command::Registry(RegistryCommand::SetTags { tags }))
                 .await?;
             Ok(json!({"shard": node.shard().0, "tags": node.store.descriptor().tags}))
         }
         ShardAdmin::MoveSlot { slot, to } => {
-            let epoch = handoff::move_now(node, slot, to).await?;
+            let epoch = handoff::move_now(rb, slot, to).await?;
             Ok(json!({"slot": slot, "from": node.shard().0, "to": to.0, "epoch": epoch.0}))
         }
     }
@@ -60,9 +63,10 @@ fn shard_param(p: &Params, name: &str) -> Result<ShardId, ApiError> {
 }
 
 /// Runs `req` on the leader of `shard` (this node if it is that leader).
-async fn on_shard(node: &Arc<Node>, shard: ShardId, req: ShardAdmin) -> Result<Value, ApiError> {
+async fn on_shard(rb: &Rebalancer, shard: ShardId, req: ShardAdmin) -> Result<Value, ApiError> {
+    let node = &rb.node;
     if shard == node.shard() && node.is_leader() {
-        return Ok(handle_shard_admin(node, req).await?);
+        return Ok(handle_shard_admin(rb, req).await?);
     }
     Ok(call_shard::<_, Value>(node, shard, rpc_kind::SHARD_ADMIN, &req, ADMIN_TIMEOUT).await?)
 }
@@ -82,11 +86,15 @@ fn states(node: &Node) -> Vec<(ShardId, ShardState)> {
     out
 }
 
-pub async fn addshard(State(node): State<Arc<Node>>, req: Request) -> Result<Response, ApiError> {
+pub async fn addshard(
+    State(rb): State<Arc<Rebalancer>>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let node = &rb.node;
     let p = Params::from_request(req, MAX_BODY).await?;
     let shard = shard_param(&p, "shardID")?;
     let addr = p.required("shardAddress")?.trim().to_string();
-    if states(&node)
+    if states(node)
         .iter()
         .any(|(id, st)| *id == shard && matches!(st, ShardState::Active | ShardState::Draining))
     {
@@ -129,7 +137,7 @@ pub async fn addshard(State(node): State<Arc<Node>>, req: Request) -> Result<Res
                     ApiError::bad_request("unreachable", format!("shard {shard}'s leader: {e}"))
                 })??
         }
-        _ => on_shard(&node, shard, req).await?,
+        _ => on_shard(&rb, shard, req).await?,
     };
     tracing::info!(shard = %shard, %addr, "shard added");
     Ok(ok(
@@ -150,12 +158,13 @@ async fn probe(addr: &str) -> Result<Value, String> {
 }
 
 pub async fn removeshard(
-    State(node): State<Arc<Node>>,
+    State(rb): State<Arc<Rebalancer>>,
     req: Request,
 ) -> Result<Response, ApiError> {
+    let node = &rb.node;
     let p = Params::from_request(req, MAX_BODY).await?;
     let shard = shard_param(&p, "shardID")?;
-    let all = states(&node);
+    let all = states(node);
     let Some((_, state)) = all.iter().find(|(id, _)| *id == shard) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -178,14 +187,18 @@ pub async fn removeshard(
             format!("shard {shard} is the last active shard; its slots would have nowhere to go"),
         ));
     }
-    let res = on_shard(&node, shard, ShardAdmin::SetState(ShardState::Draining)).await?;
+    let res = on_shard(&rb, shard, ShardAdmin::SetState(ShardState::Draining)).await?;
     tracing::info!(shard = %shard, "shard draining");
     Ok(ok(
         json!({"ok": true, "shard": shard.0, "state": "draining", "result": res}),
     ))
 }
 
-pub async fn moveslot(State(node): State<Arc<Node>>, req: Request) -> Result<Response, ApiError> {
+pub async fn moveslot(
+    State(rb): State<Arc<Rebalancer>>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let node = &rb.node;
     let p = Params::from_request(req, MAX_BODY).await?;
     let slot = p.u64("slot")?;
     if slot >= u64::from(SLOT_COUNT) {
@@ -196,7 +209,7 @@ pub async fn moveslot(State(node): State<Arc<Node>>, req: Request) -> Result<Res
     }
     let slot = slot as Slot;
     let to = shard_param(&p, "to")?;
-    let target_state = states(&node)
+    let target_state = states(node)
         .into_iter()
         .find(|(id, _)| *id == to)
         .map(|(_, s)| s);
@@ -235,11 +248,12 @@ pub async fn moveslot(State(node): State<Arc<Node>>, req: Request) -> Result<Res
             format!("slot {slot} is already owned by shard {to}"),
         ));
     }
-    let res = on_shard(&node, owner, ShardAdmin::MoveSlot { slot, to }).await?;
+    let res = on_shard(&rb, owner, ShardAdmin::MoveSlot { slot, to }).await?;
     Ok(ok(json!({"ok": true, "result": res})))
 }
 
-pub async fn tags(State(node): State<Arc<Node>>, req: Request) -> Result<Response, ApiError> {
+pub async fn tags(State(rb): State<Arc<Rebalancer>>, req: Request) -> Result<Response, ApiError> {
+    let node = &rb.node;
     let p = Params::from_request(req, MAX_BODY).await?;
     let shard = shard_param(&p, "shardID")?;
     let mut tags: Vec<(String, String)> = Vec::new();
@@ -266,22 +280,23 @@ pub async fn tags(State(node): State<Arc<Node>>, req: Request) -> Result<Respons
             "give tags as name=value parameters",
         ));
     }
-    if !states(&node).iter().any(|(id, _)| *id == shard) {
+    if !states(node).iter().any(|(id, _)| *id == shard) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_shard",
             format!("no shard {shard} in the cluster"),
         ));
     }
-    let res = on_shard(&node, shard, ShardAdmin::SetTags(tags)).await?;
+    let res = on_shard(&rb, shard, ShardAdmin::SetTags(tags)).await?;
     Ok(ok(json!({"ok": true, "result": res})))
 }
 
-pub async fn stats(State(node): State<Arc<Node>>, req: Request) -> Result<Response, ApiError> {
+pub async fn stats(State(rb): State<Arc<Rebalancer>>, req: Request) -> Result<Response, ApiError> {
+    let node = &rb.node;
     let p = Params::from_request(req, MAX_BODY).await?;
     let view = node.gossip.view();
     let d = node.store.descriptor();
-    let (keys, bytes) = crate::membership_gossip::shard_totals(&node);
+    let (keys, bytes) = crate::gossip_publisher::shard_totals(node);
     let mut shards: Vec<Value> = view
         .shards
         .values()
@@ -322,11 +337,12 @@ pub async fn stats(State(node): State<Arc<Node>>, req: Request) -> Result<Respon
     Ok(ok(json!({"version": version, "shards": shards})))
 }
 
-pub async fn rebalance_status(State(node): State<Arc<Node>>) -> Response {
+pub async fn rebalance_status(State(rb): State<Arc<Rebalancer>>) -> Response {
+    let node = &rb.node;
     let d = node.store.descriptor();
     let view = node.gossip.view();
     let shares = Shares::new(&view, &d);
-    let r = &node.rebalance;
+    let r = &*rb;
     ok(json!({
         "shard": node.shard().0,
         "state": d.state.as_str(),

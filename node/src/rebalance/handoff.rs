@@ -8,12 +8,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use unikv_storage::descriptor::Handoff;
-use unikv_storage::{Command, MoveCommand};
+use unikv_storage::{Command, MoveCommand, Outgoing};
 use unikv_types::{rpc_kind, Epoch, KvError, ShardId, ShardState, Slot};
 
+use super::messages::{ActivateRequest, MoveIn};
 use super::peer::call_shard;
-use super::{lock, ActivateRequest, MoveIn};
+use super::rebalancer::{lock, Rebalancer};
 use crate::service::Node;
 
 /// A target shard unreachable for this long makes the source abort the hand-off.
@@ -21,25 +21,26 @@ const ABORT_AFTER: Duration = Duration::from_secs(30);
 
 /// Starts a hand-off task for `slot` unless one runs already. `handoff` is the hand-off
 /// already committed (resume) or `None` to start one towards `to`.
-pub fn spawn(node: Arc<Node>, slot: Slot, handoff: Option<Handoff>, to: ShardId) {
-    if !lock(&node.rebalance.running).insert(slot) {
+pub fn spawn(rb: Arc<Rebalancer>, slot: Slot, handoff: Option<Outgoing>, to: ShardId) {
+    if !lock(&rb.running).insert(slot) {
         return;
     }
     tokio::spawn(async move {
+        let node = &rb.node;
         let (mut slot, mut handoff, mut to) = (slot, handoff, to);
         loop {
-            let res = run(&node, slot, handoff, to).await;
+            let res = run(&rb, slot, handoff, to).await;
             if let Err(e) = &res {
                 tracing::warn!(shard = %node.shard(), slot, to = %to, error = %e, "slot hand-off stopped");
             }
-            lock(&node.rebalance.running).remove(&slot);
+            lock(&rb.running).remove(&slot);
             // Keep this worker busy with the next planned move instead of waiting for a tick.
             if res.is_err() || !node.is_leader() {
                 return;
             }
-            let next = lock(&node.rebalance.queue).pop_front();
+            let next = lock(&rb.queue).pop_front();
             let Some((s, t)) = next else { return };
-            if !lock(&node.rebalance.running).insert(s) {
+            if !lock(&rb.running).insert(s) {
                 return;
             }
             (slot, handoff, to) = (s, None, t);
@@ -49,24 +50,25 @@ pub fn spawn(node: Arc<Node>, slot: Slot, handoff: Option<Handoff>, to: ShardId)
 
 /// Moves `slot` to `to` and waits until the hand-off is done (or refused); used by
 /// `/moveslot`, which answers only once the move finished.
-pub async fn move_now(node: &Arc<Node>, slot: Slot, to: ShardId) -> Result<Epoch, KvError> {
-    if !lock(&node.rebalance.running).insert(slot) {
+pub async fn move_now(rb: &Rebalancer, slot: Slot, to: ShardId) -> Result<Epoch, KvError> {
+    if !lock(&rb.running).insert(slot) {
         return Err(KvError::BadRequest {
             code: "slot_moving".into(),
             message: format!("slot {slot} is already moving"),
         });
     }
-    let res = run(node, slot, None, to).await;
-    lock(&node.rebalance.running).remove(&slot);
+    let res = run(rb, slot, None, to).await;
+    lock(&rb.running).remove(&slot);
     res
 }
 
 async fn run(
-    node: &Arc<Node>,
+    rb: &Rebalancer,
     slot: Slot,
-    handoff: Option<Handoff>,
+    handoff: Option<Outgoing>,
     to: ShardId,
 ) -> Result<Epoch, KvError> {
+    let node = &rb.node;
     let (h, frozen_at) = match handoff {
         Some(h) => (h, None),
         None => (start(node, slot, to).await?, Some(Instant::now())),
@@ -92,7 +94,7 @@ async fn run(
         }
         match call_shard::<_, ()>(
             node,
-            h.peer,
+            h.target,
             rpc_kind::MOVE_IN,
             &msg,
             Duration::from_secs(5),
@@ -101,8 +103,8 @@ async fn run(
         {
             Ok(()) => break,
             Err(KvError::BadRequest { message, .. }) => {
-                tracing::warn!(shard = %node.shard(), slot, to = %h.peer, %message, "target refused the slot; aborting");
-                abort(node, slot, h.epoch).await?;
+                tracing::warn!(shard = %node.shard(), slot, to = %h.target, %message, "target refused the slot; aborting");
+                abort(rb, slot, h.epoch).await?;
                 return Err(KvError::BadRequest {
                     code: "move_refused".into(),
                     message,
@@ -112,14 +114,14 @@ async fn run(
                 let unreachable = node
                     .gossip
                     .view()
-                    .shard(h.peer)
+                    .shard(h.target)
                     .is_none_or(|s| s.state == ShardState::Unreachable);
                 let since = *unreachable_since.get_or_insert_with(Instant::now);
                 if !unreachable {
                     unreachable_since = None;
                 } else if since.elapsed() > ABORT_AFTER {
-                    tracing::warn!(shard = %node.shard(), slot, to = %h.peer, error = %e, "target unreachable; aborting the hand-off");
-                    abort(node, slot, h.epoch).await?;
+                    tracing::warn!(shard = %node.shard(), slot, to = %h.target, error = %e, "target unreachable; aborting the hand-off");
+                    abort(rb, slot, h.epoch).await?;
                     return Err(e);
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -131,9 +133,9 @@ async fn run(
         epoch: h.epoch,
     }))
     .await?;
-    node.rebalance.record(bytes);
-    lock(&node.rebalance.settling).push((slot, h.peer, Instant::now()));
-    tracing::debug!(shard = %node.shard(), slot, to = %h.peer, epoch = %h.epoch, bytes, "slot handed off");
+    rb.record(bytes);
+    lock(&rb.settling).push((slot, h.target, Instant::now()));
+    tracing::debug!(shard = %node.shard(), slot, to = %h.target, epoch = %h.epoch, bytes, "slot handed off");
     // Best effort: the target also asks on its own if this nudge is lost.
     let nudge = ActivateRequest {
         slot,
@@ -141,20 +143,20 @@ async fn run(
     };
     let activated = call_shard::<_, ()>(
         node,
-        h.peer,
+        h.target,
         rpc_kind::MOVE_ACTIVATE,
         &nudge,
         Duration::from_secs(2),
     )
     .await;
     if let (Some(t), Ok(())) = (frozen_at, activated) {
-        node.rebalance.record_pause(t.elapsed());
+        rb.record_pause(t.elapsed());
     }
     Ok(h.epoch)
 }
 
 /// Commits `Out` for `slot` (freezing it) at the next epoch.
-async fn start(node: &Node, slot: Slot, to: ShardId) -> Result<Handoff, KvError> {
+async fn start(node: &Node, slot: Slot, to: ShardId) -> Result<Outgoing, KvError> {
     let d = node.store.descriptor();
     let Some(current) = d.owns(slot) else {
         return Err(KvError::BadRequest {
@@ -162,8 +164,8 @@ async fn start(node: &Node, slot: Slot, to: ShardId) -> Result<Handoff, KvError>
             message: format!("slot {slot} is not owned by shard {}", node.shard()),
         });
     };
-    let h = Handoff {
-        peer: to,
+    let h = Outgoing {
+        target: to,
         epoch: Epoch(current.0 + 1),
     };
     node.propose(Command::Move(MoveCommand::Out {
@@ -175,9 +177,10 @@ async fn start(node: &Node, slot: Slot, to: ShardId) -> Result<Handoff, KvError>
     Ok(h)
 }
 
-async fn abort(node: &Node, slot: Slot, epoch: Epoch) -> Result<(), KvError> {
-    node.propose(Command::Move(MoveCommand::Abort { slot, epoch }))
+async fn abort(rb: &Rebalancer, slot: Slot, epoch: Epoch) -> Result<(), KvError> {
+    rb.node
+        .propose(Command::Move(MoveCommand::Abort { slot, epoch }))
         .await?;
-    node.rebalance.aborted.fetch_add(1, Relaxed);
+    rb.aborted.fetch_add(1, Relaxed);
     Ok(())
 }

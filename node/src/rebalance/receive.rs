@@ -8,12 +8,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use unikv_storage::descriptor::Handoff;
-use unikv_storage::{Command, MoveCommand};
+use unikv_storage::{Command, Forward, Incoming, MoveCommand, Outgoing};
 use unikv_types::{rpc_kind, KvError, KvReply, Slot};
 
+use super::messages::{ActivateRequest, MoveIn, MoveStatus, MoveStatusRequest};
 use super::peer::call_shard;
-use super::{lock, ActivateRequest, MoveIn, MoveStatus, MoveStatusRequest};
+use super::rebalancer::{lock, Rebalancer};
 use crate::service::Node;
 
 fn done(r: Result<KvReply, KvError>) -> Result<(), KvError> {
@@ -54,34 +54,34 @@ pub async fn handle_activate(node: &Node, a: ActivateRequest) -> Result<(), KvEr
 pub async fn handle_status(node: &Node, q: MoveStatusRequest) -> Result<MoveStatus, KvError> {
     node.lead_barrier().await?;
     let d = node.store.descriptor();
-    let h = Handoff {
-        peer: q.target,
-        epoch: q.epoch,
-    };
-    Ok(if d.forwards.get(&q.slot) == Some(&h) {
-        MoveStatus::Done
-    } else if d.outgoing.get(&q.slot) == Some(&h) {
-        MoveStatus::Pending
-    } else {
-        MoveStatus::Aborted
-    })
+    let (target, epoch) = (q.target, q.epoch);
+    Ok(
+        if d.forwards.get(&q.slot) == Some(&Forward { target, epoch }) {
+            MoveStatus::Done
+        } else if d.outgoing.get(&q.slot) == Some(&Outgoing { target, epoch }) {
+            MoveStatus::Pending
+        } else {
+            MoveStatus::Aborted
+        },
+    )
 }
 
 /// Asks the source about a received slot and activates or drops it; one check per slot at a
 /// time.
-pub fn spawn_activation_check(node: Arc<Node>, slot: Slot, h: Handoff) {
-    if !lock(&node.rebalance.activating).insert(slot) {
+pub fn spawn_activation_check(rb: Arc<Rebalancer>, slot: Slot, h: Incoming) {
+    if !lock(&rb.activating).insert(slot) {
         return;
     }
     tokio::spawn(async move {
+        let node = &rb.node;
         let q = MoveStatusRequest {
             slot,
             epoch: h.epoch,
             target: node.shard(),
         };
         let status = call_shard::<_, MoveStatus>(
-            &node,
-            h.peer,
+            node,
+            h.source,
             rpc_kind::MOVE_STATUS,
             &q,
             Duration::from_secs(3),
@@ -106,6 +106,6 @@ pub fn spawn_activation_check(node: Arc<Node>, slot: Slot, h: Handoff) {
             // Pending (or the source is unreachable): look again a little later.
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        lock(&node.rebalance.activating).remove(&slot);
+        lock(&rb.activating).remove(&slot);
     });
 }

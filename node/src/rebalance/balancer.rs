@@ -1,0 +1,93 @@
+//! The balancer loop of a shard leader: every tick it resumes hand-offs left in the descriptor
+//! (after a leader change), starts planned moves up to the parallelism limit, checks received
+//! slots, finishes a drain, and — when nothing is in flight and earlier moves are visible in
+//! gossip — plans the next moves (`planner`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use unikv_storage::{Command, RegistryCommand};
+use unikv_types::ShardState;
+
+use super::rebalancer::{lock, Rebalancer};
+use super::{handoff, planner, receive};
+
+/// Hand-offs a shard leader runs at once. Each frozen slot waits only for its own hand-off.
+pub const PARALLEL_MOVES: usize = 8;
+/// How often the balancer and the resume/activation loops look at the state.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Runs the rebalancing loops until shutdown: resume hand-offs left in the descriptor, start
+/// planned ones, check incoming slots, finish drains, and plan when settled.
+pub fn spawn(
+    rb: Arc<Rebalancer>,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(TICK) => {}
+                _ = shutdown.changed() => return,
+            }
+            if !rb.node.is_leader() {
+                lock(&rb.queue).clear();
+                continue;
+            }
+            tick(&rb).await;
+        }
+    })
+}
+
+async fn tick(rb: &Arc<Rebalancer>) {
+    let node = &rb.node;
+    let d = node.store.descriptor();
+    // Target side: slots received and waiting for the source's word.
+    for (slot, h) in &d.incoming {
+        receive::spawn_activation_check(rb.clone(), *slot, *h);
+    }
+    // Source side: resume hand-offs in the descriptor (e.g. after a leader change).
+    for (slot, h) in &d.outgoing {
+        handoff::spawn(rb.clone(), *slot, Some(*h), h.target);
+    }
+    // Start planned moves up to the parallelism limit.
+    while rb.running() < PARALLEL_MOVES {
+        let next = lock(&rb.queue).pop_front();
+        let Some((slot, to)) = next else { break };
+        handoff::spawn(rb.clone(), slot, None, to);
+    }
+    // A drained shard becomes inactive.
+    if d.state == ShardState::Draining && d.slot_count() == 0 && d.outgoing.is_empty() {
+        let _ = node
+            .propose(Command::Registry(RegistryCommand::SetState {
+                state: ShardState::Inactive,
+            }))
+            .await;
+        tracing::info!(shard = %node.shard(), "drained: now inactive");
+        return;
+    }
+    // Plan only when nothing is in flight here and earlier moves are visible in gossip.
+    if !d.outgoing.is_empty() || rb.running() > 0 || rb.queued() > 0 {
+        return;
+    }
+    if !settled(rb) {
+        return;
+    }
+    let view = node.gossip.view();
+    let plan = planner::plan(&view, &d);
+    if !plan.is_empty() {
+        tracing::info!(shard = %node.shard(), slots = plan.len(), "rebalance: moving surplus slots");
+        lock(&rb.queue).extend(plan);
+    }
+}
+
+/// Whether every finished hand-off is visible in the gossip view (or old enough to stop
+/// waiting), so the next plan starts from an up-to-date picture.
+fn settled(rb: &Rebalancer) -> bool {
+    let view = rb.node.gossip.view();
+    let mut settling = lock(&rb.settling);
+    settling.retain(|(slot, to, at)| {
+        at.elapsed() < Duration::from_secs(10) && view.owner_of(*slot).map(|(s, _)| s) != Some(*to)
+    });
+    settling.is_empty()
+}

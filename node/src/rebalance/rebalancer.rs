@@ -1,0 +1,94 @@
+//! The state of this node's rebalancing: which hand-offs and activation checks run, the planned
+//! moves, and what was moved. Every part of `rebalance` works on it; it knows nothing of them.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use unikv_types::{ShardId, Slot};
+
+use crate::service::Node;
+
+/// The rebalancing work of this node: the node it acts for and the in-memory bookkeeping of its
+/// hand-offs (counters are since this process started).
+pub struct Rebalancer {
+    pub node: Arc<Node>,
+    /// Slots with a hand-off task running on this node.
+    pub(super) running: Mutex<HashSet<Slot>>,
+    /// Incoming slots with an activation check running.
+    pub(super) activating: Mutex<HashSet<Slot>>,
+    /// Planned moves not yet started.
+    pub(super) queue: Mutex<VecDeque<(Slot, ShardId)>>,
+    /// Slots whose hand-off finished and which the gossip view may not show at the target yet.
+    pub(super) settling: Mutex<Vec<(Slot, ShardId, Instant)>>,
+    pub moved_slots: AtomicU64,
+    pub moved_bytes: AtomicU64,
+    pub aborted: AtomicU64,
+    pub(super) first_move: Mutex<Option<Instant>>,
+    /// Write pause of recent hand-offs started here: from `Out` applied to the target's
+    /// `Activate` acknowledged (the newest 4096).
+    pub(super) pauses: Mutex<VecDeque<Duration>>,
+}
+
+impl Rebalancer {
+    pub fn new(node: Arc<Node>) -> Self {
+        Rebalancer {
+            node,
+            running: Default::default(),
+            activating: Default::default(),
+            queue: Default::default(),
+            settling: Default::default(),
+            moved_slots: Default::default(),
+            moved_bytes: Default::default(),
+            aborted: Default::default(),
+            first_move: Default::default(),
+            pauses: Default::default(),
+        }
+    }
+
+    pub fn queued(&self) -> usize {
+        lock(&self.queue).len()
+    }
+
+    pub fn running(&self) -> usize {
+        lock(&self.running).len()
+    }
+
+    /// Bytes moved per second since the first hand-off this process made.
+    pub fn rate(&self) -> f64 {
+        match *lock(&self.first_move) {
+            Some(t) => self.moved_bytes.load(Relaxed) as f64 / t.elapsed().as_secs_f64().max(0.001),
+            None => 0.0,
+        }
+    }
+
+    pub(super) fn record_pause(&self, d: Duration) {
+        let mut p = lock(&self.pauses);
+        if p.len() == 4096 {
+            p.pop_front();
+        }
+        p.push_back(d);
+    }
+
+    /// (p50, p99, max) of recent write pauses, in milliseconds.
+    pub fn pause_percentiles(&self) -> Option<(f64, f64, f64)> {
+        let mut v: Vec<Duration> = lock(&self.pauses).iter().copied().collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort();
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1000.0;
+        Some((at(0.5), at(0.99), at(1.0)))
+    }
+
+    pub(super) fn record(&self, bytes: u64) {
+        lock(&self.first_move).get_or_insert_with(Instant::now);
+        self.moved_slots.fetch_add(1, Relaxed);
+        self.moved_bytes.fetch_add(bytes, Relaxed);
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
