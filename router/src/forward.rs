@@ -9,6 +9,11 @@
 //! carries a (client id, seq) that the shard applies at most once; a request keeps the same pair
 //! for all of its attempts. One attempt is capped well below the deadline so a dead node that
 //! never answers cannot eat the whole budget.
+//!
+//! The leader-finding part of the walk (which node next, following `NotLeader`, crossing off
+//! nodes that failed, the redirect cap) is `unikv_types::leader`, shared with the nodes'
+//! calls to other shards; this file adds the router's own concerns around it: owners learned
+//! from `WrongShard`, view waits, sessions, counters, suspects and what a 503 says.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,6 +24,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use unikv_http::ApiError;
 use unikv_net::Transport;
+use unikv_types::leader::{classify, Answer, LeaderWalk, Next};
 use unikv_types::{
     key_slot, rpc_kind, ClientSeq, KvError, KvOp, KvReply, KvRequest, Limits, ShardId,
 };
@@ -125,7 +131,7 @@ impl<B: Backend> Forwarder<B> {
         let is_write = op.is_write();
         let lease = (client.is_none() && is_write).then(|| self.sessions.lease());
         let client = client.or_else(|| lease.as_ref().map(|l| l.client_seq()));
-        let mut req = KvRequest {
+        let req = KvRequest {
             key,
             op,
             client,
@@ -139,9 +145,8 @@ impl<B: Backend> Forwarder<B> {
             last_error: "no shard owns the slot yet".into(),
             maybe_applied: false,
         };
-        // Nodes that failed this request since the shard's nodes were last all tried.
-        let mut tried: Vec<String> = Vec::new();
-        let mut hops = 0u32;
+        // Which of the shard's nodes failed this request in this round, and the redirects.
+        let mut walk = LeaderWalk::new(MAX_HOPS);
         loop {
             let table: Arc<Table> = tables.borrow_and_update().clone();
             let now = Instant::now();
@@ -157,46 +162,44 @@ impl<B: Backend> Forwarder<B> {
             };
             trail.shard = Some(owner.shard);
             let targets = self.routing.targets(&table, owner.shard);
-            let Some(target) = targets.iter().find(|n| !tried.contains(&n.raft)).cloned() else {
-                if targets.is_empty() {
+            let target = match walk.next(&targets) {
+                Next::Try(target) => target,
+                Next::NoCandidates => {
                     trail.last_error = format!("no member of shard {} is known", owner.shard);
                     wait_for_view(&mut tables, deadline.min(now + VIEW_WAIT)).await;
-                } else {
-                    tried.clear();
-                    pause(BACKOFF, deadline).await;
+                    continue;
                 }
-                continue;
+                Next::Exhausted => {
+                    pause(BACKOFF, deadline).await;
+                    continue;
+                }
             };
 
             let budget = deadline.saturating_duration_since(now).min(ATTEMPT_CAP);
             let outcome = self.backend.call(&target.raft, &req, budget).await;
             let shard = owner.shard;
-            match outcome {
-                Ok(Ok(reply)) => {
+            match classify(outcome) {
+                Answer::Reply(reply) => {
                     self.routing.vouch(&target.raft);
                     return Ok(reply);
                 }
-                Ok(Err(KvError::NotLeader { leader, .. })) => {
+                Answer::NotLeader(leader) => {
                     self.counters.redirect();
                     self.routing.vouch(&target.raft);
                     trail.last_error = format!("node {} is not the leader", target.node_id);
-                    match leader.filter(|l| l.raft != target.raft) {
+                    match walk.not_leader(&target, leader) {
                         Some(l) => {
                             tracing::debug!(shard = %shard, slot, leader = %l.raft, "redirected to leader");
                             self.routing.learn_leader(&table, shard, l);
                         }
-                        None => {
-                            self.routing.forget_leader(shard, &target.raft);
-                            tried.push(target.raft);
-                        }
+                        None => self.routing.forget_leader(shard, &target.raft),
                     }
-                    hops += 1;
                 }
-                Ok(Err(KvError::WrongShard {
+                Answer::Other(KvError::WrongShard {
                     owner: new_owner,
                     epoch,
                     ..
-                })) => {
+                }) => {
                     self.counters.redirect();
                     self.routing.vouch(&target.raft);
                     trail.last_error = format!("shard {shard} does not own the slot");
@@ -208,12 +211,12 @@ impl<B: Backend> Forwarder<B> {
                     };
                     tracing::debug!(shard = %shard, slot, owner = ?new_owner, epoch = ?epoch, learned, "wrong shard");
                     if learned {
-                        hops += 1;
+                        walk.hop();
                     } else {
                         wait_for_view(&mut tables, deadline.min(Instant::now() + VIEW_WAIT)).await;
                     }
                 }
-                Ok(Err(e @ (KvError::Unavailable { .. } | KvError::Unknown { .. }))) => {
+                Answer::Unavailable(e) | Answer::Unknown(e) => {
                     // `Unknown` (the leader changed before answering) is retried too: the
                     // request carries a (client id, seq) if it is a write, so resending is safe
                     // and the shard answers with the real outcome.
@@ -225,10 +228,10 @@ impl<B: Backend> Forwarder<B> {
                     }
                     tracing::debug!(shard = %shard, slot, node = %target.raft, error = %e, "retrying");
                     trail.last_error = e.to_string();
-                    tried.push(target.raft);
+                    walk.failed(&target);
                 }
-                Ok(Err(other)) => return Err(other.into()),
-                Err(e) => {
+                Answer::Other(other) => return Err(other.into()),
+                Answer::Lost(e) => {
                     self.counters.retry();
                     if e.is_unreachable() {
                         self.routing.suspect(&target.raft);
@@ -239,11 +242,10 @@ impl<B: Backend> Forwarder<B> {
                     self.routing.forget_leader(shard, &target.raft);
                     tracing::debug!(shard = %shard, slot, node = %target.raft, error = %e, "node did not answer");
                     trail.last_error = format!("node {} ({}): {e}", target.node_id, target.raft);
-                    tried.push(target.raft);
+                    walk.failed(&target);
                 }
             }
-            if hops >= MAX_HOPS {
-                hops = 0;
+            if walk.should_pause() {
                 pause(BACKOFF, deadline).await;
             }
         }

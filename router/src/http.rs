@@ -1,20 +1,21 @@
-//! The router's HTTP API. The KV endpoints take the same parameters, methods and reply shapes as
-//! a node's (`/get`, `/put`, `/append`, `/delete`), so a client can talk to either; `/status`
-//! shows the router's cluster map and `/health` says it is up. Every error is a JSON body
-//! `{"error", "code", ...}`; nothing a client sends can panic the router.
+//! The router's HTTP API. The KV endpoints (`/get`, `/put`, `/append`, `/delete`) are the ones
+//! `unikv_http::kv` defines for nodes too, served here by the [`Forwarder`], so a client can
+//! talk to either; `/status` shows the router's cluster map and `/health` says it is up. Every
+//! error is a JSON body `{"error", "code", ...}`; nothing a client sends can panic the router.
 
+use std::future::Future;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::extract::State;
 use axum::response::Response;
-use axum::routing::{delete, get};
+use axum::routing::get;
 use axum::Router;
 use serde_json::json;
 use tokio::sync::watch;
 use unikv_gossip::ClusterView;
-use unikv_http::{json_ok, method_not_allowed, not_found, ok, ApiError, Params};
-use unikv_types::{KvOp, KvReply, Limits};
+use unikv_http::kv::{self, KvService};
+use unikv_http::{method_not_allowed, not_found, ok, ApiError};
+use unikv_types::{ClientSeq, KvOp, KvReply, Limits};
 
 use crate::forward::{Backend, Forwarder};
 use crate::status::{self, Addresses};
@@ -28,125 +29,33 @@ pub struct App<B> {
     pub limits: Limits,
 }
 
+/// The router's API: the shared KV endpoints (served by forwarding) plus `/status` and
+/// `/health`.
 pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
     Router::new()
-        .route(
-            "/get",
-            get(kv_get::<B>)
-                .post(kv_get::<B>)
-                .fallback(method_not_allowed),
-        )
-        .route(
-            "/put",
-            get(kv_put::<B>)
-                .post(kv_put::<B>)
-                .put(kv_put::<B>)
-                .fallback(method_not_allowed),
-        )
-        .route(
-            "/append",
-            get(kv_append::<B>)
-                .post(kv_append::<B>)
-                .put(kv_append::<B>)
-                .fallback(method_not_allowed),
-        )
-        .route(
-            "/delete",
-            delete(kv_delete::<B>)
-                .post(kv_delete::<B>)
-                .fallback(method_not_allowed),
-        )
         .route(
             "/status",
             get(cluster_status::<B>).fallback(method_not_allowed),
         )
         .route("/health", get(health).fallback(method_not_allowed))
         .fallback(not_found)
-        .with_state(app)
+        .with_state(app.clone())
+        .merge(kv::routes(app))
 }
 
-/// Body limit: a maximal value plus room for the key and other fields.
-fn max_body(limits: &Limits) -> usize {
-    limits
-        .max_value_bytes
-        .saturating_add(limits.max_key_bytes)
-        .saturating_add(64 * 1024)
-}
-
-async fn run<B: Backend>(
-    app: &App<B>,
-    req: Request,
-    op: impl FnOnce(&Params) -> Result<KvOp, ApiError>,
-) -> Result<(String, KvReply), ApiError> {
-    let p = Params::from_request(req, max_body(&app.limits)).await?;
-    let key = p.required("key")?.to_string();
-    let op = op(&p)?;
-    let client = if op.is_write() { p.client_seq()? } else { None };
-    let reply = app.forwarder.execute(key.clone(), op, client).await?;
-    Ok((key, reply))
-}
-
-fn value(p: &Params) -> Result<String, ApiError> {
-    Ok(p.required_any(&["val", "value"])?.to_string())
-}
-
-async fn kv_get<B: Backend>(
-    State(app): State<Arc<App<B>>>,
-    req: Request,
-) -> Result<Response, ApiError> {
-    let (key, reply) = run(&app, req, |_| Ok(KvOp::Get)).await?;
-    match reply {
-        KvReply::Value(Some(v)) => Ok(ok(json!({"key": key, "value": v}))),
-        KvReply::Value(None) => {
-            Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "key not found").with("key", key))
-        }
-        other => Err(unexpected(other)),
+impl<B: Backend> KvService for App<B> {
+    fn limits(&self) -> &Limits {
+        &self.limits
     }
-}
 
-async fn kv_put<B: Backend>(
-    State(app): State<Arc<App<B>>>,
-    req: Request,
-) -> Result<Response, ApiError> {
-    let (_, reply) = run(&app, req, |p| Ok(KvOp::Put { value: value(p)? })).await?;
-    match reply {
-        KvReply::Written => Ok(ok(json_ok())),
-        other => Err(unexpected(other)),
+    fn execute(
+        &self,
+        key: String,
+        op: KvOp,
+        client: Option<ClientSeq>,
+    ) -> impl Future<Output = Result<KvReply, ApiError>> + Send {
+        self.forwarder.execute(key, op, client)
     }
-}
-
-async fn kv_append<B: Backend>(
-    State(app): State<Arc<App<B>>>,
-    req: Request,
-) -> Result<Response, ApiError> {
-    let (_, reply) = run(&app, req, |p| Ok(KvOp::Append { value: value(p)? })).await?;
-    match reply {
-        KvReply::Appended { previous } => Ok(ok(json!({"ok": true, "previous": previous}))),
-        other => Err(unexpected(other)),
-    }
-}
-
-async fn kv_delete<B: Backend>(
-    State(app): State<Arc<App<B>>>,
-    req: Request,
-) -> Result<Response, ApiError> {
-    let (_, reply) = run(&app, req, |_| Ok(KvOp::Delete)).await?;
-    match reply {
-        KvReply::Deleted { existed } => Ok(ok(json!({"ok": true, "deleted": existed}))),
-        other => Err(unexpected(other)),
-    }
-}
-
-/// A reply of the wrong kind for the operation: only possible if a caller reused its
-/// (client_id, seq) for another operation, whose stored reply the shard's dedup returned.
-fn unexpected(reply: KvReply) -> ApiError {
-    ApiError::new(
-        StatusCode::CONFLICT,
-        "sequence_reused",
-        format!(
-            "this (client_id, seq) was already used for another operation, which returned {reply:?}"
-        ),
-    )
 }
 
 async fn cluster_status<B: Backend>(State(app): State<Arc<App<B>>>) -> Response {

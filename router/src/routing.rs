@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+use unikv_types::leader::candidates;
 use unikv_types::{Epoch, NodeId, NodeRef, ShardId, Slot, SLOT_COUNT};
 
 /// How long a node that failed to answer is tried after the others.
@@ -256,20 +257,12 @@ impl Routing {
     /// last. Each node appears once.
     pub fn targets(&self, table: &Table, shard: ShardId) -> Vec<NodeRef> {
         let mut learned = self.learned();
-        let mut out: Vec<NodeRef> = Vec::new();
-        let mut push = |n: &NodeRef| {
-            if !out.iter().any(|o| o.raft == n.raft) {
-                out.push(n.clone());
-            }
-        };
-        if let Some(h) = learned.leaders.get(&shard) {
-            push(&h.node);
-        }
-        if let Some(route) = table.shard(shard) {
-            route.leader.iter().for_each(&mut push);
-            route.live.iter().for_each(&mut push);
-            route.down.iter().for_each(&mut push);
-        }
+        let hint = learned.leaders.get(&shard).map(|h| &h.node);
+        let route = table.shard(shard);
+        let view = route
+            .into_iter()
+            .flat_map(|r| r.leader.iter().chain(&r.live).chain(&r.down));
+        let mut out = candidates(hint.into_iter().chain(view));
         if !learned.suspects.is_empty() {
             let now = Instant::now();
             learned

@@ -1,10 +1,17 @@
 //! HTTP plumbing shared by the node and the router, so both answer the same way: parameters
-//! from the query string or a form/JSON body, and every error as `{"error", "code"}` JSON with
-//! a 4xx/5xx status. Also the process plumbing both binaries share (`process`).
+//! from the query string or a form/JSON body (`params`), every error as `{"error", "code"}`
+//! JSON with a 4xx/5xx status (`error`, `reply`), and the KV endpoints themselves (`kv`). Also
+//! the process plumbing both binaries share (`process`).
+//!
+//! This file only declares modules and re-exports; no module imports through it.
 
+mod error;
+pub mod kv;
 mod params;
 pub mod process;
 mod reply;
 
+pub use error::ApiError;
+pub use kv::KvService;
 pub use params::Params;
-pub use reply::{json_ok, method_not_allowed, not_found, ok, ApiError};
+pub use reply::{json_ok, method_not_allowed, not_found, ok};

@@ -9,7 +9,7 @@ use axum::http::{header, StatusCode};
 use serde_json::Value;
 use unikv_types::ClientSeq;
 
-use crate::ApiError;
+use crate::error::ApiError;
 
 pub struct Params(HashMap<String, String>);
 

@@ -1,5 +1,7 @@
 //! Types shared by every unikv process that speaks to a node: typed ids, hash slots, the KV
-//! request/response messages carried over QUIC, and the JSON error shape of the HTTP APIs.
+//! request/response messages carried over QUIC, and the JSON error shape of the HTTP APIs;
+//! also the one leader-finding walk that the router and nodes both use to reach a shard
+//! (`leader`).
 //!
 //! This crate deliberately has no storage or Raft dependency so that the router (and tools) can
 //! use the wire types without pulling RocksDB in.
@@ -7,6 +9,7 @@
 pub mod cluster;
 pub mod ids;
 pub mod kv;
+pub mod leader;
 pub mod limits;
 pub mod slot;
 

@@ -1,17 +1,16 @@
 //! Administration endpoints: `/raft/join`, `/raft/leave`, `/raft/status`, `/config`, `/health`.
+//! Kept apart from the route table in `mod.rs` so the handlers read on their own.
 
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::response::Response;
 use serde_json::json;
+use unikv_http::{ok, ApiError, Params};
 use unikv_types::NodeId;
 
-use super::ApiError;
 use crate::service::{AdminReply, AdminRequest, Node};
 use crate::status;
-use unikv_http::ok;
-use unikv_http::Params;
 
 const MAX_ADMIN_BODY: usize = 64 * 1024;
 

@@ -1,13 +1,15 @@
-//! The node's HTTP API (axum): the seed's KV endpoints, `/raft/*` administration, `/config`.
-//! Every error is a JSON body `{"error": ..., "code": ...}` with a 4xx/5xx status; nothing a
-//! client sends can panic the node.
+//! The node's HTTP API (axum): the seed's KV endpoints (defined once in `unikv_http::kv` and
+//! served by the node through `kv`) merged with the node's own routes: `/raft/*`
+//! administration, `/config`, `/health` and the rest. Every error is a JSON body
+//! `{"error": ..., "code": ...}` with a 4xx/5xx status; nothing a client sends can panic the
+//! node.
 
 mod admin;
 mod kv;
 
 use std::sync::Arc;
 
-use axum::routing::{delete, get, post};
+use axum::routing::{get, post};
 use axum::Router;
 
 use unikv_http as reply;
@@ -16,33 +18,8 @@ pub use unikv_http::ApiError;
 use crate::service::Node;
 
 pub fn router(node: Arc<Node>) -> Router {
+    let kv_routes = unikv_http::kv::routes(node.clone());
     Router::new()
-        .route(
-            "/get",
-            get(kv::get)
-                .post(kv::get)
-                .fallback(reply::method_not_allowed),
-        )
-        .route(
-            "/put",
-            get(kv::put)
-                .post(kv::put)
-                .put(kv::put)
-                .fallback(reply::method_not_allowed),
-        )
-        .route(
-            "/append",
-            get(kv::append)
-                .post(kv::append)
-                .put(kv::append)
-                .fallback(reply::method_not_allowed),
-        )
-        .route(
-            "/delete",
-            delete(kv::delete)
-                .post(kv::delete)
-                .fallback(reply::method_not_allowed),
-        )
         .route(
             "/raft/join",
             post(admin::join).fallback(reply::method_not_allowed),
@@ -65,6 +42,7 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .fallback(reply::not_found)
         .with_state(node)
+        .merge(kv_routes)
 }
 
 impl From<crate::service::AdminError> for ApiError {

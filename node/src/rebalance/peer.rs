@@ -1,16 +1,31 @@
-//! Calling the leader of another (or this) shard: find it in the gossip view, follow
-//! `NotLeader` hints, try other members, retry until a deadline.
+//! Calling the leader of another (or this) shard, for the rebalance protocol: find it in the
+//! gossip view, follow `NotLeader` hints, try other members, retry until a deadline.
+//!
+//! Which member to try next is `unikv_types::leader` (the same walk the router uses to reach a
+//! shard); this file is the loop around it: candidates from the gossip view, the transport call
+//! and the node's pacing.
 
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use unikv_types::{KvError, ShardId};
+use unikv_gossip::ShardView;
+use unikv_types::leader::{candidates, classify, Answer, LeaderWalk, Next};
+use unikv_types::{KvError, NodeRef, ShardId};
 
 use crate::service::Node;
 
+/// Longest single attempt.
+const PER_TRY: Duration = Duration::from_secs(3);
+/// Pause when the view names no member of the shard, or every member failed once.
+const ROUND_PAUSE: Duration = Duration::from_millis(100);
+/// Pause after `MAX_HOPS` `NotLeader` redirects in a row (two nodes naming each other).
+const HOP_PAUSE: Duration = Duration::from_millis(50);
+const MAX_HOPS: u32 = 3;
+
 /// Sends `req` to the leader of `shard` and returns its answer. Retries on `NotLeader`,
-/// `Unavailable` and transport errors until `timeout`; other errors are returned as they are.
+/// `Unavailable` and transport errors until `timeout`; other errors (`Unknown` included: the
+/// request is not resent when it may have been applied) are returned as they are.
 pub async fn call_shard<Req, Resp>(
     node: &Node,
     shard: ShardId,
@@ -23,28 +38,10 @@ where
     Resp: DeserializeOwned,
 {
     let deadline = Instant::now() + timeout;
-    let mut hint: Option<String> = None;
-    let mut attempt = 0usize;
+    let mut walk = LeaderWalk::new(MAX_HOPS);
+    // The leader the last `NotLeader` named, tried first until it fails.
+    let mut hint: Option<NodeRef> = None;
     loop {
-        let view = node.gossip.view();
-        let sv = view.shard(shard);
-        let target = hint.take().or_else(|| {
-            let sv = sv?;
-            match (&sv.leader, attempt) {
-                (Some(l), 0) => Some(l.raft.clone()),
-                _ => {
-                    let live: Vec<_> = sv.members.iter().filter(|m| m.live).collect();
-                    let pool = if live.is_empty() {
-                        sv.members.iter().collect()
-                    } else {
-                        live
-                    };
-                    pool.get(attempt % pool.len().max(1))
-                        .map(|m| m.raft.clone())
-                }
-            }
-        });
-        attempt += 1;
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(KvError::Unavailable {
@@ -52,27 +49,56 @@ where
                 reason: "no leader of the shard answered in time".into(),
             });
         }
-        let Some(addr) = target else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
+        let view = node.gossip.view();
+        let members = shard_members(hint.as_ref(), view.shard(shard));
+        let target = match walk.next(&members) {
+            Next::Try(target) => target,
+            Next::NoCandidates | Next::Exhausted => {
+                tokio::time::sleep(ROUND_PAUSE.min(remaining)).await;
+                continue;
+            }
         };
-        let per_try = remaining.min(Duration::from_secs(3));
-        match node
+        let answer = node
             .transport
-            .call::<_, Result<Resp, KvError>>(&addr, kind, req, per_try)
-            .await
-        {
-            Ok(Ok(resp)) => return Ok(resp),
-            Ok(Err(KvError::NotLeader { leader, .. })) => {
-                hint = leader.map(|l| l.raft).filter(|a| *a != addr);
-                if hint.is_none() {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+            .call::<_, Result<Resp, KvError>>(&target.raft, kind, req, remaining.min(PER_TRY))
+            .await;
+        match classify(answer) {
+            Answer::Reply(resp) => return Ok(resp),
+            Answer::NotLeader(leader) => {
+                hint = walk.not_leader(&target, leader).or(forget(hint, &target));
             }
-            Ok(Err(KvError::Unavailable { .. })) | Err(_) => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            Answer::Unavailable(_) | Answer::Lost(_) => {
+                walk.failed(&target);
+                hint = forget(hint, &target);
             }
-            Ok(Err(other)) => return Err(other),
+            Answer::Unknown(e) | Answer::Other(e) => return Err(e),
+        }
+        if walk.should_pause() {
+            tokio::time::sleep(HOP_PAUSE.min(remaining)).await;
         }
     }
+}
+
+/// The members to try, best first: the hint, the view's leader, then the live members (all
+/// members if gossip reports none live).
+fn shard_members(hint: Option<&NodeRef>, sv: Option<&ShardView>) -> Vec<NodeRef> {
+    let Some(sv) = sv else {
+        return candidates(hint);
+    };
+    let members: Vec<NodeRef> = sv
+        .members
+        .iter()
+        .filter(|m| m.live || sv.members.iter().all(|m| !m.live))
+        .map(|m| NodeRef {
+            node_id: m.node_id,
+            http: m.http.clone(),
+            raft: m.raft.clone(),
+        })
+        .collect();
+    candidates(hint.into_iter().chain(&sv.leader).chain(&members))
+}
+
+/// Drops `hint` if it names `target` (which just failed).
+fn forget(hint: Option<NodeRef>, target: &NodeRef) -> Option<NodeRef> {
+    hint.filter(|h| h.raft != target.raft)
 }
