@@ -128,7 +128,7 @@ fn target(c: &Crate, written: &ModPath) -> Option<PathBuf> {
     'follow: for _ in 0..16 {
         let n = (0..=abs.len())
             .rev()
-            .find(|&n| c.modules.contains_key(&abs[..n].to_vec()))?;
+            .find(|&n| c.modules.contains_key(&abs[..n]))?;
         let module = abs[..n].to_vec();
         let file = c.modules[&module].clone();
         let Some(name) = abs.get(n) else {
