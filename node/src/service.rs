@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use unikv_net::Transport;
 use unikv_storage::{Command, NodeAddr, StateMachine, Store, TypeConfig};
 use unikv_types::{
-    key_slot, rpc_kind, KvError, KvReply, KvRequest, Limits, NodeId, NodeRef, ShardId, Slot,
+    key_slot, rpc_kind, KvError, KvOp, KvReply, KvRequest, Limits, NodeId, NodeRef, ShardId, Slot,
 };
 
 use crate::config::Config;
@@ -187,11 +187,14 @@ impl Node {
         req: &KvRequest,
         deadline: Instant,
     ) -> Result<KvReply, KvError> {
+        let max_value_bytes =
+            matches!(req.op, KvOp::Append { .. }).then_some(self.limits.max_value_bytes as u64);
         let cmd = Command::Kv {
             slot,
             key: req.key.clone(),
             op: req.op.clone(),
             client: req.client.clone(),
+            max_value_bytes,
         };
         match self.propose(cmd).await {
             Err(KvError::NotLeader {

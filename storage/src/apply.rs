@@ -13,7 +13,7 @@ use crate::meta::SmMeta;
 use crate::moves::apply_move;
 use crate::overlay::Overlay;
 use crate::raft_types::{Entry, StoredMembership};
-use crate::records::DedupRecord;
+use crate::records::{request_digest, DedupRecord};
 use crate::registry::apply_registry;
 
 /// Applies `entries` in order, updating `meta`, and writes everything as one batch. Returns one
@@ -75,6 +75,7 @@ fn apply_command(ov: &mut Overlay<'_>, meta: &mut SmMeta, cmd: &Command) -> Resu
             key,
             op,
             client,
+            max_value_bytes,
         } => {
             if !meta.descriptor.initialised {
                 return Ok(Err(KvError::Unavailable {
@@ -96,9 +97,18 @@ fn apply_command(ov: &mut Overlay<'_>, meta: &mut SmMeta, cmd: &Command) -> Resu
                     epoch: meta.descriptor.forwards.get(slot).map(|f| f.epoch),
                 }));
             }
+            let digest = client.as_ref().map(|_| request_digest(key, op));
             if let Some(c) = client {
                 if let Some(prev) = ov.get_dedup(&dedup_key(*slot, &c.client_id))? {
                     if prev.seq == c.seq {
+                        // A retry of the same request gets its reply; another request under
+                        // the same pair is refused (never answered with this reply).
+                        if prev.request.is_some_and(|d| Some(d) != digest) {
+                            return Ok(Err(KvError::SequenceReused {
+                                client_id: c.client_id.clone(),
+                                seq: c.seq,
+                            }));
+                        }
                         return Ok(Ok(prev.reply));
                     }
                     if prev.seq > c.seq {
@@ -110,13 +120,14 @@ fn apply_command(ov: &mut Overlay<'_>, meta: &mut SmMeta, cmd: &Command) -> Resu
                     }
                 }
             }
-            let reply = apply_op(ov, *slot, key, op)?;
+            let reply = apply_op(ov, *slot, key, op, *max_value_bytes)?;
             if let (Ok(reply), Some(ClientSeq { client_id, seq })) = (&reply, client) {
                 ov.put_dedup(
                     dedup_key(*slot, client_id),
                     DedupRecord {
                         seq: *seq,
                         reply: reply.clone(),
+                        request: digest,
                     },
                 )?;
             }
@@ -125,7 +136,13 @@ fn apply_command(ov: &mut Overlay<'_>, meta: &mut SmMeta, cmd: &Command) -> Resu
     }
 }
 
-fn apply_op(ov: &mut Overlay<'_>, slot: Slot, key: &str, op: &KvOp) -> Result<CommandResult> {
+fn apply_op(
+    ov: &mut Overlay<'_>,
+    slot: Slot,
+    key: &str,
+    op: &KvOp,
+    max_value_bytes: Option<u64>,
+) -> Result<CommandResult> {
     let k = kv_key(slot, key.as_bytes());
     Ok(match op {
         KvOp::Put { value } => {
@@ -138,6 +155,15 @@ fn apply_op(ov: &mut Overlay<'_>, slot: Slot, key: &str, op: &KvOp) -> Result<Co
         }
         KvOp::Append { value } => {
             let prev = ov.get_kv(&k)?;
+            let len = prev.as_ref().map_or(0, Vec::len) + value.len();
+            if let Some(max) = max_value_bytes.filter(|m| len as u64 > *m) {
+                return Ok(Err(KvError::BadRequest {
+                    code: "value_too_long".into(),
+                    message: format!(
+                        "the append would make the value {len} bytes long; the limit is {max}"
+                    ),
+                }));
+            }
             match &prev {
                 Some(_) => ov.count(slot, 0, value.len() as i64),
                 None => ov.count(slot, 1, (key.len() + value.len()) as i64),

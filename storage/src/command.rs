@@ -18,6 +18,10 @@ pub enum Command {
         key: String,
         op: KvOp,
         client: Option<ClientSeq>,
+        /// For an append: the longest value it may leave (the proposing leader's
+        /// `--max_value_bytes`, in the log so every replica decides alike).
+        #[serde(default)]
+        max_value_bytes: Option<u64>,
     },
     /// A step of a slot move (see `moves`).
     Move(MoveCommand),
@@ -138,6 +142,8 @@ mod legacy {
             key: String,
             op: KvOp,
             client: Option<ClientSeq>,
+            #[serde(default)]
+            max_value_bytes: Option<u64>,
         },
         Move(MoveDe),
         Bootstrap {
@@ -163,11 +169,13 @@ mod legacy {
                     key,
                     op,
                     client,
+                    max_value_bytes,
                 } => Command::Kv {
                     slot,
                     key,
                     op,
                     client,
+                    max_value_bytes,
                 },
                 CommandDe::Move(MoveDe::Move(m)) => Command::Move(m),
                 CommandDe::Move(MoveDe::Registry(r)) | CommandDe::Registry(r) => {
@@ -203,6 +211,7 @@ mod tests {
                     client_id: "c".into(),
                     seq: 3,
                 }),
+                max_value_bytes: Some(10),
             },
             Command::Move(MoveCommand::In {
                 slot: 9,
@@ -214,6 +223,7 @@ mod tests {
                     DedupRecord {
                         seq: 1,
                         reply: KvReply::Written,
+                        request: Some(9),
                     },
                 )],
             }),

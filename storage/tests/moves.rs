@@ -75,6 +75,7 @@ impl Shard {
                 client_id: c.into(),
                 seq: s,
             }),
+            max_value_bytes: None,
         })
     }
 

@@ -28,6 +28,7 @@ fn kv(slot: u16, key: &str, op: KvOp, client: Option<(&str, u64)>) -> Command {
             client_id: c.into(),
             seq: s,
         }),
+        max_value_bytes: None,
     }
 }
 
@@ -174,6 +175,76 @@ async fn same_client_seq_applies_once() {
         })
     );
     assert_eq!(get(&db, 7, "k").as_deref(), Some("ab"));
+}
+
+#[tokio::test]
+async fn a_reused_client_seq_with_another_request_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, mut meta) = fresh_db(dir.path());
+    let put = |v: &str| KvOp::Put { value: v.into() };
+    let r = apply_direct(
+        &db,
+        &mut meta,
+        1,
+        vec![
+            bootstrap(0, 16383),
+            kv(7, "{t}a", put("1"), Some(("c1", 5))),
+            kv(7, "{t}b", put("2"), Some(("c1", 5))),
+            kv(7, "{t}a", put("3"), Some(("c1", 5))),
+            kv(7, "{t}a", KvOp::Delete, Some(("c1", 5))),
+            kv(7, "{t}a", put("1"), Some(("c1", 5))),
+        ],
+    );
+    assert_eq!(r[1], Ok(KvReply::Written));
+    let reused = Err(KvError::SequenceReused {
+        client_id: "c1".into(),
+        seq: 5,
+    });
+    assert_eq!(r[2], reused, "another key under the same pair");
+    assert_eq!(r[3], reused, "another value under the same pair");
+    assert_eq!(r[4], reused, "another operation under the same pair");
+    assert_eq!(
+        r[5],
+        Ok(KvReply::Written),
+        "the same request again is a retry"
+    );
+    assert_eq!(get(&db, 7, "{t}a").as_deref(), Some("1"));
+    assert_eq!(
+        get(&db, 7, "{t}b"),
+        None,
+        "the refused write was not applied"
+    );
+}
+
+#[tokio::test]
+async fn an_append_may_not_grow_a_value_past_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, mut meta) = fresh_db(dir.path());
+    let limited = |v: &str| Command::Kv {
+        slot: 7,
+        key: "k".into(),
+        op: KvOp::Append { value: v.into() },
+        client: None,
+        max_value_bytes: Some(4),
+    };
+    let r = apply_direct(
+        &db,
+        &mut meta,
+        1,
+        vec![
+            bootstrap(0, 16383),
+            limited("ab"),
+            limited("cd"),
+            limited("e"),
+        ],
+    );
+    assert!(r[1].is_ok() && r[2].is_ok(), "{r:?}");
+    assert!(
+        matches!(&r[3], Err(KvError::BadRequest { code, .. }) if code == "value_too_long"),
+        "{:?}",
+        r[3]
+    );
+    assert_eq!(get(&db, 7, "k").as_deref(), Some("abcd"));
 }
 
 #[tokio::test]

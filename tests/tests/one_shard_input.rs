@@ -188,6 +188,76 @@ async fn bad_input_gets_4xx_json() {
         )),
     }
 
+    // An append may not grow a value past --max_value_bytes, however small its own piece.
+    let grow = unique("grow");
+    c.put_ok(leader, &grow, &"g".repeat(600)).await;
+    check_error(
+        &mut failures,
+        "append of 600 bytes to a 600-byte value (limit 1024)",
+        api.request(
+            follower,
+            Method::GET,
+            "/append",
+            &[("key", &grow), ("val", &"h".repeat(600))],
+            Body::Empty,
+            timeout,
+        )
+        .await,
+        &[400],
+        &["value_too_long"],
+    );
+    c.assert_value_everywhere(&grow, Some(&"g".repeat(600)))
+        .await;
+
+    // A (client_id, seq) pair reused for another request is refused, never answered with the
+    // first request's reply; the first request's retry still gets its reply.
+    let tag = unique("seq");
+    let (first, second) = (format!("{{{tag}}}first"), format!("{{{tag}}}second"));
+    let once = |key: &str, val: &str| {
+        let (key, val) = (key.to_string(), val.to_string());
+        let api = api.clone();
+        async move {
+            api.request(
+                leader,
+                Method::GET,
+                "/append",
+                &[
+                    ("key", key.as_str()),
+                    ("val", val.as_str()),
+                    ("client_id", "reuser"),
+                    ("seq", "7"),
+                ],
+                Body::Empty,
+                timeout,
+            )
+            .await
+        }
+    };
+    match once(&first, "a").await {
+        Ok(r) if r.is_ok() => {}
+        other => failures.push(format!("first append with seq 7: {other:?}")),
+    }
+    check_error(
+        &mut failures,
+        "append of another key (same slot) with the same client_id and seq",
+        once(&second, "b").await,
+        &[409],
+        &["sequence_reused"],
+    );
+    check_error(
+        &mut failures,
+        "append of another value with the same client_id and seq",
+        once(&first, "c").await,
+        &[409],
+        &["sequence_reused"],
+    );
+    match once(&first, "a").await {
+        Ok(r) if r.is_ok() => {}
+        other => failures.push(format!("retry of the first append: {other:?}")),
+    }
+    c.assert_value_everywhere(&first, Some("a")).await;
+    c.assert_value_everywhere(&second, None).await;
+
     // Join of an address where nothing listens.
     let dead = format!("127.0.0.1:{}", alloc_port());
     let t = Instant::now();

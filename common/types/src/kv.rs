@@ -96,6 +96,10 @@ pub enum KvError {
         seq: u64,
         last: u64,
     },
+    /// A write reused a (client id, seq) pair already applied for a different request (another
+    /// key, operation or value): it is refused, never answered with the other request's reply.
+    #[error("sequence {seq} for client {client_id} was already used for a different request")]
+    SequenceReused { client_id: String, seq: u64 },
     /// The shard cannot serve now (no leader, no quorum, shutting down); retry later.
     #[error("shard {shard} unavailable: {reason}")]
     Unavailable { shard: ShardId, reason: String },
@@ -116,6 +120,7 @@ impl KvError {
             KvError::WrongShard { .. } => "wrong_shard",
             KvError::BadRequest { code, .. } => code,
             KvError::StaleSequence { .. } => "stale_sequence",
+            KvError::SequenceReused { .. } => "sequence_reused",
             KvError::Unavailable { .. } => "unavailable",
             KvError::Unknown { .. } => "outcome_unknown",
             KvError::Internal(_) => "internal",
@@ -126,7 +131,7 @@ impl KvError {
     pub fn http_status(&self) -> u16 {
         match self {
             KvError::BadRequest { .. } => 400,
-            KvError::StaleSequence { .. } => 409,
+            KvError::StaleSequence { .. } | KvError::SequenceReused { .. } => 409,
             KvError::WrongShard { .. } | KvError::NotLeader { .. } => 421,
             KvError::Unavailable { .. } => 503,
             KvError::Unknown { .. } => 504,
