@@ -10,7 +10,7 @@ use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::{ChangeMembers, ReadPolicy, ServerState};
 use serde::{Deserialize, Serialize};
 use unikv_net::Transport;
-use unikv_storage::{Command, NodeAddr, StateMachine, Store, TypeConfig};
+use unikv_storage::{Command, NodeAddr, OwnedRead, StateMachine, Store, TypeConfig};
 use unikv_types::{
     key_slot, rpc_kind, KvError, KvOp, KvReply, KvRequest, Limits, NodeId, NodeRef, ShardId, Slot,
 };
@@ -342,17 +342,14 @@ impl Node {
             Err(RaftError::APIError(e)) => return Err(self.unavailable(e.to_string())),
             Err(e) => return Err(self.unavailable(e.to_string())),
         }
-        let descriptor = self.store.descriptor();
-        if !descriptor.initialised {
-            return Err(self.unavailable("the shard has not claimed its slots yet"));
+        match self.store.read_owned(slot, key) {
+            Ok(OwnedRead::Value(v)) => Ok(KvReply::Value(v)),
+            Ok(OwnedRead::NotOwned) => Err(self.wrong_shard(slot, self.shard())),
+            Ok(OwnedRead::NotInitialised) => {
+                Err(self.unavailable("the shard has not claimed its slots yet"))
+            }
+            Err(e) => Err(KvError::Internal(e.to_string())),
         }
-        if descriptor.owns(slot).is_none() {
-            return Err(self.wrong_shard(slot, self.shard()));
-        }
-        self.store
-            .get(slot, key)
-            .map(KvReply::Value)
-            .map_err(|e| KvError::Internal(e.to_string()))
     }
 
     /// On the leader: confirms leadership with a quorum and returns the index a follower must

@@ -29,6 +29,18 @@ pub fn apply_entries_cached(
     cache: &mut ApplyCache,
     entries: &[Entry],
 ) -> Result<Vec<CommandResult>> {
+    apply_entries_with(db, meta, cache, entries, &mut |_| {})
+}
+
+/// [`apply_entries_cached`], calling `before_write` with the slots whose data the group
+/// deletes or replaces just before its batch reaches RocksDB.
+pub fn apply_entries_with(
+    db: &Db,
+    meta: &mut SmMeta,
+    cache: &mut ApplyCache,
+    entries: &[Entry],
+    before_write: &mut dyn FnMut(&[Slot]),
+) -> Result<Vec<CommandResult>> {
     let mut ov = Overlay::new(db, cache);
     let mut out = Vec::with_capacity(entries.len());
     // Membership and descriptor are rewritten only by the entries that change them: the
@@ -56,7 +68,7 @@ pub fn apply_entries_cached(
     } else {
         meta.write_applied_to(db, &mut ov.batch)?;
     }
-    ov.commit()?;
+    ov.commit(before_write)?;
     Ok(out)
 }
 

@@ -32,7 +32,7 @@ pub use log_store::LogStore;
 pub use raft_types::{NodeAddr, TypeConfig};
 pub use records::{DedupRecord, SlotStats};
 pub use snapshot::{Snapshot, SnapshotFile};
-pub use state_machine::{StateMachine, Store};
+pub use state_machine::{OwnedRead, StateMachine, Store};
 
 /// Opens (or creates) the storage of one replica under `dir`: the RocksDB and the snapshot folder.
 pub fn open(

@@ -122,8 +122,9 @@ impl<'a> Overlay<'a> {
         Ok(())
     }
 
-    /// Writes the batch, then tells the cache what is now in RocksDB.
-    pub(crate) fn commit(self) -> Result<()> {
+    /// Writes the batch, then tells the cache what is now in RocksDB. `before_write` is told
+    /// first which slots the batch deletes or replaces (so readers can stop trusting them).
+    pub(crate) fn commit(self, before_write: &mut dyn FnMut(&[Slot])) -> Result<()> {
         let Overlay {
             db,
             cache,
@@ -133,6 +134,7 @@ impl<'a> Overlay<'a> {
             batch,
             ..
         } = self;
+        before_write(&replaced);
         db.write(batch)?;
         for slot in replaced {
             cache.forget_slot(slot);

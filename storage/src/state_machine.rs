@@ -3,6 +3,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use futures::{Stream, TryStreamExt};
@@ -11,7 +12,7 @@ use openraft::{OptionalSend, RaftSnapshotBuilder};
 use rocksdb::WriteBatch;
 use unikv_types::{ShardId, Slot};
 
-use crate::apply::apply_entries_cached;
+use crate::apply::apply_entries_with;
 use crate::apply_cache::ApplyCache;
 use crate::command::{Command, CommandResult};
 use crate::db::{kv_key, Db, CF_DEDUP, CF_KV, CF_STATS};
@@ -30,6 +31,10 @@ struct Shared {
     db: Db,
     shard: ShardId,
     meta: RwLock<SmMeta>,
+    /// Bumped (under the `meta` write lock) whenever the published ownership is narrowed
+    /// because a batch is about to delete or replace slot data: a read that saw the slot
+    /// owned and then finds the counter moved reads again (see [`Store::read_owned`]).
+    generation: AtomicU64,
     /// Statistics and dedup records apply would otherwise read back (only apply and snapshot
     /// install touch it).
     cache: Mutex<ApplyCache>,
@@ -50,8 +55,42 @@ pub struct Store {
     shared: Arc<Shared>,
 }
 
+/// A read that checked ownership and data as one view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnedRead {
+    /// The slot is owned here; its value of the key (`None`: no such key).
+    Value(Option<String>),
+    /// The slot is not owned here (never, no longer, or not yet).
+    NotOwned,
+    /// The shard has not claimed its initial slots yet.
+    NotInitialised,
+}
+
 impl Store {
-    /// The value of `key` in `slot` as currently applied.
+    /// The value of `key` if this replica owns `slot`, read so that ownership and data belong
+    /// to one applied state: a batch that deletes a slot's data first withdraws the slot from
+    /// the published descriptor and bumps the generation, so a read that overlapped it (saw
+    /// "owned", then read) notices the bump and reads again.
+    pub fn read_owned(&self, slot: Slot, key: &str) -> Result<OwnedRead> {
+        loop {
+            let before = self.shared.generation.load(Ordering::SeqCst);
+            {
+                let m = read_lock(&self.shared.meta);
+                if !m.descriptor.initialised {
+                    return Ok(OwnedRead::NotInitialised);
+                }
+                if m.descriptor.owns(slot).is_none() {
+                    return Ok(OwnedRead::NotOwned);
+                }
+            }
+            let value = self.get(slot, key)?;
+            if self.shared.generation.load(Ordering::SeqCst) == before {
+                return Ok(OwnedRead::Value(value));
+            }
+        }
+    }
+
+    /// The value of `key` in `slot` as currently applied (whoever owns it: moves and tests).
     pub fn get(&self, slot: Slot, key: &str) -> Result<Option<String>> {
         let db = &self.shared.db;
         let v = db
@@ -114,6 +153,7 @@ impl StateMachine {
                 db,
                 shard,
                 meta: RwLock::new(meta),
+                generation: AtomicU64::new(0),
                 cache: Mutex::new(ApplyCache::default()),
                 snap_dir: snap_dir.to_path_buf(),
                 current: Mutex::new(current),
@@ -227,8 +267,28 @@ fn applies_inline(group: &[Entry]) -> bool {
 fn apply_group(shared: &Shared, group: &[Entry]) -> Result<(SmMeta, Vec<CommandResult>)> {
     let mut meta = read_lock(&shared.meta).clone();
     let mut cache = lock(&shared.cache);
-    let results = apply_entries_cached(&shared.db, &mut meta, &mut cache, group)?;
+    let results = apply_entries_with(&shared.db, &mut meta, &mut cache, group, &mut |slots| {
+        if slots.is_empty() {
+            return;
+        }
+        hide_slots(shared, |d| {
+            for s in slots {
+                if d.owns(*s).is_some() {
+                    d.remove_slot(*s);
+                }
+            }
+        })
+    })?;
     Ok((meta, results))
+}
+
+/// Before a batch deletes or replaces slot data: narrows the published descriptor with
+/// `narrow` (the slots stop being served here) and bumps the generation, so no read can see
+/// "owned" and then the deleted data. The full new state is published once the batch is in.
+fn hide_slots(shared: &Shared, narrow: impl FnOnce(&mut ShardDescriptor)) {
+    let mut m = write_lock(&shared.meta);
+    narrow(&mut m.descriptor);
+    shared.generation.fetch_add(1, Ordering::SeqCst);
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -316,6 +376,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 descriptor: header.descriptor,
             };
             new_meta.write_to(db, &mut batch)?;
+            // The batch replaces every slot's data: nothing is served until it is published.
+            hide_slots(&shared, |d| d.ranges.clear());
             db.write_sync(batch)?;
             let path = shared.snap_dir.join(file_name(&meta));
             if snapshot.path != path {

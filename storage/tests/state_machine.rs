@@ -1,6 +1,9 @@
 //! State machine behaviour on a real RocksDB: apply, ownership, at-most-once, restart and the
 //! snapshot round trip that brings a lagging follower up to date.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use futures::stream;
 use openraft::entry::RaftEntry;
 use openraft::storage::RaftStateMachine;
@@ -9,7 +12,7 @@ use openraft::{EntryPayload, RaftSnapshotBuilder};
 use unikv_storage::apply::apply_entries;
 use unikv_storage::meta::SmMeta;
 use unikv_storage::raft_types::Entry;
-use unikv_storage::{Command, CommandResult, Db, StateMachine, TypeConfig};
+use unikv_storage::{Command, CommandResult, Db, MoveCommand, OwnedRead, StateMachine, TypeConfig};
 use unikv_types::{ClientSeq, Epoch, KvError, KvOp, KvReply, NodeId, ShardId, SlotRange};
 
 fn entry(index: u64, cmd: Command) -> Entry {
@@ -245,6 +248,87 @@ async fn an_append_may_not_grow_a_value_past_the_limit() {
         r[3]
     );
     assert_eq!(get(&db, 7, "k").as_deref(), Some("abcd"));
+}
+
+/// A read that checks ownership and then reads data never sees a slot owned with its data
+/// already gone: `Done` deletes the data in RocksDB (on the blocking pool) before the state
+/// machine task publishes the descriptor without the slot. A reader thread reads the slot's
+/// key without pause while the slot is handed off and received back again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_never_see_a_handed_off_slot_owned_but_empty() {
+    const ROUNDS: u64 = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = unikv_storage::open(dir.path(), ShardId(1)).unwrap();
+    let slot = 7;
+    let put = KvOp::Put { value: "v".into() };
+    apply(
+        &mut sm,
+        1,
+        vec![bootstrap(0, 16383), kv(slot, "k", put, None)],
+    )
+    .await;
+    let store = sm.store();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut reads, mut missing) = (0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                if store.read_owned(slot, "k").unwrap() == OwnedRead::Value(None) {
+                    missing += 1;
+                }
+                reads += 1;
+            }
+            (reads, missing)
+        })
+    };
+    let (mut index, mut epoch) = (3, 1);
+    for _ in 0..ROUNDS {
+        epoch += 1;
+        let e = Epoch(epoch);
+        let to = ShardId(2);
+        apply(
+            &mut sm,
+            index,
+            vec![Command::Move(MoveCommand::Out { slot, to, epoch: e })],
+        )
+        .await;
+        apply(
+            &mut sm,
+            index + 1,
+            vec![Command::Move(MoveCommand::Done { slot, epoch: e })],
+        )
+        .await;
+        epoch += 1;
+        let e = Epoch(epoch);
+        let back = MoveCommand::In {
+            slot,
+            from: to,
+            epoch: e,
+            kv: vec![("k".into(), "v".into())],
+            dedup: vec![],
+        };
+        apply(&mut sm, index + 2, vec![Command::Move(back)]).await;
+        apply(
+            &mut sm,
+            index + 3,
+            vec![Command::Move(MoveCommand::Activate { slot, epoch: e })],
+        )
+        .await;
+        index += 4;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (reads, missing) = reader.join().unwrap();
+    println!("[figure] {reads} reads during {ROUNDS} hand-offs and returns, {missing} not found");
+    assert!(reads > ROUNDS, "the reader ran ({reads} reads)");
+    assert_eq!(
+        missing, 0,
+        "reads that saw the slot owned but its key gone, of {reads}"
+    );
+    assert_eq!(
+        sm.store().read_owned(slot, "k").unwrap(),
+        OwnedRead::Value(Some("v".into()))
+    );
 }
 
 #[tokio::test]
