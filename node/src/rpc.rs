@@ -152,7 +152,22 @@ impl RpcHandler {
             let _ = tokio::fs::remove_file(&path).await;
             return Err(unikv_net::Error::Io(e));
         }
-        let res = self.install(head.vote, head.meta, &path).await;
+        // A file damaged on the way (or on this disk) is refused before openraft sees it:
+        // the leader's send fails and it sends the snapshot again.
+        let checked = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || unikv_storage::snapshot::verify_snapshot(&path))
+                .await
+        };
+        let res = match checked {
+            Ok(Ok(_)) => self.install(head.vote, head.meta, &path).await,
+            Ok(Err(e)) => {
+                tracing::warn!(shard = %self.node.shard(), error = %e, "received snapshot refused");
+                let _ = tokio::fs::remove_file(&path).await;
+                Err(format!("snapshot refused: {e}"))
+            }
+            Err(e) => Err(format!("snapshot check failed: {e}")),
+        };
         unikv_net::write_frame(&mut inc.send, &res).await?;
         let _ = inc.send.finish();
         Ok(())

@@ -1,12 +1,15 @@
 //! Snapshot files: the whole state machine at one applied log id, as a stream of records, so a
 //! lagging follower can be brought up to date after the leader purged its log.
 //!
-//! Layout: magic `UKVSNAP1`, then records `tag u8 | len u32 BE | bytes ...`:
+//! Layout: magic `UKVSNAP2`, then records `tag u8 | len u32 BE | bytes ...`:
 //! - `H`: msgpack [`SnapshotHeader`] (meta and shard descriptor), always first;
 //! - `K`: a `kv` pair: key len u32, key, value len u32, value;
 //! - `D`: a `dedup` pair, same shape;
 //! - `S`: a `stats` pair (per-slot key count and bytes), same shape;
-//! - `E`: end, with u64 BE record count, so a truncated file is detected.
+//! - `E`: end, with u64 BE record count (a truncated file is detected) and the XXH3-64 of every
+//!   byte before the `E` (a flipped byte anywhere is detected).
+//!
+//! Files of the first format (`UKVSNAP1`, no checksum) are still read.
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -14,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use rocksdb::{IteratorMode, ReadOptions};
 use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::Xxh3;
 
 use crate::db::Db;
 use crate::db::{CF_DEDUP, CF_KV, CF_STATS};
@@ -22,7 +26,43 @@ use crate::error::{decode, encode};
 use crate::error::{Error, Result};
 use crate::raft_types::{SnapshotMeta, TypeConfig};
 
-const MAGIC: &[u8; 8] = b"UKVSNAP1";
+const MAGIC: &[u8; 8] = b"UKVSNAP2";
+/// The first format: the same records, an end record without checksum.
+const MAGIC_V1: &[u8; 8] = b"UKVSNAP1";
+
+/// Passes bytes through and hashes them.
+struct Hashing<T> {
+    inner: T,
+    hash: Xxh3,
+}
+
+impl<T> Hashing<T> {
+    fn new(inner: T) -> Self {
+        Hashing {
+            inner,
+            hash: Xxh3::new(),
+        }
+    }
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+}
 
 /// A snapshot as openraft hands it around: its meta and the file.
 pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotFile>;
@@ -81,7 +121,7 @@ pub fn write_snapshot(
     path: &Path,
 ) -> Result<u64> {
     let file = File::create(path)?;
-    let mut w = BufWriter::with_capacity(1 << 20, file);
+    let mut w = Hashing::new(BufWriter::with_capacity(1 << 20, file));
     w.write_all(MAGIC)?;
     let h = encode("snapshot header", header)?;
     w.write_all(b"H")?;
@@ -101,15 +141,19 @@ pub fn write_snapshot(
             count += 1;
         }
     }
+    let sum = w.hash.digest();
+    let mut w = w.inner;
     w.write_all(b"E")?;
     w.write_all(&count.to_be_bytes())?;
+    w.write_all(&sum.to_be_bytes())?;
     let file = w.into_inner().map_err(|e| Error::Io(e.into_error()))?;
     file.sync_all()?;
     Ok(count)
 }
 
 /// Reads a snapshot file: the header, then every record through `each`. Fails if the file is
-/// truncated or malformed.
+/// truncated, malformed or (from the second format on) does not match its checksum — only
+/// then, after every record went through `each`: a caller collects and applies afterwards.
 pub fn read_snapshot(
     file: File,
     path: &Path,
@@ -119,13 +163,15 @@ pub fn read_snapshot(
         path: path.display().to_string(),
         reason: reason.to_string(),
     };
-    let mut r = BufReader::with_capacity(1 << 20, file);
+    let mut r = Hashing::new(BufReader::with_capacity(1 << 20, file));
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic)
         .map_err(|_| corrupt("short file"))?;
-    if &magic != MAGIC {
-        return Err(corrupt("bad magic"));
-    }
+    let checksummed = match &magic {
+        m if m == MAGIC => true,
+        m if m == MAGIC_V1 => false,
+        _ => return Err(corrupt("bad magic")),
+    };
     let mut tag = [0u8; 1];
     r.read_exact(&mut tag)
         .map_err(|_| corrupt("missing header"))?;
@@ -136,6 +182,7 @@ pub fn read_snapshot(
     let header: SnapshotHeader = decode("snapshot header", &h)?;
     let mut count = 0u64;
     loop {
+        let before_tag = r.hash.clone();
         r.read_exact(&mut tag)
             .map_err(|_| corrupt("truncated: no end record"))?;
         match tag[0] {
@@ -150,10 +197,20 @@ pub fn read_snapshot(
                 })?;
             }
             b'E' => {
+                // The checksum covers everything before the `E`.
+                let sum = before_tag.digest();
                 let mut n = [0u8; 8];
                 r.read_exact(&mut n).map_err(|_| corrupt("truncated end"))?;
                 if u64::from_be_bytes(n) != count {
                     return Err(corrupt("record count mismatch"));
+                }
+                if checksummed {
+                    let mut stored = [0u8; 8];
+                    r.read_exact(&mut stored)
+                        .map_err(|_| corrupt("truncated end"))?;
+                    if u64::from_be_bytes(stored) != sum {
+                        return Err(corrupt("checksum mismatch"));
+                    }
                 }
                 return Ok(header);
             }
@@ -181,4 +238,25 @@ pub fn file_name(meta: &SnapshotMeta) -> String {
         None => "snapshot-empty.bin".to_string(),
     }
     .replace([' ', '/', ':'], "_")
+}
+
+/// The log index a snapshot file name carries (`None` for `snapshot-empty.bin`, which is older
+/// than every numbered one); `None` too for names that are not snapshot files.
+pub fn index_of(name: &str) -> Option<Option<u64>> {
+    let rest = name.strip_prefix("snapshot-")?.strip_suffix(".bin")?;
+    if rest == "empty" {
+        return Some(None);
+    }
+    let digits = rest.split('-').next()?;
+    digits.parse::<u64>().ok().map(Some)
+}
+
+/// Makes a rename in `dir` durable (the directory entry itself), as POSIX asks.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Reads a whole snapshot file to check it (structure, count, checksum) without applying it.
+pub fn verify_snapshot(path: &Path) -> Result<SnapshotHeader> {
+    read_snapshot(File::open(path)?, path, |_| Ok(()))
 }

@@ -22,7 +22,8 @@ use crate::meta::SmMeta;
 use crate::raft_types::{Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::records::{DedupRecord, SlotStats};
 use crate::snapshot::{
-    file_name, read_snapshot, write_snapshot, Record, Snapshot, SnapshotFile, SnapshotHeader,
+    file_name, index_of, read_snapshot, sync_dir, verify_snapshot, write_snapshot, Record,
+    Snapshot, SnapshotFile, SnapshotHeader,
 };
 
 /// Shared state between the state machine, its snapshot builders and read handles.
@@ -180,24 +181,31 @@ pub fn incoming_path(dir: &Path) -> PathBuf {
     dir.join(format!("tmp-{}-{n}.part", std::process::id()))
 }
 
-/// Finds the newest complete snapshot file and removes partial ones.
+/// Finds the newest snapshot file — by the log index in its name — that reads back whole
+/// (structure, count, checksum), and removes partial ones. A file that does not read back is
+/// skipped with a warning: the state machine's data is in RocksDB, the file only serves
+/// lagging followers, and openraft builds a new one when it needs it.
 fn find_latest_snapshot(dir: &Path) -> Result<Option<(SnapshotMeta, PathBuf)>> {
-    let mut best: Option<PathBuf> = None;
+    let mut found: Vec<(Option<u64>, PathBuf)> = Vec::new();
     for ent in std::fs::read_dir(dir)? {
         let path = ent?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if name.ends_with(".part") {
             let _ = std::fs::remove_file(&path);
-        } else if name.starts_with("snapshot-")
-            && name.ends_with(".bin")
-            && best.as_ref().is_none_or(|b| path > *b)
-        {
-            best = Some(path);
+        } else if let Some(index) = index_of(name) {
+            found.push((index, path));
         }
     }
-    let Some(path) = best else { return Ok(None) };
-    let header = read_snapshot(std::fs::File::open(&path)?, &path, |_| Ok(()))?;
-    Ok(Some((header.meta, path)))
+    found.sort();
+    for (_, path) in found.into_iter().rev() {
+        match verify_snapshot(&path) {
+            Ok(header) => return Ok(Some((header.meta, path))),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "snapshot file skipped");
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Replaces the current snapshot with `path` and deletes older files.
@@ -235,6 +243,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             db.sync_wal()?;
             let path = shared.snap_dir.join(file_name(&snap_meta));
             std::fs::rename(&tmp, &path)?;
+            sync_dir(&shared.snap_dir)?;
             tracing::info!(shard = %shared.shard, records, last = ?snap_meta.last_log_id, "snapshot built");
             let file = SnapshotFile::open(&path)?;
             set_current(&shared, snap_meta.clone(), path);
@@ -382,6 +391,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let path = shared.snap_dir.join(file_name(&meta));
             if snapshot.path != path {
                 std::fs::rename(&snapshot.path, &path)?;
+                sync_dir(&shared.snap_dir)?;
             }
             tracing::info!(shard = %shared.shard, last = ?meta.last_log_id, "snapshot installed");
             set_current(&shared, meta, path);
