@@ -106,6 +106,15 @@ pub struct Config {
         default_value_t = 5_000
     )]
     pub request_timeout_ms: u64,
+    /// Longest a slot hand-off may keep the slot frozen before the target confirmed it has
+    /// the data: past it the source aborts the move and serves writes again, whatever gossip
+    /// says of the target (once `Done` is committed the move always completes).
+    #[arg(
+        long = "handoff_timeout_ms",
+        alias = "handoff-timeout-ms",
+        default_value_t = 30_000
+    )]
+    pub handoff_timeout_ms: u64,
     /// Serve linearizable reads under the leader lease (no round trip while a quorum has
     /// acknowledged the leader within `--election_max_ms`), falling back to ReadIndex.
     /// Safe while clock *rates* agree between nodes; a restarted node withholds its vote for
@@ -221,11 +230,18 @@ impl Config {
         std::time::Duration::from_millis(self.request_timeout_ms)
     }
 
+    pub fn handoff_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.handoff_timeout_ms)
+    }
+
     /// Checks the flags for contradictions before anything starts.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         if self.shard_id == 0 {
             return bad("--shard_id must be at least 1".into());
+        }
+        if self.handoff_timeout_ms == 0 {
+            return bad("--handoff_timeout_ms must be at least 1".into());
         }
         if self.node_id == 0 {
             return bad("--node_id must be at least 1".into());

@@ -1,23 +1,20 @@
 //! The source side of a slot move, run by the source shard's leader:
 //! `Out` (freeze) → send the slot's data and dedup table to the target leader, which commits
 //! `In` → `Done` (delete here, forwarding note) → nudge the target to `Activate`.
-//! If the target refuses, or its shard stays unreachable past the abort timeout, `Abort`
-//! unfreezes the slot here instead.
+//! If the target refuses, or has not taken the slot within `--handoff_timeout_ms` (whether
+//! gossip calls it reachable or not), `Abort` unfreezes the slot here instead.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use unikv_storage::{Command, MoveCommand, Outgoing};
-use unikv_types::{rpc_kind, Epoch, KvError, ShardId, ShardState, Slot};
+use unikv_types::{rpc_kind, Epoch, KvError, ShardId, Slot};
 
 use super::messages::{ActivateRequest, MoveIn};
 use super::peer::call_shard;
 use super::rebalancer::{lock, Rebalancer};
 use crate::service::Node;
-
-/// A target shard unreachable for this long makes the source abort the hand-off.
-const ABORT_AFTER: Duration = Duration::from_secs(30);
 
 /// Starts a hand-off task for `slot` unless one runs already. `handoff` is the hand-off
 /// already committed (resume) or `None` to start one towards `to`.
@@ -85,22 +82,31 @@ async fn run(
         kv,
         dedup,
     };
-    let mut unreachable_since: Option<Instant> = None;
+    // The slot is frozen from here until `Done`: bounded, whatever gossip says of the target.
+    let give_up_at = Instant::now() + node.config.handoff_timeout();
     loop {
         if !node.is_leader() {
             return Err(
                 node.unavailable("lost leadership during a hand-off; the next leader resumes it")
             );
         }
-        match call_shard::<_, ()>(
-            node,
-            h.target,
-            rpc_kind::MOVE_IN,
-            &msg,
-            Duration::from_secs(5),
-        )
-        .await
-        {
+        let left = give_up_at.saturating_duration_since(Instant::now());
+        let res = if left.is_zero() {
+            Err(KvError::Unavailable {
+                shard: h.target,
+                reason: "no answer in time".into(),
+            })
+        } else {
+            call_shard::<_, ()>(
+                node,
+                h.target,
+                rpc_kind::MOVE_IN,
+                &msg,
+                left.min(Duration::from_secs(5)),
+            )
+            .await
+        };
+        match res {
             Ok(()) => break,
             Err(KvError::BadRequest { message, .. }) => {
                 tracing::warn!(shard = %node.shard(), slot, to = %h.target, %message, "target refused the slot; aborting");
@@ -110,22 +116,22 @@ async fn run(
                     message,
                 });
             }
-            Err(e) => {
-                let unreachable = node
-                    .gossip
-                    .view()
-                    .shard(h.target)
-                    .is_none_or(|s| s.state == ShardState::Unreachable);
-                let since = *unreachable_since.get_or_insert_with(Instant::now);
-                if !unreachable {
-                    unreachable_since = None;
-                } else if since.elapsed() > ABORT_AFTER {
-                    tracing::warn!(shard = %node.shard(), slot, to = %h.target, error = %e, "target unreachable; aborting the hand-off");
-                    abort(rb, slot, h.epoch).await?;
-                    return Err(e);
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            Err(e) if Instant::now() >= give_up_at => {
+                // A retried MOVE_IN never stores a second copy (the target's `In` is
+                // idempotent per epoch), and a copy it did store is dropped once it learns
+                // of this abort.
+                tracing::warn!(shard = %node.shard(), slot, to = %h.target, error = %e,
+                    timeout_ms = node.config.handoff_timeout_ms, "hand-off not confirmed in time; aborting");
+                abort(rb, slot, h.epoch).await?;
+                return Err(KvError::Unavailable {
+                    shard: h.target,
+                    reason: format!(
+                        "slot {slot}: shard {} did not take the slot within {} ms ({e}); the move was aborted",
+                        h.target, node.config.handoff_timeout_ms
+                    ),
+                });
             }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
     node.propose(Command::Move(MoveCommand::Done {
