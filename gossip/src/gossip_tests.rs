@@ -14,6 +14,7 @@ fn state(shard: u64, node: u64, dv: u64, slots: Vec<(SlotRange, Epoch)>) -> Node
         state: ShardState::Active,
         descriptor_version: dv,
         initialised: true,
+        initial_shards: None,
         keys: 0,
         bytes: 0,
         tags: Vec::new(),

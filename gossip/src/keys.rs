@@ -34,6 +34,9 @@ pub const RAFT: &str = "raft";
 pub const STATE: &str = "state";
 pub const DESCRIPTOR_VERSION: &str = "descriptor_version";
 pub const INITIALISED: &str = "initialised";
+/// The `--initial_shards` the node was started with (the initial split it would claim by).
+/// Absent from nodes of earlier versions.
+pub const INITIAL_SHARDS: &str = "initial_shards";
 /// The slot ownership in one value (when it is short enough).
 pub const SLOTS: &str = "slots";
 /// Keys stored by the shard (decimal). Absent means 0.
@@ -71,6 +74,8 @@ pub struct NodeState {
     pub descriptor_version: u64,
     /// Whether the shard has claimed its initial slots.
     pub initialised: bool,
+    /// The `--initial_shards` it was started with, if it says.
+    pub initial_shards: Option<u64>,
     /// Owned slot ranges with epochs, as applied by this node.
     pub slots: Vec<(SlotRange, Epoch)>,
     /// Keys stored by its shard, as of its last report (refreshed about once a second).
@@ -289,6 +294,9 @@ pub fn encode_node_state(state: &NodeState) -> Vec<(String, String)> {
     push(RAFT, state.raft.clone());
     push(DESCRIPTOR_VERSION, state.descriptor_version.to_string());
     push(INITIALISED, state.initialised.to_string());
+    if let Some(n) = state.initial_shards {
+        push(INITIAL_SHARDS, n.to_string());
+    }
     push(STATE, state.state.as_str().to_string());
     push(ROLE, state.role.as_str().to_string());
     push(
@@ -370,6 +378,10 @@ pub fn decode_node_state(keys: &BTreeMap<String, String>) -> Result<NodeState, K
             .map_err(|e| bad(STATE, e))?,
         descriptor_version: parse_u64(DESCRIPTOR_VERSION, get(keys, DESCRIPTOR_VERSION)?)?,
         initialised,
+        initial_shards: keys
+            .get(INITIAL_SHARDS)
+            .map(|v| parse_u64(INITIAL_SHARDS, v))
+            .transpose()?,
         slots: read_slots(keys)?,
         keys: keys
             .get(KEYS)
@@ -401,6 +413,7 @@ mod tests {
             state: ShardState::Draining,
             descriptor_version: 12,
             initialised: true,
+            initial_shards: Some(3),
             keys: 42,
             bytes: 4096,
             tags: vec![("datacenter".into(), "us-east".into())],
@@ -448,6 +461,8 @@ mod tests {
         s.role = Role::Candidate;
         s.slots.clear();
         s.initialised = false;
+        // A node of an earlier version publishes no initial_shards.
+        s.initial_shards = None;
         s.state = ShardState::Active;
         assert_eq!(
             decode_node_state(&to_map(encode_node_state(&s))).unwrap(),

@@ -55,6 +55,10 @@ pub struct ShardView {
     pub slots: Vec<(unikv_types::SlotRange, Epoch)>,
     pub descriptor_version: u64,
     pub initialised: bool,
+    /// The `--initial_shards` its members were started with (the highest any member reports,
+    /// live or not; `None` if none says): a fresh shard compares it with its own before
+    /// claiming.
+    pub initial_shards: Option<u64>,
     /// The published state (from the highest descriptor_version member), or Unreachable if no
     /// member of the shard is live.
     pub state: ShardState,
@@ -282,6 +286,7 @@ fn derive_shard(id: ShardId, entries: &[(&MemberView, &NodeState)]) -> ShardView
         slots: owner.map(|(_, ns)| ns.slots.clone()).unwrap_or_default(),
         descriptor_version: owner.map(|(_, ns)| ns.descriptor_version).unwrap_or(0),
         initialised: owner.is_some_and(|(_, ns)| ns.initialised),
+        initial_shards: entries.iter().filter_map(|(_, ns)| ns.initial_shards).max(),
         state: match owner {
             Some((_, ns)) if any_live => ns.state,
             _ => ShardState::Unreachable,
@@ -309,6 +314,7 @@ mod tests {
             state: ShardState::Active,
             descriptor_version: 1,
             initialised: true,
+            initial_shards: None,
             keys: 0,
             bytes: 0,
             tags: Vec::new(),

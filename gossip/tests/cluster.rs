@@ -59,6 +59,7 @@ fn node_state(shard: u64, node: u64, slots: Vec<(SlotRange, Epoch)>) -> NodeStat
         state: ShardState::Active,
         descriptor_version: 1,
         initialised: true,
+        initial_shards: None,
         keys: 0,
         bytes: 0,
         tags: Vec::new(),

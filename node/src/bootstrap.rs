@@ -42,6 +42,10 @@ pub async fn initialize_if_fresh(node: &Node) -> Result<()> {
 pub enum Claim {
     /// Not decidable yet: some initial shards have not appeared in gossip.
     Wait { missing: Vec<u64> },
+    /// Another shard that has not claimed yet was started with another `--initial_shards`:
+    /// the two would split the slots differently and could claim overlapping ranges, so
+    /// neither claims until the operator restarts them with one value.
+    Disagree { shard: u64, theirs: u64, ours: u64 },
     /// Claim these ranges at epoch 1.
     Ranges(Vec<SlotRange>),
 }
@@ -53,7 +57,20 @@ pub enum Claim {
 /// `--peer_shards` count makes `initial_shards` cover its id): it must claim nothing. So a
 /// shard claims only once every other initial shard is visible in gossip, and only if no shard
 /// already owns any slot of its range; otherwise it starts empty and receives slots by moves.
+/// Shards started together with different `--initial_shards` would not split alike: a fresh
+/// shard that sees another fresh shard disagree claims nothing (a shard that already claimed is
+/// no disagreement — this one is then simply late).
 pub fn decide_claim(shard: ShardId, initial_shards: u64, view: &ClusterView) -> Claim {
+    let disagreeing = view.shards.values().find(|s| {
+        s.id != shard && !s.initialised && s.initial_shards.is_some_and(|n| n != initial_shards)
+    });
+    if let Some(s) = disagreeing {
+        return Claim::Disagree {
+            shard: s.id.0,
+            theirs: s.initial_shards.unwrap_or_default(),
+            ours: initial_shards,
+        };
+    }
     let Some(mine) = initial_range(shard.0, initial_shards) else {
         return Claim::Ranges(Vec::new());
     };
@@ -87,6 +104,7 @@ pub fn spawn_slot_claim(
             if node.is_leader() {
                 match decide_claim(node.shard(), shards, &node.gossip.view()) {
                     Claim::Ranges(ranges) => {
+                        node.set_claim_problem(None);
                         let cmd = Command::Bootstrap {
                             shard: node.shard(),
                             ranges,
@@ -102,6 +120,20 @@ pub fn spawn_slot_claim(
                             tracing::info!(shard = %node.shard(), ?missing, "waiting for the other initial shards to appear in gossip before claiming slots");
                             last_missing = missing;
                         }
+                        node.set_claim_problem(None);
+                    }
+                    Claim::Disagree {
+                        shard,
+                        theirs,
+                        ours,
+                    } => {
+                        let why = format!(
+                            "not claiming initial slots: shard {shard} was started with --initial_shards {theirs}, this one with {ours}; restart the shards with one value"
+                        );
+                        if node.claim_problem().as_deref() != Some(why.as_str()) {
+                            tracing::error!(shard = %node.shard(), "{why}");
+                        }
+                        node.set_claim_problem(Some(why));
                     }
                 }
             }
@@ -130,6 +162,7 @@ mod tests {
                 .collect(),
             descriptor_version: u64::from(!slots.is_empty()),
             initialised: !slots.is_empty(),
+            initial_shards: None,
             state: unikv_types::ShardState::Active,
             keys: 0,
             bytes: 0,
@@ -163,6 +196,49 @@ mod tests {
         assert_eq!(
             decide_claim(ShardId(1), 3, &v),
             Claim::Ranges(vec![SlotRange(0, 5460)])
+        );
+    }
+
+    #[test]
+    fn fresh_shards_with_different_initial_counts_claim_nothing() {
+        let mut other = shard(2, &[]);
+        other.initial_shards = Some(3);
+        assert_eq!(
+            decide_claim(ShardId(1), 2, &view(vec![other.clone()])),
+            Claim::Disagree {
+                shard: 2,
+                theirs: 3,
+                ours: 2
+            }
+        );
+        // The same count: the usual wait-then-claim.
+        other.initial_shards = Some(2);
+        assert_eq!(
+            decide_claim(ShardId(1), 2, &view(vec![other.clone()])),
+            Claim::Ranges(vec![SlotRange(0, 8191)])
+        );
+        // A node of an earlier version says nothing: no disagreement can be seen.
+        other.initial_shards = None;
+        assert_eq!(
+            decide_claim(ShardId(1), 2, &view(vec![other])),
+            Claim::Ranges(vec![SlotRange(0, 8191)])
+        );
+    }
+
+    #[test]
+    fn a_claimed_shard_with_another_count_is_no_disagreement() {
+        // Shards 1-3 claimed with 3; shard 4 started later with 3 peers computes 4: late, not
+        // in disagreement, and its range is owned already.
+        let mut claimed: Vec<ShardView> = [(1, 0, 5460), (2, 5461, 10922), (3, 10923, 16383)]
+            .iter()
+            .map(|(id, lo, hi)| shard(*id, &[(*lo, *hi)]))
+            .collect();
+        for s in &mut claimed {
+            s.initial_shards = Some(3);
+        }
+        assert_eq!(
+            decide_claim(ShardId(4), 4, &view(claimed)),
+            Claim::Ranges(vec![])
         );
     }
 

@@ -70,6 +70,7 @@ pub fn current_state(node: &Node, totals: (u64, u64)) -> NodeState {
         state: d.state,
         descriptor_version: d.version,
         initialised: d.initialised,
+        initial_shards: Some(node.config.initial_shards()),
         slots: d
             .ranges
             .iter()

@@ -74,6 +74,7 @@ pub async fn run(
         me,
         gossip,
         vote_hold,
+        claim_problem: Default::default(),
     });
     tracing::info!(
         shard = %node.shard(), node = %node.id(), raft = %quic_addr,

@@ -71,6 +71,9 @@ pub struct Node {
     pub gossip: unikv_gossip::Gossip,
     /// Refuses votes for one lease after a restart (see `vote_hold`).
     pub vote_hold: crate::vote_hold::VoteHold,
+    /// Why this fresh shard does not claim its initial slots, if something stops it (shown
+    /// in `/raft/status`).
+    pub claim_problem: std::sync::Mutex<Option<String>>,
 }
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
@@ -86,6 +89,17 @@ fn node_ref(id: NodeId, addr: &NodeAddr) -> NodeRef {
 }
 
 impl Node {
+    pub fn claim_problem(&self) -> Option<String> {
+        self.claim_problem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_claim_problem(&self, why: Option<String>) {
+        *self.claim_problem.lock().unwrap_or_else(|p| p.into_inner()) = why;
+    }
+
     pub fn id(&self) -> NodeId {
         self.config.node()
     }

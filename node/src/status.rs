@@ -46,6 +46,8 @@ pub fn raft_status(node: &Node) -> Value {
         "wal_fsyncs": sync.fsyncs.load(Relaxed),
         "synced_appends": sync.synced_appends.load(Relaxed),
         "wal_fsync_micros": sync.fsync_micros.load(Relaxed),
+        "initial_shards": node.config.initial_shards(),
+        "claim_problem": node.claim_problem(),
     })
 }
 

@@ -71,6 +71,7 @@ pub(crate) mod tests {
             state: ShardState::Active,
             descriptor_version: 1,
             initialised: true,
+            initial_shards: None,
             slots: Vec::new(),
             keys: 0,
             bytes: 0,

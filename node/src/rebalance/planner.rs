@@ -147,6 +147,7 @@ mod tests {
                 .collect(),
             descriptor_version: 1,
             initialised: true,
+            initial_shards: None,
             state,
             keys: 0,
             bytes: 0,
