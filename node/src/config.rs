@@ -294,15 +294,12 @@ impl Config {
     }
 }
 
-/// Resolves `host:port`, preferring IPv4 (so `localhost` means 127.0.0.1).
+/// Resolves `host:port` the one way the cluster does (`unikv_gossip::resolve_addr`: IPv4
+/// preferred, `localhost` is 127.0.0.1), as a configuration error of this node.
 pub async fn resolve(addr: &str) -> Result<std::net::SocketAddr> {
-    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or(addrs.first())
-        .copied()
-        .ok_or_else(|| Error::Config(format!("{addr} does not resolve")))
+    unikv_gossip::resolve_addr(addr)
+        .await
+        .map_err(|e| Error::Config(format!("{addr} does not resolve: {e}")))
 }
 
 #[cfg(test)]

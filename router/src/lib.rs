@@ -150,11 +150,7 @@ async fn advertise_addr(host: &str, port: u16) -> Result<SocketAddr> {
     if let Ok(ip) = host.parse::<std::net::IpAddr>() {
         return Ok(SocketAddr::new(ip, port));
     }
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or(addrs.first())
-        .copied()
-        .ok_or_else(|| Error::Config(format!("--advertise_host {host:?} does not resolve")))
+    unikv_gossip::resolve_addr(&format!("{host}:{port}"))
+        .await
+        .map_err(|e| Error::Config(format!("--advertise_host {host:?} does not resolve: {e}")))
 }
