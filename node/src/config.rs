@@ -115,6 +115,16 @@ pub struct Config {
         default_value_t = 30_000
     )]
     pub handoff_timeout_ms: u64,
+    /// How long a client's at-most-once record is kept in a slot after its last write there
+    /// (decided on the leader's clock, written into the log). A retry first sent longer ago
+    /// than this may be refused with `session_expired`, never applied twice; the records
+    /// kept grow with the clients that wrote within the window.
+    #[arg(
+        long = "dedup_window_s",
+        alias = "dedup-window-s",
+        default_value_t = 600
+    )]
+    pub dedup_window_s: u64,
     /// Serve linearizable reads under the leader lease (no round trip while a quorum has
     /// acknowledged the leader within `--election_max_ms`), falling back to ReadIndex.
     /// Safe while clock *rates* agree between nodes; a restarted node withholds its vote for
@@ -242,6 +252,9 @@ impl Config {
         }
         if self.handoff_timeout_ms == 0 {
             return bad("--handoff_timeout_ms must be at least 1".into());
+        }
+        if !(1..=30 * 86_400).contains(&self.dedup_window_s) {
+            return bad("--dedup_window_s must be 1..=2592000 (30 days)".into());
         }
         if self.node_id == 0 {
             return bad("--node_id must be at least 1".into());

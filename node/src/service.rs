@@ -10,7 +10,7 @@ use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::{ChangeMembers, ReadPolicy, ServerState};
 use serde::{Deserialize, Serialize};
 use unikv_net::Transport;
-use unikv_storage::{Command, NodeAddr, OwnedRead, StateMachine, Store, TypeConfig};
+use unikv_storage::{Command, LeaderClock, NodeAddr, OwnedRead, StateMachine, Store, TypeConfig};
 use unikv_types::{
     key_slot, rpc_kind, KvError, KvOp, KvReply, KvRequest, Limits, NodeId, NodeRef, ShardId, Slot,
 };
@@ -203,12 +203,17 @@ impl Node {
     ) -> Result<KvReply, KvError> {
         let max_value_bytes =
             matches!(req.op, KvOp::Append { .. }).then_some(self.limits.max_value_bytes as u64);
+        let now_ms = unikv_types::wall_clock_ms();
         let cmd = Command::Kv {
             slot,
             key: req.key.clone(),
             op: req.op.clone(),
-            client: req.client.clone(),
+            client: req.client.clone().map(|c| c.stamped(now_ms)),
             max_value_bytes,
+            clock: Some(LeaderClock {
+                now_ms,
+                dedup_window_ms: self.config.dedup_window_s.saturating_mul(1000),
+            }),
         };
         match self.propose(cmd).await {
             Err(KvError::NotLeader {

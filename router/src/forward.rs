@@ -130,7 +130,10 @@ impl<B: Backend> Forwarder<B> {
         let slot = key_slot(key.as_bytes());
         let is_write = op.is_write();
         let lease = (client.is_none() && is_write).then(|| self.sessions.lease());
-        let client = client.or_else(|| lease.as_ref().map(|l| l.client_seq()));
+        // Stamped once: every attempt carries when the request was first sent (see `ClientSeq`).
+        let client = client
+            .or_else(|| lease.as_ref().map(|l| l.client_seq()))
+            .map(|c| c.stamped(unikv_types::wall_clock_ms()));
         let req = KvRequest {
             key,
             op,

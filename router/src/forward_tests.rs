@@ -103,10 +103,7 @@ async fn requests_go_to_the_owner_leader_and_writes_get_a_session() {
         f.execute("foo".into(), put("2"), None).await.unwrap(),
         KvReply::Written
     );
-    let caller = ClientSeq {
-        client_id: "me".into(),
-        seq: 42,
-    };
+    let caller = ClientSeq::new("me", 42);
     f.execute("foo".into(), KvOp::Delete, Some(caller.clone()))
         .await
         .unwrap();
@@ -124,7 +121,10 @@ async fn requests_go_to_the_owner_leader_and_writes_get_a_session() {
     assert!(a.client_id.starts_with('r'));
     assert_eq!(a.client_id, b.client_id);
     assert_eq!((a.seq, b.seq), (1, 2));
-    assert_eq!(calls[2].1.client, Some(caller));
+    // The caller's pair goes on as it is, stamped with when the router first sent it.
+    let sent = calls[2].1.client.clone().unwrap();
+    assert_eq!((&sent.client_id, sent.seq), (&caller.client_id, caller.seq));
+    assert!(sent.ts.is_some() && a.ts.is_some());
     assert_eq!(calls[3].1.client, None);
     assert_eq!(
         f.counters().to_json(),

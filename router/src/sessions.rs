@@ -96,15 +96,9 @@ impl Lease<'_> {
     /// The (client id, seq) every attempt of this request carries.
     pub fn client_seq(&self) -> ClientSeq {
         match &self.session {
-            Some(s) => ClientSeq {
-                client_id: s.client_id.clone(),
-                seq: s.next_seq,
-            },
+            Some(s) => ClientSeq::new(s.client_id.clone(), s.next_seq),
             // Only `drop` takes the session out.
-            None => ClientSeq {
-                client_id: String::new(),
-                seq: 0,
-            },
+            None => ClientSeq::new(String::new(), 0),
         }
     }
 }

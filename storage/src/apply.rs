@@ -3,17 +3,18 @@
 //! log id (so a crash leaves either all of a group or none of it).
 
 use openraft::EntryPayload;
-use unikv_types::{ClientSeq, KvError, KvOp, KvReply, Slot};
+use unikv_types::{KvError, KvOp, KvReply, Slot};
 
 use crate::apply_cache::ApplyCache;
 use crate::command::{Command, CommandResult};
-use crate::db::{dedup_key, kv_key, Db};
+use crate::db::{kv_key, Db};
+use crate::dedup::{self, Check};
 use crate::error::Result;
 use crate::meta::SmMeta;
 use crate::moves::apply_move;
 use crate::overlay::Overlay;
 use crate::raft_types::{Entry, StoredMembership};
-use crate::records::{request_digest, DedupRecord};
+use crate::records::request_digest;
 use crate::registry::apply_registry;
 
 /// Applies `entries` in order, updating `meta`, and writes everything as one batch. Returns one
@@ -88,7 +89,11 @@ fn apply_command(ov: &mut Overlay<'_>, meta: &mut SmMeta, cmd: &Command) -> Resu
             op,
             client,
             max_value_bytes,
+            clock,
         } => {
+            if let Some(c) = clock {
+                dedup::advance_clock(ov, meta, *c)?;
+            }
             if !meta.descriptor.initialised {
                 return Ok(Err(KvError::Unavailable {
                     shard: meta.descriptor.shard,
@@ -109,39 +114,18 @@ fn apply_command(ov: &mut Overlay<'_>, meta: &mut SmMeta, cmd: &Command) -> Resu
                     epoch: meta.descriptor.forwards.get(slot).map(|f| f.epoch),
                 }));
             }
-            let digest = client.as_ref().map(|_| request_digest(key, op));
-            if let Some(c) = client {
-                if let Some(prev) = ov.get_dedup(&dedup_key(*slot, &c.client_id))? {
-                    if prev.seq == c.seq {
-                        // A retry of the same request gets its reply; another request under
-                        // the same pair is refused (never answered with this reply).
-                        if prev.request.is_some_and(|d| Some(d) != digest) {
-                            return Ok(Err(KvError::SequenceReused {
-                                client_id: c.client_id.clone(),
-                                seq: c.seq,
-                            }));
-                        }
-                        return Ok(Ok(prev.reply));
-                    }
-                    if prev.seq > c.seq {
-                        return Ok(Err(KvError::StaleSequence {
-                            client_id: c.client_id.clone(),
-                            seq: c.seq,
-                            last: prev.seq,
-                        }));
-                    }
-                }
-            }
+            let Some(c) = client else {
+                return apply_op(ov, *slot, key, op, *max_value_bytes);
+            };
+            let digest = request_digest(key, op);
+            let clock_ms = clock.map(|_| meta.clock_ms);
+            let (prev, ts) = match dedup::check(ov, *slot, c, digest, clock_ms)? {
+                Check::Answer(answer) => return Ok(answer),
+                Check::Apply { prev, ts } => (prev, ts),
+            };
             let reply = apply_op(ov, *slot, key, op, *max_value_bytes)?;
-            if let (Ok(reply), Some(ClientSeq { client_id, seq })) = (&reply, client) {
-                ov.put_dedup(
-                    dedup_key(*slot, client_id),
-                    DedupRecord {
-                        seq: *seq,
-                        reply: reply.clone(),
-                        request: digest,
-                    },
-                )?;
+            if let Ok(r) = &reply {
+                dedup::remember(ov, *slot, c, prev, ts, r, digest, meta.clock_ms)?;
             }
             Ok(reply)
         }

@@ -22,6 +22,10 @@ pub enum Command {
         /// `--max_value_bytes`, in the log so every replica decides alike).
         #[serde(default)]
         max_value_bytes: Option<u64>,
+        /// The proposing leader's clock and dedup window (absent in entries of older
+        /// versions: those neither advance the shard's clock nor expire records).
+        #[serde(default)]
+        clock: Option<LeaderClock>,
     },
     /// A step of a slot move (see `moves`).
     Move(MoveCommand),
@@ -34,6 +38,16 @@ pub enum Command {
     },
     /// A change of this shard's registry entry (see `registry`).
     Registry(RegistryCommand),
+}
+
+/// What the proposing leader's clock said, written into the entry so every replica decides
+/// expiry alike (replicas never read their own clock while applying).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderClock {
+    /// Wall clock, ms since the Unix epoch.
+    pub now_ms: u64,
+    /// How long a client's dedup record is kept after its last write (`--dedup_window_s`).
+    pub dedup_window_ms: u64,
 }
 
 /// The steps of moving a slot between shards. Every step is idempotent: applying it again after
@@ -53,6 +67,9 @@ pub enum MoveCommand {
         epoch: Epoch,
         kv: Vec<(String, String)>,
         dedup: Vec<(String, DedupRecord)>,
+        /// The slot's dedup horizon at the source (see `dedup`): it moves with the records.
+        #[serde(default)]
+        dedup_horizon_ms: u64,
     },
     /// Source: the target installed the slot; delete the data, keep a forwarding note.
     Done { slot: Slot, epoch: Epoch },
@@ -144,6 +161,8 @@ mod legacy {
             client: Option<ClientSeq>,
             #[serde(default)]
             max_value_bytes: Option<u64>,
+            #[serde(default)]
+            clock: Option<LeaderClock>,
         },
         Move(MoveDe),
         Bootstrap {
@@ -170,12 +189,14 @@ mod legacy {
                     op,
                     client,
                     max_value_bytes,
+                    clock,
                 } => Command::Kv {
                     slot,
                     key,
                     op,
                     client,
                     max_value_bytes,
+                    clock,
                 },
                 CommandDe::Move(MoveDe::Move(m)) => Command::Move(m),
                 CommandDe::Move(MoveDe::Registry(r)) | CommandDe::Registry(r) => {
@@ -207,11 +228,12 @@ mod tests {
                 slot: 7,
                 key: "k".into(),
                 op: KvOp::Put { value: "v".into() },
-                client: Some(ClientSeq {
-                    client_id: "c".into(),
-                    seq: 3,
-                }),
+                client: Some(ClientSeq::new("c", 3).stamped(1_700_000_000_000)),
                 max_value_bytes: Some(10),
+                clock: Some(LeaderClock {
+                    now_ms: 1_700_000_000_001,
+                    dedup_window_ms: 600_000,
+                }),
             },
             Command::Move(MoveCommand::In {
                 slot: 9,
@@ -224,8 +246,11 @@ mod tests {
                         seq: 1,
                         reply: KvReply::Written,
                         request: Some(9),
+                        at_ms: 5,
+                        ts_max: 4,
                     },
                 )],
+                dedup_horizon_ms: 3,
             }),
             Command::Move(MoveCommand::Done {
                 slot: 9,

@@ -1,6 +1,6 @@
-//! State machine metadata: the applied log id, the membership and the shard descriptor, kept in
-//! memory and in the `sm` column family, and written in the same batch as the entries they
-//! reflect.
+//! State machine metadata: the applied log id, the membership, the shard descriptor and the
+//! shard's clock, kept in memory and in the `sm` column family, and written in the same batch
+//! as the entries they reflect.
 
 use rocksdb::WriteBatch;
 
@@ -12,6 +12,7 @@ use crate::raft_types::{LogId, StoredMembership};
 pub const KEY_APPLIED: &[u8] = b"applied";
 pub const KEY_MEMBERSHIP: &[u8] = b"membership";
 pub const KEY_DESCRIPTOR: &[u8] = b"descriptor";
+pub const KEY_CLOCK: &[u8] = b"clock";
 
 /// State machine metadata kept in memory and in the `sm` family.
 #[derive(Debug, Clone, Default)]
@@ -19,6 +20,9 @@ pub struct SmMeta {
     pub applied: Option<LogId>,
     pub membership: StoredMembership,
     pub descriptor: ShardDescriptor,
+    /// The shard's clock: the largest leader clock (ms since the Unix epoch) written in an
+    /// applied entry. It never goes back, whichever leader proposed, and decides dedup expiry.
+    pub clock_ms: u64,
 }
 
 impl SmMeta {
@@ -55,16 +59,22 @@ impl SmMeta {
             Some(b) => decode("descriptor", &b)?,
             None => ShardDescriptor::new(shard),
         };
+        let clock_ms = match get(KEY_CLOCK)? {
+            Some(b) => decode("clock", &b)?,
+            None => 0,
+        };
         Ok(Self {
             applied,
             membership,
             descriptor,
+            clock_ms,
         })
     }
 
-    /// Adds the applied log id alone to `batch` (membership and descriptor unchanged).
+    /// Adds the applied log id and the clock to `batch` (membership and descriptor unchanged).
     pub fn write_applied_to(&self, db: &Db, batch: &mut WriteBatch) -> Result<()> {
         batch.put_cf(db.cf(CF_SM), KEY_APPLIED, encode("applied", &self.applied)?);
+        batch.put_cf(db.cf(CF_SM), KEY_CLOCK, encode("clock", &self.clock_ms)?);
         Ok(())
     }
 
@@ -74,6 +84,7 @@ impl SmMeta {
         batch.put_cf(cf, KEY_APPLIED, encode("applied", &self.applied)?);
         batch.put_cf(cf, KEY_MEMBERSHIP, encode("membership", &self.membership)?);
         batch.put_cf(cf, KEY_DESCRIPTOR, encode("descriptor", &self.descriptor)?);
+        batch.put_cf(cf, KEY_CLOCK, encode("clock", &self.clock_ms)?);
         Ok(())
     }
 }

@@ -63,6 +63,7 @@ pub(crate) fn apply_move(
             epoch,
             kv,
             dedup,
+            dedup_horizon_ms,
         } => {
             let h = Incoming {
                 source: *from,
@@ -79,7 +80,7 @@ pub(crate) fn apply_move(
             } else if d.incoming.get(slot).is_some_and(|i| i.epoch > *epoch) {
                 refused(format!("slot {slot} is being received at a newer epoch"))
             } else {
-                ov.install_slot(*slot, kv, dedup)?;
+                ov.install_slot(*slot, kv, dedup, *dedup_horizon_ms)?;
                 d.incoming.insert(*slot, h);
                 d.version += 1;
                 ok
@@ -138,12 +139,18 @@ pub(crate) fn apply_move(
     Ok(res)
 }
 
-/// Everything stored for `slot`: its pairs and its dedup table, for handing it off.
-#[allow(clippy::type_complexity)]
-pub fn export_slot(
-    db: &Db,
-    slot: Slot,
-) -> Result<(Vec<(String, String)>, Vec<(String, DedupRecord)>)> {
+/// Everything stored for `slot`, for handing it off.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlotExport {
+    pub kv: Vec<(String, String)>,
+    /// Client id → record.
+    pub dedup: Vec<(String, DedupRecord)>,
+    /// The slot's dedup horizon (see `dedup`).
+    pub dedup_horizon_ms: u64,
+}
+
+/// Everything stored for `slot`: its pairs, its dedup table and horizon.
+pub fn export_slot(db: &Db, slot: Slot) -> Result<SlotExport> {
     let (lo, hi) = slot_bounds(slot);
     let scan = |cf: &str| -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut ro = ReadOptions::default();
@@ -165,11 +172,18 @@ pub fn export_slot(
         .into_iter()
         .map(|(k, v)| (text(&k), text(&v)))
         .collect();
-    let dedup = scan(CF_DEDUP)?
-        .into_iter()
-        .map(|(k, v)| Ok((text(&k), decode("dedup record", &v)?)))
-        .collect::<Result<_>>()?;
-    Ok((kv, dedup))
+    let mut out = SlotExport {
+        kv,
+        ..SlotExport::default()
+    };
+    for (client, v) in scan(CF_DEDUP)? {
+        if client.is_empty() {
+            out.dedup_horizon_ms = <[u8; 8]>::try_from(&v[..]).map_or(0, u64::from_be_bytes);
+        } else {
+            out.dedup.push((text(&client), decode("dedup record", &v)?));
+        }
+    }
+    Ok(out)
 }
 
 /// Key count and bytes of every slot that holds data.

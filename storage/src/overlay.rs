@@ -1,14 +1,16 @@
 //! The pending write batch of one apply group, read through: reads see the group's own earlier
-//! writes first, then the apply cache, then RocksDB. It also accumulates per-slot statistics
-//! and tells the cache what became durable once the batch is written.
+//! writes first, then the apply cache, then RocksDB (never for a slot the group deleted: its
+//! range delete is still in the batch). It also accumulates per-slot statistics and tells the
+//! cache what became durable once the batch is written.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use rocksdb::WriteBatch;
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 use unikv_types::Slot;
 
 use crate::apply_cache::ApplyCache;
-use crate::db::{dedup_key, kv_key, slot_bounds, Db, CF_DEDUP, CF_KV, CF_STATS};
+use crate::db::{dedup_key, kv_key, slot_bounds, split_key, Db, CF_DEDUP, CF_KV, CF_STATS};
+use crate::dedup::{age_key, horizon_key};
 use crate::error::{decode, encode, Result};
 use crate::records::{DedupRecord, SlotStats};
 
@@ -18,7 +20,16 @@ pub(crate) struct Overlay<'a> {
     pub(crate) db: &'a Db,
     cache: &'a mut ApplyCache,
     kv: HashMap<Vec<u8>, Option<Vec<u8>>>,
-    dedup: HashMap<Vec<u8>, DedupRecord>,
+    /// Dedup records written (`Some`) or deleted (`None`) by this batch.
+    dedup: HashMap<Vec<u8>, Option<DedupRecord>>,
+    /// Entries of the dedup expiry index added (`true`) or deleted (`false`) by this batch.
+    age: BTreeMap<Vec<u8>, bool>,
+    /// Dedup horizons written by this batch.
+    horizons: HashMap<Slot, u64>,
+    /// Slots whose stored data this batch deleted: nothing of theirs is read from below.
+    cleared: HashSet<Slot>,
+    /// The expiry index floor for the cache once the batch is durable.
+    age_floor: Option<u64>,
     /// Slots whose data and dedup table this batch deleted or replaced.
     replaced: Vec<Slot>,
     /// Statistics this batch writes, for the cache once the batch is durable in RocksDB.
@@ -41,6 +52,10 @@ impl<'a> Overlay<'a> {
             cache,
             kv: HashMap::new(),
             dedup: HashMap::new(),
+            age: BTreeMap::new(),
+            horizons: HashMap::new(),
+            cleared: HashSet::new(),
+            age_floor: None,
             replaced: Vec::new(),
             new_stats: Vec::new(),
             stats: HashMap::new(),
@@ -62,24 +77,28 @@ impl<'a> Overlay<'a> {
         }
     }
 
-    /// Deletes everything stored for `slot` (data, dedup table, statistics).
+    /// Deletes everything stored for `slot` (data, dedup table and horizon, statistics). Its
+    /// entries in the dedup expiry index stay: expiry drops an entry whose record is gone.
     pub(crate) fn delete_slot(&mut self, slot: Slot) {
         let (lo, hi) = slot_bounds(slot);
         self.batch.delete_range_cf(self.db.cf(CF_KV), &lo, &hi);
         self.batch.delete_range_cf(self.db.cf(CF_DEDUP), &lo, &hi);
         self.kv.retain(|k, _| !k.starts_with(&lo));
         self.dedup.retain(|k, _| !k.starts_with(&lo));
+        self.horizons.remove(&slot);
+        self.cleared.insert(slot);
         self.replaced.push(slot);
         self.stats
             .insert(slot, StatsChange::Reset(SlotStats::default()));
     }
 
-    /// Writes a slot's data and dedup table as received from another shard.
+    /// Writes a slot's data, dedup table and dedup horizon as received from another shard.
     pub(crate) fn install_slot(
         &mut self,
         slot: Slot,
         kv: &[(String, String)],
         dedup: &[(String, DedupRecord)],
+        dedup_horizon_ms: u64,
     ) -> Result<()> {
         self.delete_slot(slot);
         let mut st = SlotStats::default();
@@ -91,7 +110,17 @@ impl<'a> Overlay<'a> {
             st.bytes += (k.len() + v.len()) as u64;
         }
         for (client, rec) in dedup {
+            if client.is_empty() {
+                continue;
+            }
+            self.put_age(age_key(rec.at_ms, slot, client.as_bytes()));
             self.put_dedup(dedup_key(slot, client), rec.clone())?;
+            // Received records keep their age, which may be older than anything indexed here.
+            let floor = self.age_floor.unwrap_or(self.cache.age_floor());
+            self.age_floor = Some(floor.min(rec.at_ms));
+        }
+        if dedup_horizon_ms > 0 {
+            self.set_horizon(slot, dedup_horizon_ms);
         }
         self.stats.insert(slot, StatsChange::Reset(st));
         Ok(())
@@ -132,6 +161,7 @@ impl<'a> Overlay<'a> {
             replaced,
             new_stats,
             batch,
+            age_floor,
             ..
         } = self;
         before_write(&replaced);
@@ -143,14 +173,25 @@ impl<'a> Overlay<'a> {
             cache.set_stats(slot, st);
         }
         for (k, rec) in dedup {
-            cache.put_dedup(k, rec);
+            cache.set_dedup(k, rec);
+        }
+        if let Some(f) = age_floor {
+            cache.set_age_floor(f);
         }
         Ok(())
+    }
+
+    /// Whether `k` (a `kv` or `dedup` key) belongs to a slot this batch deleted.
+    fn in_cleared_slot(&self, k: &[u8]) -> bool {
+        !self.cleared.is_empty() && split_key(k).is_some_and(|(s, _)| self.cleared.contains(&s))
     }
 
     pub(crate) fn get_kv(&self, k: &[u8]) -> Result<Option<Vec<u8>>> {
         if let Some(v) = self.kv.get(k) {
             return Ok(v.clone());
+        }
+        if self.in_cleared_slot(k) {
+            return Ok(None);
         }
         Ok(self.db.raw().get_cf(self.db.cf(CF_KV), k)?)
     }
@@ -164,7 +205,10 @@ impl<'a> Overlay<'a> {
     }
     pub(crate) fn get_dedup(&self, k: &[u8]) -> Result<Option<DedupRecord>> {
         if let Some(v) = self.dedup.get(k) {
-            return Ok(Some(v.clone()));
+            return Ok(v.clone());
+        }
+        if self.in_cleared_slot(k) {
+            return Ok(None);
         }
         if let Some(v) = self.cache.dedup(k) {
             return Ok(Some(v.clone()));
@@ -177,7 +221,72 @@ impl<'a> Overlay<'a> {
     pub(crate) fn put_dedup(&mut self, k: Vec<u8>, rec: DedupRecord) -> Result<()> {
         self.batch
             .put_cf(self.db.cf(CF_DEDUP), &k, encode("dedup record", &rec)?);
-        self.dedup.insert(k, rec);
+        self.dedup.insert(k, Some(rec));
         Ok(())
+    }
+    pub(crate) fn delete_dedup(&mut self, k: Vec<u8>) {
+        self.batch.delete_cf(self.db.cf(CF_DEDUP), &k);
+        self.dedup.insert(k, None);
+    }
+
+    /// The slot's dedup horizon (0: it never forgot a record).
+    pub(crate) fn horizon(&self, slot: Slot) -> Result<u64> {
+        if let Some(h) = self.horizons.get(&slot) {
+            return Ok(*h);
+        }
+        if self.cleared.contains(&slot) {
+            return Ok(0);
+        }
+        let v = self
+            .db
+            .raw()
+            .get_cf(self.db.cf(CF_DEDUP), horizon_key(slot))?;
+        Ok(v.and_then(|b| <[u8; 8]>::try_from(&b[..]).ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+    pub(crate) fn set_horizon(&mut self, slot: Slot, ms: u64) {
+        self.batch
+            .put_cf(self.db.cf(CF_DEDUP), horizon_key(slot), ms.to_be_bytes());
+        self.horizons.insert(slot, ms);
+    }
+
+    pub(crate) fn put_age(&mut self, k: Vec<u8>) {
+        self.batch.put_cf(self.db.cf(CF_DEDUP), &k, []);
+        self.age.insert(k, true);
+    }
+    pub(crate) fn delete_age(&mut self, k: Vec<u8>) {
+        self.batch.delete_cf(self.db.cf(CF_DEDUP), &k);
+        self.age.insert(k, false);
+    }
+
+    /// Entries of the dedup expiry index in `[from, to)`, as this batch leaves them.
+    pub(crate) fn age_keys(&self, from: Vec<u8>, to: Vec<u8>) -> Result<Vec<Vec<u8>>> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(to.clone());
+        let mut keys = std::collections::BTreeSet::new();
+        let it = self.db.raw().iterator_cf_opt(
+            self.db.cf(CF_DEDUP),
+            ro,
+            IteratorMode::From(&from, Direction::Forward),
+        );
+        for item in it {
+            keys.insert(item?.0.to_vec());
+        }
+        for (k, present) in self.age.range(from..to) {
+            if *present {
+                keys.insert(k.clone());
+            } else {
+                keys.remove(k);
+            }
+        }
+        Ok(keys.into_iter().collect())
+    }
+
+    /// The cache's expiry index floor, as this batch leaves it.
+    pub(crate) fn age_floor(&self) -> u64 {
+        self.age_floor.unwrap_or(self.cache.age_floor())
+    }
+    pub(crate) fn set_age_floor(&mut self, ms: u64) {
+        self.age_floor = Some(ms);
     }
 }

@@ -1,6 +1,7 @@
 //! The records the state machine stores beside the data, per slot: the last reply to each client
 //! (`dedup` column family) and the slot's key and byte counts (`stats`). They are plain data,
 //! shared by apply, moves, the apply cache and snapshots, so they live apart from all of them.
+//! How dedup records expire is in `dedup`.
 
 use serde::{Deserialize, Serialize};
 use unikv_types::{KvOp, KvReply};
@@ -10,11 +11,47 @@ use xxhash_rust::xxh3::Xxh3;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DedupRecord {
     pub seq: u64,
+    /// The reply, shrunk by [`stored_reply`] (a long previous value is not kept).
     pub reply: KvReply,
     /// [`request_digest`] of the request that got `reply`: a retry must be the same request.
     /// Absent in records written before it existed (they are trusted as before).
     #[serde(default)]
     pub request: Option<u64>,
+    /// The shard's clock (the leaders' clocks as written in the log) when the record was
+    /// written: it expires a dedup window later. 0 in records written before expiry existed.
+    #[serde(default)]
+    pub at_ms: u64,
+    /// The newest `ts` (first-send stamp) of the client's writes applied in this slot: when
+    /// the record expires, the slot's horizon rises to it.
+    #[serde(default)]
+    pub ts_max: u64,
+}
+
+impl DedupRecord {
+    /// Approximate bytes the record takes in memory.
+    pub fn approx_bytes(&self) -> usize {
+        64 + match &self.reply {
+            KvReply::Appended { previous: Some(p) } => p.len(),
+            KvReply::Value(Some(v)) => v.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// Longest previous value a dedup record keeps for an `append`'s reply; a retry of an append
+/// that found a longer one is answered [`KvReply::RetriedAppend`] with its length only.
+pub const KEPT_REPLY_BYTES: usize = 256;
+
+/// The reply as a dedup record keeps it: small, whatever the values are.
+pub fn stored_reply(reply: &KvReply) -> KvReply {
+    match reply {
+        KvReply::Appended { previous: Some(p) } if p.len() > KEPT_REPLY_BYTES => {
+            KvReply::RetriedAppend {
+                previous_bytes: p.len() as u64,
+            }
+        }
+        other => other.clone(),
+    }
 }
 
 /// A 64-bit digest (XXH3, a fixed algorithm: the same on every node and version) of what a

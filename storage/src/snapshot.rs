@@ -103,6 +103,9 @@ impl SnapshotFile {
 pub struct SnapshotHeader {
     pub meta: SnapshotMeta,
     pub descriptor: ShardDescriptor,
+    /// The shard clock at the snapshot (0 in snapshots of older versions).
+    #[serde(default)]
+    pub clock_ms: u64,
 }
 
 /// One data record of a snapshot.

@@ -20,7 +20,7 @@ use crate::descriptor::ShardDescriptor;
 use crate::error::{blocking, Error, Result};
 use crate::meta::SmMeta;
 use crate::raft_types::{Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
-use crate::records::{DedupRecord, SlotStats};
+use crate::records::SlotStats;
 use crate::snapshot::{
     file_name, index_of, read_snapshot, sync_dir, verify_snapshot, write_snapshot, Record,
     Snapshot, SnapshotFile, SnapshotHeader,
@@ -100,12 +100,8 @@ impl Store {
         Ok(v.map(|b| String::from_utf8_lossy(&b).into_owned()))
     }
 
-    /// Everything stored for `slot`: its pairs and its dedup table (for handing it off).
-    #[allow(clippy::type_complexity)]
-    pub fn export_slot(
-        &self,
-        slot: Slot,
-    ) -> Result<(Vec<(String, String)>, Vec<(String, DedupRecord)>)> {
+    /// Everything stored for `slot`: its pairs, dedup table and horizon (for handing it off).
+    pub fn export_slot(&self, slot: Slot) -> Result<crate::moves::SlotExport> {
         crate::moves::export_slot(&self.shared.db, slot)
     }
 
@@ -147,6 +143,7 @@ fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl StateMachine {
     pub fn open(db: Db, snap_dir: &Path, shard: ShardId) -> Result<Self> {
         std::fs::create_dir_all(snap_dir)?;
+        crate::dedup::index_legacy_records(&db)?;
         let meta = SmMeta::load(&db, shard)?;
         let current = find_latest_snapshot(snap_dir)?;
         Ok(Self {
@@ -235,6 +232,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let header = SnapshotHeader {
                 meta: snap_meta.clone(),
                 descriptor: meta.descriptor.clone(),
+                clock_ms: meta.clock_ms,
             };
             let tmp = incoming_path(&shared.snap_dir);
             let records = write_snapshot(db, &header, &rs, &tmp)?;
@@ -360,9 +358,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // Whatever happens below, the cached state no longer describes the database.
             lock(&shared.cache).clear();
             let mut batch = WriteBatch::default();
-            // Slot keys start with a big-endian u16 below 0x4000, so [0, 0xff) covers them all.
+            // Slot keys start with a big-endian u16 below 0x4000, so [0, 0xff) covers them all;
+            // the dedup expiry index is 0xff ++ age (ms, far below 2^56), so [0, 0xffff) there.
             batch.delete_range_cf(db.cf(CF_KV), [0u8].as_slice(), [0xffu8].as_slice());
-            batch.delete_range_cf(db.cf(CF_DEDUP), [0u8].as_slice(), [0xffu8].as_slice());
+            batch.delete_range_cf(db.cf(CF_DEDUP), [0u8].as_slice(), [0xffu8; 2].as_slice());
             batch.delete_range_cf(db.cf(CF_STATS), [0u8].as_slice(), [0xffu8].as_slice());
             let file = snapshot.reopen()?;
             let header = read_snapshot(file, &snapshot.path, |rec| {
@@ -383,6 +382,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 applied: meta.last_log_id,
                 membership: meta.last_membership.clone(),
                 descriptor: header.descriptor,
+                clock_ms: header.clock_ms,
             };
             new_meta.write_to(db, &mut batch)?;
             // The batch replaces every slot's data: nothing is served until it is published.

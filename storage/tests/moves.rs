@@ -7,7 +7,7 @@ use openraft::EntryPayload;
 use unikv_storage::apply::apply_entries_cached;
 use unikv_storage::apply_cache::ApplyCache;
 use unikv_storage::meta::SmMeta;
-use unikv_storage::moves::{export_slot, slot_stats};
+use unikv_storage::moves::{export_slot, slot_stats, SlotExport};
 use unikv_storage::raft_types::Entry;
 use unikv_storage::{Command, CommandResult, Db, MoveCommand, RegistryCommand, TypeConfig};
 use unikv_types::{ClientSeq, Epoch, KvError, KvOp, KvReply, NodeId, ShardId, SlotRange};
@@ -71,11 +71,9 @@ impl Shard {
             slot,
             key: key.into(),
             op,
-            client: client.map(|(c, s)| ClientSeq {
-                client_id: c.into(),
-                seq: s,
-            }),
+            client: client.map(|(c, s)| ClientSeq::new(c, s)),
             max_value_bytes: None,
+            clock: None,
         })
     }
 
@@ -130,7 +128,7 @@ fn a_slot_moves_with_its_data_and_dedup_table() {
     assert_eq!(src.kv(6, "other", put("o2"), None), Ok(KvReply::Written));
 
     // 2. The target installs the data; it does not serve it yet.
-    let (kv, dedup) = export_slot(&src.db, 5).unwrap();
+    let SlotExport { kv, dedup, .. } = export_slot(&src.db, 5).unwrap();
     assert_eq!(kv.len(), 2);
     assert_eq!(dedup.len(), 1);
     let inn = MoveCommand::In {
@@ -139,6 +137,7 @@ fn a_slot_moves_with_its_data_and_dedup_table() {
         epoch: Epoch(2),
         kv,
         dedup,
+        dedup_horizon_ms: 0,
     };
     assert_eq!(dst.mv(inn.clone()), Ok(KvReply::Written));
     assert_eq!(dst.mv(inn.clone()), Ok(KvReply::Written), "idempotent");
@@ -155,7 +154,7 @@ fn a_slot_moves_with_its_data_and_dedup_table() {
     };
     assert_eq!(src.mv(done.clone()), Ok(KvReply::Written));
     assert_eq!(src.mv(done), Ok(KvReply::Written), "idempotent");
-    assert_eq!(export_slot(&src.db, 5).unwrap().0.len(), 0);
+    assert_eq!(export_slot(&src.db, 5).unwrap().kv.len(), 0);
     assert_eq!(src.stats(5), (0, 0));
     assert_eq!(src.meta.descriptor.owns(5), None);
     assert_eq!(src.meta.descriptor.slot_count(), 99);
@@ -201,14 +200,15 @@ fn a_slot_moves_with_its_data_and_dedup_table() {
             from: ShardId(1),
             epoch: Epoch(2),
             kv,
-            dedup
+            dedup,
+            dedup_horizon_ms: 0,
         }),
         Ok(KvReply::Written)
     );
     assert_eq!(
         export_slot(&dst.db, 5)
             .unwrap()
-            .0
+            .kv
             .iter()
             .find(|(k, _)| k == "a")
             .unwrap()
@@ -230,14 +230,15 @@ fn an_aborted_move_leaves_the_source_serving_and_the_target_empty() {
         }),
         Ok(KvReply::Written)
     );
-    let (kv, dedup) = export_slot(&src.db, 7).unwrap();
+    let SlotExport { kv, dedup, .. } = export_slot(&src.db, 7).unwrap();
     assert_eq!(
         dst.mv(MoveCommand::In {
             slot: 7,
             from: ShardId(1),
             epoch: Epoch(2),
             kv,
-            dedup
+            dedup,
+            dedup_horizon_ms: 0,
         }),
         Ok(KvReply::Written)
     );
@@ -268,7 +269,7 @@ fn an_aborted_move_leaves_the_source_serving_and_the_target_empty() {
         }),
         Ok(KvReply::Written)
     );
-    assert!(export_slot(&dst.db, 7).unwrap().0.is_empty());
+    assert!(export_slot(&dst.db, 7).unwrap().kv.is_empty());
     assert!(
         dst.mv(MoveCommand::Activate {
             slot: 7,
@@ -335,7 +336,8 @@ fn refused_steps() {
             from: ShardId(3),
             epoch: Epoch(2),
             kv,
-            dedup
+            dedup,
+            dedup_horizon_ms: 0,
         })
         .is_err());
 }

@@ -41,6 +41,7 @@ fn some_data() -> Vec<Command> {
             },
             client: None,
             max_value_bytes: None,
+            clock: None,
         });
     }
     cmds

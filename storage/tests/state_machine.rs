@@ -27,11 +27,9 @@ fn kv(slot: u16, key: &str, op: KvOp, client: Option<(&str, u64)>) -> Command {
         slot,
         key: key.into(),
         op,
-        client: client.map(|(c, s)| ClientSeq {
-            client_id: c.into(),
-            seq: s,
-        }),
+        client: client.map(|(c, s)| ClientSeq::new(c, s)),
         max_value_bytes: None,
+        clock: None,
     }
 }
 
@@ -229,6 +227,7 @@ async fn an_append_may_not_grow_a_value_past_the_limit() {
         op: KvOp::Append { value: v.into() },
         client: None,
         max_value_bytes: Some(4),
+        clock: None,
     };
     let r = apply_direct(
         &db,
@@ -307,6 +306,7 @@ async fn reads_never_see_a_handed_off_slot_owned_but_empty() {
             epoch: e,
             kv: vec![("k".into(), "v".into())],
             dedup: vec![],
+            dedup_horizon_ms: 0,
         };
         apply(&mut sm, index + 2, vec![Command::Move(back)]).await;
         apply(

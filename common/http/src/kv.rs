@@ -134,6 +134,11 @@ async fn kv_append<S: KvService>(
     let (_, reply) = run(&*service, req, |p| Ok(KvOp::Append { value: value(p)? })).await?;
     match reply {
         KvReply::Appended { previous } => Ok(ok(json!({"ok": true, "previous": previous}))),
+        KvReply::RetriedAppend { previous_bytes } => Ok(ok(json!({
+            "ok": true,
+            "retried": true,
+            "previous_bytes": previous_bytes,
+        }))),
         other => Err(unexpected(other)),
     }
 }

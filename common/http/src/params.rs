@@ -80,7 +80,8 @@ impl Params {
         })
     }
 
-    /// `client_id` and `seq`: both or neither.
+    /// `client_id` and `seq`: both or neither; `ts` (ms since the Unix epoch when the request
+    /// was first sent, the same on every retry) optional with them.
     pub fn client_seq(&self) -> Result<Option<ClientSeq>, ApiError> {
         match (self.optional("client_id"), self.optional("seq")) {
             (None, None) => Ok(None),
@@ -91,12 +92,17 @@ impl Params {
                         "client_id must be 1 to 128 bytes",
                     ));
                 }
+                let ts = match self.optional("ts") {
+                    Some(_) => Some(self.u64("ts")?),
+                    None => None,
+                };
                 Ok(Some(ClientSeq {
                     client_id: id.to_string(),
                     seq: self.u64("seq")?,
+                    ts,
                 }))
             }
-            _ => Err(ApiError::bad_request(
+            (None, Some(_)) | (Some(_), None) => Err(ApiError::bad_request(
                 "bad_request",
                 "client_id and seq must be given together",
             )),

@@ -20,6 +20,36 @@ pub struct NodeRef {
 pub struct ClientSeq {
     pub client_id: String,
     pub seq: u64,
+    /// When the request was first sent (ms since the Unix epoch, the sender's clock), the same
+    /// on every retry. A shard forgets a client's record some time after its last write (the
+    /// dedup window) and remembers, per slot, the newest `ts` it forgot: a request without a
+    /// record whose `ts` is not newer may be a late retry of a forgotten write and is refused
+    /// (`session_expired`), never applied twice. Absent: stamped where the request enters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts: Option<u64>,
+}
+
+impl ClientSeq {
+    pub fn new(client_id: impl Into<String>, seq: u64) -> ClientSeq {
+        ClientSeq {
+            client_id: client_id.into(),
+            seq,
+            ts: None,
+        }
+    }
+
+    /// Sets `ts` to `now_ms` unless it is set already (a retry keeps its first stamp).
+    pub fn stamped(mut self, now_ms: u64) -> ClientSeq {
+        self.ts.get_or_insert(now_ms);
+        self
+    }
+}
+
+/// Milliseconds since the Unix epoch by this machine's wall clock (0 if the clock is before it).
+pub fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The operation of a KV request.
@@ -65,6 +95,9 @@ pub enum KvReply {
     Written,
     /// `append` applied; the value before the append.
     Appended { previous: Option<String> },
+    /// A retry of an `append` that was applied once before, whose previous value was too long
+    /// to keep in the dedup record (only its length was kept).
+    RetriedAppend { previous_bytes: u64 },
     /// `delete` applied; whether the key existed.
     Deleted { existed: bool },
 }
@@ -100,6 +133,15 @@ pub enum KvError {
     /// key, operation or value): it is refused, never answered with the other request's reply.
     #[error("sequence {seq} for client {client_id} was already used for a different request")]
     SequenceReused { client_id: String, seq: u64 },
+    /// A write without a dedup record whose `ts` is not newer than what the slot already
+    /// forgot: it may be a late retry of a write applied and forgotten, so it is refused.
+    #[error("client {client_id} seq {seq} was not applied: it was first sent at {ts_ms} ms and this slot no longer remembers writes sent up to {forgotten_through_ms} ms (the dedup window); an earlier attempt may have been applied")]
+    SessionExpired {
+        client_id: String,
+        seq: u64,
+        ts_ms: u64,
+        forgotten_through_ms: u64,
+    },
     /// The shard cannot serve now (no leader, no quorum, shutting down); retry later.
     #[error("shard {shard} unavailable: {reason}")]
     Unavailable { shard: ShardId, reason: String },
@@ -121,6 +163,7 @@ impl KvError {
             KvError::BadRequest { code, .. } => code,
             KvError::StaleSequence { .. } => "stale_sequence",
             KvError::SequenceReused { .. } => "sequence_reused",
+            KvError::SessionExpired { .. } => "session_expired",
             KvError::Unavailable { .. } => "unavailable",
             KvError::Unknown { .. } => "outcome_unknown",
             KvError::Internal(_) => "internal",
@@ -131,7 +174,9 @@ impl KvError {
     pub fn http_status(&self) -> u16 {
         match self {
             KvError::BadRequest { .. } => 400,
-            KvError::StaleSequence { .. } | KvError::SequenceReused { .. } => 409,
+            KvError::StaleSequence { .. }
+            | KvError::SequenceReused { .. }
+            | KvError::SessionExpired { .. } => 409,
             KvError::WrongShard { .. } | KvError::NotLeader { .. } => 421,
             KvError::Unavailable { .. } => 503,
             KvError::Unknown { .. } => 504,

@@ -15,7 +15,7 @@ pub mod slot;
 
 pub use cluster::{Role, ShardState};
 pub use ids::{Epoch, NodeId, ShardId};
-pub use kv::{ClientSeq, KvError, KvOp, KvReply, KvRequest, NodeRef};
+pub use kv::{wall_clock_ms, ClientSeq, KvError, KvOp, KvReply, KvRequest, NodeRef};
 pub use limits::Limits;
 pub use slot::{key_slot, Slot, SlotRange, SLOT_COUNT};
 

@@ -70,17 +70,22 @@ async fn run(
         Some(h) => (h, None),
         None => (start(node, slot, to).await?, Some(Instant::now())),
     };
-    let (kv, dedup) = node
+    let export = node
         .store
         .export_slot(slot)
         .map_err(|e| KvError::Internal(e.to_string()))?;
-    let bytes: u64 = kv.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+    let bytes: u64 = export
+        .kv
+        .iter()
+        .map(|(k, v)| (k.len() + v.len()) as u64)
+        .sum();
     let msg = MoveIn {
         slot,
         from: node.shard(),
         epoch: h.epoch,
-        kv,
-        dedup,
+        kv: export.kv,
+        dedup: export.dedup,
+        dedup_horizon_ms: export.dedup_horizon_ms,
     };
     // The slot is frozen from here until `Done`: bounded, whatever gossip says of the target.
     let give_up_at = Instant::now() + node.config.handoff_timeout();

@@ -13,6 +13,9 @@ pub struct MoveIn {
     pub epoch: Epoch,
     pub kv: Vec<(String, String)>,
     pub dedup: Vec<(String, DedupRecord)>,
+    /// The slot's dedup horizon (absent from older senders).
+    #[serde(default)]
+    pub dedup_horizon_ms: u64,
 }
 
 /// The target asks the source how a hand-off ended.

@@ -35,6 +35,7 @@ pub async fn handle_move_in(node: &Node, m: MoveIn) -> Result<(), KvError> {
             epoch: m.epoch,
             kv: m.kv,
             dedup: m.dedup,
+            dedup_horizon_ms: m.dedup_horizon_ms,
         }))
         .await,
     )
