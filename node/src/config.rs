@@ -125,6 +125,16 @@ pub struct Config {
         default_value_t = 600
     )]
     pub dedup_window_s: u64,
+    /// Test-only: never fsync the Raft log's WAL, so writes are acknowledged without being
+    /// durable and are lost on power loss. The power-cut test's negative control uses it to
+    /// prove the test can see a loss. Hidden from `--help`; never use it for data you keep.
+    #[arg(
+        long = "unsafe_skip_fsync_for_tests",
+        hide = true,
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub unsafe_skip_fsync_for_tests: bool,
     /// Serve linearizable reads under the leader lease (no round trip while a quorum has
     /// acknowledged the leader within `--election_max_ms`), falling back to ReadIndex.
     /// Safe while clock *rates* agree between nodes; a restarted node withholds its vote for
@@ -233,6 +243,7 @@ impl Config {
         unikv_storage::DbOptions {
             memtable_mb: self.memtable_mb,
             block_cache_mb: self.block_cache_mb,
+            unsafe_skip_fsync: self.unsafe_skip_fsync_for_tests,
         }
     }
 

@@ -37,6 +37,8 @@ pub struct Db {
     inner: Arc<DB>,
     syncer: mpsc::Sender<SyncWaiter>,
     stats: Arc<SyncStats>,
+    /// [`DbOptions::unsafe_skip_fsync`].
+    skip_fsync: bool,
 }
 
 /// RocksDB's memory bounds (the node's `--memtable_mb` and `--block_cache_mb`): memtables of
@@ -46,6 +48,10 @@ pub struct Db {
 pub struct DbOptions {
     pub memtable_mb: usize,
     pub block_cache_mb: usize,
+    /// Test-only negative control: never fsync the WAL (every "sync" becomes a plain write
+    /// to the OS), so acknowledged writes are lost on power loss. The power-cut test turns it
+    /// on to prove it can see such a loss; nothing else may.
+    pub unsafe_skip_fsync: bool,
 }
 
 impl Default for DbOptions {
@@ -53,6 +59,7 @@ impl Default for DbOptions {
         DbOptions {
             memtable_mb: 64,
             block_cache_mb: 64,
+            unsafe_skip_fsync: false,
         }
     }
 }
@@ -108,11 +115,16 @@ impl Db {
             .collect::<Vec<_>>();
         let db = Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?);
         let stats = Arc::new(SyncStats::default());
-        let syncer = spawn_syncer(db.clone(), stats.clone());
+        let skip_fsync = memory.unsafe_skip_fsync;
+        if skip_fsync {
+            tracing::warn!(path = %path.display(), "fsync is OFF (test-only switch): acknowledged writes are lost on power loss");
+        }
+        let syncer = spawn_syncer(db.clone(), stats.clone(), skip_fsync);
         Ok(Self {
             inner: db,
             syncer,
             stats,
+            skip_fsync,
         })
     }
 
@@ -136,14 +148,14 @@ impl Db {
     /// Writes and fsyncs before returning.
     pub fn write_sync(&self, batch: WriteBatch) -> Result<()> {
         let mut wo = WriteOptions::default();
-        wo.set_sync(true);
+        wo.set_sync(!self.skip_fsync);
         self.inner.write_opt(batch, &wo)?;
         Ok(())
     }
 
     /// Fsyncs the WAL now.
     pub fn sync_wal(&self) -> Result<()> {
-        self.inner.flush_wal(true)?;
+        self.inner.flush_wal(!self.skip_fsync)?;
         Ok(())
     }
 
@@ -162,7 +174,7 @@ impl Db {
 
 /// The group-commit thread: it waits for sync requests, takes every request queued so far, and
 /// covers them all with one WAL fsync.
-fn spawn_syncer(db: Arc<DB>, stats: Arc<SyncStats>) -> mpsc::Sender<SyncWaiter> {
+fn spawn_syncer(db: Arc<DB>, stats: Arc<SyncStats>, skip_fsync: bool) -> mpsc::Sender<SyncWaiter> {
     let (tx, rx) = mpsc::channel::<SyncWaiter>();
     let weak = Arc::downgrade(&db);
     drop(db);
@@ -176,7 +188,7 @@ fn spawn_syncer(db: Arc<DB>, stats: Arc<SyncStats>) -> mpsc::Sender<SyncWaiter> 
                 }
                 let started = std::time::Instant::now();
                 let res = match weak.upgrade() {
-                    Some(db) => db.flush_wal(true).map_err(std::io::Error::other),
+                    Some(db) => db.flush_wal(!skip_fsync).map_err(std::io::Error::other),
                     None => Err(std::io::Error::other("database closed")),
                 };
                 use std::sync::atomic::Ordering::Relaxed;

@@ -93,6 +93,12 @@ impl Cluster {
     /// to every node: node 1 first (waits until it leads), then nodes 2 and 3, joined through
     /// node 1; returns once all three report the same leader and voters `[1, 2, 3]`.
     pub async fn start_with(flags: &[(&str, &str)]) -> Cluster {
+        Cluster::start_on(flags, None).await
+    }
+
+    /// [`Cluster::start_with`] with the nodes' data dirs and TLS dir under `data_root` (e.g.
+    /// a test file system) instead of the cluster's temporary folder, which keeps the logs.
+    pub async fn start_on(flags: &[(&str, &str)], data_root: Option<&Path>) -> Cluster {
         let slot = cluster_slots()
             .acquire_owned()
             .await
@@ -108,7 +114,8 @@ impl Cluster {
             .tempdir()
             .expect("create tempdir");
         let root = dir.path().to_path_buf();
-        let tls_dir = root.join("tls");
+        let data_root = data_root.map_or_else(|| root.clone(), Path::to_path_buf);
+        let tls_dir = data_root.join("tls");
         fs::create_dir_all(&tls_dir).expect("create tls dir");
 
         let mut all_flags: Vec<(String, String)> = DEFAULT_FLAGS
@@ -130,7 +137,7 @@ impl Cluster {
             let http_port = ports[2 * i as usize];
             let raft_port = ports[2 * i as usize + 1];
             let id = i + 1;
-            let data_dir = root.join(format!("node-{id}"));
+            let data_dir = data_root.join(format!("node-{id}"));
             addrs.insert(id, format!("127.0.0.1:{http_port}"));
             nodes.push(Node {
                 id,
@@ -384,6 +391,14 @@ impl Cluster {
         child.kill().expect("SIGKILL node");
         let status = child.wait().expect("reap killed node");
         eprintln!("[cluster] kill -9 node {id} ({status})");
+    }
+
+    /// Sets (or replaces) a flag for the nodes' next starts.
+    pub fn set_flag(&mut self, name: &str, value: &str) {
+        match self.flags.iter_mut().find(|(k, _)| k == name) {
+            Some(f) => f.1 = value.to_string(),
+            None => self.flags.push((name.to_string(), value.to_string())),
+        }
     }
 
     /// Starts a killed node again with the same flags and data dir; returns once its HTTP

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod cluster;
 pub mod imports;
+pub mod lazyfs;
 pub mod load;
 pub mod log_tails;
 pub mod machine;
