@@ -12,7 +12,8 @@
 # Environment (for tests and side-by-side clusters): UNIKV_SHARDS (3), UNIKV_HTTP_BASE (8000),
 # UNIKV_RAFT_BASE (18000), UNIKV_ROUTER_PORT (3000), UNIKV_DATA (data), UNIKV_LOGS (logs),
 # UNIKV_HOST (localhost), UNIKV_NODE_ARGS / UNIKV_ROUTER_ARGS (extra flags; a flag given again
-# overrides the script's, e.g. "--worker_threads 0"), UNIKV_NO_BUILD=1.
+# overrides the script's, e.g. "--worker_threads 0"), UNIKV_NO_BUILD=1, UNIKV_CLOCK_RATE (run the
+# node started by `node S N` with its clocks at that rate, through faketime: fault tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -62,8 +63,15 @@ start_node() { # shard node
   done
   stop_pidfiles "$pids/unikv_${s}_${n}.pid"
   mkdir -p "$pids" "$logs"
+  # UNIKV_CLOCK_RATE (fault tests): run the node's clocks, monotonic included, at that rate.
+  local clock=()
+  if [ -n "${UNIKV_CLOCK_RATE:-}" ]; then
+    local lib
+    lib=$(ls /usr/lib/*/faketime/libfaketimeMT.so.1 | head -1)
+    clock=(env LD_PRELOAD="$lib" FAKETIME="+0 x$UNIKV_CLOCK_RATE")
+  fi
   # shellcheck disable=SC2086
-  "$UNIKV_BIN/unikv-node" --shard_id "$s" --node_id "$n" --port "$(http_port "$s" "$n")" \
+  "${clock[@]}" "$UNIKV_BIN/unikv-node" --shard_id "$s" --node_id "$n" --port "$(http_port "$s" "$n")" \
     --raft_addr "$host:$(raft_port "$s" "$n")" --peer_shards "$peers" --initial_shards "$shards" \
     --data_dir "$data/unikv_${s}_${n}" --tls_dir "$data/tls" --log_file "$logs/unified_${s}_${n}.log" \
     --worker_threads 1 ${UNIKV_NODE_ARGS:-} >>"$logs/unified_${s}_${n}.out" 2>&1 &

@@ -3,6 +3,7 @@
 #   libclang-dev: RocksDB's Rust bindings are generated with bindgen, which needs libclang.
 #   curl:         the scripts talk to the nodes' HTTP APIs.
 #   iptables:     the fault tests (nemesis) cut UDP links between nodes on loopback.
+#   faketime:     clock-rate faults run a node's clocks (monotonic included) fast or slow.
 #   /dev/fuse:    the power-cut test mounts a FUSE file system (the kernel's fuse module; no
 #                 user-space package is needed, the tests mount it themselves as root).
 set -euo pipefail
@@ -10,6 +11,7 @@ missing=()
 dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+command -v faketime >/dev/null 2>&1 || missing+=(faketime)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -147,6 +147,18 @@ pub struct Config {
         action = clap::ArgAction::Set
     )]
     pub lease_reads: bool,
+    /// How much faster a follower's clock may run than the leader's before a lease read could
+    /// be stale. Followers promise not to vote for another leader for `--election_max_ms` by
+    /// their own clock after a heartbeat; the leader trusts its lease for only
+    /// `--election_max_ms / --lease_drift_margin` by its clock, so the lease holds while clock
+    /// *rates* differ by less than this factor (1.5: a leader clock up to 1.5x slower than a
+    /// follower's).
+    #[arg(
+        long = "lease_drift_margin",
+        alias = "lease-drift-margin",
+        default_value_t = 1.5
+    )]
+    pub lease_drift_margin: f64,
     /// Threads running the node's async work (network, Raft, HTTP). `1` runs everything on
     /// one thread (tokio's current-thread runtime): no hand-offs between worker threads, the
     /// better choice when many nodes share a machine (`scripts/run_unified.sh` runs nine on
@@ -251,6 +263,13 @@ impl Config {
         std::time::Duration::from_millis(self.request_timeout_ms)
     }
 
+    /// How long the leader trusts a quorum's acknowledgement for a lease read: the followers'
+    /// promise (`--election_max_ms`) shortened by `--lease_drift_margin`.
+    pub fn lease_age(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.election_max_ms)
+            .div_f64(self.lease_drift_margin.max(1.0))
+    }
+
     pub fn handoff_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.handoff_timeout_ms)
     }
@@ -295,6 +314,9 @@ impl Config {
         }
         if self.snapshot_logs == 0 {
             return bad("--snapshot_logs must be positive".into());
+        }
+        if !(1.0..=10.0).contains(&self.lease_drift_margin) {
+            return bad("--lease_drift_margin must be between 1.0 and 10.0".into());
         }
         Ok(())
     }

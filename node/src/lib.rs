@@ -75,6 +75,7 @@ pub async fn run(
         gossip,
         vote_hold,
         claim_problem: Default::default(),
+        started,
     });
     tracing::info!(
         shard = %node.shard(), node = %node.id(), raft = %quic_addr,

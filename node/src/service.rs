@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::type_config::async_runtime::WatchReceiver;
-use openraft::{ChangeMembers, ReadPolicy, ServerState};
+use openraft::{ChangeMembers, LinearizerOption, ReadPolicy, ServerState};
 use serde::{Deserialize, Serialize};
 use unikv_net::Transport;
 use unikv_storage::{Command, LeaderClock, NodeAddr, OwnedRead, StateMachine, Store, TypeConfig};
@@ -74,6 +74,9 @@ pub struct Node {
     /// Why this fresh shard does not claim its initial slots, if something stops it (shown
     /// in `/raft/status`).
     pub claim_problem: std::sync::Mutex<Option<String>>,
+    /// When the process started, by its monotonic clock (`uptime_ms` in `/raft/status`: with
+    /// the wall clock beside it, it shows the clock rate the node runs at).
+    pub started: Instant,
 }
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
@@ -307,6 +310,13 @@ impl Node {
         }
     }
 
+    /// A lease read: the last quorum acknowledgement must be younger than the lease with its
+    /// drift margin (`Config::lease_age`), and nothing waits for a new one.
+    fn lease_read(&self) -> LinearizerOption {
+        LinearizerOption::new(Some(self.config.lease_age()), false)
+            .with_wait_timeout(Duration::ZERO)
+    }
+
     /// The leader's read barrier: under a valid leader lease (a quorum acknowledged this
     /// leader less than an election timeout ago, so no other leader can exist yet) it costs no
     /// round trip; otherwise — lease expired, or not the leader — ReadIndex decides, which
@@ -317,7 +327,7 @@ impl Node {
         if self.config.lease_reads
             && self
                 .raft
-                .ensure_linearizable(ReadPolicy::LeaseRead)
+                .ensure_linearizable(self.lease_read())
                 .await
                 .is_ok()
         {
@@ -375,7 +385,7 @@ impl Node {
     /// apply before serving a linearizable read.
     pub async fn read_index(&self) -> Result<u64, KvError> {
         if self.config.lease_reads {
-            if let Ok((read_log_id, _)) = self.raft.get_read_log_id(ReadPolicy::LeaseRead).await {
+            if let Ok((read_log_id, _)) = self.raft.get_read_log_id(self.lease_read()).await {
                 return Ok(read_log_id.index());
             }
         }

@@ -51,6 +51,8 @@ struct NodeState {
     child: Option<Child>,
     /// How many times the process was started.
     runs: u32,
+    /// Run the next start's clocks at this rate (through `faketime`, monotonic included).
+    clock_rate: Option<f64>,
 }
 
 struct Node {
@@ -147,6 +149,7 @@ impl Cluster {
                 state: Mutex::new(NodeState {
                     child: None,
                     runs: 0,
+                    clock_rate: None,
                 }),
             });
         }
@@ -273,6 +276,9 @@ impl Cluster {
         let stdout = open(&out_path);
         let stderr = stdout.try_clone().expect("clone stdout file");
         let mut cmd = Command::new(&self.bin);
+        if let Some(rate) = st.clock_rate {
+            cmd.envs(crate::clock::env(rate));
+        }
         cmd.arg("--shard_id")
             .arg(SHARD_ID.to_string())
             .arg("--node_id")
@@ -391,6 +397,11 @@ impl Cluster {
         child.kill().expect("SIGKILL node");
         let status = child.wait().expect("reap killed node");
         eprintln!("[cluster] kill -9 node {id} ({status})");
+    }
+
+    /// Runs node `id`'s clocks at `rate` from its next start (None: real time).
+    pub fn set_clock_rate(&self, id: u64, rate: Option<f64>) {
+        self.node(id).lock().clock_rate = rate;
     }
 
     /// Sets (or replaces) a flag for the nodes' next starts.

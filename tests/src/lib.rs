@@ -4,6 +4,7 @@
 //! it, and check data.
 
 pub mod api;
+pub mod clock;
 pub mod cluster;
 pub mod imports;
 pub mod lazyfs;

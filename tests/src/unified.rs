@@ -110,6 +110,8 @@ pub struct Unified {
     /// Every pid ever read from this cluster's pid files.
     pids: Mutex<BTreeSet<u32>>,
     /// Script invocations so far (names the script output files).
+    /// Nodes whose clocks run at another rate from their next start (`UNIKV_CLOCK_RATE`).
+    clock_rates: Mutex<BTreeMap<(u64, u64), f64>>,
     runs: AtomicUsize,
     _slot: OwnedSemaphorePermit,
 }
@@ -182,6 +184,7 @@ impl Unified {
             api: Api::new(addrs),
             pids: Mutex::new(BTreeSet::new()),
             runs: AtomicUsize::new(0),
+            clock_rates: Mutex::new(BTreeMap::new()),
             _slot: slot,
         };
         eprintln!(
@@ -284,12 +287,22 @@ impl Unified {
     /// Runs `run_unified.sh <args>` with this cluster's environment, at most
     /// [`SCRIPT_TIMEOUT`]; returns its output (stdout and stderr) if it exits 0.
     pub async fn script(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.script_env(args, &[]).await
+    }
+
+    /// [`Unified::script`] with extra environment variables.
+    pub async fn script_env(
+        &self,
+        args: &[&str],
+        extra: &[(&'static str, String)],
+    ) -> anyhow::Result<String> {
         let (out_path, file) = self.script_output(args);
         let err_file = file.try_clone().context("clone output file")?;
         let mut child = tokio::process::Command::new("bash")
             .arg(script_path())
             .args(args)
             .envs(self.env())
+            .envs(extra.iter().cloned())
             .stdin(Stdio::null())
             .stdout(Stdio::from(file))
             .stderr(Stdio::from(err_file))
@@ -399,10 +412,29 @@ impl Unified {
         pid
     }
 
+    /// Runs node S/N's clocks at `rate` from its next start (None: real time).
+    pub fn set_clock_rate(&self, shard: u64, node: u64, rate: Option<f64>) {
+        let mut rates = self.clock_rates.lock().unwrap_or_else(|e| e.into_inner());
+        match rate {
+            Some(r) => rates.insert((shard, node), r),
+            None => rates.remove(&(shard, node)),
+        };
+    }
+
     /// `run_unified.sh node S N`: (re)starts one node with its flags and data dir.
     pub async fn restart_node(&self, shard: u64, node: u64) {
         let (s, n) = (shard.to_string(), node.to_string());
-        self.script(&["node", &s, &n])
+        let rate = self
+            .clock_rates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(shard, node))
+            .copied();
+        let extra: Vec<_> = rate
+            .map(|r| ("UNIKV_CLOCK_RATE", r.to_string()))
+            .into_iter()
+            .collect();
+        self.script_env(&["node", &s, &n], &extra)
             .await
             .unwrap_or_else(|e| panic!("run_unified.sh node {s} {n}: {e:#}"));
         eprintln!(

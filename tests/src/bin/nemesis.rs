@@ -26,18 +26,28 @@ struct Args {
     /// Comma-separated: shard, unified (runs alternate between them).
     #[arg(long, default_value = "shard,unified", value_delimiter = ',')]
     topology: Vec<Kind>,
-    /// Comma-separated subset of kill, pause, partition, move, reshard (move and reshard
-    /// apply to the unified cluster only).
+    /// Comma-separated subset of kill, pause, partition, move, reshard, overlap, powercut
+    /// (move and reshard apply to the unified cluster only, powercut to the single shard).
     #[arg(
         long,
-        default_value = "kill,pause,partition,move,reshard",
+        default_value = "kill,pause,partition,move,reshard,overlap,powercut",
         value_delimiter = ','
     )]
     faults: Vec<FaultKind>,
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 16)]
     clients: usize,
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 64)]
     keys: usize,
+    /// Clock-rate fault: run every shard's nodes 2 and 3 at this clock rate (e.g. 1.4 within
+    /// the lease's drift margin, 2 beyond it).
+    #[arg(long)]
+    clock_rate: Option<f64>,
+    /// Every other run gets the clock-rate fault at this rate (alternating with none).
+    #[arg(long)]
+    alternate_clock_rate: Option<f64>,
+    /// Run the nodes with `--lease_reads false` (every read a ReadIndex round).
+    #[arg(long, default_value_t = false)]
+    no_lease_reads: bool,
     /// Seed of the first run (run i uses seed + i).
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -62,9 +72,23 @@ async fn main() -> anyhow::Result<()> {
         config.faults = args.faults.clone();
         config.clients = args.clients;
         config.keys = args.keys;
+        config.clock_rate = args
+            .clock_rate
+            .or(args.alternate_clock_rate.filter(|_| (i / 2) % 2 == 1));
+        if args.no_lease_reads {
+            config.node_flags = vec![("--lease_reads".into(), "false".into())];
+        }
         match run_once(&config).await {
             Ok(r) => {
-                println!("run {} {kind} seed {}: {}", i + 1, config.seed, r.summary());
+                let clock = config
+                    .clock_rate
+                    .map_or(String::new(), |r| format!(" clock x{r}"));
+                println!(
+                    "run {} {kind}{clock} seed {}: {}",
+                    i + 1,
+                    config.seed,
+                    r.summary()
+                );
                 if !r.is_valid() {
                     println!("{}", r.report);
                     bad_runs += 1;

@@ -1,7 +1,10 @@
-//! The nemesis: on a schedule, one fault at a time against real node processes, each healed
-//! before the next — kill -9 and restart, SIGSTOP/SIGCONT longer than an election timeout,
-//! iptables partitions (an isolated leader, an isolated follower, one-way cuts), and on the
-//! unified cluster slot moves between shards and adding, then draining, a fourth shard.
+//! The nemesis: on a schedule, faults against real node processes, each healed before the
+//! next — kill -9 and restart, SIGSTOP/SIGCONT longer than an election timeout, iptables
+//! partitions (an isolated leader, an isolated follower, one-way cuts), overlapping faults (a
+//! partitioned leader while a follower is paused, a paused leader while a follower is cut off,
+//! a leader killed during a slot move or a partition), power cuts of a whole shard (its data on
+//! the power-cut file system), and on the unified cluster slot moves between shards and adding,
+//! then draining, a fourth shard. Clock-rate faults are set for a whole run (`RunConfig`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -21,15 +24,22 @@ pub enum FaultKind {
     Move,
     /// `run_unified.sh addshard 4` the first time, `removeshard 4` (a drain) the second.
     Reshard,
+    /// Two faults at once (see the module doc).
+    Overlap,
+    /// Every node of the shard killed at once and its unsynced bytes dropped (single shard
+    /// on the power-cut file system only).
+    PowerCut,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 5] = [
+    pub const ALL: [FaultKind; 7] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Partition,
         FaultKind::Move,
         FaultKind::Reshard,
+        FaultKind::Overlap,
+        FaultKind::PowerCut,
     ];
 
     pub fn name(self) -> &'static str {
@@ -39,6 +49,8 @@ impl FaultKind {
             FaultKind::Partition => "partition",
             FaultKind::Move => "move",
             FaultKind::Reshard => "reshard",
+            FaultKind::Overlap => "overlap",
+            FaultKind::PowerCut => "powercut",
         }
     }
 }
@@ -50,7 +62,9 @@ impl std::str::FromStr for FaultKind {
             .into_iter()
             .find(|k| k.name() == s)
             .ok_or_else(|| {
-                format!("unknown fault {s:?} (kill | pause | partition | move | reshard)")
+                format!(
+                    "unknown fault {s:?} (kill | pause | partition | move | reshard | overlap | powercut)"
+                )
             })
     }
 }
@@ -165,45 +179,155 @@ pub async fn apply(
             if topo.kind() != Kind::Unified || keys.is_empty() {
                 return Ok(());
             }
-            // Move the slot of one of the keys in use to another shard: the clients' keys
-            // are the ones whose histories are checked.
-            let key = &keys[rng.random_range(0..keys.len())];
-            let slot = unikv_types::key_slot(key.as_bytes());
-            let mut shards = topo.shards();
-            shards.shuffle(rng);
-            let api = topo.api();
-            let slot_s = slot.to_string();
-            // The owner is not known here: try targets until one is not the owner.
-            for to in shards {
-                let via = topo.api_id(NodeRef { shard: to, node: 1 });
-                let to_s = to.to_string();
-                let resp = api
-                    .request(
-                        via,
-                        Method::POST,
-                        "/moveslot",
-                        &[("slot", &slot_s), ("to", &to_s)],
-                        Body::Empty,
-                        Duration::from_secs(10),
-                    )
-                    .await;
-                let (outcome, owner) = match resp {
-                    Ok(r) => (
-                        format!("{} {}", r.status, r.code().unwrap_or("")),
-                        r.code() == Some("bad_target"),
-                    ),
-                    Err(e) => (format!("error {e:#}"), false),
-                };
-                if owner {
-                    continue;
-                }
-                log.note(
-                    "move",
-                    format!("move slot {slot} (key {key}) to shard {to}: {outcome}"),
-                );
-                break;
-            }
+            let what = move_slot(topo, keys, rng).await;
+            log.note("move", what);
             tokio::time::sleep(hold).await;
+        }
+        FaultKind::Overlap => overlap(topo, firewall, hold, keys, rng, log).await?,
+        FaultKind::PowerCut => {
+            if let Some(r) = topo.power_cut().await {
+                log.note(
+                    "powercut",
+                    format!(
+                        "power cut of the whole shard: every node killed, {} unsynced bytes in {} files dropped, restarted",
+                        r.bytes, r.files
+                    ),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Moves the slot of one of the clients' keys to another shard (their histories are the ones
+/// checked); returns what happened.
+async fn move_slot(topo: &Topology, keys: &[String], rng: &mut StdRng) -> String {
+    let key = &keys[rng.random_range(0..keys.len())];
+    let slot = unikv_types::key_slot(key.as_bytes());
+    let mut shards = topo.shards();
+    shards.shuffle(rng);
+    let api = topo.api();
+    let slot_s = slot.to_string();
+    // The owner is not known here: try targets until one is not the owner.
+    for to in shards {
+        let via = topo.api_id(NodeRef { shard: to, node: 1 });
+        let to_s = to.to_string();
+        let resp = api
+            .request(
+                via,
+                Method::POST,
+                "/moveslot",
+                &[("slot", &slot_s), ("to", &to_s)],
+                Body::Empty,
+                Duration::from_secs(10),
+            )
+            .await;
+        let (outcome, owner) = match resp {
+            Ok(r) => (
+                format!("{} {}", r.status, r.code().unwrap_or("")),
+                r.code() == Some("bad_target"),
+            ),
+            Err(e) => (format!("error {e:#}"), false),
+        };
+        if !owner {
+            return format!("move slot {slot} (key {key}) to shard {to}: {outcome}");
+        }
+    }
+    format!("move slot {slot}: no target")
+}
+
+/// Another node of `n`'s shard.
+fn other_node(n: NodeRef, rng: &mut StdRng) -> NodeRef {
+    let others: Vec<u64> = (1..=3).filter(|x| *x != n.node).collect();
+    NodeRef {
+        shard: n.shard,
+        node: others[rng.random_range(0..others.len())],
+    }
+}
+
+/// Two faults at once, healed together.
+async fn overlap(
+    topo: &Topology,
+    firewall: &Firewall,
+    hold: Duration,
+    keys: &[String],
+    rng: &mut StdRng,
+    log: &mut FaultLog,
+) -> anyhow::Result<()> {
+    let shards = topo.shards();
+    let shard = shards[rng.random_range(0..shards.len())];
+    let Some(leader) = topo.leader(shard).await else {
+        return Ok(());
+    };
+    let follower = other_node(leader, rng);
+    match rng.random_range(0..3) {
+        0 => {
+            // The leader cut off while one of the followers is paused: no quorum anywhere
+            // until the pause ends; then the other two elect, and the old leader must not
+            // serve stale reads from its lease.
+            firewall.isolate(&topo.udp_ports(leader), Cut::Both)?;
+            let Some(pid) = topo.pid(follower) else {
+                firewall.heal()?;
+                return Ok(());
+            };
+            signal(pid, "-STOP")?;
+            log.note(
+                "overlap",
+                format!("partition leader {leader} and SIGSTOP follower {follower} for {hold:?}"),
+            );
+            tokio::time::sleep(hold / 2).await;
+            signal(pid, "-CONT")?;
+            tokio::time::sleep(hold / 2).await;
+            firewall.heal()?;
+        }
+        1 => {
+            // The leader paused while a follower is cut off one way.
+            let cut = if rng.random_bool(0.5) {
+                Cut::Inbound
+            } else {
+                Cut::Outbound
+            };
+            firewall.isolate(&topo.udp_ports(follower), cut)?;
+            let Some(pid) = topo.pid(leader) else {
+                firewall.heal()?;
+                return Ok(());
+            };
+            signal(pid, "-STOP")?;
+            log.note(
+                "overlap",
+                format!("SIGSTOP leader {leader} and partition follower {follower} ({cut:?}) for {hold:?}"),
+            );
+            tokio::time::sleep(hold).await;
+            signal(pid, "-CONT")?;
+            firewall.heal()?;
+        }
+        _ if topo.kind() == Kind::Unified && !keys.is_empty() => {
+            // A slot move while a shard's leader is killed part way through it.
+            let delay = Duration::from_millis(rng.random_range(0..300));
+            let mut move_rng = StdRng::seed_from_u64(rng.random());
+            let (what, ()) = tokio::join!(move_slot(topo, keys, &mut move_rng), async {
+                tokio::time::sleep(delay).await;
+                topo.kill9(leader).await;
+            });
+            log.note(
+                "overlap",
+                format!("kill -9 leader {leader} {delay:?} into a slot move ({what}), restart after {hold:?}"),
+            );
+            tokio::time::sleep(hold).await;
+            topo.restart(leader).await;
+        }
+        _ => {
+            // A follower killed while the leader is cut off: the remaining follower alone
+            // cannot elect until one of them is back.
+            firewall.isolate(&topo.udp_ports(leader), Cut::Both)?;
+            topo.kill9(follower).await;
+            log.note(
+                "overlap",
+                format!("partition leader {leader} and kill -9 follower {follower} for {hold:?}"),
+            );
+            tokio::time::sleep(hold).await;
+            topo.restart(follower).await;
+            firewall.heal()?;
         }
     }
     Ok(())

@@ -37,6 +37,12 @@ pub struct RunConfig {
     /// How long a fault is held (a random time in this range).
     pub hold_ms: (u64, u64),
     pub op_timeout: Duration,
+    /// Clock-rate fault for the whole run: every shard's nodes 2 and 3 run their clocks
+    /// (monotonic included) at this rate, so whichever node leads, a follower's clock runs at
+    /// another rate (1.4: within the lease's drift margin; 2: beyond it).
+    pub clock_rate: Option<f64>,
+    /// Extra node flags (e.g. `--lease_reads false`) — single shard only.
+    pub node_flags: Vec<(String, String)>,
     pub seed: u64,
     /// Where the history (JSON lines) is written.
     pub out_dir: PathBuf,
@@ -47,12 +53,14 @@ impl RunConfig {
         RunConfig {
             topology,
             duration,
-            clients: 6,
-            keys: 6,
+            clients: 16,
+            keys: 64,
             faults: FaultKind::ALL.to_vec(),
             quiet: Duration::from_millis(1500),
             hold_ms: (1500, 4000),
             op_timeout: Duration::from_secs(3),
+            clock_rate: None,
+            node_flags: Vec::new(),
             seed,
             out_dir,
         }
@@ -103,7 +111,17 @@ impl RunResult {
 pub async fn run_once(config: &RunConfig) -> anyhow::Result<RunResult> {
     std::fs::create_dir_all(&config.out_dir)?;
     let firewall = Firewall::new()?;
-    let topo = Topology::start(config.topology).await;
+    let flags: Vec<(&str, &str)> = config
+        .node_flags
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let power_cuts = config.faults.contains(&FaultKind::PowerCut);
+    let topo = Topology::start(config.topology, power_cuts, &flags).await;
+    if let Some(rate) = config.clock_rate {
+        topo.set_clock_rate(rate).await;
+        eprintln!("[nemesis] clocks of nodes 2 and 3 of every shard run at x{rate}");
+    }
     let result = drive(config, &topo, &firewall).await;
     // Heal before anything else so a failing run leaves no rule behind (Drop removes the chain).
     let _ = firewall.heal();
@@ -147,6 +165,9 @@ async fn drive(
 
     // The nemesis: quiet, fault, heal, ... until the time is up.
     let mut log = FaultLog::default();
+    if let Some(rate) = config.clock_rate {
+        log.counts.insert(format!("clock_x{rate}"), 1);
+    }
     let end = Instant::now() + config.duration;
     let mut fault_error = None;
     while Instant::now() + config.quiet < end && !config.faults.is_empty() {

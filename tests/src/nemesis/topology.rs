@@ -6,7 +6,28 @@ use std::time::Duration;
 
 use crate::api::Api;
 use crate::cluster::Cluster;
+use crate::lazyfs::{LazyFs, PowerCutReport};
 use crate::unified::{node_ref, Proc, Unified, NODES_PER_SHARD, ROUTER};
+
+/// The test file system a single shard's data lives on when power cuts are among the faults.
+pub struct PowerFs {
+    fs: LazyFs,
+    _dir: tempfile::TempDir,
+}
+
+impl PowerFs {
+    fn mount() -> PowerFs {
+        let dir = tempfile::Builder::new()
+            .prefix("unikv-nemesis-fs-")
+            .tempdir()
+            .expect("tempdir");
+        let (backing, mnt) = (dir.path().join("backing"), dir.path().join("mnt"));
+        std::fs::create_dir_all(&backing).expect("create backing dir");
+        std::fs::create_dir_all(&mnt).expect("create mount point");
+        let fs = LazyFs::mount(&backing, &mnt).expect("mount the power-cut file system");
+        PowerFs { fs, _dir: dir }
+    }
+}
 
 /// A node: (shard, node within the shard).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -48,28 +69,73 @@ impl std::fmt::Display for Kind {
 }
 
 pub enum Topology {
-    Shard(Cluster),
+    /// A shard, with its data on a [`PowerFs`] if power cuts are wanted (the cluster is
+    /// dropped, its processes killed, before the file system unmounts).
+    Shard(Cluster, Option<PowerFs>),
     Unified(Unified),
 }
 
 impl Topology {
-    pub async fn start(kind: Kind) -> Topology {
+    /// Starts the cluster with extra node `flags`; `power_cuts` puts a single shard's data on
+    /// a [`PowerFs`] (the unified cluster takes no power cuts yet).
+    pub async fn start(kind: Kind, power_cuts: bool, flags: &[(&str, &str)]) -> Topology {
         match kind {
-            Kind::Shard => Topology::Shard(Cluster::start().await),
-            Kind::Unified => Topology::Unified(Unified::start().await),
+            Kind::Shard if power_cuts => {
+                let fs = PowerFs::mount();
+                let c = Cluster::start_on(flags, Some(fs.fs.mountpoint())).await;
+                Topology::Shard(c, Some(fs))
+            }
+            Kind::Shard => Topology::Shard(Cluster::start_with(flags).await, None),
+            Kind::Unified => {
+                let args: Vec<&str> = flags.iter().flat_map(|(k, v)| [*k, *v]).collect();
+                Topology::Unified(Unified::start_with(&args, &[]).await)
+            }
         }
+    }
+
+    /// Runs the clocks of every shard's nodes 2 and 3 at `rate` from now on (restarting them
+    /// one at a time): whichever node leads, some follower's clock runs at another rate.
+    pub async fn set_clock_rate(&self, rate: f64) {
+        for shard in self.shards() {
+            for node in 2..=NODES_PER_SHARD {
+                let n = NodeRef { shard, node };
+                match self {
+                    Topology::Shard(c, _) => c.set_clock_rate(node, Some(rate)),
+                    Topology::Unified(u) => u.set_clock_rate(shard, node, Some(rate)),
+                }
+                self.kill9(n).await;
+                self.restart(n).await;
+            }
+        }
+        self.wait_healthy(Duration::from_secs(60)).await;
+    }
+
+    /// A power cut of the whole shard: every node killed at once, the bytes no fsync covered
+    /// dropped, every node started again. None if this topology takes no power cuts.
+    pub async fn power_cut(&self) -> Option<PowerCutReport> {
+        let Topology::Shard(c, Some(fs)) = self else {
+            return None;
+        };
+        for id in c.node_ids() {
+            c.kill9(id);
+        }
+        let report = fs.fs.power_cut();
+        for id in c.node_ids() {
+            c.restart(id).await;
+        }
+        Some(report)
     }
 
     pub fn kind(&self) -> Kind {
         match self {
-            Topology::Shard(_) => Kind::Shard,
+            Topology::Shard(..) => Kind::Shard,
             Topology::Unified(_) => Kind::Unified,
         }
     }
 
     pub fn api(&self) -> Api {
         match self {
-            Topology::Shard(c) => c.api(),
+            Topology::Shard(c, _) => c.api(),
             Topology::Unified(u) => u.api(),
         }
     }
@@ -77,14 +143,14 @@ impl Topology {
     /// The [`Api`] ids clients send requests to.
     pub fn endpoints(&self) -> Vec<u64> {
         match self {
-            Topology::Shard(c) => c.node_ids(),
+            Topology::Shard(c, _) => c.node_ids(),
             Topology::Unified(_) => vec![ROUTER],
         }
     }
 
     pub fn shards(&self) -> Vec<u64> {
         match self {
-            Topology::Shard(_) => vec![1],
+            Topology::Shard(..) => vec![1],
             Topology::Unified(u) => u.shard_ids(),
         }
     }
@@ -99,14 +165,14 @@ impl Topology {
     /// The [`Api`] id of a node.
     pub fn api_id(&self, n: NodeRef) -> u64 {
         match self {
-            Topology::Shard(_) => n.node,
+            Topology::Shard(..) => n.node,
             Topology::Unified(_) => node_ref(n.shard, n.node),
         }
     }
 
     pub fn pid(&self, n: NodeRef) -> Option<u32> {
         match self {
-            Topology::Shard(c) => c.pid(n.node),
+            Topology::Shard(c, _) => c.pid(n.node),
             Topology::Unified(u) => u
                 .pid(Proc::Node(n.shard, n.node))
                 .ok()
@@ -116,7 +182,7 @@ impl Topology {
 
     pub fn udp_ports(&self, n: NodeRef) -> Vec<u16> {
         match self {
-            Topology::Shard(c) => c.udp_ports(n.node),
+            Topology::Shard(c, _) => c.udp_ports(n.node),
             Topology::Unified(u) => {
                 let p = u.ports();
                 vec![p.raft(n.shard, n.node), p.http(n.shard, n.node)]
@@ -126,7 +192,7 @@ impl Topology {
 
     pub async fn kill9(&self, n: NodeRef) {
         match self {
-            Topology::Shard(c) => c.kill9(n.node),
+            Topology::Shard(c, _) => c.kill9(n.node),
             Topology::Unified(u) => {
                 u.kill9(Proc::Node(n.shard, n.node)).await;
             }
@@ -135,7 +201,7 @@ impl Topology {
 
     pub async fn restart(&self, n: NodeRef) {
         match self {
-            Topology::Shard(c) => c.restart(n.node).await,
+            Topology::Shard(c, _) => c.restart(n.node).await,
             Topology::Unified(u) => u.restart_node(n.shard, n.node).await,
         }
     }
@@ -160,7 +226,7 @@ impl Topology {
     /// a cluster that does not recover once every fault healed is a failed run).
     pub async fn wait_healthy(&self, timeout: Duration) {
         match self {
-            Topology::Shard(c) => {
+            Topology::Shard(c, _) => {
                 c.wait_converged(timeout).await;
             }
             Topology::Unified(u) => {
@@ -173,7 +239,7 @@ impl Topology {
 
     pub fn dump_logs(&self, lines: usize) {
         match self {
-            Topology::Shard(c) => c.dump_logs(lines),
+            Topology::Shard(c, _) => c.dump_logs(lines),
             Topology::Unified(u) => u.dump_logs(lines),
         }
     }
