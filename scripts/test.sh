@@ -11,7 +11,7 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # Real-process tests spawn many nodes; two test threads keep a 2-core machine responsive.
 set +e
-cargo test --release --workspace --lib --bins --tests "$@" -- --test-threads="${UNIKV_TEST_THREADS:-2}" 2>&1 | tee "$log"
+cargo test --release --workspace --no-fail-fast --lib --bins --tests "$@" -- --test-threads="${UNIKV_TEST_THREADS:-2}" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }

@@ -225,6 +225,34 @@ pub fn dedup_key(slot: Slot, client_id: &str) -> Vec<u8> {
     kv_key(slot, client_id.as_bytes())
 }
 
+/// First byte of the dedup expiry index keys in the `dedup` family (above every slot prefix;
+/// see `dedup`).
+pub const AGE_PREFIX: u8 = 0xFF;
+
+/// Key of an expiry index entry.
+pub fn age_key(at_ms: u64, slot: Slot, client: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(11 + client.len());
+    k.push(AGE_PREFIX);
+    k.extend_from_slice(&at_ms.to_be_bytes());
+    k.extend_from_slice(&slot.to_be_bytes());
+    k.extend_from_slice(client);
+    k
+}
+
+pub fn parse_age_key(k: &[u8]) -> Option<(u64, Slot, &[u8])> {
+    if k.len() < 11 || k[0] != AGE_PREFIX {
+        return None;
+    }
+    let at = u64::from_be_bytes(k[1..9].try_into().ok()?);
+    let slot = u16::from_be_bytes([k[9], k[10]]);
+    Some((at, slot, &k[11..]))
+}
+
+/// Key of a slot's horizon.
+pub fn horizon_key(slot: Slot) -> Vec<u8> {
+    slot.to_be_bytes().to_vec()
+}
+
 /// The key range `[start, end)` holding every key of `slot` in the `kv` or `dedup` family.
 pub fn slot_bounds(slot: Slot) -> (Vec<u8>, Vec<u8>) {
     let start = slot.to_be_bytes().to_vec();
@@ -260,6 +288,17 @@ mod tests {
         assert_eq!(split_key(&a), Some((1, &b"zzz"[..])));
         assert_eq!(key_index(&index_key(42)), Some(42));
         assert!(index_key(9) < index_key(256));
+    }
+
+    #[test]
+    fn dedup_index_keys_sort_by_age_and_parse_back() {
+        let a = age_key(5, 16383, b"zz");
+        let b = age_key(6, 0, b"a");
+        assert!(a < b);
+        assert_eq!(parse_age_key(&a), Some((5, 16383, &b"zz"[..])));
+        // Above every slot key, and every slot key's horizon.
+        assert!(age_key(0, 0, b"") > kv_key(16383, b"\xff\xff"));
+        assert_eq!(parse_age_key(&horizon_key(3)), None);
     }
 
     #[test]

@@ -31,14 +31,12 @@ use rocksdb::{IteratorMode, WriteBatch};
 use unikv_types::{ClientSeq, KvError, Slot};
 
 use crate::command::{CommandResult, LeaderClock};
-use crate::db::{dedup_key, split_key, Db, CF_DEDUP, CF_SM};
+use crate::db::{age_key, dedup_key, parse_age_key, split_key, Db, AGE_PREFIX, CF_DEDUP, CF_SM};
 use crate::error::{decode, Result};
 use crate::meta::SmMeta;
 use crate::overlay::Overlay;
 use crate::records::{stored_reply, DedupRecord};
 
-/// First byte of the expiry index keys (above every slot prefix).
-const AGE_PREFIX: u8 = 0xFF;
 /// Expiry runs when the shard clock enters a new step.
 pub const GC_STEP_MS: u64 = 1000;
 /// How far ahead of the shard clock a request's `ts` may be (a sender's clock running fast):
@@ -47,30 +45,6 @@ pub const GC_STEP_MS: u64 = 1000;
 pub const MAX_TS_LEAD_MS: u64 = 60_000;
 /// Marks a data dir whose records (from before expiry existed) were indexed.
 const KEY_INDEXED: &[u8] = b"dedup_indexed";
-
-/// Key of an expiry index entry.
-pub fn age_key(at_ms: u64, slot: Slot, client: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(11 + client.len());
-    k.push(AGE_PREFIX);
-    k.extend_from_slice(&at_ms.to_be_bytes());
-    k.extend_from_slice(&slot.to_be_bytes());
-    k.extend_from_slice(client);
-    k
-}
-
-fn parse_age_key(k: &[u8]) -> Option<(u64, Slot, &[u8])> {
-    if k.len() < 11 || k[0] != AGE_PREFIX {
-        return None;
-    }
-    let at = u64::from_be_bytes(k[1..9].try_into().ok()?);
-    let slot = u16::from_be_bytes([k[9], k[10]]);
-    Some((at, slot, &k[11..]))
-}
-
-/// Key of a slot's horizon.
-pub fn horizon_key(slot: Slot) -> Vec<u8> {
-    slot.to_be_bytes().to_vec()
-}
 
 /// What to do with a write that carries a client identity.
 pub(crate) enum Check {
@@ -268,20 +242,4 @@ pub fn stored_counts(db: &Db) -> Result<(u64, u64)> {
         }
     }
     Ok((records, index))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn index_keys_sort_by_age_and_parse_back() {
-        let a = age_key(5, 16383, b"zz");
-        let b = age_key(6, 0, b"a");
-        assert!(a < b);
-        assert_eq!(parse_age_key(&a), Some((5, 16383, &b"zz"[..])));
-        // Above every slot key, and every slot key's horizon.
-        assert!(age_key(0, 0, b"") > crate::db::kv_key(16383, b"\xff\xff"));
-        assert_eq!(parse_age_key(&horizon_key(3)), None);
-    }
 }

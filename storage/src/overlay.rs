@@ -9,8 +9,9 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 use unikv_types::Slot;
 
 use crate::apply_cache::ApplyCache;
-use crate::db::{dedup_key, kv_key, slot_bounds, split_key, Db, CF_DEDUP, CF_KV, CF_STATS};
-use crate::dedup::{age_key, horizon_key};
+use crate::db::{
+    age_key, dedup_key, horizon_key, kv_key, slot_bounds, split_key, Db, CF_DEDUP, CF_KV, CF_STATS,
+};
 use crate::error::{decode, encode, Result};
 use crate::records::{DedupRecord, SlotStats};
 

@@ -92,6 +92,8 @@ pub struct PowerCutReport {
 #[derive(Debug)]
 pub(crate) struct Shared {
     inner: Mutex<Inner>,
+    /// A simulated disk stall: reads, writes and syncs wait until then.
+    stall_until: Mutex<Option<std::time::Instant>>,
 }
 
 type Res<T> = Result<T, Errno>;
@@ -187,7 +189,28 @@ impl Shared {
         inner.by_key.insert(key, 1);
         Ok(Shared {
             inner: Mutex::new(inner),
+            stall_until: Mutex::new(None),
         })
+    }
+
+    /// Makes reads, writes and syncs wait until `d` from now (a disk that stops answering).
+    pub(crate) fn stall(&self, d: Duration) {
+        let until = std::time::Instant::now() + d;
+        let mut s = self.stall_until.lock().unwrap_or_else(|e| e.into_inner());
+        *s = Some(s.map_or(until, |cur| cur.max(until)));
+    }
+
+    /// Blocks the calling FUSE worker while a stall lasts.
+    fn wait_if_stalled(&self) {
+        loop {
+            let until = *self.stall_until.lock().unwrap_or_else(|e| e.into_inner());
+            match until {
+                Some(t) if t > std::time::Instant::now() => {
+                    std::thread::sleep(t - std::time::Instant::now());
+                }
+                _ => return,
+            }
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -751,6 +774,7 @@ impl Filesystem for LazyFsImpl {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.shared.wait_if_stalled();
         let res = self
             .shared
             .file_node(ino.0)
@@ -773,6 +797,7 @@ impl Filesystem for LazyFsImpl {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.shared.wait_if_stalled();
         match self.shared.do_write(ino, fh, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e),
@@ -813,6 +838,7 @@ impl Filesystem for LazyFsImpl {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.shared.wait_if_stalled();
         let res = self
             .shared
             .file_node(ino.0)

@@ -47,6 +47,8 @@
 //!   like any write).  `sync_file_range` is not a FUSE operation and is a
 //!   no-op; `lseek(SEEK_DATA/SEEK_HOLE)`, `copy_file_range`, `ioctl` and
 //!   xattrs fall back to the kernel's generic behaviour or `EOPNOTSUPP`.
+//! - [`LazyFs::stall`] simulates a disk that stops answering for a while: reads, writes and
+//!   syncs block until it ends (metadata operations do not).
 //! - [`LazyFs::power_cut`] may be called with handles still open: writes
 //!   already answered are dropped, later writes are buffered as usual.
 //!
@@ -136,6 +138,12 @@ impl LazyFs {
             let _ = self.notifier.inval_inode(INodeNo(ino), 0, 0);
         }
         report
+    }
+
+    /// A disk stall: every read, write and sync on the mount waits until `d` from now (a
+    /// longer stall already running is kept).
+    pub fn stall(&self, d: std::time::Duration) {
+        self.shared.stall(d);
     }
 
     /// Bytes currently held unsynced (4 KiB page granular, clipped at the pending EOF).
