@@ -104,6 +104,7 @@ pub async fn run(
     bootstrap::initialize_if_fresh(&node).await?;
     let claim_task = bootstrap::spawn_slot_claim(node.clone(), stop_rx.clone());
     let rebalance_task = rebalancer.spawn(stop_rx.clone());
+    let corruption_task = spawn_corruption_watch(node.clone(), stop_rx.clone());
 
     let app = http::router(node.clone()).merge(rebalancer.routes());
     let mut rx = stop_rx.clone();
@@ -119,6 +120,7 @@ pub async fn run(
     tracing::info!(shard = %node.shard(), node = %node.id(), "shutting down");
     let _ = stop_tx.send(true);
     let _ = claim_task.await;
+    let _ = corruption_task.await;
     let _ = rebalance_task.await;
     let _ = publisher.await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), http_task).await;
@@ -129,4 +131,28 @@ pub async fn run(
     node.gossip.shutdown().await;
     transport.close().await;
     Ok(())
+}
+
+/// Once the store reports damaged data, this replica leaves its Raft group's work: Raft is
+/// shut down (it neither leads, votes nor acknowledges, so the shard carries on with the
+/// others), while HTTP stays up to say why (`corruption` in `/raft/status`, 503 to KV calls).
+fn spawn_corruption_watch(
+    node: Arc<Node>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            if let Some(c) = node.store.corruption() {
+                tracing::error!(shard = %node.shard(), node = %node.id(), corruption = %c, "shutting Raft down on this replica: its data is damaged");
+                if let Err(e) = node.raft.shutdown().await {
+                    tracing::warn!(error = %e, "raft shutdown");
+                }
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    })
 }

@@ -162,6 +162,9 @@ impl Node {
             _ => None,
         };
         self.limits.check(&req.key, value)?;
+        if let Some(c) = self.store.corruption() {
+            return Err(self.corrupted(&c));
+        }
         let slot = key_slot(req.key.as_bytes());
         let deadline = Instant::now() + self.config.request_timeout();
         loop {
@@ -184,6 +187,17 @@ impl Node {
                 }
                 other => return other,
             }
+        }
+    }
+
+    /// The answer of a replica whose stored data is damaged: it serves nothing until rebuilt.
+    pub fn corrupted(&self, what: &str) -> KvError {
+        KvError::Unavailable {
+            shard: self.shard(),
+            reason: format!(
+                "node {} found its stored data corrupted ({what}) and serves nothing until it is rebuilt from its peers (README: rebuilding a replica)",
+                self.id()
+            ),
         }
     }
 
@@ -377,6 +391,7 @@ impl Node {
             Ok(OwnedRead::NotInitialised) => {
                 Err(self.unavailable("the shard has not claimed its slots yet"))
             }
+            Err(e) if e.is_corruption() => Err(self.corrupted(&e.to_string())),
             Err(e) => Err(KvError::Internal(e.to_string())),
         }
     }

@@ -48,6 +48,7 @@ pub fn raft_status(node: &Node) -> Value {
         "wal_fsync_micros": sync.fsync_micros.load(Relaxed),
         "initial_shards": node.config.initial_shards(),
         "claim_problem": node.claim_problem(),
+        "corruption": node.store.corruption(),
         "uptime_ms": node.started.elapsed().as_millis() as u64,
         "wall_clock_ms": unikv_types::wall_clock_ms(),
     })

@@ -18,6 +18,19 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Error {
+    /// Whether the error says stored bytes are damaged: a RocksDB checksum or consistency
+    /// failure (block checksums are verified on every read, `paranoid_checks` at open and in
+    /// compactions), or a stored record that no longer decodes.
+    pub fn is_corruption(&self) -> bool {
+        match self {
+            Error::Rocks(e) => e.kind() == rocksdb::ErrorKind::Corruption,
+            Error::Decode { .. } => true,
+            _ => false,
+        }
+    }
+}
+
 impl From<Error> for std::io::Error {
     fn from(e: Error) -> Self {
         match e {

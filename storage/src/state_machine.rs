@@ -42,6 +42,23 @@ struct Shared {
     snap_dir: PathBuf,
     /// The latest snapshot on disk.
     current: Mutex<Option<(SnapshotMeta, PathBuf)>>,
+    /// The first sign that stored bytes are damaged (a read or an apply that hit it): the
+    /// node stops serving and says so; `README` tells how to rebuild the replica.
+    corruption: Mutex<Option<String>>,
+}
+
+impl Shared {
+    /// Notes `e` if it is a sign of corruption; returns `e`.
+    fn note(&self, e: Error) -> Error {
+        if e.is_corruption() {
+            let mut c = lock(&self.corruption);
+            if c.is_none() {
+                tracing::error!(shard = %self.shard, error = %e, "stored data is corrupted: this replica stops serving; rebuild it from its peers");
+                *c = Some(e.to_string());
+            }
+        }
+        e
+    }
 }
 
 /// openraft's state machine for one replica.
@@ -84,7 +101,7 @@ impl Store {
                     return Ok(OwnedRead::NotOwned);
                 }
             }
-            let value = self.get(slot, key)?;
+            let value = self.get(slot, key).map_err(|e| self.shared.note(e))?;
             if self.shared.generation.load(Ordering::SeqCst) == before {
                 return Ok(OwnedRead::Value(value));
             }
@@ -108,6 +125,11 @@ impl Store {
     /// Key count and bytes of every slot that holds data.
     pub fn slot_stats(&self) -> Result<Vec<(Slot, SlotStats)>> {
         crate::moves::slot_stats(&self.shared.db)
+    }
+
+    /// What damaged data this replica found, if any (it then serves nothing).
+    pub fn corruption(&self) -> Option<String> {
+        lock(&self.shared.corruption).clone()
     }
 
     pub fn descriptor(&self) -> ShardDescriptor {
@@ -155,6 +177,7 @@ impl StateMachine {
                 cache: Mutex::new(ApplyCache::default()),
                 snap_dir: snap_dir.to_path_buf(),
                 current: Mutex::new(current),
+                corruption: Mutex::new(None),
             }),
         })
     }
@@ -328,10 +351,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 return Ok(());
             }
             let (meta, results) = if applies_inline(&group) {
-                apply_group(&self.shared, &group)?
+                apply_group(&self.shared, &group).map_err(|e| self.shared.note(e))?
             } else {
                 let shared = self.shared.clone();
-                blocking(move || apply_group(&shared, &group)).await?
+                blocking(move || apply_group(&shared, &group).map_err(|e| shared.note(e))).await?
             };
             *write_lock(&self.shared.meta) = meta;
             for (responder, result) in responders.into_iter().zip(results) {
