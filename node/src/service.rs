@@ -180,6 +180,11 @@ impl Node {
                     owner: None,
                     ..
                 }) => return Err(self.wrong_shard(slot, shard)),
+                // A request in flight when the data was found damaged says so, whatever
+                // failed first (typically: Raft stopped).
+                Err(_) if self.store.corruption().is_some() => {
+                    return Err(self.corrupted(&self.store.corruption().unwrap_or_default()));
+                }
                 Err(KvError::NotLeader { .. }) | Err(KvError::Unavailable { .. })
                     if Instant::now() + LEADER_POLL < deadline && !req.forwarded =>
                 {

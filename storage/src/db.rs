@@ -39,6 +39,8 @@ pub struct Db {
     stats: Arc<SyncStats>,
     /// [`DbOptions::unsafe_skip_fsync`].
     skip_fsync: bool,
+    /// The first sign that stored bytes are damaged that any reader or writer met.
+    corruption: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// RocksDB's memory bounds (the node's `--memtable_mb` and `--block_cache_mb`): memtables of
@@ -125,6 +127,7 @@ impl Db {
             syncer,
             stats,
             skip_fsync,
+            corruption: Arc::default(),
         })
     }
 
@@ -139,9 +142,32 @@ impl Db {
             .unwrap_or_else(|| panic!("column family {name} missing"))
     }
 
+    /// Notes `e` if it says stored bytes are damaged (the first such error is kept and shown
+    /// by [`Db::corruption`]); returns it.
+    pub fn note(&self, e: crate::Error) -> crate::Error {
+        if e.is_corruption() {
+            let mut c = self.corruption.lock().unwrap_or_else(|p| p.into_inner());
+            if c.is_none() {
+                tracing::error!(path = %self.inner.path().display(), error = %e, "stored data is corrupted: this replica stops serving; rebuild it from its peers");
+                *c = Some(e.to_string());
+            }
+        }
+        e
+    }
+
+    /// What damaged data was found in this database, if any.
+    pub fn corruption(&self) -> Option<String> {
+        self.corruption
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Writes without syncing (the WAL is still written to the OS).
     pub fn write(&self, batch: WriteBatch) -> Result<()> {
-        self.inner.write(batch)?;
+        self.inner
+            .write(batch)
+            .map_err(|e| self.note(crate::Error::Rocks(e)))?;
         Ok(())
     }
 
@@ -149,7 +175,9 @@ impl Db {
     pub fn write_sync(&self, batch: WriteBatch) -> Result<()> {
         let mut wo = WriteOptions::default();
         wo.set_sync(!self.skip_fsync);
-        self.inner.write_opt(batch, &wo)?;
+        self.inner
+            .write_opt(batch, &wo)
+            .map_err(|e| self.note(crate::Error::Rocks(e)))?;
         Ok(())
     }
 

@@ -50,9 +50,11 @@ impl LogStore {
             .db
             .raw()
             .get_cf(self.db.cf(CF_RAFT), key)
-            .map_err(io::Error::other)?
+            .map_err(|e| self.damaged(crate::Error::Rocks(e)))?
         {
-            Some(bytes) => Ok(Some(decode("raft meta", &bytes)?)),
+            Some(bytes) => Ok(Some(
+                decode("raft meta", &bytes).map_err(|e| self.damaged(e))?,
+            )),
             None => Ok(None),
         }
     }
@@ -65,14 +67,19 @@ impl LogStore {
             IteratorMode::From(&from, Direction::Forward),
         );
         for item in it {
-            let (k, v) = item.map_err(io::Error::other)?;
+            let (k, v) = item.map_err(|e| self.damaged(crate::Error::Rocks(e)))?;
             let idx = key_index(&k).ok_or_else(|| io::Error::other("bad log key"))?;
             if end_inclusive.is_some_and(|end| idx > end) {
                 break;
             }
-            out.push(decode::<Entry>("log entry", &v)?);
+            out.push(decode::<Entry>("log entry", &v).map_err(|e| self.damaged(e))?);
         }
         Ok(out)
+    }
+
+    /// A storage error for openraft, noted first if it says the log is damaged.
+    fn damaged(&self, e: crate::Error) -> io::Error {
+        self.db.note(e).into()
     }
 }
 
@@ -118,8 +125,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .next();
         let last_log_id = match last {
             Some(item) => {
-                let (_, v) = item.map_err(io::Error::other)?;
-                Some(decode::<Entry>("log entry", &v)?.log_id)
+                let (_, v) = item.map_err(|e| self.damaged(crate::Error::Rocks(e)))?;
+                Some(
+                    decode::<Entry>("log entry", &v)
+                        .map_err(|e| self.damaged(e))?
+                        .log_id,
+                )
             }
             None => None,
         };

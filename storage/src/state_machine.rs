@@ -42,22 +42,12 @@ struct Shared {
     snap_dir: PathBuf,
     /// The latest snapshot on disk.
     current: Mutex<Option<(SnapshotMeta, PathBuf)>>,
-    /// The first sign that stored bytes are damaged (a read or an apply that hit it): the
-    /// node stops serving and says so; `README` tells how to rebuild the replica.
-    corruption: Mutex<Option<String>>,
 }
 
 impl Shared {
-    /// Notes `e` if it is a sign of corruption; returns `e`.
+    /// Notes `e` if it is a sign of corruption (see [`Db::note`]); returns `e`.
     fn note(&self, e: Error) -> Error {
-        if e.is_corruption() {
-            let mut c = lock(&self.corruption);
-            if c.is_none() {
-                tracing::error!(shard = %self.shard, error = %e, "stored data is corrupted: this replica stops serving; rebuild it from its peers");
-                *c = Some(e.to_string());
-            }
-        }
-        e
+        self.db.note(e)
     }
 }
 
@@ -129,7 +119,7 @@ impl Store {
 
     /// What damaged data this replica found, if any (it then serves nothing).
     pub fn corruption(&self) -> Option<String> {
-        lock(&self.shared.corruption).clone()
+        self.shared.db.corruption()
     }
 
     pub fn descriptor(&self) -> ShardDescriptor {
@@ -177,7 +167,6 @@ impl StateMachine {
                 cache: Mutex::new(ApplyCache::default()),
                 snap_dir: snap_dir.to_path_buf(),
                 current: Mutex::new(current),
-                corruption: Mutex::new(None),
             }),
         })
     }

@@ -145,6 +145,9 @@ pub struct RaftStatus {
     pub snapshot_index: Option<u64>,
     #[serde(default)]
     pub purged_index: Option<u64>,
+    /// What damaged data the node found, if any.
+    #[serde(default)]
+    pub corruption: Option<String>,
 }
 
 impl RaftStatus {
