@@ -334,6 +334,11 @@ impl Config {
             // A restarted or partitioned node asks before campaigning, so it cannot force a
             // healthy leader through needless elections.
             enable_pre_vote: Some(true),
+            // A leader that restarts must not resume leadership without an election: its own
+            // log may lack the tail of its term that the followers had already made durable and
+            // committed (the leader's fsync completes after theirs), which a power cut drops;
+            // resumed, it served reads without those writes (docs/reliability.md).
+            enable_leader_restore: Some(false),
             ..Default::default()
         };
         c.validate().map_err(|e| Error::Config(e.to_string()))

@@ -94,6 +94,8 @@ pub(crate) struct Shared {
     inner: Mutex<Inner>,
     /// A simulated disk stall: reads, writes and syncs wait until then.
     stall_until: Mutex<Option<std::time::Instant>>,
+    /// Extra time every fsync takes (a slow disk).
+    fsync_delay: Mutex<Duration>,
 }
 
 type Res<T> = Result<T, Errno>;
@@ -190,7 +192,13 @@ impl Shared {
         Ok(Shared {
             inner: Mutex::new(inner),
             stall_until: Mutex::new(None),
+            fsync_delay: Mutex::new(Duration::ZERO),
         })
+    }
+
+    /// Makes every later fsync take `d` longer.
+    pub(crate) fn set_fsync_delay(&self, d: Duration) {
+        *self.fsync_delay.lock().unwrap_or_else(|e| e.into_inner()) = d;
     }
 
     /// Makes reads, writes and syncs wait until `d` from now (a disk that stops answering).
@@ -839,6 +847,14 @@ impl Filesystem for LazyFsImpl {
         reply: ReplyEmpty,
     ) {
         self.shared.wait_if_stalled();
+        let delay = *self
+            .shared
+            .fsync_delay
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
         let res = self
             .shared
             .file_node(ino.0)

@@ -146,6 +146,11 @@ impl LazyFs {
         self.shared.stall(d);
     }
 
+    /// A slow disk: every later fsync takes `d` longer (zero: back to normal).
+    pub fn set_fsync_delay(&self, d: std::time::Duration) {
+        self.shared.set_fsync_delay(d);
+    }
+
     /// Bytes currently held unsynced (4 KiB page granular, clipped at the pending EOF).
     pub fn unsynced_bytes(&self) -> u64 {
         self.shared.unsynced_bytes()
