@@ -316,6 +316,26 @@ impl Api {
         .await
     }
 
+    /// The value a `GET /get?key=K` answers with a 200 within `timeout`; None for anything
+    /// else (a refusal, a timeout, a missing key): for polling a node that may not serve.
+    pub async fn value_within(&self, node: u64, key: &str, timeout: Duration) -> Option<String> {
+        let r = self
+            .request(
+                node,
+                Method::GET,
+                "/get",
+                &[("key", key)],
+                Body::Empty,
+                timeout,
+            )
+            .await
+            .ok()?;
+        if !r.is_ok() {
+            return None;
+        }
+        r.str_field("value").map(str::to_string)
+    }
+
     /// `GET /get?key=K`.
     pub async fn get(&self, node: u64, key: &str) -> anyhow::Result<Resp> {
         self.get_path(node, "/get", &[("key", key)]).await

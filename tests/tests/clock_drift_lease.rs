@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use unikv_tests::nemesis::firewall::{Cut, Firewall};
-use unikv_tests::{Api, Body, Cluster, Method, WAIT};
+use unikv_tests::{Api, Cluster, WAIT};
 
 const KEY: &str = "drift-key";
 
@@ -25,18 +25,8 @@ struct Read {
 }
 
 async fn get_quick(api: &Api, node: u64) -> Option<String> {
-    let r = api
-        .request(
-            node,
-            Method::GET,
-            "/get",
-            &[("key", KEY)],
-            Body::Empty,
-            Duration::from_millis(300),
-        )
+    api.value_within(node, KEY, Duration::from_millis(300))
         .await
-        .ok()?;
-    (r.status == 200).then(|| r.str_field("value").map(str::to_string))?
 }
 
 /// Stale reads found (reads sent after the new value was acknowledged that returned the old).

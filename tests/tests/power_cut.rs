@@ -22,6 +22,30 @@ use unikv_tests::{unique, Cluster, WAIT};
 /// Acknowledged writes the writer should collect before the cut.
 const ACKED_BEFORE_CUT: usize = 300;
 
+/// Puts `<prefix>-<i>` = `v<i>` to `leader` one at a time until `stop`, recording each
+/// acknowledged (200: committed on a quorum) pair in `acked`.
+fn spawn_writer(
+    api: unikv_tests::Api,
+    leader: u64,
+    prefix: String,
+    acked: Arc<Mutex<Vec<(String, String)>>>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut i = 0u64;
+        while !stop.load(Ordering::SeqCst) {
+            i += 1;
+            let (k, v) = (format!("{prefix}-{i}"), format!("v{i}"));
+            let r = api
+                .put_timeout(leader, &k, &v, Duration::from_secs(2))
+                .await;
+            if r.is_ok_and(|r| r.status == 200) {
+                acked.lock().unwrap().push((k, v));
+            }
+        }
+    })
+}
+
 struct Outcome {
     acked: usize,
     lost: Vec<String>,
@@ -61,23 +85,7 @@ async fn power_cut_run(skip_fsync: bool) -> Outcome {
     // every acknowledgement unambiguous: a 200 means committed on a quorum.
     let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
-    let prefix = unique("pc");
-    let writer = {
-        let (api, acked, stop, prefix) = (c.api(), acked.clone(), stop.clone(), prefix.clone());
-        tokio::spawn(async move {
-            let mut i = 0u64;
-            while !stop.load(Ordering::SeqCst) {
-                i += 1;
-                let (k, v) = (format!("{prefix}-{i}"), format!("v{i}"));
-                let r = api
-                    .put_timeout(leader, &k, &v, Duration::from_secs(2))
-                    .await;
-                if r.is_ok_and(|r| r.status == 200) {
-                    acked.lock().unwrap().push((k, v));
-                }
-            }
-        })
-    };
+    let writer = spawn_writer(c.api(), leader, unique("pc"), acked.clone(), stop.clone());
     let started = Instant::now();
     while acked.lock().unwrap().len() < ACKED_BEFORE_CUT {
         assert!(
@@ -188,21 +196,8 @@ async fn cut_and_read_from_old_leader(cycles: usize) -> Vec<String> {
         let stop = Arc::new(AtomicBool::new(false));
         let writers: Vec<_> = (0..4)
             .map(|w| {
-                let (api, acked, stop) = (c.api(), acked.clone(), stop.clone());
                 let prefix = unique(&format!("pc{cycle}w{w}"));
-                tokio::spawn(async move {
-                    let mut i = 0u64;
-                    while !stop.load(Ordering::SeqCst) {
-                        i += 1;
-                        let (k, v) = (format!("{prefix}-{i}"), format!("v{i}"));
-                        let r = api
-                            .put_timeout(leader, &k, &v, Duration::from_secs(2))
-                            .await;
-                        if r.is_ok_and(|r| r.status == 200) {
-                            acked.lock().unwrap().push((k, v));
-                        }
-                    }
-                })
+                spawn_writer(c.api(), leader, prefix, acked.clone(), stop.clone())
             })
             .collect();
         let started = Instant::now();

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use std::sync::Mutex;
 use unikv_tests::nemesis::firewall::{Cut, Firewall};
-use unikv_tests::{Api, Body, Cluster, Method, WAIT};
+use unikv_tests::{Api, Cluster, WAIT};
 
 /// The lease: the harness's `--election_max_ms`.
 const LEASE: Duration = Duration::from_millis(1000);
@@ -30,21 +30,8 @@ struct Read {
 }
 
 async fn get_quick(api: &Api, node: u64) -> Option<String> {
-    let r = api
-        .request(
-            node,
-            Method::GET,
-            "/get",
-            &[("key", KEY)],
-            Body::Empty,
-            Duration::from_millis(300),
-        )
+    api.value_within(node, KEY, Duration::from_millis(300))
         .await
-        .ok()?;
-    if !r.is_ok() {
-        return None;
-    }
-    r.str_field("value").map(str::to_string)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
