@@ -65,6 +65,19 @@ struct Node {
     file: Option<Arc<FileNode>>,
 }
 
+impl Node {
+    /// A node the kernel just looked up once, with no handle open yet.
+    fn looked_up(fd: OwnedFd, key: (u64, u64)) -> Node {
+        Node {
+            fd: Arc::new(fd),
+            key,
+            nlookup: 1,
+            open: 0,
+            file: None,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Handle {
     ino: u64,
@@ -181,16 +194,7 @@ impl Shared {
             next_fh: 1,
             ..Inner::default()
         };
-        inner.nodes.insert(
-            1,
-            Node {
-                fd: Arc::new(fd),
-                key,
-                nlookup: 1,
-                open: 0,
-                file: None,
-            },
-        );
+        inner.nodes.insert(1, Node::looked_up(fd, key));
         inner.by_key.insert(key, 1);
         Ok(Shared {
             inner: Mutex::new(inner),
@@ -247,16 +251,7 @@ impl Shared {
         }
         let ino = inner.next_ino;
         inner.next_ino += 1;
-        inner.nodes.insert(
-            ino,
-            Node {
-                fd: Arc::new(fd),
-                key,
-                nlookup: 1,
-                open: 0,
-                file: None,
-            },
-        );
+        inner.nodes.insert(ino, Node::looked_up(fd, key));
         inner.by_key.insert(key, ino);
         ino
     }
