@@ -14,4 +14,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 . scripts/env.sh
 cargo build --release -p unikv-node -p unikv-router -p unikv-tests -p unikv-checker --bins
+# The nemesis finds scripts/run_unified.sh through this (its binary may come from another
+# checkout sharing the target dir).
+export CARGO_MANIFEST_DIR="$PWD/tests"
 exec "$UNIKV_BIN/nemesis" --out "${NEMESIS_OUT:-target/nemesis}" "$@"

@@ -169,6 +169,13 @@ pub struct Config {
     /// RocksDB memtables of all column families together, in MiB.
     #[arg(long = "memtable_mb", alias = "memtable-mb", default_value_t = 64)]
     pub memtable_mb: usize,
+    /// Space kept in reserve in the data dir for a full disk, in MiB (a file named `ballast`,
+    /// reserved with fallocate). It is let go at the first "no space left on device" so the
+    /// node can finish what it had started and keep serving reads while writes are refused
+    /// (507); reserved again once there is room. Default: twice `--memtable_mb` plus 8;
+    /// 0 turns it off.
+    #[arg(long = "ballast_mb", alias = "ballast-mb")]
+    pub ballast_mb: Option<usize>,
     /// RocksDB block cache (shared by all column families), in MiB.
     #[arg(
         long = "block_cache_mb",
@@ -256,6 +263,9 @@ impl Config {
             memtable_mb: self.memtable_mb,
             block_cache_mb: self.block_cache_mb,
             unsafe_skip_fsync: self.unsafe_skip_fsync_for_tests,
+            ballast_mb: self
+                .ballast_mb
+                .unwrap_or(2 * self.memtable_mb.saturating_add(4)),
         }
     }
 
@@ -288,6 +298,9 @@ impl Config {
         }
         if self.node_id == 0 {
             return bad("--node_id must be at least 1".into());
+        }
+        if self.ballast_mb.is_some_and(|b| b > 1_048_576) {
+            return bad("--ballast_mb must be at most 1048576 (1 TiB)".into());
         }
         if !(4..=65_536).contains(&self.memtable_mb)
             || !(1..=1_048_576).contains(&self.block_cache_mb)

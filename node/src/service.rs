@@ -170,6 +170,9 @@ impl Node {
         loop {
             let res = if req.op.is_write() {
                 self.write(slot, &req, deadline).await
+            } else if let Some(l) = self.leader_for_full_disk(&req) {
+                // This follower's applies wait for space; the leader serves the read.
+                self.forward(l, &req, deadline).await
             } else {
                 self.read(slot, &req.key, deadline).await
             };
@@ -245,9 +248,36 @@ impl Node {
         }
     }
 
+    /// On a follower whose disk is full: the leader to send a read to.
+    fn leader_for_full_disk(&self, req: &KvRequest) -> Option<NodeRef> {
+        if req.forwarded || !self.store.db().disk().is_full() {
+            return None;
+        }
+        self.leader().filter(|l| l.node_id != self.id())
+    }
+
+    /// `InsufficientStorage` if this node leads with a full disk: a write is then refused
+    /// before it is proposed (one proposed but not yet durable here still completes once
+    /// space returns, or through the followers' quorum).
+    fn check_disk(&self) -> Result<(), KvError> {
+        let disk = self.store.db().disk();
+        if !disk.is_full() || !self.is_leader() {
+            return Ok(());
+        }
+        let report = disk.report();
+        Err(KvError::InsufficientStorage {
+            shard: self.shard(),
+            node: self.id(),
+            reason: report
+                .reason
+                .unwrap_or_else(|| "no space left on device".into()),
+        })
+    }
+
     /// Proposes a command through this node's Raft group and returns its applied result;
     /// `NotLeader` (with the leader it knows) if this node does not lead.
     pub async fn propose(&self, cmd: Command) -> Result<KvReply, KvError> {
+        self.check_disk()?;
         match self.raft.client_write(cmd).await {
             Ok(resp) => resp.data,
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
@@ -295,7 +325,7 @@ impl Node {
         let outcome = tokio::select! {
             r = call => r,
             () = self.leader_moved_from(leader.node_id) => {
-                return if req.client.is_some() {
+                return if req.client.is_some() || !req.op.is_write() {
                     Err(self.unavailable(format!("leader {} replaced while forwarding", leader.node_id)))
                 } else {
                     Err(KvError::Unknown {
@@ -306,7 +336,7 @@ impl Node {
         };
         match outcome {
             Ok(res) => res,
-            Err(e) if e.not_sent() || req.client.is_some() => {
+            Err(e) if e.not_sent() || req.client.is_some() || !req.op.is_write() => {
                 Err(self.unavailable(format!("leader {} unreachable: {e}", leader.node_id)))
             }
             Err(e) => Err(KvError::Unknown {

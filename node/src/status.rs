@@ -49,6 +49,7 @@ pub fn raft_status(node: &Node) -> Value {
         "initial_shards": node.config.initial_shards(),
         "claim_problem": node.claim_problem(),
         "corruption": node.store.corruption(),
+        "disk": node.store.db().disk().report(),
         "uptime_ms": node.started.elapsed().as_millis() as u64,
         "wall_clock_ms": unikv_types::wall_clock_ms(),
     })

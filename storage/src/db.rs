@@ -18,6 +18,7 @@ use std::sync::Arc;
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 use unikv_types::Slot;
 
+use crate::disk::{self, DiskState};
 use crate::error::Result;
 
 pub const CF_LOG: &str = "log";
@@ -41,6 +42,8 @@ pub struct Db {
     skip_fsync: bool,
     /// The first sign that stored bytes are damaged that any reader or writer met.
     corruption: Arc<std::sync::Mutex<Option<String>>>,
+    /// Whether the data dir ran out of space (see `disk`).
+    disk: Arc<DiskState>,
 }
 
 /// RocksDB's memory bounds (the node's `--memtable_mb` and `--block_cache_mb`): memtables of
@@ -54,6 +57,8 @@ pub struct DbOptions {
     /// to the OS), so acknowledged writes are lost on power loss. The power-cut test turns it
     /// on to prove it can see such a loss; nothing else may.
     pub unsafe_skip_fsync: bool,
+    /// Space reserved next to the database for a full disk (`disk`), in MiB; 0: none.
+    pub ballast_mb: usize,
 }
 
 impl Default for DbOptions {
@@ -62,6 +67,7 @@ impl Default for DbOptions {
             memtable_mb: 64,
             block_cache_mb: 64,
             unsafe_skip_fsync: false,
+            ballast_mb: 0,
         }
     }
 }
@@ -103,11 +109,14 @@ impl Db {
         // All memtables together stay under this; past it RocksDB flushes the largest.
         opts.set_db_write_buffer_size(mb(memory.memtable_mb));
         let cache = rocksdb::Cache::new_lru_cache(mb(memory.block_cache_mb));
-        let cfs = ALL_CFS
-            .iter()
+        let write_buffer = mb(memory.memtable_mb / 2).min(64 << 20);
+        // The unused `default` family is listed too, with the same small write buffer:
+        // RocksDB resumes after a full disk only once the largest family's buffer fits.
+        let cfs = std::iter::once(&rocksdb::DEFAULT_COLUMN_FAMILY_NAME)
+            .chain(ALL_CFS.iter())
             .map(|name| {
                 let mut cf = Options::default();
-                cf.set_write_buffer_size(mb(memory.memtable_mb / 2).min(64 << 20));
+                cf.set_write_buffer_size(write_buffer);
                 let mut table = rocksdb::BlockBasedOptions::default();
                 table.set_block_cache(&cache);
                 table.set_bloom_filter(10.0, false);
@@ -121,13 +130,21 @@ impl Db {
         if skip_fsync {
             tracing::warn!(path = %path.display(), "fsync is OFF (test-only switch): acknowledged writes are lost on power loss");
         }
-        let syncer = spawn_syncer(db.clone(), stats.clone(), skip_fsync);
+        // RocksDB resumes after a full disk once one memtable fits; writes are taken again
+        // with room for a few more (no 507/200 flapping on the last megabytes).
+        let ballast = path
+            .parent()
+            .map(|p| (p.join("ballast"), (memory.ballast_mb as u64) << 20));
+        let disk = DiskState::new(path, 4 * write_buffer as u64, ballast);
+        let syncer = spawn_syncer(db.clone(), stats.clone(), disk.clone(), skip_fsync);
+        disk::spawn_watcher(Arc::downgrade(&db), disk.clone(), !skip_fsync);
         Ok(Self {
             inner: db,
             syncer,
             stats,
             skip_fsync,
             corruption: Arc::default(),
+            disk,
         })
     }
 
@@ -143,8 +160,11 @@ impl Db {
     }
 
     /// Notes `e` if it says stored bytes are damaged (the first such error is kept and shown
-    /// by [`Db::corruption`]); returns it.
+    /// by [`Db::corruption`]) or the disk is full ([`Db::disk`]); returns it.
     pub fn note(&self, e: crate::Error) -> crate::Error {
+        if e.is_no_space() {
+            self.disk.mark_full("write", &e);
+        }
         if e.is_corruption() {
             let mut c = self.corruption.lock().unwrap_or_else(|p| p.into_inner());
             if c.is_none() {
@@ -183,8 +203,13 @@ impl Db {
 
     /// Fsyncs the WAL now.
     pub fn sync_wal(&self) -> Result<()> {
-        self.inner.flush_wal(!self.skip_fsync)?;
-        Ok(())
+        disk::sync_write(&self.inner, !self.skip_fsync)
+            .map_err(|e| self.note(crate::Error::Rocks(e)))
+    }
+
+    /// The data dir's space: whether it ran out (writes are then refused), and what is held.
+    pub fn disk(&self) -> &DiskState {
+        &self.disk
     }
 
     /// Asks the group-commit thread to fsync the WAL and then call `done`. Every write made
@@ -201,8 +226,15 @@ impl Db {
 }
 
 /// The group-commit thread: it waits for sync requests, takes every request queued so far, and
-/// covers them all with one WAL fsync.
-fn spawn_syncer(db: Arc<DB>, stats: Arc<SyncStats>, skip_fsync: bool) -> mpsc::Sender<SyncWaiter> {
+/// covers them all with one WAL fsync. While the disk is full the requests are held (the
+/// writes they cover are in RocksDB, not yet durable) and the fsync retried; they complete
+/// once it succeeds, never with an error openraft would stop on.
+fn spawn_syncer(
+    db: Arc<DB>,
+    stats: Arc<SyncStats>,
+    disk: Arc<DiskState>,
+    skip_fsync: bool,
+) -> mpsc::Sender<SyncWaiter> {
     let (tx, rx) = mpsc::channel::<SyncWaiter>();
     let weak = Arc::downgrade(&db);
     drop(db);
@@ -211,14 +243,26 @@ fn spawn_syncer(db: Arc<DB>, stats: Arc<SyncStats>, skip_fsync: bool) -> mpsc::S
         .spawn(move || {
             while let Ok(first) = rx.recv() {
                 let mut waiters = vec![first];
-                while let Ok(more) = rx.try_recv() {
-                    waiters.push(more);
-                }
-                let started = std::time::Instant::now();
-                let res = match weak.upgrade() {
-                    Some(db) => db.flush_wal(!skip_fsync).map_err(std::io::Error::other),
-                    None => Err(std::io::Error::other("database closed")),
+                let mut held = None;
+                let (started, res) = loop {
+                    while let Ok(more) = rx.try_recv() {
+                        waiters.push(more);
+                    }
+                    let started = std::time::Instant::now();
+                    let res = match weak.upgrade() {
+                        Some(db) => disk::sync_write(&db, !skip_fsync),
+                        None => break (started, Err(std::io::Error::other("database closed"))),
+                    };
+                    match res.map_err(crate::Error::Rocks) {
+                        Err(e) if e.is_no_space() => {
+                            disk.mark_full("wal fsync", &e);
+                            held.get_or_insert_with(|| disk.hold());
+                            std::thread::sleep(disk::RETRY_EVERY);
+                        }
+                        other => break (started, other.map_err(std::io::Error::other)),
+                    }
                 };
+                drop(held);
                 use std::sync::atomic::Ordering::Relaxed;
                 stats
                     .fsync_micros

@@ -29,7 +29,30 @@ impl Error {
             _ => false,
         }
     }
+
+    /// Whether the error says the disk is full: RocksDB's `NoSpace` (ENOSPC on a WAL, SST or
+    /// MANIFEST write; the DB then refuses writes until it recovers by itself once space is
+    /// back) or an ENOSPC from our own files (snapshots). Such an error is held and retried,
+    /// never handed to openraft (which would stop Raft for good); see `docs/ARCHITECTURE.md`
+    /// "Disk full".
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            Error::Rocks(e) => {
+                e.kind() == rocksdb::ErrorKind::IOError && {
+                    let m = e.as_ref();
+                    m.contains("No space left on device") || m.contains("Space limit reached")
+                }
+            }
+            Error::Io(e) => {
+                e.raw_os_error() == Some(ENOSPC) || e.kind() == std::io::ErrorKind::StorageFull
+            }
+            _ => false,
+        }
+    }
 }
+
+/// ENOSPC on Linux.
+const ENOSPC: i32 = 28;
 
 impl From<Error> for std::io::Error {
     fn from(e: Error) -> Self {

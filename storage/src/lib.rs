@@ -13,6 +13,7 @@ pub mod command;
 pub mod db;
 pub mod dedup;
 pub mod descriptor;
+pub mod disk;
 pub mod error;
 pub mod log_cache;
 pub mod log_store;

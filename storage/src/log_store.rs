@@ -3,11 +3,19 @@
 //! `append` writes the entries at once (so they are readable when it returns) and hands the
 //! fsync to the group-commit thread, which calls openraft back once the WAL is durable: many
 //! concurrent proposals share one fsync.
+//!
+//! A full disk never reaches openraft as an error (that would stop Raft for good): an append
+//! that meets ENOSPC is held — readable from the log cache, its callback not yet called — and
+//! written by the `log-held` thread once RocksDB takes writes again; later appends queue behind
+//! it, so the log stays in order. Votes and truncations wait for space (they must be durable
+//! before Raft goes on); the committed index and purges are skipped (neither is needed for
+//! safety; a skipped purge leaves old entries that the next purge deletes).
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
@@ -24,20 +32,91 @@ const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_PURGED: &[u8] = b"last_purged";
 
+/// At most this many entries are held for a full disk; an append past it waits for room
+/// (they must stay in the log cache, the only place they can be read from until written).
+const MAX_HELD_ENTRIES: usize = log_cache::DEFAULT_CAPACITY / 2;
+
 #[derive(Clone, Debug)]
 pub struct LogStore {
     db: Db,
     /// The newest entries, shared by every clone (the log reader handed to replication and
     /// the state machine is a clone).
     cache: Arc<Mutex<LogCache>>,
+    /// Appends waiting for disk space, oldest first.
+    held: Arc<HeldAppends>,
+}
+
+#[derive(Default)]
+struct HeldAppends {
+    queue: Mutex<VecDeque<(Vec<Entry>, IOFlushed<TypeConfig>)>>,
+    /// Signalled when an append is queued (wakes the writer) and when the queue drains.
+    changed: Condvar,
+}
+
+impl Debug for HeldAppends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldAppends").finish_non_exhaustive()
+    }
+}
+
+impl HeldAppends {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(Vec<Entry>, IOFlushed<TypeConfig>)>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn held_entries(&self) -> usize {
+        self.lock().iter().map(|(e, _)| e.len()).sum()
+    }
 }
 
 impl LogStore {
     pub fn new(db: Db) -> Self {
+        let held = Arc::new(HeldAppends::default());
+        spawn_held_writer(db.clone(), Arc::downgrade(&held));
         Self {
             db,
             cache: Arc::new(Mutex::new(LogCache::new(log_cache::DEFAULT_CAPACITY))),
+            held,
         }
+    }
+
+    /// Waits (off the async threads) until no append is held.
+    async fn drained(&self) {
+        let held = self.held.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut q = held.lock();
+            while !q.is_empty() {
+                q = held.changed.wait(q).unwrap_or_else(|e| e.into_inner());
+            }
+        })
+        .await;
+    }
+
+    /// Writes `batch` (rebuilt by `make` for each attempt), waiting as long as the disk is full.
+    async fn write_waiting(
+        &self,
+        what: &'static str,
+        sync: bool,
+        make: impl Fn(&Db) -> io::Result<WriteBatch> + Send + 'static,
+    ) -> io::Result<()> {
+        let db = self.db.clone();
+        blocking(move || {
+            let mut held = None;
+            loop {
+                let b = make(&db)?;
+                let r = if sync { db.write_sync(b) } else { db.write(b) };
+                match r {
+                    Err(e) if e.is_no_space() => {
+                        held.get_or_insert_with(|| db.disk().hold());
+                        tracing::debug!(what, "disk full: waiting for space");
+                        std::thread::sleep(crate::disk::RETRY_EVERY);
+                    }
+                    other => return other,
+                }
+            }
+        })
+        .await?;
+        Ok(())
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, LogCache> {
@@ -147,15 +226,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        // Durable before Raft answers with it: on a full disk this node cannot vote until
+        // space returns (its Raft waits here; the others elect without it).
         let bytes = encode("vote", vote)?;
-        let db = self.db.clone();
-        blocking(move || {
+        self.write_waiting("vote", true, move |db| {
             let mut b = WriteBatch::default();
-            b.put_cf(db.cf(CF_RAFT), KEY_VOTE, bytes);
-            db.write_sync(b)
+            b.put_cf(db.cf(CF_RAFT), KEY_VOTE, &bytes);
+            Ok(b)
         })
-        .await?;
-        Ok(())
+        .await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
@@ -166,8 +245,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             KEY_COMMITTED,
             encode("committed", &committed)?,
         );
-        self.db.write(b)?;
-        Ok(())
+        match self.db.write(b) {
+            Err(e) if e.is_no_space() => Ok(()),
+            other => Ok(other?),
+        }
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
@@ -195,22 +276,43 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         // Written now so the entries are readable on return; durable when the callback runs.
         // The cache is updated under its lock after the write, so a reader never sees an entry
-        // in the cache that RocksDB does not have yet.
+        // in the cache that RocksDB does not have yet — except held ones (disk full), which
+        // only the cache has until the held writer gets them in.
+        if self.held.held_entries() >= MAX_HELD_ENTRIES {
+            self.drained().await;
+        }
         let mut cache = self.cache();
-        self.db.write(b)?;
+        let mut held = self.held.lock();
+        if held.is_empty() {
+            match self.db.write(b) {
+                Ok(()) => {
+                    drop(held);
+                    cache.append(&entries);
+                    drop(cache);
+                    self.db.sync_then(move |res| callback.io_completed(res));
+                    return Ok(());
+                }
+                Err(e) if e.is_no_space() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         cache.append(&entries);
-        drop(cache);
-        self.db.sync_then(move |res| callback.io_completed(res));
+        held.push_back((entries, callback));
+        self.held.changed.notify_all();
         Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map(|l| l.index() + 1).unwrap_or(0);
-        let mut b = WriteBatch::default();
-        b.delete_range_cf(self.db.cf(CF_LOG), index_key(from), index_key(u64::MAX));
-        // Synced: a truncated suffix must not reappear after a crash next to newer entries.
-        let db = self.db.clone();
-        blocking(move || db.write_sync(b)).await?;
+        // Held appends go in first (in order), then the suffix goes: synced, since a truncated
+        // suffix must not reappear after a crash next to newer entries.
+        self.drained().await;
+        self.write_waiting("log truncation", true, move |db| {
+            let mut b = WriteBatch::default();
+            b.delete_range_cf(db.cf(CF_LOG), index_key(from), index_key(u64::MAX));
+            Ok(b)
+        })
+        .await?;
         self.cache().truncate_after(last_log_id.map(|l| l.index()));
         Ok(())
     }
@@ -224,8 +326,68 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             index_key(0),
             index_key(log_id.index() + 1),
         );
-        self.db.write(b)?;
+        match self.db.write(b) {
+            // The old entries stay (still readable, `last_purged` still older): the next
+            // purge deletes them.
+            Err(e) if e.is_no_space() => {}
+            other => other?,
+        }
         self.cache().purge(log_id.index());
         Ok(())
     }
+}
+
+/// The thread that writes held appends once the disk has room: oldest first, each one's
+/// callback handed to the group-commit fsync after its write. It ends with the log store.
+fn spawn_held_writer(db: Db, held: std::sync::Weak<HeldAppends>) {
+    std::thread::Builder::new()
+        .name("log-held".into())
+        .spawn(move || loop {
+            let Some(h) = held.upgrade() else { return };
+            let mut q = h.lock();
+            if q.is_empty() {
+                // Woken by an append; the timeout notices a dropped store.
+                let _ = h
+                    .changed
+                    .wait_timeout(q, std::time::Duration::from_millis(500));
+                continue;
+            }
+            let _hold = db.disk().hold();
+            let mut b = WriteBatch::default();
+            let encoded = q[0].0.iter().try_for_each(|entry| {
+                b.put_cf(
+                    db.cf(CF_LOG),
+                    index_key(entry.log_id.index()),
+                    encode("log entry", entry)?,
+                );
+                Ok::<_, crate::Error>(())
+            });
+            let res = encoded.and_then(|()| db.write(b));
+            match res {
+                Ok(()) => {
+                    let (_, callback) = q.pop_front().expect("front exists");
+                    if q.is_empty() {
+                        h.changed.notify_all();
+                    }
+                    drop(q);
+                    db.sync_then(move |res| callback.io_completed(res));
+                }
+                Err(e) if e.is_no_space() => {
+                    drop(q);
+                    std::thread::sleep(crate::disk::RETRY_EVERY);
+                }
+                Err(e) => {
+                    // Not a full disk: fail every held append as an unheld one would have.
+                    tracing::error!(error = %e, "writing held log entries failed");
+                    let all: Vec<_> = q.drain(..).collect();
+                    h.changed.notify_all();
+                    drop(q);
+                    let msg = e.to_string();
+                    for (_, callback) in all {
+                        callback.io_completed(Err(io::Error::other(msg.clone())));
+                    }
+                }
+            }
+        })
+        .expect("spawning the log-held thread");
 }

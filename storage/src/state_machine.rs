@@ -234,37 +234,54 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let shared = self.shared.clone();
         let snap = blocking(move || {
-            let db = &shared.db;
-            let rs = db.raw().snapshot();
-            let meta = SmMeta::load_at(db, &rs, shared.shard)?;
-            let snap_meta = SnapshotMeta {
-                last_log_id: meta.applied,
-                last_membership: meta.membership.clone(),
-            };
-            let header = SnapshotHeader {
-                meta: snap_meta.clone(),
-                descriptor: meta.descriptor.clone(),
-                clock_ms: meta.clock_ms,
-            };
-            let tmp = incoming_path(&shared.snap_dir);
-            let records = write_snapshot(db, &header, &rs, &tmp)?;
-            drop(rs);
-            // The state up to the snapshot must be durable before openraft purges the log.
-            db.sync_wal()?;
-            let path = shared.snap_dir.join(file_name(&snap_meta));
-            std::fs::rename(&tmp, &path)?;
-            sync_dir(&shared.snap_dir)?;
-            tracing::info!(shard = %shared.shard, records, last = ?snap_meta.last_log_id, "snapshot built");
-            let file = SnapshotFile::open(&path)?;
-            set_current(&shared, snap_meta.clone(), path);
-            Ok(Snapshot {
-                meta: snap_meta,
-                snapshot: file,
-            })
+            let mut held = None;
+            loop {
+                let tmp = incoming_path(&shared.snap_dir);
+                match build_once(&shared, &tmp).map_err(|e| shared.note(e)) {
+                    // A full disk: the partial file goes, and the build waits for space (it
+                    // runs on its own task; applies go on).
+                    Err(e) if e.is_no_space() => {
+                        let _ = std::fs::remove_file(&tmp);
+                        held.get_or_insert_with(|| shared.db.disk().hold());
+                        std::thread::sleep(crate::disk::RETRY_EVERY);
+                    }
+                    other => return other,
+                }
+            }
         })
         .await?;
         Ok(snap)
     }
+}
+
+/// Writes a snapshot of the current state through `tmp` and makes it the current one.
+fn build_once(shared: &Shared, tmp: &Path) -> Result<Snapshot> {
+    let db = &shared.db;
+    let rs = db.raw().snapshot();
+    let meta = SmMeta::load_at(db, &rs, shared.shard)?;
+    let snap_meta = SnapshotMeta {
+        last_log_id: meta.applied,
+        last_membership: meta.membership.clone(),
+    };
+    let header = SnapshotHeader {
+        meta: snap_meta.clone(),
+        descriptor: meta.descriptor.clone(),
+        clock_ms: meta.clock_ms,
+    };
+    let records = write_snapshot(db, &header, &rs, tmp)?;
+    drop(rs);
+    // The state up to the snapshot must be durable before openraft purges the log.
+    db.sync_wal()?;
+    let path = shared.snap_dir.join(file_name(&snap_meta));
+    std::fs::rename(tmp, &path)?;
+    sync_dir(&shared.snap_dir)?;
+    tracing::info!(shard = %shared.shard, records, last = ?snap_meta.last_log_id, "snapshot built");
+    let file = SnapshotFile::open(&path)?;
+    set_current(shared, snap_meta.clone(), path);
+    Ok(Snapshot {
+        meta: snap_meta,
+        snapshot: file,
+    })
 }
 
 /// Groups of at most this many entries are applied on the state machine's own task.
@@ -282,9 +299,16 @@ fn applies_inline(group: &[Entry]) -> bool {
             .any(|e| matches!(&e.payload, openraft::EntryPayload::Normal(Command::Move(_))))
 }
 
-/// Applies one group to a copy of the metadata; the caller publishes the copy.
-fn apply_group(shared: &Shared, group: &[Entry]) -> Result<(SmMeta, Vec<CommandResult>)> {
-    let mut meta = read_lock(&shared.meta).clone();
+/// Applies one group to a copy of `base` (the published metadata before the group); the
+/// caller publishes the copy. It can be retried with the same `base` after a failed write
+/// (a full disk): nothing but the narrowed published descriptor changes before the write
+/// succeeds.
+fn apply_group(
+    shared: &Shared,
+    base: &SmMeta,
+    group: &[Entry],
+) -> Result<(SmMeta, Vec<CommandResult>)> {
+    let mut meta = base.clone();
     let mut cache = lock(&shared.cache);
     let results = apply_entries_with(&shared.db, &mut meta, &mut cache, group, &mut |slots| {
         if slots.is_empty() {
@@ -308,6 +332,52 @@ fn hide_slots(shared: &Shared, narrow: impl FnOnce(&mut ShardDescriptor)) {
     let mut m = write_lock(&shared.meta);
     narrow(&mut m.descriptor);
     shared.generation.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Replaces the state with the snapshot's (one synced batch); `Err` leaves it to be retried.
+fn install_once(shared: &Shared, meta: &SnapshotMeta, snapshot: &SnapshotFile) -> Result<SmMeta> {
+    let db = &shared.db;
+    // Whatever happens below, the cached state no longer describes the database.
+    lock(&shared.cache).clear();
+    let mut batch = WriteBatch::default();
+    // Slot keys start with a big-endian u16 below 0x4000, so [0, 0xff) covers them all;
+    // the dedup expiry index is 0xff ++ age (ms, far below 2^56), so [0, 0xffff) there.
+    batch.delete_range_cf(db.cf(CF_KV), [0u8].as_slice(), [0xffu8].as_slice());
+    batch.delete_range_cf(db.cf(CF_DEDUP), [0u8].as_slice(), [0xffu8; 2].as_slice());
+    batch.delete_range_cf(db.cf(CF_STATS), [0u8].as_slice(), [0xffu8].as_slice());
+    let file = snapshot.reopen()?;
+    let header = read_snapshot(file, &snapshot.path, |rec| {
+        match rec {
+            Record::Kv(k, v) => batch.put_cf(db.cf(CF_KV), k, v),
+            Record::Dedup(k, v) => batch.put_cf(db.cf(CF_DEDUP), k, v),
+            Record::Stats(k, v) => batch.put_cf(db.cf(CF_STATS), k, v),
+        }
+        Ok(())
+    })?;
+    if header.meta.last_log_id != meta.last_log_id {
+        return Err(Error::CorruptSnapshot {
+            path: snapshot.path.display().to_string(),
+            reason: "file does not match the snapshot meta".into(),
+        });
+    }
+    let new_meta = SmMeta {
+        applied: meta.last_log_id,
+        membership: meta.last_membership.clone(),
+        descriptor: header.descriptor,
+        clock_ms: header.clock_ms,
+    };
+    new_meta.write_to(db, &mut batch)?;
+    // The batch replaces every slot's data: nothing is served until it is published.
+    hide_slots(shared, |d| d.ranges.clear());
+    db.write_sync(batch)?;
+    let path = shared.snap_dir.join(file_name(meta));
+    if snapshot.path != path {
+        std::fs::rename(&snapshot.path, &path)?;
+        sync_dir(&shared.snap_dir)?;
+    }
+    tracing::info!(shard = %shared.shard, last = ?meta.last_log_id, "snapshot installed");
+    set_current(shared, meta.clone(), path);
+    Ok(new_meta)
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -339,12 +409,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             if group.is_empty() {
                 return Ok(());
             }
-            let (meta, results) = if applies_inline(&group) {
-                apply_group(&self.shared, &group).map_err(|e| self.shared.note(e))?
-            } else {
-                let shared = self.shared.clone();
-                blocking(move || apply_group(&shared, &group).map_err(|e| shared.note(e))).await?
+            let base = read_lock(&self.shared.meta).clone();
+            let group = Arc::new(group);
+            let mut held = None;
+            let (meta, results) = loop {
+                let res = if applies_inline(&group) {
+                    apply_group(&self.shared, &base, &group)
+                } else {
+                    let (shared, base, group) = (self.shared.clone(), base.clone(), group.clone());
+                    blocking(move || apply_group(&shared, &base, &group)).await
+                };
+                match res.map_err(|e| self.shared.note(e)) {
+                    // A full disk: the group stays here (its entries are committed; the
+                    // responders wait) and is applied once RocksDB takes writes again.
+                    Err(e) if e.is_no_space() => {
+                        held.get_or_insert_with(|| self.shared.db.disk().hold());
+                        tokio::time::sleep(crate::disk::RETRY_EVERY).await;
+                    }
+                    other => break other?,
+                }
             };
+            drop(held);
             *write_lock(&self.shared.meta) = meta;
             for (responder, result) in responders.into_iter().zip(results) {
                 if let Some(r) = responder {
@@ -358,6 +443,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
+    /// No policy snapshot while the disk is full (it would only fail and wait).
+    async fn try_create_snapshot_builder(&mut self, _force: bool) -> Option<Self::SnapshotBuilder> {
+        if self.shared.db.disk().is_full() {
+            return None;
+        }
+        Some(self.clone())
+    }
+
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
@@ -366,48 +459,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let shared = self.shared.clone();
         let meta = meta.clone();
         let new_meta = blocking(move || {
-            let db = &shared.db;
-            // Whatever happens below, the cached state no longer describes the database.
-            lock(&shared.cache).clear();
-            let mut batch = WriteBatch::default();
-            // Slot keys start with a big-endian u16 below 0x4000, so [0, 0xff) covers them all;
-            // the dedup expiry index is 0xff ++ age (ms, far below 2^56), so [0, 0xffff) there.
-            batch.delete_range_cf(db.cf(CF_KV), [0u8].as_slice(), [0xffu8].as_slice());
-            batch.delete_range_cf(db.cf(CF_DEDUP), [0u8].as_slice(), [0xffu8; 2].as_slice());
-            batch.delete_range_cf(db.cf(CF_STATS), [0u8].as_slice(), [0xffu8].as_slice());
-            let file = snapshot.reopen()?;
-            let header = read_snapshot(file, &snapshot.path, |rec| {
-                match rec {
-                    Record::Kv(k, v) => batch.put_cf(db.cf(CF_KV), k, v),
-                    Record::Dedup(k, v) => batch.put_cf(db.cf(CF_DEDUP), k, v),
-                    Record::Stats(k, v) => batch.put_cf(db.cf(CF_STATS), k, v),
+            let mut held = None;
+            loop {
+                match install_once(&shared, &meta, &snapshot).map_err(|e| shared.note(e)) {
+                    Err(e) if e.is_no_space() => {
+                        held.get_or_insert_with(|| shared.db.disk().hold());
+                        std::thread::sleep(crate::disk::RETRY_EVERY);
+                    }
+                    other => return other,
                 }
-                Ok(())
-            })?;
-            if header.meta.last_log_id != meta.last_log_id {
-                return Err(Error::CorruptSnapshot {
-                    path: snapshot.path.display().to_string(),
-                    reason: "file does not match the snapshot meta".into(),
-                });
             }
-            let new_meta = SmMeta {
-                applied: meta.last_log_id,
-                membership: meta.last_membership.clone(),
-                descriptor: header.descriptor,
-                clock_ms: header.clock_ms,
-            };
-            new_meta.write_to(db, &mut batch)?;
-            // The batch replaces every slot's data: nothing is served until it is published.
-            hide_slots(&shared, |d| d.ranges.clear());
-            db.write_sync(batch)?;
-            let path = shared.snap_dir.join(file_name(&meta));
-            if snapshot.path != path {
-                std::fs::rename(&snapshot.path, &path)?;
-                sync_dir(&shared.snap_dir)?;
-            }
-            tracing::info!(shard = %shared.shard, last = ?meta.last_log_id, "snapshot installed");
-            set_current(&shared, meta, path);
-            Ok(new_meta)
         })
         .await?;
         *write_lock(&self.shared.meta) = new_meta;

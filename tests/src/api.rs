@@ -148,6 +148,30 @@ pub struct RaftStatus {
     /// What damaged data the node found, if any.
     #[serde(default)]
     pub corruption: Option<String>,
+    /// Its data dir's space (`/raft/status` `disk`).
+    #[serde(default)]
+    pub disk: DiskStatus,
+    #[serde(default)]
+    pub uptime_ms: u64,
+}
+
+/// `/raft/status` `disk`: whether the data dir ran out of space, and what is held for it.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct DiskStatus {
+    #[serde(default)]
+    pub full: bool,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub enospc_seen: u64,
+    #[serde(default)]
+    pub held: u64,
+    #[serde(default)]
+    pub recoveries: u64,
+    #[serde(default)]
+    pub ballast_bytes: u64,
+    #[serde(default)]
+    pub free_bytes: Option<u64>,
 }
 
 impl RaftStatus {

@@ -14,6 +14,7 @@ pub mod machine;
 pub mod nemesis;
 pub mod ports;
 pub mod reshard_checks;
+pub mod tmpfs;
 pub mod unified;
 pub mod unified_env;
 pub mod views;

@@ -469,7 +469,7 @@ impl Unified {
         let (out_path, file) = self.script_output(&["stop"]);
         let err_file = file.try_clone()?;
         let mut child = std::process::Command::new("bash")
-            .arg(script_path())
+            .arg(crate::unified_env::try_script_path()?)
             .arg("stop")
             .envs(self.env())
             .stdin(Stdio::null())

@@ -102,14 +102,23 @@ pub(crate) fn cluster_slots() -> Arc<Semaphore> {
 /// when it runs a test, and that is preferred over the directory this binary was compiled
 /// in: with a target dir shared between checkouts (CI's clones and a working copy), cargo may
 /// reuse a test binary compiled in another checkout, whose path may be gone or stale.
+/// (A binary run outside cargo, like the nemesis, gets it from `scripts/nemesis.sh`.)
 pub fn script_path() -> PathBuf {
+    try_script_path().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`script_path`] without the panic (for `Drop`).
+pub fn try_script_path() -> anyhow::Result<PathBuf> {
     let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
     let script = manifest_dir.join("../scripts/run_unified.sh");
-    script
-        .canonicalize()
-        .unwrap_or_else(|e| panic!("{} exists: {e}", script.display()))
+    script.canonicalize().map_err(|e| {
+        anyhow::anyhow!(
+            "{} exists: {e} (set CARGO_MANIFEST_DIR to the checkout's tests/ dir)",
+            script.display()
+        )
+    })
 }
 
 /// Runs `op` on every item with `workers` concurrent tasks; results in item order.

@@ -68,6 +68,9 @@ impl From<KvError> for ApiError {
                 .with("owner", owner)
                 .with("epoch", epoch),
             KvError::Unavailable { shard, .. } => err.with("shard", shard),
+            KvError::InsufficientStorage { shard, node, .. } => {
+                err.with("shard", shard).with("node", node)
+            }
             _ => err,
         }
     }

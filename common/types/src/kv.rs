@@ -142,6 +142,14 @@ pub enum KvError {
         ts_ms: u64,
         forgotten_through_ms: u64,
     },
+    /// The leader's data dir is out of space: the write was not proposed (reads still work).
+    /// Writes are taken again, without a restart, once space returns.
+    #[error("shard {shard} refuses writes: node {node} is out of disk space ({reason})")]
+    InsufficientStorage {
+        shard: ShardId,
+        node: NodeId,
+        reason: String,
+    },
     /// The shard cannot serve now (no leader, no quorum, shutting down); retry later.
     #[error("shard {shard} unavailable: {reason}")]
     Unavailable { shard: ShardId, reason: String },
@@ -164,6 +172,7 @@ impl KvError {
             KvError::StaleSequence { .. } => "stale_sequence",
             KvError::SequenceReused { .. } => "sequence_reused",
             KvError::SessionExpired { .. } => "session_expired",
+            KvError::InsufficientStorage { .. } => "insufficient_storage",
             KvError::Unavailable { .. } => "unavailable",
             KvError::Unknown { .. } => "outcome_unknown",
             KvError::Internal(_) => "internal",
@@ -178,6 +187,7 @@ impl KvError {
             | KvError::SequenceReused { .. }
             | KvError::SessionExpired { .. } => 409,
             KvError::WrongShard { .. } | KvError::NotLeader { .. } => 421,
+            KvError::InsufficientStorage { .. } => 507,
             KvError::Unavailable { .. } => 503,
             KvError::Unknown { .. } => 504,
             KvError::Internal(_) => 500,
@@ -205,5 +215,11 @@ mod tests {
             .http_status(),
             503
         );
+        let full = KvError::InsufficientStorage {
+            shard: ShardId(1),
+            node: NodeId(2),
+            reason: "No space left on device".into(),
+        };
+        assert_eq!((full.http_status(), full.code()), (507, "insufficient_storage"));
     }
 }

@@ -1,0 +1,321 @@
+//! Disk full, for real: three `unikv-node` processes with their data dirs on small tmpfs
+//! mounts; under eight writers, a test fills a file system to the last byte, so ENOSPC hits
+//! RocksDB's WAL (the Raft log and the applies) while writes are in flight — no free-space
+//! pre-check involved. The node must refuse new writes with 507 `insufficient_storage`, keep
+//! serving reads, lose nothing acknowledged, and take writes again once space returns,
+//! without a restart (same process).
+//!
+//! Two cases: only the leader's disk fills (its followers still commit; its ballast lets it
+//! catch up and serve reads), and one file system under the whole shard (the one-machine
+//! case: nothing can commit until space returns).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use unikv_tests::tmpfs::Tmpfs;
+use unikv_tests::{unique, wait_until, Api, Cluster, WAIT};
+
+const WRITERS: usize = 8;
+/// Values this big fill a small file system in seconds.
+const VALUE_BYTES: usize = 2048;
+/// What the filler leaves free: the writers use it up within moments.
+const LEAVE: u64 = 256 << 10;
+
+/// Small memtables (2 MiB per column family: RocksDB resumes once that much is free), a
+/// ballast of 12 MiB.
+const FLAGS: &[(&str, &str)] = &[("--memtable_mb", "4"), ("--ballast_mb", "12")];
+
+/// Writers putting unique keys to one node, recording every acknowledged write and every 507.
+struct Load {
+    acked: Arc<Mutex<BTreeMap<String, String>>>,
+    refused: Arc<AtomicU64>,
+    /// Answers that are neither 200 nor 507 (timeouts while nothing can commit, say).
+    other: Arc<Mutex<BTreeMap<u16, u64>>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(api: Api, node: u64) -> Load {
+        let acked = Arc::new(Mutex::new(BTreeMap::new()));
+        let refused = Arc::new(AtomicU64::new(0));
+        let other = Arc::new(Mutex::new(BTreeMap::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let prefix = unique("full");
+        let tasks = (0..WRITERS)
+            .map(|w| {
+                let (api, acked, refused, other, stop, prefix) = (
+                    api.clone(),
+                    acked.clone(),
+                    refused.clone(),
+                    other.clone(),
+                    stop.clone(),
+                    prefix.clone(),
+                );
+                tokio::spawn(async move {
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::SeqCst) {
+                        i += 1;
+                        let k = format!("{prefix}-{w}-{i}");
+                        let v = format!("{i:0>width$}", width = VALUE_BYTES);
+                        match api.put_timeout(node, &k, &v, Duration::from_secs(3)).await {
+                            Ok(r) if r.status == 200 => {
+                                acked.lock().unwrap().insert(k, v);
+                            }
+                            Ok(r) if r.status == 507 => {
+                                assert_eq!(
+                                    r.code(),
+                                    Some("insufficient_storage"),
+                                    "a 507 names the problem: {}",
+                                    r.raw
+                                );
+                                refused.fetch_add(1, Ordering::SeqCst);
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            Ok(r) => {
+                                *other.lock().unwrap().entry(r.status).or_default() += 1;
+                            }
+                            Err(_) => *other.lock().unwrap().entry(0).or_default() += 1,
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            acked,
+            refused,
+            other,
+            stop,
+            tasks,
+        }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    fn refused(&self) -> u64 {
+        self.refused.load(Ordering::SeqCst)
+    }
+
+    async fn wait_acked(&self, at_least: usize, what: &str) {
+        wait_until(WAIT, what, || async {
+            (self.acked() >= at_least).then_some(())
+        })
+        .await;
+    }
+
+    async fn stop(self) -> (BTreeMap<String, String>, BTreeMap<u16, u64>) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks {
+            t.await.expect("writer task");
+        }
+        let acked = self.acked.lock().unwrap().clone();
+        let other = self.other.lock().unwrap().clone();
+        (acked, other)
+    }
+}
+
+/// Every acknowledged write reads back from `node` (retrying each read up to a deadline, so
+/// a node catching up after space returned may take a moment).
+async fn assert_all_read_back(api: &Api, node: u64, acked: &BTreeMap<String, String>, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (k, v) in acked {
+        loop {
+            match api.get_value(node, k).await {
+                Ok(Some(got)) if &got == v => break,
+                got => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "{what}: node {node} lost acknowledged {k}: {:?}",
+                        got.map(|g| g.map(|g| g.len()))
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Mounts one tmpfs of `bytes` per node at `<root>/node-N`.
+fn mount_per_node(root: &std::path::Path, bytes: u64) -> Vec<Tmpfs> {
+    (1..=3)
+        .map(|id| Tmpfs::mount(&root.join(format!("node-{id}")), bytes).expect("mount tmpfs"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_leader_refuses_writes_serves_reads_and_resumes_when_space_returns() {
+    let base = tempfile::Builder::new()
+        .prefix("unikv-full-")
+        .tempdir()
+        .unwrap();
+    let root = base.path().join("root");
+    let disks = mount_per_node(&root, 64 << 20);
+    // Declared after the mounts: dropped (nodes killed) before they are unmounted.
+    let c = Cluster::start_on(FLAGS, Some(&root)).await;
+    let leader = c.leader().await;
+    let api = c.api();
+    let pid = c.pid(leader);
+    let st = c.status(leader).await.unwrap();
+    assert_eq!(st.disk.ballast_bytes, 12 << 20, "the ballast is reserved");
+
+    let load = Load::start(api.clone(), leader);
+    load.wait_acked(200, "writes before the disk fills").await;
+    let disk = &disks[(leader - 1) as usize];
+    let filled = disk.fill_leaving(LEAVE).expect("fill the leader's disk");
+    let acked_at_fill = load.acked();
+    eprintln!(
+        "[full] node {leader}'s disk filled ({filled} bytes of filler, {} free) with {acked_at_fill} writes acknowledged",
+        disk.free_bytes()
+    );
+
+    // ENOSPC reaches RocksDB under the writers; new writes then get 507.
+    wait_until(
+        Duration::from_secs(30),
+        "507 insufficient_storage",
+        || async { (load.refused() > 0).then_some(()) },
+    )
+    .await;
+    let st = c.status(leader).await.unwrap();
+    eprintln!("[full] node {leader} disk: {:?}", st.disk);
+    assert!(
+        st.disk.full,
+        "the leader says its disk is full: {:?}",
+        st.disk
+    );
+    assert!(st.disk.enospc_seen > 0, "RocksDB met ENOSPC: {:?}", st.disk);
+    assert_eq!(st.disk.ballast_bytes, 0, "the ballast was let go");
+    assert_ne!(st.role, "Shutdown", "Raft keeps running");
+
+    // The released ballast lets RocksDB resume (it polls every 5 s): the entries the
+    // followers committed meanwhile get in, and nothing is held any more — still refusing.
+    let st = wait_until(Duration::from_secs(30), "held work done", || async {
+        let st = c.status(leader).await.ok()?;
+        (st.disk.held == 0).then_some(st)
+    })
+    .await;
+    assert!(st.disk.full, "{:?}", st.disk);
+    // Reads go on, on the full leader too: everything acknowledged so far is there.
+    let snapshot = load.acked.lock().unwrap().clone();
+    let refused_before = load.refused();
+    assert_all_read_back(&api, leader, &snapshot, "while the disk is full").await;
+    // Still refusing while the disk stays full (not a passing hiccup).
+    wait_until(Duration::from_secs(10), "more 507s", || async {
+        (load.refused() > refused_before + 10).then_some(())
+    })
+    .await;
+    let acked_while_full = load.acked() - snapshot.len();
+    eprintln!(
+        "[full] {} reads ok on the full leader; {} refused (507) so far; {acked_while_full} acknowledged since",
+        snapshot.len(),
+        load.refused()
+    );
+
+    // Space returns: writes are taken again by the same process.
+    let t = Instant::now();
+    disk.unfill().unwrap();
+    let before = load.acked();
+    wait_until(
+        Duration::from_secs(40),
+        "writes after space returned",
+        || async { (load.acked() > before + 50).then_some(()) },
+    )
+    .await;
+    let st = c.status(leader).await.unwrap();
+    eprintln!(
+        "[full] writes resumed {:?} after the filler went; disk: {:?}",
+        t.elapsed(),
+        st.disk
+    );
+    assert_eq!(c.pid(leader), pid, "no restart");
+    assert!(!st.disk.full && st.disk.recoveries >= 1, "{:?}", st.disk);
+    assert_eq!(st.disk.ballast_bytes, 12 << 20, "the ballast is back");
+
+    let (acked, other) = load.stop().await;
+    eprintln!(
+        "[full] {} acknowledged in all; other answers {other:?}",
+        acked.len()
+    );
+    for id in c.node_ids() {
+        assert_all_read_back(&api, id, &acked, "after space returned").await;
+    }
+    // And durably: after a crash of the node whose disk filled.
+    c.kill9(leader);
+    c.restart(leader).await;
+    assert_all_read_back(&api, leader, &acked, "after restarting the node").await;
+    drop(c);
+    drop(disks);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_full_disk_under_the_whole_shard_loses_nothing_and_resumes() {
+    let base = tempfile::Builder::new()
+        .prefix("unikv-full1-")
+        .tempdir()
+        .unwrap();
+    let disk = Tmpfs::mount(&base.path().join("root"), 160 << 20).expect("mount tmpfs");
+    let c = Cluster::start_on(FLAGS, Some(disk.path())).await;
+    let leader = c.leader().await;
+    let api = c.api();
+    let pids: Vec<_> = c.node_ids().iter().map(|id| c.pid(*id)).collect();
+
+    let load = Load::start(api.clone(), leader);
+    load.wait_acked(200, "writes before the disk fills").await;
+    disk.fill_leaving(LEAVE).expect("fill the shard's disk");
+    wait_until(
+        Duration::from_secs(40),
+        "507 insufficient_storage",
+        || async { (load.refused() > 0).then_some(()) },
+    )
+    .await;
+    let snapshot = load.acked.lock().unwrap().clone();
+    for id in c.node_ids() {
+        let st = c.status(id).await.unwrap();
+        eprintln!("[full1] node {id} ({}): disk {:?}", st.role, st.disk);
+        assert_ne!(st.role, "Shutdown", "Raft keeps running on node {id}");
+    }
+    assert_all_read_back(&api, leader, &snapshot, "while the disk is full").await;
+    eprintln!(
+        "[full1] {} acknowledged reads ok on the leader while full; {} refused",
+        snapshot.len(),
+        load.refused()
+    );
+
+    let t = Instant::now();
+    disk.unfill().unwrap();
+    let before = load.acked();
+    wait_until(
+        Duration::from_secs(40),
+        "writes after space returned",
+        || async { (load.acked() > before + 50).then_some(()) },
+    )
+    .await;
+    eprintln!(
+        "[full1] writes resumed {:?} after the filler went",
+        t.elapsed()
+    );
+    let now: Vec<_> = c.node_ids().iter().map(|id| c.pid(*id)).collect();
+    assert_eq!(now, pids, "no restart");
+    let (acked, other) = load.stop().await;
+    eprintln!(
+        "[full1] {} acknowledged in all; other answers {other:?}",
+        acked.len()
+    );
+    for id in c.node_ids() {
+        assert_all_read_back(&api, id, &acked, "after space returned").await;
+    }
+    // A power-off-free crash of the whole shard: everything acknowledged survives.
+    for id in c.node_ids() {
+        c.kill9(id);
+    }
+    for id in c.node_ids() {
+        c.restart(id).await;
+    }
+    c.wait_for_leader(WAIT).await;
+    assert_all_read_back(&api, leader, &acked, "after restarting the shard").await;
+    drop(c);
+    drop(disk);
+}
