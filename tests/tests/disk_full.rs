@@ -319,3 +319,68 @@ async fn one_full_disk_under_the_whole_shard_loses_nothing_and_resumes() {
     drop(c);
     drop(disk);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_follower_forwards_writes_and_reads_and_catches_up() {
+    let base = tempfile::Builder::new()
+        .prefix("unikv-fullf-")
+        .tempdir()
+        .unwrap();
+    let root = base.path().join("root");
+    let disks = mount_per_node(&root, 64 << 20);
+    let c = Cluster::start_on(FLAGS, Some(&root)).await;
+    let leader = c.leader().await;
+    let follower = c.followers(leader)[0];
+    let api = c.api();
+    let pid = c.pid(follower);
+
+    // The writers go through the follower (it forwards writes to the leader).
+    let load = Load::start(api.clone(), follower);
+    load.wait_acked(200, "writes before the disk fills").await;
+    let disk = &disks[(follower - 1) as usize];
+    disk.fill_leaving(LEAVE).expect("fill the follower's disk");
+    wait_until(
+        Duration::from_secs(30),
+        "the follower's disk full",
+        || async {
+            let st = c.status(follower).await.ok()?;
+            st.disk.full.then_some(st)
+        },
+    )
+    .await;
+    // The shard goes on: writes through the full follower are still acknowledged.
+    let before = load.acked();
+    wait_until(
+        Duration::from_secs(20),
+        "writes while the follower is full",
+        || async { (load.acked() > before + 100).then_some(()) },
+    )
+    .await;
+    assert_eq!(load.refused(), 0, "a full follower does not refuse writes");
+    // Its reads are served (by the leader, while its own applies may wait for space).
+    let snapshot = load.acked.lock().unwrap().clone();
+    assert_all_read_back(&api, follower, &snapshot, "while the follower is full").await;
+    eprintln!(
+        "[fullf] follower {follower} full: {} writes acknowledged through it, all read back from it",
+        snapshot.len()
+    );
+
+    disk.unfill().unwrap();
+    wait_until(
+        Duration::from_secs(40),
+        "the follower's disk has room again",
+        || async {
+            let st = c.status(follower).await.ok()?;
+            (!st.disk.full).then_some(())
+        },
+    )
+    .await;
+    let (acked, _) = load.stop().await;
+    assert_eq!(c.pid(follower), pid, "no restart");
+    // It caught up: with the leader gone, it still has every acknowledged write.
+    c.kill9(leader);
+    c.wait_for_leader(WAIT).await;
+    assert_all_read_back(&api, follower, &acked, "after the leader was killed").await;
+    drop(c);
+    drop(disks);
+}

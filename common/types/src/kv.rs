@@ -220,6 +220,9 @@ mod tests {
             node: NodeId(2),
             reason: "No space left on device".into(),
         };
-        assert_eq!((full.http_status(), full.code()), (507, "insufficient_storage"));
+        assert_eq!(
+            (full.http_status(), full.code()),
+            (507, "insufficient_storage")
+        );
     }
 }
