@@ -242,8 +242,15 @@ pub fn spawn_watcher(db: Weak<DB>, disk: Arc<DiskState>, fsync: bool) {
         .name("disk-watch".into())
         .spawn(move || loop {
             std::thread::sleep(WATCH_EVERY);
-            let Some(db) = db.upgrade() else { return };
-            disk.try_clear(|| sync_write(&db, fsync).is_ok());
+            if db.strong_count() == 0 {
+                return;
+            }
+            // The database is held only while the disk is full (a reopen right after the
+            // store is dropped must find it closed).
+            if disk.is_full() {
+                let Some(db) = db.upgrade() else { return };
+                disk.try_clear(|| sync_write(&db, fsync).is_ok());
+            }
         })
         .expect("spawning the disk-watch thread");
 }

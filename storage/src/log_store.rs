@@ -6,7 +6,8 @@
 //!
 //! A full disk never reaches openraft as an error (that would stop Raft for good): an append
 //! that meets ENOSPC is held — readable from the log cache, its callback not yet called — and
-//! written by the `log-held` thread once RocksDB takes writes again; later appends queue behind
+//! written by a `log-held` thread (started for the episode) once RocksDB takes writes again;
+//! later appends queue behind
 //! it, so the log stays in order. Votes and truncations wait for space (they must be durable
 //! before Raft goes on); the committed index and purges are skipped (neither is needed for
 //! safety; a skipped purge leaves old entries that the next purge deletes).
@@ -48,9 +49,17 @@ pub struct LogStore {
 
 #[derive(Default)]
 struct HeldAppends {
-    queue: Mutex<VecDeque<(Vec<Entry>, IOFlushed<TypeConfig>)>>,
-    /// Signalled when an append is queued (wakes the writer) and when the queue drains.
+    queue: Mutex<HeldQueue>,
+    /// Signalled when the queue drains.
     changed: Condvar,
+}
+
+#[derive(Default)]
+struct HeldQueue {
+    items: VecDeque<(Vec<Entry>, IOFlushed<TypeConfig>)>,
+    /// Whether a `log-held` thread is draining the queue (it exits when the queue is empty,
+    /// so nothing keeps the database open once the store is dropped).
+    writer: bool,
 }
 
 impl Debug for HeldAppends {
@@ -60,23 +69,21 @@ impl Debug for HeldAppends {
 }
 
 impl HeldAppends {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(Vec<Entry>, IOFlushed<TypeConfig>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HeldQueue> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn held_entries(&self) -> usize {
-        self.lock().iter().map(|(e, _)| e.len()).sum()
+        self.lock().items.iter().map(|(e, _)| e.len()).sum()
     }
 }
 
 impl LogStore {
     pub fn new(db: Db) -> Self {
-        let held = Arc::new(HeldAppends::default());
-        spawn_held_writer(db.clone(), Arc::downgrade(&held));
         Self {
             db,
             cache: Arc::new(Mutex::new(LogCache::new(log_cache::DEFAULT_CAPACITY))),
-            held,
+            held: Arc::default(),
         }
     }
 
@@ -85,7 +92,7 @@ impl LogStore {
         let held = self.held.clone();
         let _ = tokio::task::spawn_blocking(move || {
             let mut q = held.lock();
-            while !q.is_empty() {
+            while !q.items.is_empty() {
                 q = held.changed.wait(q).unwrap_or_else(|e| e.into_inner());
             }
         })
@@ -283,7 +290,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         let mut cache = self.cache();
         let mut held = self.held.lock();
-        if held.is_empty() {
+        if held.items.is_empty() {
             match self.db.write(b) {
                 Ok(()) => {
                     drop(held);
@@ -297,8 +304,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         }
         cache.append(&entries);
-        held.push_back((entries, callback));
-        self.held.changed.notify_all();
+        held.items.push_back((entries, callback));
+        if !held.writer {
+            held.writer = true;
+            spawn_held_writer(self.db.clone(), self.held.clone());
+        }
         Ok(())
     }
 
@@ -338,23 +348,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 }
 
 /// The thread that writes held appends once the disk has room: oldest first, each one's
-/// callback handed to the group-commit fsync after its write. It ends with the log store.
-fn spawn_held_writer(db: Db, held: std::sync::Weak<HeldAppends>) {
+/// callback handed to the group-commit fsync after its write. It ends when none is left.
+fn spawn_held_writer(db: Db, h: Arc<HeldAppends>) {
     std::thread::Builder::new()
         .name("log-held".into())
         .spawn(move || loop {
-            let Some(h) = held.upgrade() else { return };
             let mut q = h.lock();
-            if q.is_empty() {
-                // Woken by an append; the timeout notices a dropped store.
-                let _ = h
-                    .changed
-                    .wait_timeout(q, std::time::Duration::from_millis(500));
-                continue;
+            if q.items.is_empty() {
+                q.writer = false;
+                h.changed.notify_all();
+                return;
             }
             let _hold = db.disk().hold();
             let mut b = WriteBatch::default();
-            let encoded = q[0].0.iter().try_for_each(|entry| {
+            let encoded = q.items[0].0.iter().try_for_each(|entry| {
                 b.put_cf(
                     db.cf(CF_LOG),
                     index_key(entry.log_id.index()),
@@ -362,11 +369,10 @@ fn spawn_held_writer(db: Db, held: std::sync::Weak<HeldAppends>) {
                 );
                 Ok::<_, crate::Error>(())
             });
-            let res = encoded.and_then(|()| db.write(b));
-            match res {
+            match encoded.and_then(|()| db.write(b)) {
                 Ok(()) => {
-                    let (_, callback) = q.pop_front().expect("front exists");
-                    if q.is_empty() {
+                    let (_, callback) = q.items.pop_front().expect("front exists");
+                    if q.items.is_empty() {
                         h.changed.notify_all();
                     }
                     drop(q);
@@ -379,7 +385,7 @@ fn spawn_held_writer(db: Db, held: std::sync::Weak<HeldAppends>) {
                 Err(e) => {
                     // Not a full disk: fail every held append as an unheld one would have.
                     tracing::error!(error = %e, "writing held log entries failed");
-                    let all: Vec<_> = q.drain(..).collect();
+                    let all: Vec<_> = q.items.drain(..).collect();
                     h.changed.notify_all();
                     drop(q);
                     let msg = e.to_string();
