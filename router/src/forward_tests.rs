@@ -3,7 +3,7 @@ use super::*;
 use crate::routing::tests::{node, three_shards};
 use crate::routing::{Owner, ShardRoute};
 use std::sync::Mutex;
-use unikv_types::{Epoch, NodeRef, SLOT_COUNT};
+use unikv_types::{Epoch, NodeId, NodeRef, SLOT_COUNT};
 
 type Answer = unikv_net::Result<Result<KvReply, KvError>>;
 type Script = dyn Fn(&str, &KvRequest) -> Answer + Send + Sync;
@@ -379,6 +379,11 @@ async fn other_errors_are_answered_as_they_are() {
                 seq: 1,
                 last: 5,
             },
+            KvOp::Append { .. } => KvError::InsufficientStorage {
+                shard: ShardId(1),
+                node: NodeId(1),
+                reason: "No space left on device".into(),
+            },
             _ => KvError::Internal("disk".into()),
         }))
     });
@@ -395,7 +400,14 @@ async fn other_errors_are_answered_as_they_are() {
         .await
         .unwrap_err();
     assert_eq!((e.status.as_u16(), e.code.as_str()), (500, "internal"));
-    assert_eq!(fake.calls().len(), 3);
+    // A full leader's refusal is passed on, not retried elsewhere.
+    let append = KvOp::Append { value: "v".into() };
+    let e = f.execute("foo".into(), append, None).await.unwrap_err();
+    assert_eq!(
+        (e.status.as_u16(), e.code.as_str()),
+        (507, "insufficient_storage")
+    );
+    assert_eq!(fake.calls().len(), 4);
 }
 
 #[tokio::test]
