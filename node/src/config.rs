@@ -51,8 +51,10 @@ pub struct Config {
         default_value_t = 200
     )]
     pub gossip_interval_ms: u64,
-    /// Interface the HTTP server (and gossip) binds.
-    #[arg(long = "http_host", alias = "http-host", default_value = "0.0.0.0")]
+    /// Interface the HTTP server (and gossip) binds. Loopback by default, so only this
+    /// machine reaches the node's API (admin calls included); give this host's address, or
+    /// `0.0.0.0`, to serve other machines.
+    #[arg(long = "http_host", alias = "http-host", default_value = "127.0.0.1")]
     pub http_host: String,
     /// Whether this node initialises a fresh Raft group [default: true for node 1].
     #[arg(long)]
@@ -269,6 +271,11 @@ impl Config {
         }
     }
 
+    /// Whether `--http_host` lets other machines in (anything but a loopback address).
+    pub fn http_exposed(&self) -> bool {
+        unikv_http::bind::is_exposed(&self.http_host)
+    }
+
     pub fn request_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.request_timeout_ms)
     }
@@ -408,6 +415,22 @@ mod tests {
             assert_eq!(c.initial_shards(), 3);
             assert!(!c.bootstrap());
             assert_eq!(c.data_dir(), PathBuf::from("data/unikv_1_2"));
+        }
+    }
+
+    #[test]
+    fn http_binds_loopback_unless_told_otherwise() {
+        let mut c = parse(&MINIMAL);
+        assert_eq!(c.http_host, "127.0.0.1");
+        assert!(!c.http_exposed());
+        for (host, exposed) in [
+            ("localhost", false),
+            ("::1", false),
+            ("0.0.0.0", true),
+            ("10.1.2.3", true),
+        ] {
+            c.http_host = host.into();
+            assert_eq!(c.http_exposed(), exposed, "{host}");
         }
     }
 

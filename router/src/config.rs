@@ -38,8 +38,10 @@ pub struct Config {
     /// Gossip port (UDP) [default: the same number as --port].
     #[arg(long = "gossip_port", alias = "gossip-port")]
     pub gossip_port: Option<u16>,
-    /// Interface the HTTP server and gossip bind (an IP address).
-    #[arg(long, default_value = "0.0.0.0")]
+    /// Interface the HTTP server and gossip bind (an IP address). Loopback by default, so
+    /// only this machine reaches the router; give this host's address, or `0.0.0.0`, to
+    /// serve other machines.
+    #[arg(long, alias = "http_host", default_value = "127.0.0.1")]
     pub host: String,
     /// Address other cluster members use to reach this router's gossip.
     #[arg(
@@ -105,6 +107,11 @@ impl Config {
             Error::Config(format!("--host must be an IP address, got {:?}", self.host))
         })?;
         Ok(SocketAddr::new(ip, self.gossip_port()))
+    }
+
+    /// Whether `--host` lets other machines in (anything but a loopback address).
+    pub fn http_exposed(&self) -> bool {
+        unikv_http::bind::is_exposed(&self.host)
     }
 
     pub fn limits(&self) -> Limits {
@@ -180,7 +187,8 @@ mod tests {
             );
             assert_eq!(c.port, 3000);
             assert_eq!(c.gossip_port(), 3000);
-            assert_eq!(c.http_bind(), "0.0.0.0:3000");
+            assert_eq!(c.http_bind(), "127.0.0.1:3000");
+            assert!(!c.http_exposed());
             assert_eq!(c.request_timeout(), Duration::from_secs(5));
         }
         let mut c = parse(&["--shard_ports", "8011", "--host", "::"]);
@@ -256,7 +264,10 @@ mod tests {
         for c in [a, b] {
             c.validate().unwrap();
             assert_eq!(c.gossip_port(), 3200);
-            assert_eq!(c.gossip_listen().unwrap(), "0.0.0.0:3200".parse().unwrap());
+            assert_eq!(
+                c.gossip_listen().unwrap(),
+                "127.0.0.1:3200".parse().unwrap()
+            );
             assert_eq!(c.advertise_host, "10.1.1.1");
             assert_eq!(c.tls_dir, PathBuf::from("x/tls"));
             assert_eq!(c.request_timeout(), Duration::from_millis(900));
