@@ -53,9 +53,14 @@ pub struct Config {
     pub gossip_interval_ms: u64,
     /// Interface the HTTP server (and gossip) binds. Loopback by default, so only this
     /// machine reaches the node's API (admin calls included); give this host's address, or
-    /// `0.0.0.0`, to serve other machines.
+    /// `0.0.0.0`, to serve other machines (then an admin token is required).
     #[arg(long = "http_host", alias = "http-host", default_value = "127.0.0.1")]
     pub http_host: String,
+    /// File holding the admin token (at least 16 characters; or set UNIKV_ADMIN_TOKEN):
+    /// calls that change the cluster then need `Authorization: Bearer <token>`. Without one,
+    /// only callers on this machine may make them, and HTTP must stay on loopback.
+    #[arg(long = "admin_token_file", alias = "admin-token-file")]
+    pub admin_token_file: Option<PathBuf>,
     /// Whether this node initialises a fresh Raft group [default: true for node 1].
     #[arg(long)]
     pub bootstrap: Option<bool>,

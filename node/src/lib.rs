@@ -39,6 +39,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     config.validate()?;
+    let access = unikv_http::admin_access::AdminAccess::load(config.admin_token_file.as_deref())
+        .map_err(Error::Config)?;
+    access
+        .check_exposure("node", http.local_addr()?)
+        .map_err(Error::Config)?;
     let started = std::time::Instant::now();
     let data_dir = config.data_dir();
     std::fs::create_dir_all(&data_dir)?;
@@ -106,14 +111,17 @@ pub async fn run(
     let rebalance_task = rebalancer.spawn(stop_rx.clone());
     let corruption_task = spawn_corruption_watch(node.clone(), stop_rx.clone());
 
-    let app = http::router(node.clone()).merge(rebalancer.routes());
+    let app = http::router(node.clone(), access.clone()).merge(rebalancer.routes(access));
     let mut rx = stop_rx.clone();
     let http_task = tokio::spawn(async move {
-        axum::serve(http, app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })
-            .await
+        axum::serve(
+            http,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = rx.wait_for(|s| *s).await;
+        })
+        .await
     });
 
     shutdown.await;

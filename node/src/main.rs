@@ -19,7 +19,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     unikv_http::process::init_tracing(config.log_file.as_deref(), DEFAULT_FILTER)
         .context("setting up logging")?;
     config.validate()?;
-    unikv_http::bind::warn_if_exposed("node", &config.http_host);
     let http_addr = format!("{}:{}", config.http_host, config.port);
     let listener = tokio::net::TcpListener::bind(&http_addr)
         .await

@@ -43,6 +43,10 @@ pub struct Config {
     /// serve other machines.
     #[arg(long, alias = "http_host", default_value = "127.0.0.1")]
     pub host: String,
+    /// File holding the admin token (at least 16 characters; or set UNIKV_ADMIN_TOKEN):
+    /// required to listen beyond loopback, and for the router's admin calls.
+    #[arg(long = "admin_token_file", alias = "admin-token-file")]
+    pub admin_token_file: Option<PathBuf>,
     /// Address other cluster members use to reach this router's gossip.
     #[arg(
         long = "advertise_host",

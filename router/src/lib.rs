@@ -44,6 +44,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     config.validate()?;
+    let access = unikv_http::admin_access::AdminAccess::load(config.admin_token_file.as_deref())
+        .map_err(Error::Config)?;
+    access
+        .check_exposure("router", http.local_addr()?)
+        .map_err(Error::Config)?;
     let http_port = http.local_addr()?.port();
     let tls = ClusterTls::load_or_create(&config.tls_dir, &format!("router-{http_port}"))?;
     let transport = Transport::client(&tls)?;
@@ -93,11 +98,14 @@ pub async fn run(
     });
     let mut rx = stop_rx.clone();
     let http_task = tokio::spawn(async move {
-        axum::serve(http, http::router(app))
-            .with_graceful_shutdown(async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })
-            .await
+        axum::serve(
+            http,
+            http::router(app).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = rx.wait_for(|s| *s).await;
+        })
+        .await
     });
 
     shutdown.await;

@@ -20,7 +20,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     unikv_http::process::init_tracing(config.log_file.as_deref(), DEFAULT_FILTER)
         .context("setting up logging")?;
     config.validate()?;
-    unikv_http::bind::warn_if_exposed("router", &config.host);
     let bind = config.http_bind();
     let listener = tokio::net::TcpListener::bind(&bind)
         .await

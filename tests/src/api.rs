@@ -210,6 +210,8 @@ impl RaftStatus {
 pub struct Api {
     client: reqwest::Client,
     addrs: Arc<BTreeMap<u64, String>>,
+    /// Sent as `Authorization: Bearer` on every request when the nodes have an admin token.
+    admin_token: Option<Arc<str>>,
 }
 
 impl Api {
@@ -224,7 +226,14 @@ impl Api {
         Api {
             client,
             addrs: Arc::new(addrs),
+            admin_token: None,
         }
+    }
+
+    /// The same client, sending `token` as the admin bearer token.
+    pub fn with_admin_token(mut self, token: Option<String>) -> Api {
+        self.admin_token = token.map(Into::into);
+        self
     }
 
     /// All node ids, ascending.
@@ -252,6 +261,9 @@ impl Api {
     ) -> anyhow::Result<Resp> {
         let url = format!("http://{}{}", self.http_addr(node), path);
         let mut req = self.client.request(method.clone(), &url).timeout(timeout);
+        if let Some(t) = &self.admin_token {
+            req = req.bearer_auth(t);
+        }
         if !query.is_empty() {
             req = req.query(query);
         }

@@ -132,6 +132,16 @@ impl Cluster {
             }
         }
 
+        // Nodes with an admin token get it from the harness's calls too.
+        let admin_token = all_flags
+            .iter()
+            .find(|(k, _)| k == "--admin_token_file")
+            .map(|(_, f)| {
+                fs::read_to_string(f)
+                    .expect("read the admin token file")
+                    .trim()
+                    .to_owned()
+            });
         let ports = alloc_ports(6);
         let mut nodes = Vec::new();
         let mut addrs = BTreeMap::new();
@@ -160,7 +170,7 @@ impl Cluster {
             bin,
             flags: all_flags,
             nodes,
-            api: Api::new(addrs),
+            api: Api::new(addrs).with_admin_token(admin_token),
             _slot: slot,
         };
         eprintln!(

@@ -1,11 +1,15 @@
-//! Safe defaults: a node started without `--http_host` serves its HTTP API (admin calls
-//! included) on loopback only — this machine's other addresses refuse the connection — and
-//! `--http_host 0.0.0.0` is what lets other machines in.
+//! Safe defaults and admin auth, on real processes:
+//! - a node started without `--http_host` serves its HTTP API on loopback only: this
+//!   machine's other address refuses the connection;
+//! - a node told to listen beyond loopback without an admin token refuses to start, saying why;
+//! - with `--admin_token_file`, it serves other machines, and calls that change the cluster
+//!   need `Authorization: Bearer <token>` from everyone (401 without, 403 with another), while
+//!   data calls stay open.
 
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use unikv_tests::Cluster;
+use unikv_tests::{node_bin, Cluster};
 
 /// This machine's address on its default route (no packet is sent), if it has one.
 fn non_loopback_ip() -> Option<IpAddr> {
@@ -26,11 +30,11 @@ fn reachable(ip: IpAddr, port: u16) -> bool {
     TcpStream::connect_timeout(&SocketAddr::new(ip, port), Duration::from_secs(2)).is_ok()
 }
 
+const TOKEN: &str = "s3cret-admin-token-for-tests";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_listens_on_loopback_unless_told_otherwise() {
-    let Some(ip) = non_loopback_ip() else {
-        panic!("this test needs an address besides loopback (a default route)");
-    };
+    let ip = non_loopback_ip().expect("this test needs an address besides loopback");
     let c = Cluster::start().await;
     let port = port_of(&c.http_addr(1));
     assert!(
@@ -41,12 +45,108 @@ async fn http_listens_on_loopback_unless_told_otherwise() {
         !reachable(ip, port),
         "node 1's HTTP answered on {ip}:{port} without --http_host"
     );
-    drop(c);
+}
 
-    let c = Cluster::start_with(&[("--http_host", "0.0.0.0")]).await;
-    let port = port_of(&c.http_addr(1));
+#[test]
+fn a_node_exposed_without_an_admin_token_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = unikv_tests::alloc_port();
+    let out = std::process::Command::new(node_bin())
+        .args([
+            "--shard_id",
+            "1",
+            "--node_id",
+            "1",
+            "--http_host",
+            "0.0.0.0",
+        ])
+        .args(["--port", &port.to_string()])
+        .args([
+            "--raft_addr",
+            &format!("127.0.0.1:{}", unikv_tests::alloc_port()),
+        ])
+        .arg("--data_dir")
+        .arg(dir.path().join("d"))
+        .arg("--tls_dir")
+        .arg(dir.path().join("tls"))
+        .env_remove("UNIKV_ADMIN_TOKEN")
+        .output()
+        .expect("run unikv-node");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "it started: {stderr}");
+    assert!(
+        stderr.contains("without an admin token") && stderr.contains("--admin_token_file"),
+        "says why: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_token_other_machines_get_in_and_admin_calls_need_it() {
+    let ip = non_loopback_ip().expect("this test needs an address besides loopback");
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let token_path = token_file.to_str().unwrap().to_owned();
+    let c = Cluster::start_with(&[
+        ("--http_host", "0.0.0.0"),
+        ("--admin_token_file", &token_path),
+    ])
+    .await;
+    let leader = c.leader().await;
+    let port = port_of(&c.http_addr(leader));
     assert!(
         reachable(ip, port),
         "--http_host 0.0.0.0 serves {ip}:{port}"
     );
+
+    let http = reqwest::Client::new();
+    let tags = |host: String, auth: Option<&str>| {
+        let mut r = http.post(format!("http://{host}:{port}/shard/tags?shardID=1&zone=a"));
+        if let Some(a) = auth {
+            r = r.header("Authorization", a);
+        }
+        r.send()
+    };
+    let loopback = "127.0.0.1".to_string();
+    for host in [ip.to_string(), loopback.clone()] {
+        let r = tags(host.clone(), None).await.unwrap();
+        assert_eq!(r.status().as_u16(), 401, "no token from {host}");
+        assert_eq!(
+            r.headers()
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap()),
+            Some("Bearer")
+        );
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["code"], "unauthorized", "{body}");
+        let r = tags(host.clone(), Some("Bearer not-the-token-at-all"))
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 403, "wrong token from {host}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["code"], "forbidden", "{body}");
+    }
+    let r = tags(ip.to_string(), Some(&format!("Bearer {TOKEN}")))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    // Membership changes are guarded too; data calls and status are not.
+    let r = http
+        .post(format!("http://{ip}:{port}/raft/leave?nodeid=3"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = http
+        .post(format!("http://{ip}:{port}/put?key=k&val=v"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = http
+        .get(format!("http://{ip}:{port}/raft/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
 }

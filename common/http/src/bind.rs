@@ -1,6 +1,6 @@
 //! Which listen addresses let other machines in. Nodes and routers bind loopback by default
 //! (only this machine reaches their APIs, admin calls included); binding anything else is an
-//! explicit choice, and said so at start.
+//! explicit choice that needs an admin token (`admin_access`).
 
 /// Whether binding `host` (an IP address or a host name) serves other machines: anything but
 /// a loopback address or `localhost`.
@@ -12,14 +12,6 @@ pub fn is_exposed(host: &str) -> bool {
     match h.parse::<std::net::IpAddr>() {
         Ok(ip) => !ip.is_loopback(),
         Err(_) => true,
-    }
-}
-
-/// Logs once at start that `what` serves other machines and that its admin calls are not
-/// authenticated.
-pub fn warn_if_exposed(what: &str, host: &str) {
-    if is_exposed(host) {
-        tracing::warn!(what, host, "HTTP is reachable from other machines, and admin calls (/addshard, /removeshard, /moveslot, /raft/join, /raft/leave) are not authenticated: expose it only on a network you trust");
     }
 }
 

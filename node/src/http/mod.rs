@@ -13,13 +13,14 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use unikv_http as reply;
+use unikv_http::admin_access::AdminAccess;
 pub use unikv_http::ApiError;
 
 use crate::service::Node;
 
-pub fn router(node: Arc<Node>) -> Router {
+pub fn router(node: Arc<Node>, access: AdminAccess) -> Router {
     let kv_routes = unikv_http::kv::routes(node.clone());
-    Router::new()
+    let membership = Router::new()
         .route(
             "/raft/join",
             post(admin::join).fallback(reply::method_not_allowed),
@@ -28,6 +29,12 @@ pub fn router(node: Arc<Node>) -> Router {
             "/raft/leave",
             post(admin::leave).fallback(reply::method_not_allowed),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            access,
+            unikv_http::admin_access::guard,
+        ))
+        .with_state(node.clone());
+    Router::new()
         .route(
             "/raft/status",
             get(admin::status).fallback(reply::method_not_allowed),
@@ -42,6 +49,7 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .fallback(reply::not_found)
         .with_state(node)
+        .merge(membership)
         .merge(kv_routes)
 }
 

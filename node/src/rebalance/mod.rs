@@ -61,8 +61,8 @@ impl Rebalancer {
     }
 
     /// The HTTP routes of registry and rebalancing administration.
-    pub fn routes(self: &Arc<Self>) -> Router {
-        Router::new()
+    pub fn routes(self: &Arc<Self>, access: unikv_http::admin_access::AdminAccess) -> Router {
+        let changes = Router::new()
             .route(
                 "/addshard",
                 get(admin::addshard)
@@ -87,11 +87,18 @@ impl Rebalancer {
                     .post(admin::tags)
                     .fallback(method_not_allowed),
             )
+            .route_layer(axum::middleware::from_fn_with_state(
+                access,
+                unikv_http::admin_access::guard,
+            ))
+            .with_state(self.clone());
+        Router::new()
             .route("/stats", get(admin::stats).fallback(method_not_allowed))
             .route(
                 "/rebalance/status",
                 get(admin::rebalance_status).fallback(method_not_allowed),
             )
             .with_state(self.clone())
+            .merge(changes)
     }
 }
