@@ -61,6 +61,10 @@ pub struct Config {
     /// only callers on this machine may make them, and HTTP must stay on loopback.
     #[arg(long = "admin_token_file", alias = "admin-token-file")]
     pub admin_token_file: Option<PathBuf>,
+    /// File holding the data token (or set UNIKV_DATA_TOKEN): data calls then need it (or
+    /// the admin token) as `Authorization: Bearer`. Off by default.
+    #[arg(long = "data_token_file", alias = "data-token-file")]
+    pub data_token_file: Option<PathBuf>,
     /// Whether this node initialises a fresh Raft group [default: true for node 1].
     #[arg(long)]
     pub bootstrap: Option<bool>,

@@ -39,8 +39,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     config.validate()?;
-    let access = unikv_http::admin_access::AdminAccess::load(config.admin_token_file.as_deref())
-        .map_err(Error::Config)?;
+    let access = unikv_http::access::Access::load(
+        config.admin_token_file.as_deref(),
+        config.data_token_file.as_deref(),
+    )
+    .map_err(Error::Config)?;
     access
         .check_exposure("node", http.local_addr()?)
         .map_err(Error::Config)?;

@@ -47,6 +47,10 @@ pub struct Config {
     /// required to listen beyond loopback, and for the router's admin calls.
     #[arg(long = "admin_token_file", alias = "admin-token-file")]
     pub admin_token_file: Option<PathBuf>,
+    /// File holding the data token (or set UNIKV_DATA_TOKEN): data calls then need it (or
+    /// the admin token) as `Authorization: Bearer`. Off by default.
+    #[arg(long = "data_token_file", alias = "data-token-file")]
+    pub data_token_file: Option<PathBuf>,
     /// Address other cluster members use to reach this router's gossip.
     #[arg(
         long = "advertise_host",

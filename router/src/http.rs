@@ -29,9 +29,9 @@ pub struct App<B> {
     pub limits: Limits,
 }
 
-/// The router's API: the shared KV endpoints (served by forwarding) plus `/status` and
-/// `/health`.
-pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
+/// The router's API: the shared KV endpoints (served by forwarding, behind the data token
+/// when one is configured) plus `/status` and `/health`.
+pub fn router<B: Backend>(app: Arc<App<B>>, access: unikv_http::access::Access) -> Router {
     Router::new()
         .route(
             "/status",
@@ -40,7 +40,12 @@ pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
         .route("/health", get(health).fallback(method_not_allowed))
         .fallback(not_found)
         .with_state(app.clone())
-        .merge(kv::routes(app))
+        .merge(
+            kv::routes(app).route_layer(axum::middleware::from_fn_with_state(
+                access,
+                unikv_http::access::data_guard,
+            )),
+        )
 }
 
 impl<B: Backend> KvService for App<B> {
@@ -93,7 +98,7 @@ mod tests {
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router(app)).await });
+        tokio::spawn(async move { axum::serve(listener, router(app, Default::default())).await });
         addr
     }
 

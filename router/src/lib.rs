@@ -44,8 +44,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     config.validate()?;
-    let access = unikv_http::admin_access::AdminAccess::load(config.admin_token_file.as_deref())
-        .map_err(Error::Config)?;
+    let access = unikv_http::access::Access::load(
+        config.admin_token_file.as_deref(),
+        config.data_token_file.as_deref(),
+    )
+    .map_err(Error::Config)?;
     access
         .check_exposure("router", http.local_addr()?)
         .map_err(Error::Config)?;
@@ -100,7 +103,7 @@ pub async fn run(
     let http_task = tokio::spawn(async move {
         axum::serve(
             http,
-            http::router(app).into_make_service_with_connect_info::<SocketAddr>(),
+            http::router(app, access).into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(async move {
             let _ = rx.wait_for(|s| *s).await;

@@ -1,6 +1,6 @@
 //! Which listen addresses let other machines in. Nodes and routers bind loopback by default
 //! (only this machine reaches their APIs, admin calls included); binding anything else is an
-//! explicit choice that needs an admin token (`admin_access`).
+//! explicit choice that needs an admin token (`access`).
 
 /// Whether binding `host` (an IP address or a host name) serves other machines: anything but
 /// a loopback address or `localhost`.

@@ -5,7 +5,7 @@
 //!
 //! This file only declares modules and re-exports; no module imports through it.
 
-pub mod admin_access;
+pub mod access;
 pub mod bind;
 mod error;
 pub mod kv;

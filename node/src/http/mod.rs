@@ -13,13 +13,15 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use unikv_http as reply;
-use unikv_http::admin_access::AdminAccess;
+use unikv_http::access::Access;
 pub use unikv_http::ApiError;
 
 use crate::service::Node;
 
-pub fn router(node: Arc<Node>, access: AdminAccess) -> Router {
-    let kv_routes = unikv_http::kv::routes(node.clone());
+pub fn router(node: Arc<Node>, access: Access) -> Router {
+    let kv_routes = unikv_http::kv::routes(node.clone()).route_layer(
+        axum::middleware::from_fn_with_state(access.clone(), unikv_http::access::data_guard),
+    );
     let membership = Router::new()
         .route(
             "/raft/join",
@@ -31,7 +33,7 @@ pub fn router(node: Arc<Node>, access: AdminAccess) -> Router {
         )
         .route_layer(axum::middleware::from_fn_with_state(
             access,
-            unikv_http::admin_access::guard,
+            unikv_http::access::guard,
         ))
         .with_state(node.clone());
     Router::new()

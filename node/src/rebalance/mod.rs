@@ -61,7 +61,7 @@ impl Rebalancer {
     }
 
     /// The HTTP routes of registry and rebalancing administration.
-    pub fn routes(self: &Arc<Self>, access: unikv_http::admin_access::AdminAccess) -> Router {
+    pub fn routes(self: &Arc<Self>, access: unikv_http::access::Access) -> Router {
         let changes = Router::new()
             .route(
                 "/addshard",
@@ -89,7 +89,7 @@ impl Rebalancer {
             )
             .route_layer(axum::middleware::from_fn_with_state(
                 access,
-                unikv_http::admin_access::guard,
+                unikv_http::access::guard,
             ))
             .with_state(self.clone());
         Router::new()

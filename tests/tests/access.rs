@@ -4,7 +4,8 @@
 //! - a node told to listen beyond loopback without an admin token refuses to start, saying why;
 //! - with `--admin_token_file`, it serves other machines, and calls that change the cluster
 //!   need `Authorization: Bearer <token>` from everyone (401 without, 403 with another), while
-//!   data calls stay open.
+//!   data calls stay open;
+//! - with `--data_token_file`, data calls need the data token (or the admin token).
 
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
@@ -145,6 +146,49 @@ async fn with_a_token_other_machines_get_in_and_admin_calls_need_it() {
     assert_eq!(r.status().as_u16(), 200);
     let r = http
         .get(format!("http://{ip}:{port}/raft/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_data_token_data_calls_need_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_file = dir.path().join("data.token");
+    std::fs::write(&data_file, "data-token-for-the-tests\n").unwrap();
+    let c = Cluster::start_with(&[("--data_token_file", data_file.to_str().unwrap())]).await;
+    let leader = c.leader().await;
+    let base = format!("http://{}", c.http_addr(leader));
+    let http = reqwest::Client::new();
+    let put = |auth: Option<&'static str>| {
+        let mut r = http.post(format!("{base}/put?key=k&val=v"));
+        if let Some(a) = auth {
+            r = r.header("Authorization", a);
+        }
+        r.send()
+    };
+    let r = put(None).await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "unauthorized", "{body}");
+    let r = put(Some("Bearer some-other-token-entirely")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let r = put(Some("Bearer data-token-for-the-tests")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    let r = http
+        .get(format!("{base}/get?key=k"))
+        .bearer_auth("data-token-for-the-tests")
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["value"], "v", "{body}");
+    let r = http.get(format!("{base}/get?key=k")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401, "reads too");
+    // Status stays open for probes.
+    let r = http
+        .get(format!("{base}/raft/status"))
         .send()
         .await
         .unwrap();
