@@ -39,14 +39,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     config.validate()?;
-    let access = unikv_http::access::Access::load(
+    let access = unikv_http::access::Access::for_listener(
+        "node",
         config.admin_token_file.as_deref(),
         config.data_token_file.as_deref(),
+        http.local_addr()?,
     )
     .map_err(Error::Config)?;
-    access
-        .check_exposure("node", http.local_addr()?)
-        .map_err(Error::Config)?;
     let started = std::time::Instant::now();
     let data_dir = config.data_dir();
     std::fs::create_dir_all(&data_dir)?;

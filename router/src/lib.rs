@@ -44,14 +44,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     config.validate()?;
-    let access = unikv_http::access::Access::load(
+    let access = unikv_http::access::Access::for_listener(
+        "router",
         config.admin_token_file.as_deref(),
         config.data_token_file.as_deref(),
+        http.local_addr()?,
     )
     .map_err(Error::Config)?;
-    access
-        .check_exposure("router", http.local_addr()?)
-        .map_err(Error::Config)?;
     let http_port = http.local_addr()?.port();
     let tls = ClusterTls::load_or_create(&config.tls_dir, &format!("router-{http_port}"))?;
     let transport = Transport::client(&tls)?;

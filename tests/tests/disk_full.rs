@@ -107,6 +107,15 @@ impl Load {
         .await;
     }
 
+    /// Waits until `n` more writes than now are acknowledged.
+    async fn wait_more(&self, n: usize, what: &str) {
+        let before = self.acked();
+        wait_until(Duration::from_secs(40), what, || async {
+            (self.acked() > before + n).then_some(())
+        })
+        .await;
+    }
+
     async fn stop(self) -> (BTreeMap<String, String>, BTreeMap<u16, u64>) {
         self.stop.store(true, Ordering::SeqCst);
         for t in self.tasks {
@@ -217,13 +226,7 @@ async fn a_full_leader_refuses_writes_serves_reads_and_resumes_when_space_return
     // Space returns: writes are taken again by the same process.
     let t = Instant::now();
     disk.unfill().unwrap();
-    let before = load.acked();
-    wait_until(
-        Duration::from_secs(40),
-        "writes after space returned",
-        || async { (load.acked() > before + 50).then_some(()) },
-    )
-    .await;
+    load.wait_more(50, "writes after space returned").await;
     let st = c.status(leader).await.unwrap();
     eprintln!(
         "[full] writes resumed {:?} after the filler went; disk: {:?}",
@@ -286,13 +289,7 @@ async fn one_full_disk_under_the_whole_shard_loses_nothing_and_resumes() {
 
     let t = Instant::now();
     disk.unfill().unwrap();
-    let before = load.acked();
-    wait_until(
-        Duration::from_secs(40),
-        "writes after space returned",
-        || async { (load.acked() > before + 50).then_some(()) },
-    )
-    .await;
+    load.wait_more(50, "writes after space returned").await;
     eprintln!(
         "[full1] writes resumed {:?} after the filler went",
         t.elapsed()
@@ -349,13 +346,8 @@ async fn a_full_follower_forwards_writes_and_reads_and_catches_up() {
     )
     .await;
     // The shard goes on: writes through the full follower are still acknowledged.
-    let before = load.acked();
-    wait_until(
-        Duration::from_secs(20),
-        "writes while the follower is full",
-        || async { (load.acked() > before + 100).then_some(()) },
-    )
-    .await;
+    load.wait_more(100, "writes while the follower is full")
+        .await;
     assert_eq!(load.refused(), 0, "a full follower does not refuse writes");
     // Its reads are served (by the leader, while its own applies may wait for space).
     let snapshot = load.acked.lock().unwrap().clone();

@@ -56,6 +56,19 @@ impl Access {
         })
     }
 
+    /// [`Access::load`], then [`Access::check_exposure`] for the listener bound at `bound`:
+    /// what a node or router does at start.
+    pub fn for_listener(
+        what: &str,
+        admin_file: Option<&Path>,
+        data_file: Option<&Path>,
+        bound: SocketAddr,
+    ) -> Result<Access, String> {
+        let access = Access::load(admin_file, data_file)?;
+        access.check_exposure(what, bound)?;
+        Ok(access)
+    }
+
     pub fn has_token(&self) -> bool {
         self.token.is_some()
     }
