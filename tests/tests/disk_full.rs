@@ -155,16 +155,19 @@ fn mount_per_node(root: &std::path::Path, bytes: u64) -> Vec<Tmpfs> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_full_leader_refuses_writes_serves_reads_and_resumes_when_space_returns() {
-    let base = tempfile::Builder::new()
-        .prefix("unikv-full-")
-        .tempdir()
-        .unwrap();
+/// A shard whose nodes each have their own 64 MiB tmpfs. Bind the result as `(_base, disks,
+/// c)`: the cluster drops (nodes killed) before the mounts, and they before the temp dir.
+async fn shard_on_own_disks(prefix: &str) -> (tempfile::TempDir, Vec<Tmpfs>, Cluster) {
+    let base = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
     let root = base.path().join("root");
     let disks = mount_per_node(&root, 64 << 20);
-    // Declared after the mounts: dropped (nodes killed) before they are unmounted.
     let c = Cluster::start_on(FLAGS, Some(&root)).await;
+    (base, disks, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_leader_refuses_writes_serves_reads_and_resumes_when_space_returns() {
+    let (_base, disks, c) = shard_on_own_disks("unikv-full-").await;
     let leader = c.leader().await;
     let api = c.api();
     let pid = c.pid(leader);
@@ -319,13 +322,7 @@ async fn one_full_disk_under_the_whole_shard_loses_nothing_and_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_follower_forwards_writes_and_reads_and_catches_up() {
-    let base = tempfile::Builder::new()
-        .prefix("unikv-fullf-")
-        .tempdir()
-        .unwrap();
-    let root = base.path().join("root");
-    let disks = mount_per_node(&root, 64 << 20);
-    let c = Cluster::start_on(FLAGS, Some(&root)).await;
+    let (_base, disks, c) = shard_on_own_disks("unikv-fullf-").await;
     let leader = c.leader().await;
     let follower = c.followers(leader)[0];
     let api = c.api();
