@@ -45,6 +45,9 @@ pub const KEYS: &str = "keys";
 pub const BYTES: &str = "bytes";
 /// Registry tags, `name=value` pairs joined by `,` (names and values never contain `,` or `=`).
 pub const TAGS: &str = "tags";
+/// The catalog version the node has applied, published by members of the shard that holds
+/// the catalog (decimal; absent: 0).
+pub const CATALOG_VERSION: &str = "catalog_version";
 /// `<count>:<hash>` when the slot ownership is split into chunks `slots.0`, `slots.1`, ...
 pub const SLOTS_COUNT: &str = "slots.n";
 /// Prefix of the chunk keys.
@@ -84,6 +87,8 @@ pub struct NodeState {
     pub bytes: u64,
     /// Registry tags of its shard (e.g. datacenter=us-east), sorted by name.
     pub tags: Vec<(String, String)>,
+    /// The catalog version it has applied, if its shard holds the catalog (else 0).
+    pub catalog_version: u64,
 }
 
 /// A value read from gossip that cannot be used.
@@ -314,6 +319,9 @@ pub fn encode_node_state(state: &NodeState) -> Vec<(String, String)> {
             .collect::<Vec<_>>()
             .join(","),
     );
+    if state.catalog_version > 0 {
+        push(CATALOG_VERSION, state.catalog_version.to_string());
+    }
     // Written last: see `TERM`.
     push(TERM, state.term.to_string());
     keys
@@ -394,6 +402,11 @@ pub fn decode_node_state(keys: &BTreeMap<String, String>) -> Result<NodeState, K
             .transpose()?
             .unwrap_or(0),
         tags: decode_tags(keys.get(TAGS).map(String::as_str).unwrap_or(""))?,
+        catalog_version: keys
+            .get(CATALOG_VERSION)
+            .map(|v| parse_u64(CATALOG_VERSION, v))
+            .transpose()?
+            .unwrap_or(0),
     })
 }
 
@@ -417,6 +430,7 @@ mod tests {
             keys: 42,
             bytes: 4096,
             tags: vec![("datacenter".into(), "us-east".into())],
+            catalog_version: 5,
             slots: vec![
                 (SlotRange(0, 5460), Epoch(1)),
                 (SlotRange(5461, 5470), Epoch(3)),

@@ -116,6 +116,16 @@ impl ClusterView {
         }
     }
 
+    /// The newest catalog version any node reports having applied (0: none reported).
+    pub fn catalog_version(&self) -> u64 {
+        self.members
+            .iter()
+            .filter_map(|m| m.node.as_ref())
+            .map(|n| n.catalog_version)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Owner of a slot: across all shards, the claim with the highest epoch wins (on a tie, which
     /// a correct cluster never produces, the lower shard id wins and a warning is logged once).
     /// `None` if no shard claims the slot.
@@ -318,6 +328,7 @@ mod tests {
             keys: 0,
             bytes: 0,
             tags: Vec::new(),
+            catalog_version: 0,
             slots: vec![],
         }
     }

@@ -63,6 +63,7 @@ fn node_state(shard: u64, node: u64, slots: Vec<(SlotRange, Epoch)>) -> NodeStat
         keys: 0,
         bytes: 0,
         tags: Vec::new(),
+        catalog_version: 0,
         slots,
     }
 }

@@ -51,8 +51,9 @@ pub fn role_of(s: ServerState) -> Role {
     }
 }
 
-/// What this node would publish now; `totals` is the shard's (keys, bytes).
-pub fn current_state(node: &Node, totals: (u64, u64)) -> NodeState {
+/// What this node would publish now; `totals` is the shard's (keys, bytes), `catalog_version`
+/// the catalog version it applied (0 unless its shard holds the catalog).
+pub fn current_state(node: &Node, totals: (u64, u64), catalog_version: u64) -> NodeState {
     let (role, leader, term) = {
         let m = node.raft.metrics();
         let m = m.borrow_watched();
@@ -79,6 +80,7 @@ pub fn current_state(node: &Node, totals: (u64, u64)) -> NodeState {
         keys: totals.0,
         bytes: totals.1,
         tags: d.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        catalog_version,
     }
 }
 
@@ -107,15 +109,18 @@ pub fn spawn_publisher(
         let mut metrics = node.raft.metrics();
         let mut last: Option<NodeState> = None;
         let mut totals = (0, 0);
+        let mut catalog_version = 0;
         let mut totals_at = tokio::time::Instant::now() - STATS_EVERY;
         let mut tick = tokio::time::interval(STATS_EVERY);
         loop {
-            // Key and byte totals change with every write: refresh them at most once a period.
+            // Key and byte totals change with every write: refresh them (and the catalog
+            // version) at most once a period.
             if totals_at.elapsed() >= STATS_EVERY {
                 totals = shard_totals(&node);
+                catalog_version = node.applied_catalog_version().unwrap_or(0);
                 totals_at = tokio::time::Instant::now();
             }
-            let state = current_state(&node, totals);
+            let state = current_state(&node, totals, catalog_version);
             if last.as_ref() != Some(&state) {
                 node.gossip.publish(&state).await;
                 last = Some(state);

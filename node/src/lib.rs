@@ -8,10 +8,13 @@
 
 pub mod append_stream;
 pub mod bootstrap;
+pub mod catalog;
+pub mod catalog_cache;
 pub mod config;
 pub mod error;
 pub mod gossip_publisher;
 pub mod http;
+pub mod peer;
 pub mod raft_errors;
 pub mod raft_net;
 pub mod rebalance;
@@ -82,6 +85,7 @@ pub async fn run(
         gossip,
         vote_hold,
         claim_problem: Default::default(),
+        catalog: Default::default(),
         started,
     });
     tracing::info!(
@@ -112,6 +116,7 @@ pub async fn run(
     let claim_task = bootstrap::spawn_slot_claim(node.clone(), stop_rx.clone());
     let rebalance_task = rebalancer.spawn(stop_rx.clone());
     let corruption_task = spawn_corruption_watch(node.clone(), stop_rx.clone());
+    let janitor_task = catalog::spawn_janitor(node.clone(), stop_rx.clone());
 
     let app = http::router(node.clone(), access.clone()).merge(rebalancer.routes(access));
     let mut rx = stop_rx.clone();
@@ -131,6 +136,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = claim_task.await;
     let _ = corruption_task.await;
+    let _ = janitor_task.await;
     let _ = rebalance_task.await;
     let _ = publisher.await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), http_task).await;

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use unikv_net::Transport;
 use unikv_storage::{Command, LeaderClock, NodeAddr, OwnedRead, StateMachine, Store, TypeConfig};
 use unikv_types::{
-    key_slot, rpc_kind, KvError, KvOp, KvReply, KvRequest, Limits, NodeId, NodeRef, ShardId, Slot,
+    key_slot, rpc_kind, Keyspace, KvError, KvOp, KvReply, KvRequest, Limits, NodeId, NodeRef,
+    ShardId, Slot,
 };
 
 use crate::config::Config;
@@ -74,6 +75,8 @@ pub struct Node {
     /// Why this fresh shard does not claim its initial slots, if something stops it (shown
     /// in `/raft/status`).
     pub claim_problem: std::sync::Mutex<Option<String>>,
+    /// The last catalog read (see `catalog`).
+    pub catalog: crate::catalog_cache::CatalogCache,
     /// When the process started, by its monotonic clock (`uptime_ms` in `/raft/status`: with
     /// the wall clock beside it, it shows the clock rate the node runs at).
     pub started: Instant,
@@ -155,6 +158,27 @@ impl Node {
     /// if needed) or reads linearizably. Retries while a leader is being elected, up to the
     /// request timeout.
     pub async fn kv(&self, req: KvRequest) -> Result<KvReply, KvError> {
+        let keyspace = self.resolve(req.collection.as_deref()).await?;
+        if keyspace.is_default() || keyspace == Keyspace::SYSTEM {
+            return self.kv_in(req, keyspace).await;
+        }
+        match self.kv_in(req.clone(), keyspace).await {
+            // The shard dropped that keyspace: this node's catalog was stale (the collection
+            // was deleted, perhaps created again under the same name with a new id).
+            Err(e) if e.code() == "unknown_collection" => {
+                let name = req.collection.as_deref().unwrap_or_default();
+                let fresh = self.read_catalog().await?;
+                match fresh.lookup(name) {
+                    Some(ks) if ks != keyspace => self.kv_in(req, ks).await,
+                    _ => Err(unikv_types::catalog::unknown_collection(name).into()),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// [`Node::kv`] once the request's collection is resolved to `keyspace`.
+    pub async fn kv_in(&self, req: KvRequest, keyspace: Keyspace) -> Result<KvReply, KvError> {
         let value = match &req.op {
             unikv_types::KvOp::Put { value } | unikv_types::KvOp::Append { value } => {
                 Some(value.as_str())
@@ -169,12 +193,12 @@ impl Node {
         let deadline = Instant::now() + self.config.request_timeout();
         loop {
             let res = if req.op.is_write() {
-                self.write(slot, &req, deadline).await
+                self.write(slot, keyspace, &req, deadline).await
             } else if let Some(l) = self.leader_for_full_disk(&req) {
                 // This follower's applies wait for space; the leader serves the read.
                 self.forward(l, &req, deadline).await
             } else {
-                self.read(slot, &req.key, deadline).await
+                self.read(slot, keyspace, &req.key, deadline).await
             };
             match res {
                 Err(KvError::WrongShard {
@@ -223,6 +247,7 @@ impl Node {
     async fn write(
         &self,
         slot: Slot,
+        keyspace: Keyspace,
         req: &KvRequest,
         deadline: Instant,
     ) -> Result<KvReply, KvError> {
@@ -239,6 +264,7 @@ impl Node {
                 now_ms,
                 dedup_window_ms: self.config.dedup_window_s.saturating_mul(1000),
             }),
+            keyspace,
         };
         match self.propose(cmd).await {
             Err(KvError::NotLeader {
@@ -388,7 +414,13 @@ impl Node {
             .map(|_| ())
     }
 
-    async fn read(&self, slot: Slot, key: &str, deadline: Instant) -> Result<KvReply, KvError> {
+    async fn read(
+        &self,
+        slot: Slot,
+        keyspace: Keyspace,
+        key: &str,
+        deadline: Instant,
+    ) -> Result<KvReply, KvError> {
         match self.ensure_linearizable().await {
             Ok(_) => {}
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
@@ -420,8 +452,13 @@ impl Node {
             Err(RaftError::APIError(e)) => return Err(self.unavailable(e.to_string())),
             Err(e) => return Err(self.unavailable(e.to_string())),
         }
-        match self.store.read_owned(slot, key) {
+        match self.store.read_owned(slot, keyspace, key) {
             Ok(OwnedRead::Value(v)) => Ok(KvReply::Value(v)),
+            Ok(OwnedRead::Dropped) => Err(KvError::Refused {
+                status: 404,
+                code: "unknown_collection".into(),
+                message: format!("the collection of keyspace {keyspace} was deleted"),
+            }),
             Ok(OwnedRead::NotOwned) => Err(self.wrong_shard(slot, self.shard())),
             Ok(OwnedRead::NotInitialised) => {
                 Err(self.unavailable("the shard has not claimed its slots yet"))

@@ -269,6 +269,7 @@ mod tests {
             op: KvOp::Get,
             client: None,
             forwarded: false,
+            collection: None,
         }
     }
 

@@ -109,9 +109,10 @@ impl<B: Backend> Forwarder<B> {
         key: String,
         op: KvOp,
         client: Option<ClientSeq>,
+        collection: Option<String>,
     ) -> Result<KvReply, ApiError> {
         self.counters.request();
-        let result = self.route(key, op, client).await;
+        let result = self.route(key, op, client, collection).await;
         self.counters.finished(result.is_ok());
         result
     }
@@ -121,10 +122,11 @@ impl<B: Backend> Forwarder<B> {
         key: String,
         op: KvOp,
         client: Option<ClientSeq>,
+        collection: Option<String>,
     ) -> Result<KvReply, ApiError> {
         let value = match &op {
             KvOp::Put { value } | KvOp::Append { value } => Some(value.as_str()),
-            KvOp::Get | KvOp::Delete => None,
+            KvOp::Get | KvOp::Delete | KvOp::Catalog(_) => None,
         };
         self.limits.check(&key, value)?;
         let slot = key_slot(key.as_bytes());
@@ -139,6 +141,7 @@ impl<B: Backend> Forwarder<B> {
             op,
             client,
             forwarded: false,
+            collection,
         };
 
         let deadline = Instant::now() + self.timeout;

@@ -56,6 +56,11 @@ pub(crate) fn success(req: &KvRequest) -> Answer {
         KvOp::Put { .. } => KvReply::Written,
         KvOp::Append { .. } => KvReply::Appended { previous: None },
         KvOp::Delete => KvReply::Deleted { existed: true },
+        KvOp::Catalog(_) => KvReply::Catalog(unikv_types::catalog::CatalogReply {
+            outcome: unikv_types::catalog::CatalogOutcome::Created,
+            version: 1,
+            collection: None,
+        }),
     }))
 }
 
@@ -96,18 +101,20 @@ async fn requests_go_to_the_owner_leader_and_writes_get_a_session() {
     let fake = Fake::new(|_, req| success(req));
     let f = forwarder(&fake, 1000);
     assert_eq!(
-        f.execute("foo".into(), put("1"), None).await.unwrap(),
+        f.execute("foo".into(), put("1"), None, None).await.unwrap(),
         KvReply::Written
     );
     assert_eq!(
-        f.execute("foo".into(), put("2"), None).await.unwrap(),
+        f.execute("foo".into(), put("2"), None, None).await.unwrap(),
         KvReply::Written
     );
     let caller = ClientSeq::new("me", 42);
-    f.execute("foo".into(), KvOp::Delete, Some(caller.clone()))
+    f.execute("foo".into(), KvOp::Delete, Some(caller.clone()), None)
         .await
         .unwrap();
-    f.execute("foo".into(), KvOp::Get, None).await.unwrap();
+    f.execute("foo".into(), KvOp::Get, None, None)
+        .await
+        .unwrap();
     let calls = fake.calls();
     assert_eq!(calls.len(), 4);
     for (addr, req) in &calls {
@@ -147,7 +154,7 @@ async fn not_leader_is_followed_and_remembered() {
         }
     });
     let f = forwarder(&fake, 1000);
-    f.execute("foo".into(), put("1"), None).await.unwrap();
+    f.execute("foo".into(), put("1"), None, None).await.unwrap();
     let calls = fake.take_calls();
     let addrs: Vec<&str> = calls.iter().map(|(a, _)| a.as_str()).collect();
     assert_eq!(
@@ -157,7 +164,9 @@ async fn not_leader_is_followed_and_remembered() {
     // Both attempts carry the same (client id, seq).
     assert_eq!(calls[0].1.client, calls[1].1.client);
     // The next request goes straight to the hinted leader.
-    f.execute("foo".into(), KvOp::Get, None).await.unwrap();
+    f.execute("foo".into(), KvOp::Get, None, None)
+        .await
+        .unwrap();
     assert_eq!(fake.take_calls()[0].0, leader.raft);
     assert_eq!(f.counters().to_json()["redirects"], 1);
 }
@@ -177,12 +186,14 @@ async fn wrong_shard_with_a_newer_owner_is_followed_and_remembered() {
         }
     });
     let f = forwarder(&fake, 1000);
-    f.execute("foo".into(), KvOp::Get, None).await.unwrap();
+    f.execute("foo".into(), KvOp::Get, None, None)
+        .await
+        .unwrap();
     let calls = fake.take_calls();
     assert_eq!(calls.len(), 2);
     assert_eq!(calls[1].0, node(2, 1).raft);
     // Remembered: the next request for the slot goes to shard 2 directly.
-    f.execute("foo".into(), put("x"), None).await.unwrap();
+    f.execute("foo".into(), put("x"), None, None).await.unwrap();
     let calls = fake.take_calls();
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].0, node(2, 1).raft);
@@ -194,7 +205,7 @@ async fn wrong_shard_with_a_newer_owner_is_followed_and_remembered() {
             s != 12182 && u64::from(s) * 3 / u64::from(SLOT_COUNT) + 1 == FOO_SHARD
         })
         .unwrap();
-    f.execute(other, KvOp::Get, None).await.unwrap();
+    f.execute(other, KvOp::Get, None, None).await.unwrap();
     assert_eq!(fake.take_calls()[0].0, node(FOO_SHARD, 1).raft);
 }
 
@@ -227,7 +238,9 @@ async fn wrong_shard_without_an_owner_waits_for_gossip() {
         routing.install(Table::new(2, 2, slots, shards));
     });
     let started = Instant::now();
-    f.execute("foo".into(), KvOp::Get, None).await.unwrap();
+    f.execute("foo".into(), KvOp::Get, None, None)
+        .await
+        .unwrap();
     assert!(started.elapsed() < Duration::from_secs(2));
     let calls = fake.calls();
     assert_eq!(calls.last().unwrap().0, node(1, 1).raft);
@@ -248,7 +261,7 @@ async fn failing_nodes_are_skipped_keeping_the_same_seq() {
     });
     let f = forwarder(&fake, 2000);
     let reply = f
-        .execute("foo".into(), KvOp::Append { value: "a".into() }, None)
+        .execute("foo".into(), KvOp::Append { value: "a".into() }, None, None)
         .await
         .unwrap();
     assert_eq!(reply, KvReply::Appended { previous: None });
@@ -259,7 +272,9 @@ async fn failing_nodes_are_skipped_keeping_the_same_seq() {
     assert!(calls.iter().all(|(_, r)| r.client == calls[0].1.client));
     assert_eq!(f.counters().to_json()["retries"], 2);
     // The node that timed out is now tried last.
-    f.execute("foo".into(), KvOp::Get, None).await.unwrap();
+    f.execute("foo".into(), KvOp::Get, None, None)
+        .await
+        .unwrap();
     assert_ne!(fake.take_calls()[0].0, node(FOO_SHARD, 1).raft);
 }
 
@@ -268,7 +283,10 @@ async fn the_deadline_answers_503_naming_slot_and_shard() {
     let fake = Fake::new(|_, _| unavailable(FOO_SHARD));
     let f = forwarder(&fake, 300);
     let started = Instant::now();
-    let err = f.execute("foo".into(), put("1"), None).await.unwrap_err();
+    let err = f
+        .execute("foo".into(), put("1"), None, None)
+        .await
+        .unwrap_err();
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(2));
     assert_eq!(err.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -301,7 +319,10 @@ async fn unowned_slots_wait_for_gossip_then_answer_503() {
         Limits::default(),
         Duration::from_millis(200),
     );
-    let err = f.execute("foo".into(), KvOp::Get, None).await.unwrap_err();
+    let err = f
+        .execute("foo".into(), KvOp::Get, None, None)
+        .await
+        .unwrap_err();
     assert_eq!(err.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(err.details["slot"], 12182);
     assert!(err.details["shard"].is_null());
@@ -314,7 +335,9 @@ async fn unowned_slots_wait_for_gossip_then_answer_503() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         routing.install(three_shards(1));
     });
-    f.execute("foo".into(), KvOp::Get, None).await.unwrap();
+    f.execute("foo".into(), KvOp::Get, None, None)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -332,7 +355,10 @@ async fn a_slot_gossip_forgot_is_reported_with_its_last_owner() {
         .cloned()
         .collect();
     f.routing.install(Table::new(2, 2, slots, shards));
-    let err = f.execute("foo".into(), KvOp::Get, None).await.unwrap_err();
+    let err = f
+        .execute("foo".into(), KvOp::Get, None, None)
+        .await
+        .unwrap_err();
     assert_eq!(err.code, "unavailable");
     assert_eq!(err.details["slot"], 12182);
     assert_eq!(err.details["shard"], FOO_SHARD);
@@ -357,7 +383,10 @@ async fn a_shard_with_no_known_members_is_unavailable() {
         Limits::default(),
         Duration::from_millis(200),
     );
-    let err = f.execute("foo".into(), KvOp::Get, None).await.unwrap_err();
+    let err = f
+        .execute("foo".into(), KvOp::Get, None, None)
+        .await
+        .unwrap_err();
     assert_eq!(err.details["shard"], 5);
     assert!(
         err.message.contains("no member of shard 5"),
@@ -388,21 +417,30 @@ async fn other_errors_are_answered_as_they_are() {
         }))
     });
     let f = forwarder(&fake, 1000);
-    let e = f.execute("foo".into(), KvOp::Get, None).await.unwrap_err();
+    let e = f
+        .execute("foo".into(), KvOp::Get, None, None)
+        .await
+        .unwrap_err();
     assert_eq!((e.status.as_u16(), e.code.as_str()), (400, "odd"));
-    let e = f.execute("foo".into(), put("v"), None).await.unwrap_err();
+    let e = f
+        .execute("foo".into(), put("v"), None, None)
+        .await
+        .unwrap_err();
     assert_eq!(
         (e.status.as_u16(), e.code.as_str()),
         (409, "stale_sequence")
     );
     let e = f
-        .execute("foo".into(), KvOp::Delete, None)
+        .execute("foo".into(), KvOp::Delete, None, None)
         .await
         .unwrap_err();
     assert_eq!((e.status.as_u16(), e.code.as_str()), (500, "internal"));
     // A full leader's refusal is passed on, not retried elsewhere.
     let append = KvOp::Append { value: "v".into() };
-    let e = f.execute("foo".into(), append, None).await.unwrap_err();
+    let e = f
+        .execute("foo".into(), append, None, None)
+        .await
+        .unwrap_err();
     assert_eq!(
         (e.status.as_u16(), e.code.as_str()),
         (507, "insufficient_storage")
@@ -414,15 +452,18 @@ async fn other_errors_are_answered_as_they_are() {
 async fn limits_are_checked_before_anything_is_sent() {
     let fake = Fake::new(|_, req| success(req));
     let f = forwarder(&fake, 1000);
-    let e = f.execute(String::new(), KvOp::Get, None).await.unwrap_err();
+    let e = f
+        .execute(String::new(), KvOp::Get, None, None)
+        .await
+        .unwrap_err();
     assert_eq!((e.status.as_u16(), e.code.as_str()), (400, "empty_key"));
     let e = f
-        .execute("k".repeat(1025), KvOp::Get, None)
+        .execute("k".repeat(1025), KvOp::Get, None, None)
         .await
         .unwrap_err();
     assert_eq!(e.code, "key_too_long");
     let e = f
-        .execute("k".into(), put(&"v".repeat(1024 * 1024 + 1)), None)
+        .execute("k".into(), put(&"v".repeat(1024 * 1024 + 1)), None, None)
         .await
         .unwrap_err();
     assert_eq!(e.code, "value_too_long");
@@ -446,7 +487,10 @@ async fn two_nodes_naming_each_other_do_not_spin() {
         }))
     });
     let f = forwarder(&fake, 300);
-    let err = f.execute("foo".into(), KvOp::Get, None).await.unwrap_err();
+    let err = f
+        .execute("foo".into(), KvOp::Get, None, None)
+        .await
+        .unwrap_err();
     assert_eq!(err.code, "unavailable");
     let n = fake.calls().len();
     assert!(n < 100, "{n} calls in 300 ms");

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
@@ -14,7 +15,8 @@ use serde_json::json;
 use tokio::sync::watch;
 use unikv_gossip::ClusterView;
 use unikv_http::kv::{self, KvService};
-use unikv_http::{method_not_allowed, not_found, ok, ApiError};
+use unikv_http::{method_not_allowed, not_found, ok, ApiError, CatalogService};
+use unikv_types::catalog::{Catalog, CatalogOp, CatalogReply, CATALOG_KEY, SYSTEM_COLLECTION};
 use unikv_types::{ClientSeq, KvOp, KvReply, Limits};
 
 use crate::forward::{Backend, Forwarder};
@@ -29,8 +31,8 @@ pub struct App<B> {
     pub limits: Limits,
 }
 
-/// The router's API: the shared KV endpoints (served by forwarding, behind the data token
-/// when one is configured) plus `/status` and `/health`.
+/// The router's API: the shared KV and collection endpoints (served by forwarding, behind
+/// the data and admin tokens when configured) plus `/status` and `/health`.
 pub fn router<B: Backend>(app: Arc<App<B>>, access: unikv_http::access::Access) -> Router {
     Router::new()
         .route(
@@ -40,6 +42,7 @@ pub fn router<B: Backend>(app: Arc<App<B>>, access: unikv_http::access::Access) 
         .route("/health", get(health).fallback(method_not_allowed))
         .fallback(not_found)
         .with_state(app.clone())
+        .merge(unikv_http::collections::routes(app.clone(), access.clone()))
         .merge(
             kv::routes(app).route_layer(axum::middleware::from_fn_with_state(
                 access,
@@ -58,9 +61,53 @@ impl<B: Backend> KvService for App<B> {
         key: String,
         op: KvOp,
         client: Option<ClientSeq>,
+        collection: Option<String>,
     ) -> impl Future<Output = Result<KvReply, ApiError>> + Send {
-        self.forwarder.execute(key, op, client)
+        self.forwarder.execute(key, op, client, collection)
     }
+}
+
+/// The catalog through the router: a request for the catalog key, routed to the shard that
+/// owns its slot like any other key (redirects, retries and at-most-once included).
+impl<B: Backend> CatalogService for App<B> {
+    async fn read_catalog(&self) -> Result<Catalog, ApiError> {
+        let system = Some(SYSTEM_COLLECTION.to_string());
+        let reply = self
+            .forwarder
+            .execute(CATALOG_KEY.into(), KvOp::Get, None, system)
+            .await?;
+        match reply {
+            KvReply::Value(Some(json)) => serde_json::from_str(&json).map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    format!("the stored catalog does not decode: {e}"),
+                )
+            }),
+            KvReply::Value(None) => Ok(Catalog::default()),
+            other => Err(unexpected("read", other)),
+        }
+    }
+
+    async fn change_catalog(&self, op: CatalogOp) -> Result<CatalogReply, ApiError> {
+        let system = Some(SYSTEM_COLLECTION.to_string());
+        let reply = self
+            .forwarder
+            .execute(CATALOG_KEY.into(), KvOp::Catalog(op), None, system)
+            .await?;
+        match reply {
+            KvReply::Catalog(r) => Ok(r),
+            other => Err(unexpected("change", other)),
+        }
+    }
+}
+
+fn unexpected(what: &str, reply: KvReply) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        format!("catalog {what} got {reply:?}"),
+    )
 }
 
 async fn cluster_status<B: Backend>(State(app): State<Arc<App<B>>>) -> Response {

@@ -76,6 +76,7 @@ pub(crate) mod tests {
             keys: 0,
             bytes: 0,
             tags: Vec::new(),
+            catalog_version: 0,
         }
     }
 

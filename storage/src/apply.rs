@@ -3,11 +3,12 @@
 //! log id (so a crash leaves either all of a group or none of it).
 
 use openraft::EntryPayload;
-use unikv_types::{KvError, KvOp, KvReply, Slot};
+use unikv_types::catalog::{Catalog, CatalogChange, CatalogReply, CATALOG_KEY};
+use unikv_types::{Keyspace, KvError, KvOp, KvReply, Slot};
 
 use crate::apply_cache::ApplyCache;
 use crate::command::{Command, CommandResult};
-use crate::db::{kv_key, Db};
+use crate::db::{kv_key_in, Db};
 use crate::dedup::{self, Check};
 use crate::error::Result;
 use crate::meta::SmMeta;
@@ -76,7 +77,7 @@ pub fn apply_entries_with(
 fn apply_command(ov: &mut Overlay<'_>, meta: &mut SmMeta, cmd: &Command) -> Result<CommandResult> {
     match cmd {
         Command::Move(m) => apply_move(ov, &mut meta.descriptor, m),
-        Command::Registry(r) => Ok(apply_registry(&mut meta.descriptor, r)),
+        Command::Registry(r) => apply_registry(ov, &mut meta.descriptor, r),
         Command::Bootstrap { ranges, epoch, .. } => {
             if meta.descriptor.bootstrap(ranges, *epoch) {
                 tracing::info!(shard = %meta.descriptor.shard, slots = meta.descriptor.slot_count(), "initial slots claimed");
@@ -90,6 +91,7 @@ fn apply_command(ov: &mut Overlay<'_>, meta: &mut SmMeta, cmd: &Command) -> Resu
             client,
             max_value_bytes,
             clock,
+            keyspace,
         } => {
             if let Some(c) = clock {
                 dedup::advance_clock(ov, meta, *c)?;
@@ -114,16 +116,30 @@ fn apply_command(ov: &mut Overlay<'_>, meta: &mut SmMeta, cmd: &Command) -> Resu
                     epoch: meta.descriptor.forwards.get(slot).map(|f| f.epoch),
                 }));
             }
-            let Some(c) = client else {
-                return apply_op(ov, *slot, key, op, *max_value_bytes);
+            if meta.descriptor.dropped_keyspaces.contains(keyspace) {
+                return Ok(Err(KvError::Refused {
+                    status: 404,
+                    code: "unknown_collection".into(),
+                    message: format!("the collection of keyspace {keyspace} was deleted"),
+                }));
+            }
+            let w = Write {
+                slot: *slot,
+                keyspace: *keyspace,
+                key,
+                max_value_bytes: *max_value_bytes,
+                now_ms: meta.clock_ms,
             };
-            let digest = request_digest(key, op);
+            let Some(c) = client else {
+                return apply_op(ov, &w, op);
+            };
+            let digest = request_digest(*keyspace, key, op);
             let clock_ms = clock.map(|_| meta.clock_ms);
             let (prev, ts) = match dedup::check(ov, *slot, c, digest, clock_ms)? {
                 Check::Answer(answer) => return Ok(answer),
                 Check::Apply { prev, ts } => (prev, ts),
             };
-            let reply = apply_op(ov, *slot, key, op, *max_value_bytes)?;
+            let reply = apply_op(ov, &w, op)?;
             if let Ok(r) = &reply {
                 dedup::remember(ov, *slot, c, prev, ts, r, digest, meta.clock_ms)?;
             }
@@ -132,14 +148,20 @@ fn apply_command(ov: &mut Overlay<'_>, meta: &mut SmMeta, cmd: &Command) -> Resu
     }
 }
 
-fn apply_op(
-    ov: &mut Overlay<'_>,
+/// Where one KV write goes and what the entry says about it.
+struct Write<'k> {
     slot: Slot,
-    key: &str,
-    op: &KvOp,
+    keyspace: Keyspace,
+    key: &'k str,
+    /// For an append: the longest value it may leave.
     max_value_bytes: Option<u64>,
-) -> Result<CommandResult> {
-    let k = kv_key(slot, key.as_bytes());
+    /// The shard's clock as of this entry.
+    now_ms: u64,
+}
+
+fn apply_op(ov: &mut Overlay<'_>, w: &Write<'_>, op: &KvOp) -> Result<CommandResult> {
+    let (slot, key, max_value_bytes) = (w.slot, w.key, w.max_value_bytes);
+    let k = kv_key_in(slot, w.keyspace, key.as_bytes());
     Ok(match op {
         KvOp::Put { value } => {
             match ov.get_kv(&k)? {
@@ -179,6 +201,49 @@ fn apply_op(
             let existed = old.is_some();
             ov.delete_kv(k);
             Ok(KvReply::Deleted { existed })
+        }
+        KvOp::Catalog(change) => {
+            if w.keyspace != Keyspace::SYSTEM || key != CATALOG_KEY {
+                return Ok(Err(KvError::BadRequest {
+                    code: "bad_command".into(),
+                    message: "a catalog change applies to the catalog key only".into(),
+                }));
+            }
+            let prev = ov.get_kv(&k)?;
+            let mut catalog: Catalog = match &prev {
+                Some(b) => serde_json::from_slice(b).map_err(|e| crate::Error::Decode {
+                    what: "catalog",
+                    reason: e.to_string(),
+                })?,
+                None => Catalog::default(),
+            };
+            let outcome = match catalog.apply(change, w.now_ms) {
+                Ok(o) => o,
+                Err(e) => return Ok(Err(e.into())),
+            };
+            let collection = match &change.change {
+                CatalogChange::Create { name, .. } => catalog.get(name),
+                CatalogChange::Delete { .. } | CatalogChange::Forget { .. } => None,
+            };
+            let reply = CatalogReply {
+                outcome,
+                version: catalog.version,
+                collection,
+            };
+            let bytes = serde_json::to_vec(&catalog).map_err(|e| crate::Error::Encode {
+                what: "catalog",
+                reason: e.to_string(),
+            })?;
+            if prev.as_ref() == Some(&bytes) {
+                // Nothing changed (an idempotent create, a second forget).
+                return Ok(Ok(KvReply::Catalog(reply)));
+            }
+            match &prev {
+                Some(old) => ov.count(slot, 0, bytes.len() as i64 - old.len() as i64),
+                None => ov.count(slot, 1, (key.len() + bytes.len()) as i64),
+            }
+            ov.put_kv(k, bytes);
+            Ok(KvReply::Catalog(reply))
         }
         KvOp::Get => Err(KvError::BadRequest {
             code: "bad_command".into(),

@@ -4,7 +4,9 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use unikv_types::{ClientSeq, Epoch, KvError, KvOp, KvReply, ShardId, ShardState, Slot, SlotRange};
+use unikv_types::{
+    ClientSeq, Epoch, Keyspace, KvError, KvOp, KvReply, ShardId, ShardState, Slot, SlotRange,
+};
 
 use crate::records::DedupRecord;
 
@@ -26,6 +28,9 @@ pub enum Command {
         /// versions: those neither advance the shard's clock nor expire records).
         #[serde(default)]
         clock: Option<LeaderClock>,
+        /// The collection's keyspace (absent: `default`, as in entries of older versions).
+        #[serde(default, skip_serializing_if = "Keyspace::is_default")]
+        keyspace: Keyspace,
     },
     /// A step of a slot move (see `moves`).
     Move(MoveCommand),
@@ -70,6 +75,9 @@ pub enum MoveCommand {
         /// The slot's dedup horizon at the source (see `dedup`): it moves with the records.
         #[serde(default)]
         dedup_horizon_ms: u64,
+        /// The slot's pairs of collections other than `default`, with their keyspace.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        collections_kv: Vec<(Keyspace, String, String)>,
     },
     /// Source: the target installed the slot; delete the data, keep a forwarding note.
     Done { slot: Slot, epoch: Epoch },
@@ -88,6 +96,9 @@ pub enum RegistryCommand {
     SetState { state: ShardState },
     /// Set tags (an empty value removes the tag).
     SetTags { tags: Vec<(String, String)> },
+    /// A collection was deleted: drop its keyspace's data here and refuse writes to it from
+    /// now on (ids are never reused).
+    DropKeyspace { keyspace: Keyspace },
 }
 
 /// What applying a command returns to the proposer.
@@ -98,7 +109,17 @@ impl fmt::Display for Command {
         match self {
             Command::Move(m) => write!(f, "{m}"),
             Command::Registry(r) => write!(f, "{r}"),
-            Command::Kv { slot, key, op, .. } => write!(f, "{} slot={slot} key={key:?}", op.name()),
+            Command::Kv {
+                slot,
+                key,
+                op,
+                keyspace,
+                ..
+            } => write!(
+                f,
+                "{} slot={slot} keyspace={keyspace} key={key:?}",
+                op.name()
+            ),
             Command::Bootstrap { shard, ranges, .. } => {
                 write!(f, "bootstrap shard={shard} ranges={ranges:?}")
             }
@@ -142,6 +163,7 @@ impl fmt::Display for RegistryCommand {
         match self {
             RegistryCommand::SetState { state } => write!(f, "set-state {state}"),
             RegistryCommand::SetTags { tags } => write!(f, "set-tags {tags:?}"),
+            RegistryCommand::DropKeyspace { keyspace } => write!(f, "drop-keyspace {keyspace}"),
         }
     }
 }
@@ -163,6 +185,8 @@ mod legacy {
             max_value_bytes: Option<u64>,
             #[serde(default)]
             clock: Option<LeaderClock>,
+            #[serde(default)]
+            keyspace: Keyspace,
         },
         Move(MoveDe),
         Bootstrap {
@@ -190,6 +214,7 @@ mod legacy {
                     client,
                     max_value_bytes,
                     clock,
+                    keyspace,
                 } => Command::Kv {
                     slot,
                     key,
@@ -197,6 +222,7 @@ mod legacy {
                     client,
                     max_value_bytes,
                     clock,
+                    keyspace,
                 },
                 CommandDe::Move(MoveDe::Move(m)) => Command::Move(m),
                 CommandDe::Move(MoveDe::Registry(r)) | CommandDe::Registry(r) => {
@@ -234,7 +260,11 @@ mod tests {
                     now_ms: 1_700_000_000_001,
                     dedup_window_ms: 600_000,
                 }),
+                keyspace: Keyspace(16),
             },
+            Command::Registry(RegistryCommand::DropKeyspace {
+                keyspace: Keyspace(17),
+            }),
             Command::Move(MoveCommand::In {
                 slot: 9,
                 from: ShardId(2),
@@ -251,6 +281,7 @@ mod tests {
                     },
                 )],
                 dedup_horizon_ms: 3,
+                collections_kv: vec![(Keyspace(16), "a".into(), "c".into())],
             }),
             Command::Move(MoveCommand::Done {
                 slot: 9,

@@ -3,7 +3,10 @@
 //! Column families:
 //! - `log`: Raft log entries, key = index (u64 big-endian), value = msgpack entry.
 //! - `raft`: vote, committed log id, last purged log id.
-//! - `kv`: user data, key = slot (u16 big-endian) ++ user key, value = raw bytes.
+//! - `kv`: user data, key = slot (u16 big-endian) ++ user key for the collection `default`,
+//!   slot ++ 0xFF ++ keyspace (u32 BE) ++ user key for every other collection (user keys are
+//!   UTF-8, where 0xFF never occurs, so the two never collide and `default`'s bytes are the
+//!   seed's); value = raw bytes. Every collection's keys of a slot sit in that slot's range.
 //! - `dedup`: at-most-once table, key = slot (u16 BE) ++ client id, value = msgpack record.
 //! - `sm`: state machine metadata: applied log id, membership, shard descriptor.
 //! - `stats`: per-slot key count and bytes, key = slot (u16 BE), value = two u64 BE.
@@ -16,7 +19,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
-use unikv_types::Slot;
+use unikv_types::{Keyspace, Slot};
 
 use crate::disk::{self, DiskState};
 use crate::error::Result;
@@ -284,12 +287,47 @@ fn spawn_syncer(
     tx
 }
 
-/// Key of a user key in the `kv` family.
+/// Key of a user key of the collection `default` in the `kv` family.
 pub fn kv_key(slot: Slot, key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(2 + key.len());
+    kv_key_in(slot, Keyspace::DEFAULT, key)
+}
+
+/// The byte after the slot that marks a key of a keyspace other than `default` (never the
+/// first byte of a UTF-8 key).
+pub const KEYSPACE_MARK: u8 = 0xFF;
+
+/// Key of a user key of keyspace `ks` in the `kv` family.
+pub fn kv_key_in(slot: Slot, ks: Keyspace, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(7 + key.len());
     k.extend_from_slice(&slot.to_be_bytes());
+    if !ks.is_default() {
+        k.push(KEYSPACE_MARK);
+        k.extend_from_slice(&ks.0.to_be_bytes());
+    }
     k.extend_from_slice(key);
     k
+}
+
+/// Splits what follows the slot in a `kv` key into keyspace and user key.
+pub fn split_keyspace(rest: &[u8]) -> Option<(Keyspace, &[u8])> {
+    match rest.first() {
+        Some(&KEYSPACE_MARK) if rest.len() >= 5 => Some((
+            Keyspace(u32::from_be_bytes(rest[1..5].try_into().ok()?)),
+            &rest[5..],
+        )),
+        Some(&KEYSPACE_MARK) => None,
+        _ => Some((Keyspace::DEFAULT, rest)),
+    }
+}
+
+/// The key range `[start, end)` holding every key of keyspace `ks` (not `default`) in `slot`.
+pub fn keyspace_bounds(slot: Slot, ks: Keyspace) -> (Vec<u8>, Vec<u8>) {
+    let start = kv_key_in(slot, ks, b"");
+    let end = match ks.0.checked_add(1) {
+        Some(next) => kv_key_in(slot, Keyspace(next), b""),
+        None => slot_bounds(slot).1,
+    };
+    (start, end)
 }
 
 /// Key of a client's record in the `dedup` family.
@@ -360,6 +398,31 @@ mod tests {
         assert_eq!(split_key(&a), Some((1, &b"zzz"[..])));
         assert_eq!(key_index(&index_key(42)), Some(42));
         assert!(index_key(9) < index_key(256));
+    }
+
+    #[test]
+    fn keyspaces_share_the_slot_range_and_never_collide() {
+        // `default` keeps the seed's layout byte for byte.
+        assert_eq!(kv_key(7, b"k"), vec![0, 7, b'k']);
+        let other = kv_key_in(7, Keyspace(16), b"k");
+        assert_eq!(other, vec![0, 7, 0xFF, 0, 0, 0, 16, b'k']);
+        let (lo, hi) = slot_bounds(7);
+        assert!(lo <= other && other < hi);
+        let (_, rest) = split_key(&other).unwrap();
+        assert_eq!(split_keyspace(rest), Some((Keyspace(16), &b"k"[..])));
+        let plain = kv_key(7, "ü".as_bytes());
+        let (_, rest) = split_key(&plain).unwrap();
+        assert_eq!(
+            split_keyspace(rest),
+            Some((Keyspace::DEFAULT, "ü".as_bytes()))
+        );
+        // A keyspace's range holds its keys and nothing of its neighbours.
+        let (a, b) = keyspace_bounds(7, Keyspace(16));
+        assert!(a <= other && other < b);
+        assert!(kv_key_in(7, Keyspace(17), b"") >= b);
+        assert!(kv_key_in(7, Keyspace(15), b"\xff\xff") < a);
+        let (_, b) = keyspace_bounds(7, Keyspace(u32::MAX));
+        assert!(b <= hi);
     }
 
     #[test]

@@ -3,10 +3,10 @@
 //! the replicated state machine, so only a Raft commit in this shard changes it; gossip and
 //! `/config` only ever report it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use unikv_types::{Epoch, ShardId, ShardState, Slot, SlotRange};
+use unikv_types::{Epoch, Keyspace, ShardId, ShardState, Slot, SlotRange};
 
 /// A contiguous run of owned slots sharing one epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +46,10 @@ pub struct ShardDescriptor {
     /// Where slots this shard gave away went, and at which epoch: the forwarding notes.
     #[serde(default)]
     pub forwards: BTreeMap<Slot, Forward>,
+    /// Keyspaces of deleted collections: their data is gone here and writes to them are
+    /// refused (`unknown_collection`); data received for them in a move is not installed.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub dropped_keyspaces: BTreeSet<Keyspace>,
 }
 
 // The three records below were one type with a field `peer` before; `alias` reads descriptors

@@ -12,6 +12,8 @@ pub enum Error {
     Encode { what: &'static str, reason: String },
     #[error("corrupt snapshot {path}: {reason}")]
     CorruptSnapshot { path: String, reason: String },
+    #[error("the data dir has layout format {found}, newer than this binary's {supported}: run the unikv version that wrote it (or newer)")]
+    Format { found: u32, supported: u32 },
     #[error("blocking task failed: {0}")]
     Join(String),
 }

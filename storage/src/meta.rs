@@ -13,6 +13,38 @@ pub const KEY_APPLIED: &[u8] = b"applied";
 pub const KEY_MEMBERSHIP: &[u8] = b"membership";
 pub const KEY_DESCRIPTOR: &[u8] = b"descriptor";
 pub const KEY_CLOCK: &[u8] = b"clock";
+/// The data dir's layout version (absent: format 1, from before collections).
+pub const KEY_FORMAT: &[u8] = b"format";
+
+/// The layout this binary writes: format 2 = format 1 (`slot ++ key` for the seed's flat
+/// keys) plus keys of other collections (`slot ++ 0xFF ++ keyspace ++ key`, see `db`).
+pub const FORMAT: u32 = 2;
+
+/// Brings a data dir to [`FORMAT`] before anything reads it, or refuses it. Format 1 becomes
+/// format 2 without rewriting a key (every format-1 key is a format-2 key of `default`): the
+/// marker alone is written, synced. A data dir written by a newer binary is refused: this
+/// binary could misread it.
+pub fn check_format(db: &Db) -> Result<u32> {
+    let found = match db.raw().get_cf(db.cf(CF_SM), KEY_FORMAT)? {
+        Some(b) => decode::<u32>("format", &b)?,
+        None => 1,
+    };
+    if found > FORMAT {
+        return Err(crate::Error::Format {
+            found,
+            supported: FORMAT,
+        });
+    }
+    if found < FORMAT {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(db.cf(CF_SM), KEY_FORMAT, encode("format", &FORMAT)?);
+        db.write_sync(batch)?;
+        if db.raw().get_cf(db.cf(CF_SM), KEY_APPLIED)?.is_some() {
+            tracing::info!(path = %db.raw().path().display(), from = found, to = FORMAT, "data dir migrated (no key rewritten)");
+        }
+    }
+    Ok(FORMAT)
+}
 
 /// State machine metadata kept in memory and in the `sm` family.
 #[derive(Debug, Clone, Default)]

@@ -11,10 +11,10 @@
 //! Every step checks the epoch and is idempotent, so a new leader on either side can resume.
 
 use rocksdb::{Direction, IteratorMode, ReadOptions};
-use unikv_types::{KvError, KvReply, Slot};
+use unikv_types::{Keyspace, KvError, KvReply, Slot};
 
 use crate::command::{CommandResult, MoveCommand};
-use crate::db::{slot_bounds, split_key, Db, CF_DEDUP, CF_KV, CF_STATS};
+use crate::db::{slot_bounds, split_key, split_keyspace, Db, CF_DEDUP, CF_KV, CF_STATS};
 use crate::descriptor::{Incoming, Outgoing, ShardDescriptor};
 use crate::error::{decode, Result};
 use crate::overlay::Overlay;
@@ -64,6 +64,7 @@ pub(crate) fn apply_move(
             kv,
             dedup,
             dedup_horizon_ms,
+            collections_kv,
         } => {
             let h = Incoming {
                 source: *from,
@@ -80,7 +81,13 @@ pub(crate) fn apply_move(
             } else if d.incoming.get(slot).is_some_and(|i| i.epoch > *epoch) {
                 refused(format!("slot {slot} is being received at a newer epoch"))
             } else {
-                ov.install_slot(*slot, kv, dedup, *dedup_horizon_ms)?;
+                // A collection deleted here meanwhile stays deleted.
+                let collections_kv: Vec<_> = collections_kv
+                    .iter()
+                    .filter(|(ks, _, _)| !d.dropped_keyspaces.contains(ks))
+                    .cloned()
+                    .collect();
+                ov.install_slot(*slot, kv, &collections_kv, dedup, *dedup_horizon_ms)?;
                 d.incoming.insert(*slot, h);
                 d.version += 1;
                 ok
@@ -142,7 +149,10 @@ pub(crate) fn apply_move(
 /// Everything stored for `slot`, for handing it off.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SlotExport {
+    /// The pairs of `default`.
     pub kv: Vec<(String, String)>,
+    /// The pairs of every other collection, with their keyspace.
+    pub collections_kv: Vec<(Keyspace, String, String)>,
     /// Client id → record.
     pub dedup: Vec<(String, DedupRecord)>,
     /// The slot's dedup horizon (see `dedup`).
@@ -168,14 +178,19 @@ pub fn export_slot(db: &Db, slot: Slot) -> Result<SlotExport> {
         Ok(out)
     };
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    let kv = scan(CF_KV)?
-        .into_iter()
-        .map(|(k, v)| (text(&k), text(&v)))
-        .collect();
-    let mut out = SlotExport {
-        kv,
-        ..SlotExport::default()
-    };
+    let mut out = SlotExport::default();
+    for (k, v) in scan(CF_KV)? {
+        match split_keyspace(&k) {
+            Some((ks, key)) if ks.is_default() => out.kv.push((text(key), text(&v))),
+            Some((ks, key)) => out.collections_kv.push((ks, text(key), text(&v))),
+            None => {
+                return Err(crate::Error::Decode {
+                    what: "kv key",
+                    reason: format!("slot {slot}: a keyspace mark without a keyspace"),
+                })
+            }
+        }
+    }
     for (client, v) in scan(CF_DEDUP)? {
         if client.is_empty() {
             out.dedup_horizon_ms = <[u8; 8]>::try_from(&v[..]).map_or(0, u64::from_be_bytes);

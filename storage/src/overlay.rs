@@ -6,11 +6,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
-use unikv_types::Slot;
+use unikv_types::{Keyspace, Slot};
 
 use crate::apply_cache::ApplyCache;
 use crate::db::{
-    age_key, dedup_key, horizon_key, kv_key, slot_bounds, split_key, Db, CF_DEDUP, CF_KV, CF_STATS,
+    age_key, dedup_key, horizon_key, keyspace_bounds, kv_key_in, slot_bounds, split_key,
+    split_keyspace, Db, CF_DEDUP, CF_KV, CF_STATS,
 };
 use crate::error::{decode, encode, Result};
 use crate::records::{DedupRecord, SlotStats};
@@ -93,18 +94,84 @@ impl<'a> Overlay<'a> {
             .insert(slot, StatsChange::Reset(SlotStats::default()));
     }
 
+    /// Deletes every key of keyspace `ks` (never `default`) in every slot, with its
+    /// statistics. Only slots that hold some of it get a range delete (a range tombstone in
+    /// each of 16384 slots would slow every read until compacted away).
+    pub(crate) fn drop_keyspace(&mut self, ks: Keyspace) -> Result<()> {
+        let cf = self.db.cf(CF_KV);
+        let in_ks = |k: &[u8]| {
+            split_key(k).and_then(|(slot, rest)| {
+                split_keyspace(rest).filter(|(s, _)| *s == ks).map(|_| slot)
+            })
+        };
+        // This group's own writes of the keyspace: they shadow what RocksDB holds (the range
+        // deletes below, later in the batch, remove them too).
+        let mut pending = HashMap::new();
+        self.kv.retain(|k, v| {
+            if in_ks(k).is_none() {
+                return true;
+            }
+            pending.insert(k.clone(), v.take());
+            false
+        });
+        // Per slot: (keys, bytes) of the keyspace as this group leaves it.
+        let mut slots: BTreeMap<Slot, (i64, i64)> = BTreeMap::new();
+        let mut add = |slot: Slot, k: &[u8], v: &[u8]| {
+            let e = slots.entry(slot).or_default();
+            e.0 += 1;
+            e.1 += (k.len() - 7 + v.len()) as i64;
+        };
+        for slot in 0..unikv_types::SLOT_COUNT {
+            if self.cleared.contains(&slot) {
+                // Already deleted by this batch: only its own later writes count.
+                continue;
+            }
+            let (lo, hi) = keyspace_bounds(slot, ks);
+            let mut ro = ReadOptions::default();
+            ro.set_iterate_upper_bound(hi.clone());
+            let iter =
+                self.db
+                    .raw()
+                    .iterator_cf_opt(cf, ro, IteratorMode::From(&lo, Direction::Forward));
+            for item in iter {
+                let (k, v) = item?;
+                match pending.remove(&k[..]) {
+                    Some(Some(newer)) => add(slot, &k, &newer),
+                    Some(None) => {}
+                    None => add(slot, &k, &v),
+                }
+            }
+        }
+        for (k, v) in pending {
+            if let (Some(slot), Some(v)) = (in_ks(&k), v) {
+                add(slot, &k, &v);
+            }
+        }
+        for (slot, (keys, bytes)) in slots {
+            let (lo, hi) = keyspace_bounds(slot, ks);
+            self.batch.delete_range_cf(cf, &lo, &hi);
+            self.count(slot, -keys, -bytes);
+        }
+        Ok(())
+    }
+
     /// Writes a slot's data, dedup table and dedup horizon as received from another shard.
     pub(crate) fn install_slot(
         &mut self,
         slot: Slot,
         kv: &[(String, String)],
+        collections_kv: &[(Keyspace, String, String)],
         dedup: &[(String, DedupRecord)],
         dedup_horizon_ms: u64,
     ) -> Result<()> {
         self.delete_slot(slot);
         let mut st = SlotStats::default();
-        for (k, v) in kv {
-            let key = kv_key(slot, k.as_bytes());
+        let pairs = kv
+            .iter()
+            .map(|(k, v)| (Keyspace::DEFAULT, k, v))
+            .chain(collections_kv.iter().map(|(ks, k, v)| (*ks, k, v)));
+        for (ks, k, v) in pairs {
+            let key = kv_key_in(slot, ks, k.as_bytes());
             self.batch.put_cf(self.db.cf(CF_KV), &key, v.as_bytes());
             self.kv.insert(key, Some(v.as_bytes().to_vec()));
             st.keys += 1;

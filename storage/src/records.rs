@@ -4,7 +4,7 @@
 //! How dedup records expire is in `dedup`.
 
 use serde::{Deserialize, Serialize};
-use unikv_types::{KvOp, KvReply};
+use unikv_types::{Keyspace, KvOp, KvReply};
 use xxhash_rust::xxh3::Xxh3;
 
 /// The last reply to a client within one slot.
@@ -57,16 +57,23 @@ pub fn stored_reply(reply: &KvReply) -> KvReply {
 /// A 64-bit digest (XXH3, a fixed algorithm: the same on every node and version) of what a
 /// write asks for — its key, operation and value — so a reused (client id, seq) with another
 /// request is told apart from a retry of the same one.
-pub fn request_digest(key: &str, op: &KvOp) -> u64 {
+/// The keyspace is part of it except for `default` (whose digests stay what they were, so
+/// records stored by earlier versions still recognise their retries).
+pub fn request_digest(keyspace: Keyspace, key: &str, op: &KvOp) -> u64 {
     let mut h = Xxh3::new();
     let mut part = |b: &[u8]| {
         h.update(&(b.len() as u64).to_be_bytes());
         h.update(b);
     };
+    if !keyspace.is_default() {
+        part(&keyspace.0.to_be_bytes());
+    }
     part(key.as_bytes());
     part(op.name().as_bytes());
-    if let KvOp::Put { value } | KvOp::Append { value } = op {
-        part(value.as_bytes());
+    match op {
+        KvOp::Put { value } | KvOp::Append { value } => part(value.as_bytes()),
+        KvOp::Catalog(c) => part(&serde_json::to_vec(c).unwrap_or_default()),
+        KvOp::Get | KvOp::Delete => {}
     }
     h.digest()
 }
@@ -106,16 +113,20 @@ mod tests {
     #[test]
     fn the_digest_tells_requests_apart() {
         let put = |v: &str| KvOp::Put { value: v.into() };
-        let d = request_digest("k", &put("v"));
-        assert_eq!(d, request_digest("k", &put("v")));
-        assert_ne!(d, request_digest("k", &put("w")));
-        assert_ne!(d, request_digest("j", &put("v")));
-        assert_ne!(d, request_digest("k", &KvOp::Append { value: "v".into() }));
-        assert_ne!(request_digest("k", &KvOp::Delete), d);
+        let dg = |k: &str, op: &KvOp| request_digest(Keyspace::DEFAULT, k, op);
+        let d = dg("k", &put("v"));
+        assert_eq!(d, dg("k", &put("v")));
+        assert_ne!(d, dg("k", &put("w")));
+        assert_ne!(d, dg("j", &put("v")));
+        assert_ne!(d, dg("k", &KvOp::Append { value: "v".into() }));
+        assert_ne!(dg("k", &KvOp::Delete), d);
         // Lengths are part of it: moving a byte from key to value is another request.
+        assert_ne!(dg("ab", &put("c")), dg("a", &put("bc")));
+        // So is the collection: the same key in another collection is another request.
+        assert_ne!(d, request_digest(Keyspace(16), "k", &put("v")));
         assert_ne!(
-            request_digest("ab", &put("c")),
-            request_digest("a", &put("bc"))
+            request_digest(Keyspace(16), "k", &put("v")),
+            request_digest(Keyspace(17), "k", &put("v"))
         );
     }
 }

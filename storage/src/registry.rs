@@ -1,16 +1,23 @@
-//! Applying changes of the shard's registry entry (state and tags) to its descriptor. They are
+//! Applying changes of the shard's registry entry (state, tags, dropped collections) to its
+//! descriptor. They are
 //! not steps of a slot move: the balancers of every shard read the state from gossip, and the
 //! tags only describe the shard to operators.
 
-use unikv_types::{KvReply, ShardState};
+use unikv_types::{Keyspace, KvReply, ShardState};
 
 use crate::command::{CommandResult, RegistryCommand};
 use crate::descriptor::ShardDescriptor;
+use crate::error::Result;
 use crate::moves::refused;
+use crate::overlay::Overlay;
 
-pub(crate) fn apply_registry(d: &mut ShardDescriptor, r: &RegistryCommand) -> CommandResult {
+pub(crate) fn apply_registry(
+    ov: &mut Overlay<'_>,
+    d: &mut ShardDescriptor,
+    r: &RegistryCommand,
+) -> Result<CommandResult> {
     let ok = Ok(KvReply::Written);
-    match r {
+    Ok(match r {
         RegistryCommand::SetState { state } => {
             if *state == ShardState::Unreachable {
                 refused("unreachable is derived by observers, not a registry state".into())
@@ -34,5 +41,16 @@ pub(crate) fn apply_registry(d: &mut ShardDescriptor, r: &RegistryCommand) -> Co
             d.version += 1;
             ok
         }
-    }
+        RegistryCommand::DropKeyspace { keyspace } => {
+            if *keyspace < Keyspace::FIRST_USER {
+                refused(format!("keyspace {keyspace} is not a user collection's"))
+            } else {
+                if d.dropped_keyspaces.insert(*keyspace) {
+                    ov.drop_keyspace(*keyspace)?;
+                    d.version += 1;
+                }
+                ok
+            }
+        }
+    })
 }

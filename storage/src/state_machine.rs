@@ -10,12 +10,12 @@ use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{OptionalSend, RaftSnapshotBuilder};
 use rocksdb::WriteBatch;
-use unikv_types::{ShardId, Slot};
+use unikv_types::{Keyspace, ShardId, Slot};
 
 use crate::apply::apply_entries_with;
 use crate::apply_cache::ApplyCache;
 use crate::command::{Command, CommandResult};
-use crate::db::{kv_key, Db, CF_DEDUP, CF_KV, CF_STATS};
+use crate::db::{kv_key_in, Db, CF_DEDUP, CF_KV, CF_STATS};
 use crate::descriptor::ShardDescriptor;
 use crate::error::{blocking, Error, Result};
 use crate::meta::SmMeta;
@@ -72,6 +72,8 @@ pub enum OwnedRead {
     NotOwned,
     /// The shard has not claimed its initial slots yet.
     NotInitialised,
+    /// The key's collection was deleted (its keyspace dropped here).
+    Dropped,
 }
 
 impl Store {
@@ -79,7 +81,7 @@ impl Store {
     /// to one applied state: a batch that deletes a slot's data first withdraws the slot from
     /// the published descriptor and bumps the generation, so a read that overlapped it (saw
     /// "owned", then read) notices the bump and reads again.
-    pub fn read_owned(&self, slot: Slot, key: &str) -> Result<OwnedRead> {
+    pub fn read_owned(&self, slot: Slot, keyspace: Keyspace, key: &str) -> Result<OwnedRead> {
         loop {
             let before = self.shared.generation.load(Ordering::SeqCst);
             {
@@ -90,8 +92,13 @@ impl Store {
                 if m.descriptor.owns(slot).is_none() {
                     return Ok(OwnedRead::NotOwned);
                 }
+                if m.descriptor.dropped_keyspaces.contains(&keyspace) {
+                    return Ok(OwnedRead::Dropped);
+                }
             }
-            let value = self.get(slot, key).map_err(|e| self.shared.note(e))?;
+            let value = self
+                .get_in(slot, keyspace, key)
+                .map_err(|e| self.shared.note(e))?;
             if self.shared.generation.load(Ordering::SeqCst) == before {
                 return Ok(OwnedRead::Value(value));
             }
@@ -100,10 +107,15 @@ impl Store {
 
     /// The value of `key` in `slot` as currently applied (whoever owns it: moves and tests).
     pub fn get(&self, slot: Slot, key: &str) -> Result<Option<String>> {
+        self.get_in(slot, Keyspace::DEFAULT, key)
+    }
+
+    /// [`Store::get`] for a key of keyspace `keyspace`.
+    pub fn get_in(&self, slot: Slot, keyspace: Keyspace, key: &str) -> Result<Option<String>> {
         let db = &self.shared.db;
         let v = db
             .raw()
-            .get_cf(db.cf(CF_KV), kv_key(slot, key.as_bytes()))?;
+            .get_cf(db.cf(CF_KV), kv_key_in(slot, keyspace, key.as_bytes()))?;
         Ok(v.map(|b| String::from_utf8_lossy(&b).into_owned()))
     }
 
@@ -155,6 +167,7 @@ fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl StateMachine {
     pub fn open(db: Db, snap_dir: &Path, shard: ShardId) -> Result<Self> {
         std::fs::create_dir_all(snap_dir)?;
+        crate::meta::check_format(&db)?;
         crate::dedup::index_legacy_records(&db)?;
         let meta = SmMeta::load(&db, shard)?;
         let current = find_latest_snapshot(snap_dir)?;
@@ -294,9 +307,15 @@ const INLINE_APPLY_MAX: usize = 64;
 /// catch-up groups still go to the blocking pool.
 fn applies_inline(group: &[Entry]) -> bool {
     group.len() <= INLINE_APPLY_MAX
-        && !group
-            .iter()
-            .any(|e| matches!(&e.payload, openraft::EntryPayload::Normal(Command::Move(_))))
+        && !group.iter().any(|e| {
+            matches!(
+                &e.payload,
+                openraft::EntryPayload::Normal(
+                    Command::Move(_)
+                        | Command::Registry(crate::command::RegistryCommand::DropKeyspace { .. })
+                )
+            )
+        })
 }
 
 /// Applies one group to a copy of `base` (the published metadata before the group); the

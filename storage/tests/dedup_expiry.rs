@@ -110,6 +110,7 @@ fn write(slot: u16, key: &str, op: KvOp, client: Option<ClientSeq>, now_ms: u64)
             now_ms,
             dedup_window_ms: WINDOW_MS,
         }),
+        keyspace: Default::default(),
     }
 }
 
@@ -223,6 +224,7 @@ fn the_clock_never_goes_back_and_old_entries_expire_nothing() {
         client: Some(ClientSeq::new("e", 1)),
         max_value_bytes: None,
         clock: None,
+        keyspace: Default::default(),
     };
     assert_eq!(sh.one(legacy), Ok(KvReply::Written));
     assert_eq!(sh.meta.clock_ms, T0);
@@ -269,6 +271,7 @@ fn the_horizon_moves_with_its_slot() {
             kv: export.kv,
             dedup: export.dedup,
             dedup_horizon_ms: export.dedup_horizon_ms,
+            collections_kv: Vec::new(),
         })),
         Ok(KvReply::Written)
     );
@@ -335,6 +338,7 @@ fn replicas_grouping_entries_differently_keep_identical_state() {
                     now_ms: now,
                     dedup_window_ms: WINDOW_MS,
                 }),
+                keyspace: Default::default(),
             });
             continue;
         }

@@ -74,6 +74,7 @@ impl Shard {
             client: client.map(|(c, s)| ClientSeq::new(c, s)),
             max_value_bytes: None,
             clock: None,
+            keyspace: Default::default(),
         })
     }
 
@@ -138,6 +139,7 @@ fn a_slot_moves_with_its_data_and_dedup_table() {
         kv,
         dedup,
         dedup_horizon_ms: 0,
+        collections_kv: Vec::new(),
     };
     assert_eq!(dst.mv(inn.clone()), Ok(KvReply::Written));
     assert_eq!(dst.mv(inn.clone()), Ok(KvReply::Written), "idempotent");
@@ -202,6 +204,7 @@ fn a_slot_moves_with_its_data_and_dedup_table() {
             kv,
             dedup,
             dedup_horizon_ms: 0,
+            collections_kv: Vec::new(),
         }),
         Ok(KvReply::Written)
     );
@@ -239,6 +242,7 @@ fn an_aborted_move_leaves_the_source_serving_and_the_target_empty() {
             kv,
             dedup,
             dedup_horizon_ms: 0,
+            collections_kv: Vec::new(),
         }),
         Ok(KvReply::Written)
     );
@@ -338,6 +342,7 @@ fn refused_steps() {
             kv,
             dedup,
             dedup_horizon_ms: 0,
+            collections_kv: Vec::new(),
         })
         .is_err());
 }

@@ -42,6 +42,7 @@ fn some_data() -> Vec<Command> {
             client: None,
             max_value_bytes: None,
             clock: None,
+            keyspace: Default::default(),
         });
     }
     cmds

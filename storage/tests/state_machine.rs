@@ -30,6 +30,7 @@ fn kv(slot: u16, key: &str, op: KvOp, client: Option<(&str, u64)>) -> Command {
         client: client.map(|(c, s)| ClientSeq::new(c, s)),
         max_value_bytes: None,
         clock: None,
+        keyspace: Default::default(),
     }
 }
 
@@ -228,6 +229,7 @@ async fn an_append_may_not_grow_a_value_past_the_limit() {
         client: None,
         max_value_bytes: Some(4),
         clock: None,
+        keyspace: Default::default(),
     };
     let r = apply_direct(
         &db,
@@ -273,7 +275,9 @@ async fn reads_never_see_a_handed_off_slot_owned_but_empty() {
         std::thread::spawn(move || {
             let (mut reads, mut missing) = (0u64, 0u64);
             while !stop.load(Ordering::Relaxed) {
-                if store.read_owned(slot, "k").unwrap() == OwnedRead::Value(None) {
+                if store.read_owned(slot, Default::default(), "k").unwrap()
+                    == OwnedRead::Value(None)
+                {
                     missing += 1;
                 }
                 reads += 1;
@@ -307,6 +311,7 @@ async fn reads_never_see_a_handed_off_slot_owned_but_empty() {
             kv: vec![("k".into(), "v".into())],
             dedup: vec![],
             dedup_horizon_ms: 0,
+            collections_kv: Vec::new(),
         };
         apply(&mut sm, index + 2, vec![Command::Move(back)]).await;
         apply(
@@ -326,7 +331,9 @@ async fn reads_never_see_a_handed_off_slot_owned_but_empty() {
         "reads that saw the slot owned but its key gone, of {reads}"
     );
     assert_eq!(
-        sm.store().read_owned(slot, "k").unwrap(),
+        sm.store()
+            .read_owned(slot, Default::default(), "k")
+            .unwrap(),
         OwnedRead::Value(Some("v".into()))
     );
 }

@@ -50,6 +50,12 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<unikv_types::catalog::CatalogError> for ApiError {
+    fn from(e: unikv_types::catalog::CatalogError) -> Self {
+        KvError::from(e).into()
+    }
+}
+
 impl From<KvError> for ApiError {
     fn from(e: KvError) -> Self {
         let status =

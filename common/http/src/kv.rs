@@ -11,6 +11,9 @@
 //! | `/append` | GET, POST, PUT   | `{"ok": true, "previous": value\|null}` |
 //! | `/delete` | DELETE, POST     | `{"ok": true, "deleted": bool}`         |
 //!
+//! Each takes `collection=NAME` too (absent: `default`, the seed's keyspace); an unknown one
+//! is a 404 `unknown_collection`, a malformed name a 400 `bad_name`.
+//!
 //! Any other method is a 405 `method_not_allowed`; a reply of the wrong kind for the operation
 //! is a 409 `sequence_reused`.
 
@@ -23,6 +26,7 @@ use axum::response::Response;
 use axum::routing::{delete, get};
 use axum::Router;
 use serde_json::json;
+use unikv_types::catalog::{validate_name, DEFAULT_COLLECTION};
 use unikv_types::{ClientSeq, KvOp, KvReply, Limits};
 
 use crate::error::ApiError;
@@ -35,12 +39,14 @@ pub trait KvService: Send + Sync + 'static {
     fn limits(&self) -> &Limits;
 
     /// Runs one operation. `client` is the caller's (client id, seq), only ever given for
-    /// writes. Limits are the service's to check (the errors name the offending field).
+    /// writes; `collection` a valid collection name other than `default` (`None`: `default`).
+    /// Limits are the service's to check (the errors name the offending field).
     fn execute(
         &self,
         key: String,
         op: KvOp,
         client: Option<ClientSeq>,
+        collection: Option<String>,
     ) -> impl Future<Output = Result<KvReply, ApiError>> + Send;
 }
 
@@ -94,8 +100,20 @@ async fn run<S: KvService>(
     let key = p.required("key")?.to_string();
     let op = op(&p)?;
     let client = if op.is_write() { p.client_seq()? } else { None };
-    let reply = service.execute(key.clone(), op, client).await?;
+    let collection = collection_param(&p)?;
+    let reply = service.execute(key.clone(), op, client, collection).await?;
     Ok((key, reply))
+}
+
+/// `collection=NAME`, validated (400 `bad_name`); `default` and absent are both `None`.
+pub fn collection_param(p: &Params) -> Result<Option<String>, ApiError> {
+    match p.optional("collection") {
+        None | Some(DEFAULT_COLLECTION) => Ok(None),
+        Some(name) => {
+            validate_name(name)?;
+            Ok(Some(name.to_string()))
+        }
+    }
 }
 
 fn value(p: &Params) -> Result<String, ApiError> {

@@ -21,6 +21,7 @@ impl KvService for Fake {
         key: String,
         op: KvOp,
         client: Option<ClientSeq>,
+        _collection: Option<String>,
     ) -> Result<KvReply, ApiError> {
         self.calls
             .lock()
@@ -36,6 +37,7 @@ impl KvService for Fake {
                 previous: (value == "x").then(|| "before".to_string()),
             },
             (KvOp::Delete, _) => KvReply::Deleted { existed: true },
+            (KvOp::Catalog(_), _) => return Err(ApiError::bad_request("bad_command", "scripted")),
         })
     }
 }

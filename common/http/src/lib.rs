@@ -7,12 +7,14 @@
 
 pub mod access;
 pub mod bind;
+pub mod collections;
 mod error;
 pub mod kv;
 mod params;
 pub mod process;
 mod reply;
 
+pub use collections::CatalogService;
 pub use error::ApiError;
 pub use kv::KvService;
 pub use params::Params;

@@ -56,9 +56,15 @@ pub fn wall_clock_ms() -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvOp {
     Get,
-    Put { value: String },
-    Append { value: String },
+    Put {
+        value: String,
+    },
+    Append {
+        value: String,
+    },
     Delete,
+    /// A change of the catalog (only ever sent for the system collection's catalog key).
+    Catalog(crate::catalog::CatalogOp),
 }
 
 impl KvOp {
@@ -71,6 +77,7 @@ impl KvOp {
             KvOp::Put { .. } => "put",
             KvOp::Append { .. } => "append",
             KvOp::Delete => "delete",
+            KvOp::Catalog(_) => "catalog",
         }
     }
 }
@@ -84,6 +91,10 @@ pub struct KvRequest {
     pub client: Option<ClientSeq>,
     /// Set by a node that forwards the request, so the receiver never forwards it again.
     pub forwarded: bool,
+    /// The collection the key belongs to (`None`: `default`). Each node resolves the name
+    /// through its catalog cache; absent from older senders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collection: Option<String>,
 }
 
 /// A successful reply.
@@ -100,6 +111,8 @@ pub enum KvReply {
     RetriedAppend { previous_bytes: u64 },
     /// `delete` applied; whether the key existed.
     Deleted { existed: bool },
+    /// A catalog change applied.
+    Catalog(crate::catalog::CatalogReply),
 }
 
 /// Why a node did not serve a KV request.
@@ -150,6 +163,14 @@ pub enum KvError {
         node: NodeId,
         reason: String,
     },
+    /// Refused for a reason with its own HTTP status (404 `unknown_collection`, 409
+    /// `version_conflict`, ...); `code` is a stable machine-readable name.
+    #[error("{message}")]
+    Refused {
+        status: u16,
+        code: String,
+        message: String,
+    },
     /// The shard cannot serve now (no leader, no quorum, shutting down); retry later.
     #[error("shard {shard} unavailable: {reason}")]
     Unavailable { shard: ShardId, reason: String },
@@ -168,7 +189,7 @@ impl KvError {
         match self {
             KvError::NotLeader { .. } => "not_leader",
             KvError::WrongShard { .. } => "wrong_shard",
-            KvError::BadRequest { code, .. } => code,
+            KvError::BadRequest { code, .. } | KvError::Refused { code, .. } => code,
             KvError::StaleSequence { .. } => "stale_sequence",
             KvError::SequenceReused { .. } => "sequence_reused",
             KvError::SessionExpired { .. } => "session_expired",
@@ -183,6 +204,7 @@ impl KvError {
     pub fn http_status(&self) -> u16 {
         match self {
             KvError::BadRequest { .. } => 400,
+            KvError::Refused { status, .. } => *status,
             KvError::StaleSequence { .. }
             | KvError::SequenceReused { .. }
             | KvError::SessionExpired { .. } => 409,
@@ -191,6 +213,24 @@ impl KvError {
             KvError::Unavailable { .. } => 503,
             KvError::Unknown { .. } => 504,
             KvError::Internal(_) => 500,
+        }
+    }
+}
+
+/// A refused catalog call: a 400 is a `BadRequest`, anything else `Refused` with its status.
+impl From<crate::catalog::CatalogError> for KvError {
+    fn from(e: crate::catalog::CatalogError) -> Self {
+        if e.status == 400 {
+            KvError::BadRequest {
+                code: e.code,
+                message: e.message,
+            }
+        } else {
+            KvError::Refused {
+                status: e.status,
+                code: e.code,
+                message: e.message,
+            }
         }
     }
 }

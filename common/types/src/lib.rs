@@ -6,6 +6,7 @@
 //! This crate deliberately has no storage or Raft dependency so that the router (and tools) can
 //! use the wire types without pulling RocksDB in.
 
+pub mod catalog;
 pub mod cluster;
 pub mod ids;
 pub mod kv;
@@ -13,6 +14,7 @@ pub mod leader;
 pub mod limits;
 pub mod slot;
 
+pub use catalog::Keyspace;
 pub use cluster::{Role, ShardState};
 pub use ids::{Epoch, NodeId, ShardId};
 pub use kv::{wall_clock_ms, ClientSeq, KvError, KvOp, KvReply, KvRequest, NodeRef};
@@ -51,4 +53,6 @@ pub mod rpc_kind {
     pub const MOVE_ACTIVATE: u8 = 32;
     /// Registry change or explicit move for a shard's leader.
     pub const SHARD_ADMIN: u8 = 33;
+    /// Drop a deleted collection's data (the catalog shard's leader → every shard's leader).
+    pub const DROP_KEYSPACE: u8 = 40;
 }

@@ -32,10 +32,11 @@ pub fn router(node: Arc<Node>, access: Access) -> Router {
             post(admin::leave).fallback(reply::method_not_allowed),
         )
         .route_layer(axum::middleware::from_fn_with_state(
-            access,
+            access.clone(),
             unikv_http::access::guard,
         ))
         .with_state(node.clone());
+    let collections = unikv_http::collections::routes(node.clone(), access);
     Router::new()
         .route(
             "/raft/status",
@@ -53,6 +54,7 @@ pub fn router(node: Arc<Node>, access: Access) -> Router {
         .with_state(node)
         .merge(membership)
         .merge(kv_routes)
+        .merge(collections)
 }
 
 impl From<crate::service::AdminError> for ApiError {

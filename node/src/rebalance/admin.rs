@@ -16,9 +16,9 @@ use unikv_types::{rpc_kind, KvError, ShardId, ShardState, Slot, SLOT_COUNT};
 
 use super::handoff;
 use super::messages::ShardAdmin;
-use super::peer::call_shard;
 use super::planner::Shares;
 use super::rebalancer::Rebalancer;
+use crate::peer::call_shard;
 use crate::service::Node;
 
 const MAX_BODY: usize = 64 * 1024;

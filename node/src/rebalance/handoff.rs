@@ -12,8 +12,8 @@ use unikv_storage::{Command, MoveCommand, Outgoing};
 use unikv_types::{rpc_kind, Epoch, KvError, ShardId, Slot};
 
 use super::messages::{ActivateRequest, MoveIn};
-use super::peer::call_shard;
 use super::rebalancer::{lock, Rebalancer};
+use crate::peer::call_shard;
 use crate::service::Node;
 
 /// Starts a hand-off task for `slot` unless one runs already. `handoff` is the hand-off
@@ -78,6 +78,12 @@ async fn run(
         .kv
         .iter()
         .map(|(k, v)| (k.len() + v.len()) as u64)
+        .chain(
+            export
+                .collections_kv
+                .iter()
+                .map(|(_, k, v)| (k.len() + v.len()) as u64),
+        )
         .sum();
     let msg = MoveIn {
         slot,
@@ -86,6 +92,7 @@ async fn run(
         kv: export.kv,
         dedup: export.dedup,
         dedup_horizon_ms: export.dedup_horizon_ms,
+        collections_kv: export.collections_kv,
     };
     // The slot is frozen from here until `Done`: bounded, whatever gossip says of the target.
     let give_up_at = Instant::now() + node.config.handoff_timeout();

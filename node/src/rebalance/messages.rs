@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use unikv_storage::DedupRecord;
-use unikv_types::{Epoch, ShardId, ShardState, Slot};
+use unikv_types::{Epoch, Keyspace, ShardId, ShardState, Slot};
 
 /// A slot's data sent from the source leader to the target leader.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -16,6 +16,10 @@ pub struct MoveIn {
     /// The slot's dedup horizon (absent from older senders).
     #[serde(default)]
     pub dedup_horizon_ms: u64,
+    /// The slot's pairs of collections other than `default` (absent from older senders,
+    /// which have none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub collections_kv: Vec<(Keyspace, String, String)>,
 }
 
 /// The target asks the source how a hand-off ended.

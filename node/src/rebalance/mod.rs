@@ -1,8 +1,8 @@
 //! Online resharding on the node: the balancer that decides which slots this shard gives away
 //! (`balancer`, `planner`), the source side of a hand-off (`handoff`), the target side
-//! (`receive`), calls to other shards' leaders (`peer`) and the registry/admin operations behind
-//! `/addshard`, `/removeshard`, `/moveslot`, `/shard/tags`, `/stats` and `/rebalance/status`
-//! (`admin`).
+//! (`receive`) and the registry/admin operations behind `/addshard`, `/removeshard`,
+//! `/moveslot`, `/shard/tags`, `/stats` and `/rebalance/status` (`admin`); calls to other
+//! shards' leaders go through `crate::peer`.
 //!
 //! There is no central balancer: every shard leader runs the same loop on its own state and
 //! the gossip view. All decisions go through the shard's Raft log (see
@@ -17,7 +17,6 @@ mod admin;
 mod balancer;
 mod handoff;
 mod messages;
-mod peer;
 mod planner;
 mod rebalancer;
 mod receive;

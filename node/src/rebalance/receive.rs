@@ -12,8 +12,8 @@ use unikv_storage::{Command, Forward, Incoming, MoveCommand, Outgoing};
 use unikv_types::{rpc_kind, KvError, KvReply, Slot};
 
 use super::messages::{ActivateRequest, MoveIn, MoveStatus, MoveStatusRequest};
-use super::peer::call_shard;
 use super::rebalancer::{lock, Rebalancer};
+use crate::peer::call_shard;
 use crate::service::Node;
 
 fn done(r: Result<KvReply, KvError>) -> Result<(), KvError> {
@@ -36,6 +36,7 @@ pub async fn handle_move_in(node: &Node, m: MoveIn) -> Result<(), KvError> {
             kv: m.kv,
             dedup: m.dedup,
             dedup_horizon_ms: m.dedup_horizon_ms,
+            collections_kv: m.collections_kv,
         }))
         .await,
     )

@@ -1,5 +1,5 @@
-//! Calling the leader of another (or this) shard, for the rebalance protocol: find it in the
-//! gossip view, follow `NotLeader` hints, try other members, retry until a deadline.
+//! Calling the leader of another (or this) shard, for the rebalance protocol and the catalog:
+//! find it in the gossip view, follow `NotLeader` hints, try other members, retry until a deadline.
 //!
 //! Which member to try next is `unikv_types::leader` (the same walk the router uses to reach a
 //! shard); this file is the loop around it: candidates from the gossip view, the transport call

@@ -1,0 +1,378 @@
+//! Collections in the storage layer, on real RocksDBs: the keyspace layout beside the seed's
+//! flat keys, the format marker and the migration of a format-1 data dir, catalog changes
+//! applied as commands (compare-and-set on the version), dropping a deleted collection's
+//! keyspace (data, statistics, refusals, moves), and dedup that tells collections apart.
+
+use openraft::entry::RaftEntry;
+use openraft::testing::log_id;
+use openraft::EntryPayload;
+use unikv_storage::apply::apply_entries_cached;
+use unikv_storage::apply_cache::ApplyCache;
+use unikv_storage::db::{kv_key, CF_KV, CF_SM};
+use unikv_storage::meta::{SmMeta, FORMAT, KEY_FORMAT};
+use unikv_storage::moves::{export_slot, slot_stats};
+use unikv_storage::raft_types::Entry;
+use unikv_storage::{
+    Command, CommandResult, Db, LeaderClock, MoveCommand, RegistryCommand, TypeConfig,
+};
+use unikv_types::catalog::{
+    catalog_slot, Catalog, CatalogChange, CatalogOp, CatalogOutcome, Sharding, CATALOG_KEY,
+};
+use unikv_types::{ClientSeq, Epoch, Keyspace, KvOp, KvReply, NodeId, ShardId, SlotRange};
+
+struct Shard {
+    _dir: tempfile::TempDir,
+    db: Db,
+    meta: SmMeta,
+    cache: ApplyCache,
+    next: u64,
+}
+
+const USERS: Keyspace = Keyspace(16);
+const ORDERS: Keyspace = Keyspace(17);
+
+impl Shard {
+    fn new(id: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let meta = SmMeta::load(&db, ShardId(id)).unwrap();
+        let mut s = Shard {
+            _dir: dir,
+            db,
+            meta,
+            cache: ApplyCache::default(),
+            next: 1,
+        };
+        let r = s.apply(Command::Bootstrap {
+            shard: ShardId(id),
+            ranges: vec![SlotRange(0, 16383)],
+            epoch: Epoch(1),
+        });
+        assert_eq!(r, Ok(KvReply::Written));
+        s
+    }
+
+    fn apply(&mut self, cmd: Command) -> CommandResult {
+        let e = Entry::new(
+            log_id::<TypeConfig>(1, NodeId(1), self.next),
+            EntryPayload::Normal(cmd),
+        );
+        self.next += 1;
+        apply_entries_cached(&self.db, &mut self.meta, &mut self.cache, &[e])
+            .unwrap()
+            .remove(0)
+    }
+
+    fn kv(
+        &mut self,
+        ks: Keyspace,
+        key: &str,
+        op: KvOp,
+        client: Option<(&str, u64)>,
+    ) -> CommandResult {
+        self.apply(Command::Kv {
+            slot: unikv_types::key_slot(key.as_bytes()),
+            key: key.into(),
+            op,
+            client: client.map(|(c, s)| ClientSeq::new(c, s)),
+            max_value_bytes: None,
+            clock: Some(LeaderClock {
+                now_ms: 1_000 + self.next,
+                dedup_window_ms: 600_000,
+            }),
+            keyspace: ks,
+        })
+    }
+
+    fn get(&self, ks: Keyspace, key: &str) -> Option<String> {
+        let slot = unikv_types::key_slot(key.as_bytes());
+        let v = self
+            .db
+            .raw()
+            .get_cf(
+                self.db.cf(CF_KV),
+                unikv_storage::db::kv_key_in(slot, ks, key.as_bytes()),
+            )
+            .unwrap();
+        v.map(|b| String::from_utf8(b).unwrap())
+    }
+
+    fn totals(&self) -> (u64, u64) {
+        slot_stats(&self.db)
+            .unwrap()
+            .iter()
+            .fold((0, 0), |(k, b), (_, s)| (k + s.keys, b + s.bytes))
+    }
+
+    fn catalog(&mut self, change: CatalogChange, expected_version: Option<u64>) -> CommandResult {
+        self.kv(
+            Keyspace::SYSTEM,
+            CATALOG_KEY,
+            KvOp::Catalog(CatalogOp {
+                change,
+                expected_version,
+            }),
+            None,
+        )
+    }
+}
+
+fn put(v: &str) -> KvOp {
+    KvOp::Put { value: v.into() }
+}
+
+#[test]
+fn the_same_key_in_two_collections_holds_two_values() {
+    let mut s = Shard::new(1);
+    assert_eq!(
+        s.kv(Keyspace::DEFAULT, "k", put("flat"), None),
+        Ok(KvReply::Written)
+    );
+    assert_eq!(s.kv(USERS, "k", put("users"), None), Ok(KvReply::Written));
+    assert_eq!(
+        s.kv(ORDERS, "k", KvOp::Append { value: "o".into() }, None),
+        Ok(KvReply::Appended { previous: None })
+    );
+    assert_eq!(s.get(Keyspace::DEFAULT, "k").as_deref(), Some("flat"));
+    assert_eq!(s.get(USERS, "k").as_deref(), Some("users"));
+    assert_eq!(s.get(ORDERS, "k").as_deref(), Some("o"));
+    // `default` keeps the seed's bytes: slot ++ key.
+    let slot = unikv_types::key_slot(b"k");
+    let raw =
+        s.db.raw()
+            .get_cf(s.db.cf(CF_KV), kv_key(slot, b"k"))
+            .unwrap();
+    assert_eq!(raw.as_deref(), Some(&b"flat"[..]));
+    // Keys of one byte; values of 4, 5 and 1 bytes.
+    assert_eq!(s.totals(), (3, 3 + 4 + 5 + 1));
+    assert_eq!(
+        s.kv(USERS, "k", KvOp::Delete, None),
+        Ok(KvReply::Deleted { existed: true })
+    );
+    assert_eq!(s.get(USERS, "k"), None);
+    assert_eq!(s.get(Keyspace::DEFAULT, "k").as_deref(), Some("flat"));
+
+    // A slot's export carries every collection's pairs; the target gets them all back.
+    let export = export_slot(&s.db, slot).unwrap();
+    assert_eq!(export.kv, vec![("k".to_string(), "flat".to_string())]);
+    assert_eq!(
+        export.collections_kv,
+        vec![(ORDERS, "k".to_string(), "o".to_string())]
+    );
+    // Another shard that gave the slot away earlier receives it back.
+    let mut t = Shard::new(2);
+    let r = t.apply(Command::Move(MoveCommand::Out {
+        slot,
+        to: ShardId(9),
+        epoch: Epoch(2),
+    }));
+    assert_eq!(r, Ok(KvReply::Written));
+    let r = t.apply(Command::Move(MoveCommand::Done {
+        slot,
+        epoch: Epoch(2),
+    }));
+    assert_eq!(r, Ok(KvReply::Written));
+    let r = t.apply(Command::Move(MoveCommand::In {
+        slot,
+        from: ShardId(1),
+        epoch: Epoch(3),
+        kv: export.kv.clone(),
+        dedup: export.dedup.clone(),
+        dedup_horizon_ms: 0,
+        collections_kv: export.collections_kv.clone(),
+    }));
+    assert_eq!(r, Ok(KvReply::Written));
+    assert_eq!(t.get(Keyspace::DEFAULT, "k").as_deref(), Some("flat"));
+    assert_eq!(t.get(ORDERS, "k").as_deref(), Some("o"));
+    assert_eq!(t.totals(), (2, 1 + 4 + 1 + 1));
+}
+
+#[test]
+fn one_client_seq_used_in_two_collections_is_refused_not_answered_twice() {
+    let mut s = Shard::new(1);
+    assert_eq!(
+        s.kv(USERS, "k", put("a"), Some(("c", 1))),
+        Ok(KvReply::Written)
+    );
+    // The retry of that write is answered from the record...
+    assert_eq!(
+        s.kv(USERS, "k", put("a"), Some(("c", 1))),
+        Ok(KvReply::Written)
+    );
+    // ...but the same (client, seq) for the same key in another collection is another
+    // request: refused, not answered with the first one's reply.
+    let e = s.kv(ORDERS, "k", put("a"), Some(("c", 1))).unwrap_err();
+    assert_eq!(e.code(), "sequence_reused");
+    assert_eq!(s.get(ORDERS, "k"), None);
+}
+
+#[test]
+fn catalog_changes_compare_and_set_the_version() {
+    let mut s = Shard::new(1);
+    let create = |name: &str| CatalogChange::Create {
+        name: name.into(),
+        sharding: Sharding::Hash,
+    };
+    let Ok(KvReply::Catalog(r)) = s.catalog(create("users"), Some(0)) else {
+        panic!("create failed");
+    };
+    assert_eq!((r.outcome, r.version), (CatalogOutcome::Created, 1));
+    assert_eq!(r.collection.unwrap().id, Keyspace::FIRST_USER);
+    // Two admins both read version 0: the second loses.
+    let e = s.catalog(create("orders"), Some(0)).unwrap_err();
+    assert_eq!((e.code(), e.http_status()), ("version_conflict", 409));
+    let e = s
+        .catalog(
+            CatalogChange::Create {
+                name: "_sys".into(),
+                sharding: Sharding::Hash,
+            },
+            None,
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), "bad_name");
+    // Stored as one JSON value under the catalog key, in the catalog slot.
+    let json = s.get(Keyspace::SYSTEM, CATALOG_KEY).unwrap();
+    let c: Catalog = serde_json::from_str(&json).unwrap();
+    assert_eq!(c.version, 1);
+    assert_eq!(c.lookup("users"), Some(Keyspace::FIRST_USER));
+    assert_eq!(
+        unikv_types::key_slot(CATALOG_KEY.as_bytes()),
+        catalog_slot()
+    );
+    // The catalog value moves with its slot like any key.
+    let export = export_slot(&s.db, catalog_slot()).unwrap();
+    assert_eq!(export.collections_kv.len(), 1);
+    assert_eq!(export.collections_kv[0].0, Keyspace::SYSTEM);
+    // A catalog change for any other key is refused.
+    let e = s
+        .kv(
+            Keyspace::SYSTEM,
+            "other",
+            KvOp::Catalog(CatalogOp {
+                change: create("x"),
+                expected_version: None,
+            }),
+            None,
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), "bad_command");
+}
+
+#[test]
+fn a_dropped_keyspace_is_gone_refused_and_not_received_again() {
+    let mut s = Shard::new(1);
+    let keys: Vec<String> = (0..200).map(|i| format!("key-{i}")).collect();
+    for k in &keys {
+        s.kv(USERS, k, put("u"), None).unwrap();
+        s.kv(ORDERS, k, put("o"), None).unwrap();
+        s.kv(Keyspace::DEFAULT, k, put("d"), None).unwrap();
+    }
+    let before = s.totals();
+    let r = s.apply(Command::Registry(RegistryCommand::DropKeyspace {
+        keyspace: USERS,
+    }));
+    assert_eq!(r, Ok(KvReply::Written));
+    for k in &keys {
+        assert_eq!(s.get(USERS, k), None);
+        assert_eq!(s.get(ORDERS, k).as_deref(), Some("o"));
+        assert_eq!(s.get(Keyspace::DEFAULT, k).as_deref(), Some("d"));
+    }
+    let per_key: u64 = keys.iter().map(|k| k.len() as u64 + 1).sum();
+    assert_eq!(s.totals(), (before.0 - 200, before.1 - per_key));
+    // Writes to it are refused from now on (the id is never reused).
+    let e = s.kv(USERS, "key-1", put("late"), None).unwrap_err();
+    assert_eq!((e.code(), e.http_status()), ("unknown_collection", 404));
+    assert_eq!(s.get(USERS, "key-1"), None);
+    // Idempotent.
+    let r = s.apply(Command::Registry(RegistryCommand::DropKeyspace {
+        keyspace: USERS,
+    }));
+    assert_eq!(r, Ok(KvReply::Written));
+    // `default` and the system keyspace cannot be dropped.
+    for ks in [Keyspace::DEFAULT, Keyspace::SYSTEM] {
+        let r = s.apply(Command::Registry(RegistryCommand::DropKeyspace {
+            keyspace: ks,
+        }));
+        assert_eq!(r.unwrap_err().code(), "move_refused");
+    }
+}
+
+#[test]
+fn a_drop_in_the_same_group_as_writes_counts_them_right() {
+    let mut s = Shard::new(1);
+    s.kv(USERS, "a", put("1"), None).unwrap();
+    s.kv(Keyspace::DEFAULT, "a", put("1"), None).unwrap();
+    let slot = |k: &str| unikv_types::key_slot(k.as_bytes());
+    let kv = |key: &str, v: &str| Command::Kv {
+        slot: slot(key),
+        key: key.into(),
+        op: put(v),
+        client: None,
+        max_value_bytes: None,
+        clock: None,
+        keyspace: USERS,
+    };
+    let entries: Vec<Entry> = [
+        kv("a", "22"),
+        kv("b", "3"),
+        Command::Registry(RegistryCommand::DropKeyspace { keyspace: USERS }),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, c)| {
+        Entry::new(
+            log_id::<TypeConfig>(1, NodeId(1), 100 + i as u64),
+            EntryPayload::Normal(c),
+        )
+    })
+    .collect();
+    apply_entries_cached(&s.db, &mut s.meta, &mut s.cache, &entries).unwrap();
+    assert_eq!(s.get(USERS, "a"), None);
+    assert_eq!(s.get(USERS, "b"), None);
+    // Only `default`'s "a" = "1" is left.
+    assert_eq!(s.totals(), (1, 2));
+}
+
+#[test]
+fn a_format_1_data_dir_is_migrated_and_a_newer_one_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let slot = unikv_types::key_slot(b"old");
+    {
+        let (_log, sm) = unikv_storage::open(dir.path(), ShardId(1)).unwrap();
+        let db = sm.store().db().clone();
+        assert_eq!(
+            db.raw().get_cf(db.cf(CF_SM), KEY_FORMAT).unwrap(),
+            Some(rmp_serde::to_vec_named(&FORMAT).unwrap())
+        );
+        // A format-1 data dir: the seed's layout (slot ++ key) and no format marker.
+        let mut b = rocksdb::WriteBatch::default();
+        b.put_cf(db.cf(CF_KV), kv_key(slot, b"old"), b"value");
+        b.delete_cf(db.cf(CF_SM), KEY_FORMAT);
+        db.write_sync(b).unwrap();
+    }
+    {
+        let (_log, sm) = unikv_storage::open(dir.path(), ShardId(1)).unwrap();
+        let store = sm.store();
+        assert_eq!(store.get(slot, "old").unwrap().as_deref(), Some("value"));
+        let db = store.db();
+        assert_eq!(
+            db.raw().get_cf(db.cf(CF_SM), KEY_FORMAT).unwrap(),
+            Some(rmp_serde::to_vec_named(&FORMAT).unwrap()),
+            "the marker is written on open"
+        );
+        let mut b = rocksdb::WriteBatch::default();
+        b.put_cf(
+            db.cf(CF_SM),
+            KEY_FORMAT,
+            rmp_serde::to_vec_named(&(FORMAT + 1)).unwrap(),
+        );
+        db.write_sync(b).unwrap();
+    }
+    let err = unikv_storage::open(dir.path(), ShardId(1)).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("format 3") && msg.contains("newer than this binary"),
+        "{msg}"
+    );
+}
