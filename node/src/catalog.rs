@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use unikv_storage::{Command, RegistryCommand};
 use unikv_types::catalog::{
-    catalog_slot, unknown_collection, Catalog, CatalogChange, CatalogOp, CatalogReply, CATALOG_KEY,
+    catalog_slot, Catalog, CatalogChange, CatalogOp, CatalogReply, Placement, Target, CATALOG_KEY,
     DEFAULT_COLLECTION, SYSTEM_COLLECTION,
 };
 use unikv_types::{rpc_kind, Keyspace, KvError, KvOp, KvReply, KvRequest};
@@ -31,25 +31,35 @@ const JANITOR_EVERY: Duration = Duration::from_secs(1);
 const OWNER_POLL: Duration = Duration::from_millis(100);
 
 impl Node {
-    /// The keyspace a request's collection names (`None`: `default`); 404
-    /// `unknown_collection` for a name the catalog does not hold.
-    pub async fn resolve(&self, collection: Option<&str>) -> Result<Keyspace, KvError> {
+    /// Where a request's collection (`None`: `default`) and shard key send it; 404
+    /// `unknown_collection` / `unknown_shard_key` for names the catalog does not hold, 400 for
+    /// a shard key missing or out of place. A miss is checked against a fresh read first.
+    pub async fn resolve(
+        &self,
+        collection: Option<&str>,
+        shard_key: Option<&str>,
+    ) -> Result<Target, KvError> {
+        let slots = |keyspace| Target {
+            keyspace,
+            placement: Placement::Slots,
+        };
         let name = match collection {
-            None | Some(DEFAULT_COLLECTION) => return Ok(Keyspace::DEFAULT),
-            Some(SYSTEM_COLLECTION) => return Ok(Keyspace::SYSTEM),
+            None | Some(DEFAULT_COLLECTION) if shard_key.is_none() => {
+                return Ok(slots(Keyspace::DEFAULT))
+            }
+            Some(SYSTEM_COLLECTION) => return Ok(slots(Keyspace::SYSTEM)),
+            None => DEFAULT_COLLECTION,
             Some(name) => name,
         };
         let arrived = Instant::now();
         let cached = self.catalog.current();
         if cached.version >= self.gossip.view().catalog_version() {
-            if let Some(ks) = cached.lookup(name) {
-                return Ok(ks);
+            if let Ok(t) = cached.target(name, shard_key) {
+                return Ok(t);
             }
         }
         let fresh = self.refresh_catalog(arrived).await?;
-        fresh
-            .lookup(name)
-            .ok_or_else(|| unknown_collection(name).into())
+        Ok(fresh.target(name, shard_key)?)
     }
 
     /// A catalog read that started after `arrived`: this one, or one another request
@@ -104,7 +114,7 @@ impl Node {
         let deadline = Instant::now() + self.config.request_timeout();
         loop {
             let res = if self.store.descriptor().owns(slot).is_some() {
-                self.kv_in(req.clone(), Keyspace::SYSTEM).await
+                self.kv_in(req.clone(), Keyspace::SYSTEM, None).await
             } else if let Some((owner, _)) = self.gossip.view().owner_of(slot) {
                 let left = deadline.saturating_duration_since(Instant::now());
                 call_shard(self, owner, rpc_kind::KV, req, left).await
@@ -170,6 +180,7 @@ fn catalog_request(op: KvOp) -> KvRequest {
         client: None,
         forwarded: false,
         collection: Some(SYSTEM_COLLECTION.into()),
+        shard_key: None,
     }
 }
 

@@ -15,6 +15,7 @@ pub mod error;
 pub mod gossip_publisher;
 pub mod http;
 pub mod peer;
+pub mod promote;
 pub mod raft_errors;
 pub mod raft_net;
 pub mod rebalance;

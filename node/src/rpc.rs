@@ -119,6 +119,10 @@ impl RpcHandler {
                 let req = inc.read().await?;
                 inc.reply(&self.rebalancer.activate(req).await).await
             }
+            rpc_kind::FENCE => {
+                let req = inc.read().await?;
+                inc.reply(&node.fence(req).await).await
+            }
             rpc_kind::DROP_KEYSPACE => {
                 let ks = inc.read().await?;
                 inc.reply(&node.drop_keyspace(ks).await).await

@@ -11,6 +11,9 @@ use openraft::{ChangeMembers, LinearizerOption, ReadPolicy, ServerState};
 use serde::{Deserialize, Serialize};
 use unikv_net::Transport;
 use unikv_storage::{Command, LeaderClock, NodeAddr, OwnedRead, StateMachine, Store, TypeConfig};
+use unikv_types::catalog::{
+    bucket_of, bucket_shard, CatalogChange, Placement, Target, DEFAULT_COLLECTION,
+};
 use unikv_types::{
     key_slot, rpc_kind, Keyspace, KvError, KvOp, KvReply, KvRequest, Limits, NodeId, NodeRef,
     ShardId, Slot,
@@ -158,27 +161,58 @@ impl Node {
     /// if needed) or reads linearizably. Retries while a leader is being elected, up to the
     /// request timeout.
     pub async fn kv(&self, req: KvRequest) -> Result<KvReply, KvError> {
-        let keyspace = self.resolve(req.collection.as_deref()).await?;
-        if keyspace.is_default() || keyspace == Keyspace::SYSTEM {
-            return self.kv_in(req, keyspace).await;
+        let (collection, shard_key) = (req.collection.as_deref(), req.shard_key.as_deref());
+        let target = self.resolve(collection, shard_key).await?;
+        if target.keyspace.is_default() || target.keyspace == Keyspace::SYSTEM {
+            return self.kv_in(req, target.keyspace, None).await;
         }
-        match self.kv_in(req.clone(), keyspace).await {
+        match self.kv_at(req.clone(), &target).await {
             // The shard dropped that keyspace: this node's catalog was stale (the collection
             // was deleted, perhaps created again under the same name with a new id).
             Err(e) if e.code() == "unknown_collection" => {
-                let name = req.collection.as_deref().unwrap_or_default();
+                let name = req.collection.as_deref().unwrap_or(DEFAULT_COLLECTION);
                 let fresh = self.read_catalog().await?;
-                match fresh.lookup(name) {
-                    Some(ks) if ks != keyspace => self.kv_in(req, ks).await,
-                    _ => Err(unikv_types::catalog::unknown_collection(name).into()),
+                match fresh.target(name, req.shard_key.as_deref()) {
+                    Ok(t) if t.keyspace != target.keyspace => self.kv_at(req, &t).await,
+                    Ok(_) => Err(e),
+                    Err(e) => Err(e.into()),
                 }
             }
             other => other,
         }
     }
 
-    /// [`Node::kv`] once the request's collection is resolved to `keyspace`.
-    pub async fn kv_in(&self, req: KvRequest, keyspace: Keyspace) -> Result<KvReply, KvError> {
+    /// Serves a request for a resolved collection: in the slots, or — for a shard key placed
+    /// on chosen shards — here if the key's bucket is this shard's, else `WrongShard` naming
+    /// the shard that holds it.
+    async fn kv_at(&self, req: KvRequest, target: &Target) -> Result<KvReply, KvError> {
+        match &target.placement {
+            Placement::Slots => self.kv_in(req, target.keyspace, None).await,
+            Placement::Shards(shards) => {
+                let bucket = bucket_of(req.key.as_bytes());
+                match bucket_shard(shards, bucket) {
+                    Some(s) if s == self.shard() => {
+                        self.kv_in(req, target.keyspace, Some(bucket)).await
+                    }
+                    owner => Err(KvError::WrongShard {
+                        slot: key_slot(req.key.as_bytes()),
+                        shard: self.shard(),
+                        owner,
+                        epoch: None,
+                    }),
+                }
+            }
+        }
+    }
+
+    /// [`Node::kv`] once the request's collection is resolved to `keyspace` (and, for a shard
+    /// key placed here, the key's `bucket`).
+    pub async fn kv_in(
+        &self,
+        req: KvRequest,
+        keyspace: Keyspace,
+        bucket: Option<u16>,
+    ) -> Result<KvReply, KvError> {
         let value = match &req.op {
             unikv_types::KvOp::Put { value } | unikv_types::KvOp::Append { value } => {
                 Some(value.as_str())
@@ -193,12 +227,12 @@ impl Node {
         let deadline = Instant::now() + self.config.request_timeout();
         loop {
             let res = if req.op.is_write() {
-                self.write(slot, keyspace, &req, deadline).await
+                self.write(slot, keyspace, bucket, &req, deadline).await
             } else if let Some(l) = self.leader_for_full_disk(&req) {
                 // This follower's applies wait for space; the leader serves the read.
                 self.forward(l, &req, deadline).await
             } else {
-                self.read(slot, keyspace, &req.key, deadline).await
+                self.read(slot, keyspace, bucket, &req.key, deadline).await
             };
             match res {
                 Err(KvError::WrongShard {
@@ -248,6 +282,7 @@ impl Node {
         &self,
         slot: Slot,
         keyspace: Keyspace,
+        bucket: Option<u16>,
         req: &KvRequest,
         deadline: Instant,
     ) -> Result<KvReply, KvError> {
@@ -265,8 +300,23 @@ impl Node {
                 dedup_window_ms: self.config.dedup_window_s.saturating_mul(1000),
             }),
             keyspace,
+            bucket,
         };
-        match self.propose(cmd).await {
+        let res = match &req.op {
+            // A promote runs its fences on the leader; never proposed from anywhere else.
+            KvOp::Catalog(op) if matches!(op.change, CatalogChange::Promote { .. }) => {
+                if self.is_leader() {
+                    self.promote(cmd, op).await
+                } else {
+                    Err(KvError::NotLeader {
+                        shard: self.shard(),
+                        leader: self.leader(),
+                    })
+                }
+            }
+            _ => self.propose(cmd).await,
+        };
+        match res {
             Err(KvError::NotLeader {
                 leader: Some(l), ..
             }) if !req.forwarded && l.node_id != self.id() => self.forward(l, req, deadline).await,
@@ -418,6 +468,7 @@ impl Node {
         &self,
         slot: Slot,
         keyspace: Keyspace,
+        bucket: Option<u16>,
         key: &str,
         deadline: Instant,
     ) -> Result<KvReply, KvError> {
@@ -452,7 +503,11 @@ impl Node {
             Err(RaftError::APIError(e)) => return Err(self.unavailable(e.to_string())),
             Err(e) => return Err(self.unavailable(e.to_string())),
         }
-        match self.store.read_owned(slot, keyspace, key) {
+        let read = match bucket {
+            Some(_) => self.store.read_unit(keyspace, key),
+            None => self.store.read_owned(slot, keyspace, key),
+        };
+        match read {
             Ok(OwnedRead::Value(v)) => Ok(KvReply::Value(v)),
             Ok(OwnedRead::Dropped) => Err(KvError::Refused {
                 status: 404,

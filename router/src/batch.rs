@@ -270,6 +270,7 @@ mod tests {
             client: None,
             forwarded: false,
             collection: None,
+            shard_key: None,
         }
     }
 

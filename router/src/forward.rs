@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use unikv_http::ApiError;
 use unikv_net::Transport;
+use unikv_types::catalog::Space;
 use unikv_types::leader::{classify, Answer, LeaderWalk, Next};
 use unikv_types::{
     key_slot, rpc_kind, ClientSeq, KvError, KvOp, KvReply, KvRequest, Limits, ShardId,
@@ -109,10 +110,23 @@ impl<B: Backend> Forwarder<B> {
         key: String,
         op: KvOp,
         client: Option<ClientSeq>,
-        collection: Option<String>,
+        space: Space,
+    ) -> Result<KvReply, ApiError> {
+        self.execute_on(key, op, client, space, None).await
+    }
+
+    /// [`Forwarder::execute`] to shard `pin` if given (a custom collection's shard key
+    /// places the key's bucket there), else to the owner of the key's slot.
+    pub async fn execute_on(
+        &self,
+        key: String,
+        op: KvOp,
+        client: Option<ClientSeq>,
+        space: Space,
+        pin: Option<ShardId>,
     ) -> Result<KvReply, ApiError> {
         self.counters.request();
-        let result = self.route(key, op, client, collection).await;
+        let result = self.route(key, op, client, space, pin).await;
         self.counters.finished(result.is_ok());
         result
     }
@@ -122,7 +136,8 @@ impl<B: Backend> Forwarder<B> {
         key: String,
         op: KvOp,
         client: Option<ClientSeq>,
-        collection: Option<String>,
+        space: Space,
+        pin: Option<ShardId>,
     ) -> Result<KvReply, ApiError> {
         let value = match &op {
             KvOp::Put { value } | KvOp::Append { value } => Some(value.as_str()),
@@ -141,7 +156,8 @@ impl<B: Backend> Forwarder<B> {
             op,
             client,
             forwarded: false,
-            collection,
+            collection: space.collection,
+            shard_key: space.shard_key,
         };
 
         let deadline = Instant::now() + self.timeout;
@@ -159,7 +175,14 @@ impl<B: Backend> Forwarder<B> {
             if now >= deadline {
                 break;
             }
-            let Some(owner) = self.routing.owner(&table, slot) else {
+            let owner = match pin {
+                Some(shard) => Some(crate::routing::Owner {
+                    shard,
+                    epoch: unikv_types::Epoch(0),
+                }),
+                None => self.routing.owner(&table, slot),
+            };
+            let Some(owner) = owner else {
                 trail.shard = table.last_owner(slot).or(trail.shard);
                 trail.last_error = "no shard owns the slot in the current view".into();
                 tracing::debug!(slot, "no owner; waiting for gossip");
@@ -200,6 +223,10 @@ impl<B: Backend> Forwarder<B> {
                         }
                         None => self.routing.forget_leader(shard, &target.raft),
                     }
+                }
+                // A shard key's placement never changes: the router's catalog was stale.
+                Answer::Other(e @ KvError::WrongShard { .. }) if pin.is_some() => {
+                    return Err(e.into());
                 }
                 Answer::Other(KvError::WrongShard {
                     owner: new_owner,

@@ -3,6 +3,7 @@ use super::*;
 use crate::routing::tests::{node, three_shards};
 use crate::routing::{Owner, ShardRoute};
 use std::sync::Mutex;
+use unikv_types::catalog::Space;
 use unikv_types::{Epoch, NodeId, NodeRef, SLOT_COUNT};
 
 type Answer = unikv_net::Result<Result<KvReply, KvError>>;
@@ -101,18 +102,27 @@ async fn requests_go_to_the_owner_leader_and_writes_get_a_session() {
     let fake = Fake::new(|_, req| success(req));
     let f = forwarder(&fake, 1000);
     assert_eq!(
-        f.execute("foo".into(), put("1"), None, None).await.unwrap(),
+        f.execute("foo".into(), put("1"), None, Space::default())
+            .await
+            .unwrap(),
         KvReply::Written
     );
     assert_eq!(
-        f.execute("foo".into(), put("2"), None, None).await.unwrap(),
+        f.execute("foo".into(), put("2"), None, Space::default())
+            .await
+            .unwrap(),
         KvReply::Written
     );
     let caller = ClientSeq::new("me", 42);
-    f.execute("foo".into(), KvOp::Delete, Some(caller.clone()), None)
-        .await
-        .unwrap();
-    f.execute("foo".into(), KvOp::Get, None, None)
+    f.execute(
+        "foo".into(),
+        KvOp::Delete,
+        Some(caller.clone()),
+        Space::default(),
+    )
+    .await
+    .unwrap();
+    f.execute("foo".into(), KvOp::Get, None, Space::default())
         .await
         .unwrap();
     let calls = fake.calls();
@@ -154,7 +164,9 @@ async fn not_leader_is_followed_and_remembered() {
         }
     });
     let f = forwarder(&fake, 1000);
-    f.execute("foo".into(), put("1"), None, None).await.unwrap();
+    f.execute("foo".into(), put("1"), None, Space::default())
+        .await
+        .unwrap();
     let calls = fake.take_calls();
     let addrs: Vec<&str> = calls.iter().map(|(a, _)| a.as_str()).collect();
     assert_eq!(
@@ -164,7 +176,7 @@ async fn not_leader_is_followed_and_remembered() {
     // Both attempts carry the same (client id, seq).
     assert_eq!(calls[0].1.client, calls[1].1.client);
     // The next request goes straight to the hinted leader.
-    f.execute("foo".into(), KvOp::Get, None, None)
+    f.execute("foo".into(), KvOp::Get, None, Space::default())
         .await
         .unwrap();
     assert_eq!(fake.take_calls()[0].0, leader.raft);
@@ -186,14 +198,16 @@ async fn wrong_shard_with_a_newer_owner_is_followed_and_remembered() {
         }
     });
     let f = forwarder(&fake, 1000);
-    f.execute("foo".into(), KvOp::Get, None, None)
+    f.execute("foo".into(), KvOp::Get, None, Space::default())
         .await
         .unwrap();
     let calls = fake.take_calls();
     assert_eq!(calls.len(), 2);
     assert_eq!(calls[1].0, node(2, 1).raft);
     // Remembered: the next request for the slot goes to shard 2 directly.
-    f.execute("foo".into(), put("x"), None, None).await.unwrap();
+    f.execute("foo".into(), put("x"), None, Space::default())
+        .await
+        .unwrap();
     let calls = fake.take_calls();
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].0, node(2, 1).raft);
@@ -205,7 +219,9 @@ async fn wrong_shard_with_a_newer_owner_is_followed_and_remembered() {
             s != 12182 && u64::from(s) * 3 / u64::from(SLOT_COUNT) + 1 == FOO_SHARD
         })
         .unwrap();
-    f.execute(other, KvOp::Get, None, None).await.unwrap();
+    f.execute(other, KvOp::Get, None, Space::default())
+        .await
+        .unwrap();
     assert_eq!(fake.take_calls()[0].0, node(FOO_SHARD, 1).raft);
 }
 
@@ -238,7 +254,7 @@ async fn wrong_shard_without_an_owner_waits_for_gossip() {
         routing.install(Table::new(2, 2, slots, shards));
     });
     let started = Instant::now();
-    f.execute("foo".into(), KvOp::Get, None, None)
+    f.execute("foo".into(), KvOp::Get, None, Space::default())
         .await
         .unwrap();
     assert!(started.elapsed() < Duration::from_secs(2));
@@ -261,7 +277,12 @@ async fn failing_nodes_are_skipped_keeping_the_same_seq() {
     });
     let f = forwarder(&fake, 2000);
     let reply = f
-        .execute("foo".into(), KvOp::Append { value: "a".into() }, None, None)
+        .execute(
+            "foo".into(),
+            KvOp::Append { value: "a".into() },
+            None,
+            Space::default(),
+        )
         .await
         .unwrap();
     assert_eq!(reply, KvReply::Appended { previous: None });
@@ -272,7 +293,7 @@ async fn failing_nodes_are_skipped_keeping_the_same_seq() {
     assert!(calls.iter().all(|(_, r)| r.client == calls[0].1.client));
     assert_eq!(f.counters().to_json()["retries"], 2);
     // The node that timed out is now tried last.
-    f.execute("foo".into(), KvOp::Get, None, None)
+    f.execute("foo".into(), KvOp::Get, None, Space::default())
         .await
         .unwrap();
     assert_ne!(fake.take_calls()[0].0, node(FOO_SHARD, 1).raft);
@@ -284,7 +305,7 @@ async fn the_deadline_answers_503_naming_slot_and_shard() {
     let f = forwarder(&fake, 300);
     let started = Instant::now();
     let err = f
-        .execute("foo".into(), put("1"), None, None)
+        .execute("foo".into(), put("1"), None, Space::default())
         .await
         .unwrap_err();
     let took = started.elapsed();
@@ -320,7 +341,7 @@ async fn unowned_slots_wait_for_gossip_then_answer_503() {
         Duration::from_millis(200),
     );
     let err = f
-        .execute("foo".into(), KvOp::Get, None, None)
+        .execute("foo".into(), KvOp::Get, None, Space::default())
         .await
         .unwrap_err();
     assert_eq!(err.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -335,7 +356,7 @@ async fn unowned_slots_wait_for_gossip_then_answer_503() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         routing.install(three_shards(1));
     });
-    f.execute("foo".into(), KvOp::Get, None, None)
+    f.execute("foo".into(), KvOp::Get, None, Space::default())
         .await
         .unwrap();
 }
@@ -356,7 +377,7 @@ async fn a_slot_gossip_forgot_is_reported_with_its_last_owner() {
         .collect();
     f.routing.install(Table::new(2, 2, slots, shards));
     let err = f
-        .execute("foo".into(), KvOp::Get, None, None)
+        .execute("foo".into(), KvOp::Get, None, Space::default())
         .await
         .unwrap_err();
     assert_eq!(err.code, "unavailable");
@@ -384,7 +405,7 @@ async fn a_shard_with_no_known_members_is_unavailable() {
         Duration::from_millis(200),
     );
     let err = f
-        .execute("foo".into(), KvOp::Get, None, None)
+        .execute("foo".into(), KvOp::Get, None, Space::default())
         .await
         .unwrap_err();
     assert_eq!(err.details["shard"], 5);
@@ -418,12 +439,12 @@ async fn other_errors_are_answered_as_they_are() {
     });
     let f = forwarder(&fake, 1000);
     let e = f
-        .execute("foo".into(), KvOp::Get, None, None)
+        .execute("foo".into(), KvOp::Get, None, Space::default())
         .await
         .unwrap_err();
     assert_eq!((e.status.as_u16(), e.code.as_str()), (400, "odd"));
     let e = f
-        .execute("foo".into(), put("v"), None, None)
+        .execute("foo".into(), put("v"), None, Space::default())
         .await
         .unwrap_err();
     assert_eq!(
@@ -431,14 +452,14 @@ async fn other_errors_are_answered_as_they_are() {
         (409, "stale_sequence")
     );
     let e = f
-        .execute("foo".into(), KvOp::Delete, None, None)
+        .execute("foo".into(), KvOp::Delete, None, Space::default())
         .await
         .unwrap_err();
     assert_eq!((e.status.as_u16(), e.code.as_str()), (500, "internal"));
     // A full leader's refusal is passed on, not retried elsewhere.
     let append = KvOp::Append { value: "v".into() };
     let e = f
-        .execute("foo".into(), append, None, None)
+        .execute("foo".into(), append, None, Space::default())
         .await
         .unwrap_err();
     assert_eq!(
@@ -453,17 +474,22 @@ async fn limits_are_checked_before_anything_is_sent() {
     let fake = Fake::new(|_, req| success(req));
     let f = forwarder(&fake, 1000);
     let e = f
-        .execute(String::new(), KvOp::Get, None, None)
+        .execute(String::new(), KvOp::Get, None, Space::default())
         .await
         .unwrap_err();
     assert_eq!((e.status.as_u16(), e.code.as_str()), (400, "empty_key"));
     let e = f
-        .execute("k".repeat(1025), KvOp::Get, None, None)
+        .execute("k".repeat(1025), KvOp::Get, None, Space::default())
         .await
         .unwrap_err();
     assert_eq!(e.code, "key_too_long");
     let e = f
-        .execute("k".into(), put(&"v".repeat(1024 * 1024 + 1)), None, None)
+        .execute(
+            "k".into(),
+            put(&"v".repeat(1024 * 1024 + 1)),
+            None,
+            Space::default(),
+        )
         .await
         .unwrap_err();
     assert_eq!(e.code, "value_too_long");
@@ -488,7 +514,7 @@ async fn two_nodes_naming_each_other_do_not_spin() {
     });
     let f = forwarder(&fake, 300);
     let err = f
-        .execute("foo".into(), KvOp::Get, None, None)
+        .execute("foo".into(), KvOp::Get, None, Space::default())
         .await
         .unwrap_err();
     assert_eq!(err.code, "unavailable");

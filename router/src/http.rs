@@ -3,7 +3,6 @@
 //! talk to either; `/status` shows the router's cluster map and `/health` says it is up. Every
 //! error is a JSON body `{"error", "code", ...}`; nothing a client sends can panic the router.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -16,8 +15,11 @@ use tokio::sync::watch;
 use unikv_gossip::ClusterView;
 use unikv_http::kv::{self, KvService};
 use unikv_http::{method_not_allowed, not_found, ok, ApiError, CatalogService};
-use unikv_types::catalog::{Catalog, CatalogOp, CatalogReply, CATALOG_KEY, SYSTEM_COLLECTION};
-use unikv_types::{ClientSeq, KvOp, KvReply, Limits};
+use unikv_types::catalog::{
+    bucket_of, bucket_shard, Catalog, CatalogOp, CatalogReply, Placement, Space, CATALOG_KEY,
+    SYSTEM_COLLECTION,
+};
+use unikv_types::{ClientSeq, KvOp, KvReply, Limits, ShardId};
 
 use crate::forward::{Backend, Forwarder};
 use crate::status::{self, Addresses};
@@ -27,6 +29,8 @@ pub struct App<B> {
     pub forwarder: Forwarder<B>,
     /// The latest gossip view, for `/status`.
     pub view: watch::Receiver<Arc<ClusterView>>,
+    /// The catalog, for requests to shard keys placed on chosen shards.
+    pub catalog: crate::catalog::RouterCatalog,
     pub addresses: Addresses,
     pub limits: Limits,
 }
@@ -56,14 +60,42 @@ impl<B: Backend> KvService for App<B> {
         &self.limits
     }
 
-    fn execute(
+    async fn execute(
         &self,
         key: String,
         op: KvOp,
         client: Option<ClientSeq>,
-        collection: Option<String>,
-    ) -> impl Future<Output = Result<KvReply, ApiError>> + Send {
-        self.forwarder.execute(key, op, client, collection)
+        space: Space,
+    ) -> Result<KvReply, ApiError> {
+        let pin = self.pinned_shard(&key, &space).await?;
+        self.forwarder.execute_on(key, op, client, space, pin).await
+    }
+}
+
+impl<B: Backend> App<B> {
+    /// The shard holding `key` when `space` names a shard key placed on chosen shards; `None`
+    /// when the key routes by slot (the serving node then resolves the collection).
+    async fn pinned_shard(&self, key: &str, space: &Space) -> Result<Option<ShardId>, ApiError> {
+        let Some(name) = space.collection.as_deref() else {
+            return Ok(None);
+        };
+        let arrived = std::time::Instant::now();
+        let cached = self.catalog.current();
+        let fresh_enough = cached.version >= self.view.borrow().catalog_version();
+        let target = match cached.target(name, space.shard_key.as_deref()) {
+            Ok(t) if fresh_enough => t,
+            _ => {
+                let cat = self
+                    .catalog
+                    .refresh(arrived, || CatalogService::read_catalog(self))
+                    .await?;
+                cat.target(name, space.shard_key.as_deref())?
+            }
+        };
+        Ok(match target.placement {
+            Placement::Slots => None,
+            Placement::Shards(shards) => bucket_shard(&shards, bucket_of(key.as_bytes())),
+        })
     }
 }
 
@@ -71,10 +103,9 @@ impl<B: Backend> KvService for App<B> {
 /// owns its slot like any other key (redirects, retries and at-most-once included).
 impl<B: Backend> CatalogService for App<B> {
     async fn read_catalog(&self) -> Result<Catalog, ApiError> {
-        let system = Some(SYSTEM_COLLECTION.to_string());
         let reply = self
             .forwarder
-            .execute(CATALOG_KEY.into(), KvOp::Get, None, system)
+            .execute(CATALOG_KEY.into(), KvOp::Get, None, system_space())
             .await?;
         match reply {
             KvReply::Value(Some(json)) => serde_json::from_str(&json).map_err(|e| {
@@ -89,16 +120,31 @@ impl<B: Backend> CatalogService for App<B> {
         }
     }
 
+    fn shards(&self) -> Vec<(ShardId, bool, u64)> {
+        self.view
+            .borrow()
+            .shards
+            .values()
+            .map(|s| (s.id, s.state == unikv_types::ShardState::Active, s.bytes))
+            .collect()
+    }
+
     async fn change_catalog(&self, op: CatalogOp) -> Result<CatalogReply, ApiError> {
-        let system = Some(SYSTEM_COLLECTION.to_string());
         let reply = self
             .forwarder
-            .execute(CATALOG_KEY.into(), KvOp::Catalog(op), None, system)
+            .execute(CATALOG_KEY.into(), KvOp::Catalog(op), None, system_space())
             .await?;
         match reply {
             KvReply::Catalog(r) => Ok(r),
             other => Err(unexpected("change", other)),
         }
+    }
+}
+
+fn system_space() -> Space {
+    Space {
+        collection: Some(SYSTEM_COLLECTION.to_string()),
+        shard_key: None,
     }
 }
 
@@ -137,6 +183,7 @@ mod tests {
         let app = Arc::new(App {
             forwarder: forwarder(fake, 500),
             view: watch::channel(Arc::new(sample_view())).1,
+            catalog: Default::default(),
             addresses: Addresses {
                 http: "127.0.0.1:3000".into(),
                 gossip: "127.0.0.1:3000".into(),

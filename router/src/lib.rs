@@ -11,6 +11,7 @@
 //! in-process on port 0.
 
 pub mod batch;
+pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod forward;
@@ -95,6 +96,7 @@ pub async fn run(
             config.request_timeout(),
         ),
         view: views,
+        catalog: Default::default(),
         addresses,
         limits: config.limits(),
     });

@@ -58,8 +58,12 @@ pub fn apply_entries_with(
                 Ok(KvReply::Written)
             }
             EntryPayload::Normal(cmd) => {
-                meta_changed |= !matches!(cmd, Command::Kv { .. });
-                apply_command(&mut ov, meta, cmd)?
+                let version = meta.descriptor.version;
+                let res = apply_command(&mut ov, meta, cmd)?;
+                // A KV write changes the descriptor only when it opens a unit.
+                meta_changed |=
+                    !matches!(cmd, Command::Kv { .. }) || meta.descriptor.version != version;
+                res
             }
         };
         out.push(res);
@@ -76,7 +80,7 @@ pub fn apply_entries_with(
 
 fn apply_command(ov: &mut Overlay<'_>, meta: &mut SmMeta, cmd: &Command) -> Result<CommandResult> {
     match cmd {
-        Command::Move(m) => apply_move(ov, &mut meta.descriptor, m),
+        Command::Move(m) => apply_move(ov, &mut meta.descriptor, m, meta.clock_ms),
         Command::Registry(r) => apply_registry(ov, &mut meta.descriptor, r),
         Command::Bootstrap { ranges, epoch, .. } => {
             if meta.descriptor.bootstrap(ranges, *epoch) {
@@ -92,6 +96,7 @@ fn apply_command(ov: &mut Overlay<'_>, meta: &mut SmMeta, cmd: &Command) -> Resu
             max_value_bytes,
             clock,
             keyspace,
+            bucket,
         } => {
             if let Some(c) = clock {
                 dedup::advance_clock(ov, meta, *c)?;
@@ -102,25 +107,42 @@ fn apply_command(ov: &mut Overlay<'_>, meta: &mut SmMeta, cmd: &Command) -> Resu
                     reason: "the shard has not claimed its slots yet".into(),
                 }));
             }
+            if meta.descriptor.dropped_keyspaces.contains(keyspace) {
+                return Ok(Err(dropped(*keyspace)));
+            }
+            // A shard key's write goes to its unit here; placement was the proposer's to
+            // check (it is fixed when the shard key is created).
+            let slot = match bucket {
+                Some(_) if keyspace.is_default() || *keyspace == Keyspace::SYSTEM => {
+                    return Ok(Err(KvError::BadRequest {
+                        code: "bad_command".into(),
+                        message: "a bucket write needs a shard key's keyspace".into(),
+                    }))
+                }
+                Some(_) => match meta.descriptor.unit_for(*keyspace) {
+                    Some(u) => u,
+                    None => {
+                        return Ok(Err(KvError::Unavailable {
+                            shard: meta.descriptor.shard,
+                            reason: "this shard holds as many shard keys as it can".into(),
+                        }))
+                    }
+                },
+                None => *slot,
+            };
+            let slot = &slot;
             if let Some(h) = meta.descriptor.outgoing.get(slot) {
                 return Ok(Err(KvError::Unavailable {
                     shard: meta.descriptor.shard,
                     reason: format!("slot {slot} is moving to shard {}", h.target),
                 }));
             }
-            if meta.descriptor.owns(*slot).is_none() {
+            if bucket.is_none() && meta.descriptor.owns(*slot).is_none() {
                 return Ok(Err(KvError::WrongShard {
                     slot: *slot,
                     shard: meta.descriptor.shard,
                     owner: meta.descriptor.forwards.get(slot).map(|f| f.target),
                     epoch: meta.descriptor.forwards.get(slot).map(|f| f.epoch),
-                }));
-            }
-            if meta.descriptor.dropped_keyspaces.contains(keyspace) {
-                return Ok(Err(KvError::Refused {
-                    status: 404,
-                    code: "unknown_collection".into(),
-                    message: format!("the collection of keyspace {keyspace} was deleted"),
                 }));
             }
             let w = Write {
@@ -157,6 +179,15 @@ struct Write<'k> {
     max_value_bytes: Option<u64>,
     /// The shard's clock as of this entry.
     now_ms: u64,
+}
+
+/// The answer to a request for a keyspace this shard dropped.
+pub fn dropped(keyspace: Keyspace) -> KvError {
+    KvError::Refused {
+        status: 404,
+        code: "unknown_collection".into(),
+        message: format!("the collection (or shard key) of keyspace {keyspace} was deleted"),
+    }
 }
 
 fn apply_op(ov: &mut Overlay<'_>, w: &Write<'_>, op: &KvOp) -> Result<CommandResult> {
@@ -223,6 +254,9 @@ fn apply_op(ov: &mut Overlay<'_>, w: &Write<'_>, op: &KvOp) -> Result<CommandRes
             };
             let collection = match &change.change {
                 CatalogChange::Create { name, .. } => catalog.get(name),
+                CatalogChange::CreateShardKey { collection, .. }
+                | CatalogChange::DeleteShardKey { collection, .. }
+                | CatalogChange::Promote { collection, .. } => catalog.get(collection),
                 CatalogChange::Delete { .. } | CatalogChange::Forget { .. } => None,
             };
             let reply = CatalogReply {

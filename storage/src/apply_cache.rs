@@ -11,7 +11,9 @@
 use std::collections::HashMap;
 
 use rocksdb::IteratorMode;
-use unikv_types::{Slot, SLOT_COUNT};
+use unikv_types::Slot;
+
+use crate::descriptor::UNIT_END;
 
 use crate::db::{slot_bounds, Db, CF_STATS};
 use crate::error::Result;
@@ -46,7 +48,8 @@ impl ApplyCache {
     /// The stored statistics of `slot`.
     pub fn stats(&mut self, db: &Db, slot: Slot) -> Result<SlotStats> {
         if self.stats.is_none() {
-            let mut all = vec![SlotStats::default(); SLOT_COUNT as usize];
+            // Hash slots and the units of shard keys (see `descriptor::UNIT_BASE`).
+            let mut all = vec![SlotStats::default(); usize::from(UNIT_END)];
             for item in db.raw().iterator_cf(db.cf(CF_STATS), IteratorMode::Start) {
                 let (k, v) = item?;
                 if let Ok(b) = <[u8; 2]>::try_from(&k[..]) {

@@ -31,6 +31,10 @@ pub enum Command {
         /// The collection's keyspace (absent: `default`, as in entries of older versions).
         #[serde(default, skip_serializing_if = "Keyspace::is_default")]
         keyspace: Keyspace,
+        /// For a shard key placed on chosen shards: the key's bucket. The write then goes to
+        /// the keyspace's unit on this shard (`ShardDescriptor::units`), not to `slot`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bucket: Option<u16>,
     },
     /// A step of a slot move (see `moves`).
     Move(MoveCommand),
@@ -64,6 +68,10 @@ pub enum MoveCommand {
         slot: Slot,
         to: ShardId,
         epoch: Epoch,
+        /// The proposing leader's clock (ms since the Unix epoch): a fence that ended before
+        /// it no longer stops the move, even on a shard no write has advanced the clock of.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        now_ms: Option<u64>,
     },
     /// Target: install `slot` received from `from` (data and dedup table); not served yet.
     In {
@@ -99,6 +107,17 @@ pub enum RegistryCommand {
     /// A collection was deleted: drop its keyspace's data here and refuse writes to it from
     /// now on (ids are never reused).
     DropKeyspace { keyspace: Keyspace },
+    /// Start no slot move until `until_ms` (by the shard's clock) or `Unfence`: a promote
+    /// holds every shard still while it commits. Refused while a move is in flight or the
+    /// shard is not active.
+    /// `now_ms`: the proposer's clock. Refused while another promote's fence holds.
+    Fence {
+        token: u64,
+        until_ms: u64,
+        now_ms: u64,
+    },
+    /// End the fence `token` set.
+    Unfence { token: u64 },
 }
 
 /// What applying a command returns to the proposer.
@@ -130,7 +149,9 @@ impl fmt::Display for Command {
 impl fmt::Display for MoveCommand {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            MoveCommand::Out { slot, to, epoch } => {
+            MoveCommand::Out {
+                slot, to, epoch, ..
+            } => {
                 write!(f, "move-out slot={slot} to={to} epoch={epoch}")
             }
             MoveCommand::In {
@@ -164,6 +185,12 @@ impl fmt::Display for RegistryCommand {
             RegistryCommand::SetState { state } => write!(f, "set-state {state}"),
             RegistryCommand::SetTags { tags } => write!(f, "set-tags {tags:?}"),
             RegistryCommand::DropKeyspace { keyspace } => write!(f, "drop-keyspace {keyspace}"),
+            RegistryCommand::Fence {
+                token, until_ms, ..
+            } => {
+                write!(f, "fence token={token} until_ms={until_ms}")
+            }
+            RegistryCommand::Unfence { token } => write!(f, "unfence token={token}"),
         }
     }
 }
@@ -187,6 +214,8 @@ mod legacy {
             clock: Option<LeaderClock>,
             #[serde(default)]
             keyspace: Keyspace,
+            #[serde(default)]
+            bucket: Option<u16>,
         },
         Move(MoveDe),
         Bootstrap {
@@ -215,6 +244,7 @@ mod legacy {
                     max_value_bytes,
                     clock,
                     keyspace,
+                    bucket,
                 } => Command::Kv {
                     slot,
                     key,
@@ -223,6 +253,7 @@ mod legacy {
                     max_value_bytes,
                     clock,
                     keyspace,
+                    bucket,
                 },
                 CommandDe::Move(MoveDe::Move(m)) => Command::Move(m),
                 CommandDe::Move(MoveDe::Registry(r)) | CommandDe::Registry(r) => {
@@ -261,6 +292,7 @@ mod tests {
                     dedup_window_ms: 600_000,
                 }),
                 keyspace: Keyspace(16),
+                bucket: Some(3),
             },
             Command::Registry(RegistryCommand::DropKeyspace {
                 keyspace: Keyspace(17),

@@ -50,6 +50,53 @@ pub struct ShardDescriptor {
     /// refused (`unknown_collection`); data received for them in a move is not installed.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub dropped_keyspaces: BTreeSet<Keyspace>,
+    /// The shard keys of custom collections placed here that hold data here, each stored as
+    /// a unit: a local slot number at or above [`UNIT_BASE`] (never a hash slot, never moved,
+    /// never reused) that gives its keys, dedup records and statistics their own ranges.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub units: BTreeMap<Keyspace, Slot>,
+    /// The next unit number to hand out (0: [`UNIT_BASE`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub next_unit: Slot,
+    /// Slot moves are held back while this is set (a promote in progress).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<Fence>,
+}
+
+/// A promote's hold on slot moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fence {
+    pub token: u64,
+    /// By the shard's clock (ms since the Unix epoch): the fence ends by itself then, so a
+    /// coordinator that died leaves no shard fenced for good.
+    pub until_ms: u64,
+}
+
+/// The first local unit number; hash slots are all below it.
+pub const UNIT_BASE: Slot = 0x8000;
+/// Unit numbers stay below this (keys starting 0xFF are the dedup expiry index's).
+pub const UNIT_END: Slot = 0xFF00;
+
+fn is_zero(n: &Slot) -> bool {
+    *n == 0
+}
+
+impl ShardDescriptor {
+    /// The unit of `keyspace` here, handing out a new number the first time (deterministic:
+    /// every replica applies the same entries in the same order). `None` once all are used.
+    pub fn unit_for(&mut self, keyspace: Keyspace) -> Option<Slot> {
+        if let Some(u) = self.units.get(&keyspace) {
+            return Some(*u);
+        }
+        let u = self.next_unit.max(UNIT_BASE);
+        if u >= UNIT_END {
+            return None;
+        }
+        self.units.insert(keyspace, u);
+        self.next_unit = u + 1;
+        self.version += 1;
+        Some(u)
+    }
 }
 
 // The three records below were one type with a field `peer` before; `alias` reads descriptors

@@ -32,14 +32,32 @@ pub(crate) fn apply_move(
     ov: &mut Overlay<'_>,
     d: &mut ShardDescriptor,
     m: &MoveCommand,
+    clock_ms: u64,
 ) -> Result<CommandResult> {
     let ok = Ok(KvReply::Written);
     let res = match m {
-        MoveCommand::Out { slot, to, epoch } => {
+        MoveCommand::Out {
+            slot,
+            to,
+            epoch,
+            now_ms,
+        } => {
             let h = Outgoing {
                 target: *to,
                 epoch: *epoch,
             };
+            let now = clock_ms.max(now_ms.unwrap_or(0));
+            if let Some(f) = d.fence.filter(|f| f.until_ms > now) {
+                return Ok(Err(KvError::Refused {
+                    status: 409,
+                    code: "moves_fenced".into(),
+                    message: format!(
+                        "slot moves wait while a collection is promoted (fence {} for {} ms more)",
+                        f.token,
+                        f.until_ms - now
+                    ),
+                }));
+            }
             match (d.owns(*slot), d.outgoing.get(slot)) {
                 (_, Some(cur)) if *cur == h => ok,
                 (_, Some(cur)) => refused(format!(

@@ -105,6 +105,44 @@ impl Store {
         }
     }
 
+    /// The value of `key` of a shard key's `keyspace` placed on this shard (its unit; `None`
+    /// before its first write here).
+    pub fn read_unit(&self, keyspace: Keyspace, key: &str) -> Result<OwnedRead> {
+        loop {
+            let before = self.shared.generation.load(Ordering::SeqCst);
+            let unit = {
+                let m = read_lock(&self.shared.meta);
+                if !m.descriptor.initialised {
+                    return Ok(OwnedRead::NotInitialised);
+                }
+                if m.descriptor.dropped_keyspaces.contains(&keyspace) {
+                    return Ok(OwnedRead::Dropped);
+                }
+                m.descriptor.units.get(&keyspace).copied()
+            };
+            let Some(unit) = unit else {
+                return Ok(OwnedRead::Value(None));
+            };
+            let value = self
+                .get_in(unit, keyspace, key)
+                .map_err(|e| self.shared.note(e))?;
+            if self.shared.generation.load(Ordering::SeqCst) == before {
+                return Ok(OwnedRead::Value(value));
+            }
+        }
+    }
+
+    /// Key count and bytes of every shard key stored here as a unit.
+    pub fn unit_stats(&self) -> Result<Vec<(Keyspace, SlotStats)>> {
+        let units = read_lock(&self.shared.meta).descriptor.units.clone();
+        let stats: std::collections::HashMap<Slot, SlotStats> =
+            self.slot_stats()?.into_iter().collect();
+        Ok(units
+            .into_iter()
+            .map(|(ks, u)| (ks, stats.get(&u).copied().unwrap_or_default()))
+            .collect())
+    }
+
     /// The value of `key` in `slot` as currently applied (whoever owns it: moves and tests).
     pub fn get(&self, slot: Slot, key: &str) -> Result<Option<String>> {
         self.get_in(slot, Keyspace::DEFAULT, key)

@@ -81,6 +81,7 @@ impl Shard {
                 dedup_window_ms: 600_000,
             }),
             keyspace: ks,
+            bucket: None,
         })
     }
 
@@ -165,6 +166,7 @@ fn the_same_key_in_two_collections_holds_two_values() {
         slot,
         to: ShardId(9),
         epoch: Epoch(2),
+        now_ms: None,
     }));
     assert_eq!(r, Ok(KvReply::Written));
     let r = t.apply(Command::Move(MoveCommand::Done {
@@ -312,6 +314,7 @@ fn a_drop_in_the_same_group_as_writes_counts_them_right() {
         max_value_bytes: None,
         clock: None,
         keyspace: USERS,
+        bucket: None,
     };
     let entries: Vec<Entry> = [
         kv("a", "22"),
@@ -375,4 +378,121 @@ fn a_format_1_data_dir_is_migrated_and_a_newer_one_refused() {
         msg.contains("format 3") && msg.contains("newer than this binary"),
         "{msg}"
     );
+}
+
+#[test]
+fn a_shard_keys_writes_go_to_a_unit_of_their_own() {
+    let mut s = Shard::new(1);
+    let bucket_write =
+        |key: &str, v: &str, ks: Keyspace, client: Option<(&str, u64)>| Command::Kv {
+            slot: unikv_types::key_slot(key.as_bytes()),
+            key: key.into(),
+            op: put(v),
+            client: client.map(|(c, n)| ClientSeq::new(c, n)),
+            max_value_bytes: None,
+            clock: None,
+            keyspace: ks,
+            bucket: Some(unikv_types::catalog::bucket_of(key.as_bytes())),
+        };
+    assert_eq!(
+        s.apply(bucket_write("k", "acme", USERS, Some(("c", 1)))),
+        Ok(KvReply::Written)
+    );
+    assert_eq!(
+        s.apply(bucket_write("k", "acme", USERS, Some(("c", 1)))),
+        Ok(KvReply::Written),
+        "a retry"
+    );
+    assert_eq!(
+        s.apply(bucket_write("j", "other", ORDERS, None)),
+        Ok(KvReply::Written)
+    );
+    let d = &s.meta.descriptor;
+    let unit = d.units[&USERS];
+    assert!(unit >= unikv_storage::descriptor::UNIT_BASE, "{unit}");
+    assert_ne!(d.units[&ORDERS], unit);
+    // Stored under the unit, not under the key's hash slot; counted there.
+    assert_eq!(s.get(USERS, "k"), None);
+    let raw =
+        s.db.raw()
+            .get_cf(
+                s.db.cf(CF_KV),
+                unikv_storage::db::kv_key_in(unit, USERS, b"k"),
+            )
+            .unwrap();
+    assert_eq!(raw.as_deref(), Some(&b"acme"[..]));
+    let stats: std::collections::HashMap<u16, (u64, u64)> = slot_stats(&s.db)
+        .unwrap()
+        .into_iter()
+        .map(|(sl, st)| (sl, (st.keys, st.bytes)))
+        .collect();
+    assert_eq!(stats.get(&unit), Some(&(1, 5)));
+    // Dropping the shard key drops the unit with it.
+    let r = s.apply(Command::Registry(RegistryCommand::DropKeyspace {
+        keyspace: USERS,
+    }));
+    assert_eq!(r, Ok(KvReply::Written));
+    assert!(!s.meta.descriptor.units.contains_key(&USERS));
+    let raw =
+        s.db.raw()
+            .get_cf(
+                s.db.cf(CF_KV),
+                unikv_storage::db::kv_key_in(unit, USERS, b"k"),
+            )
+            .unwrap();
+    assert_eq!(raw, None);
+    assert_eq!(s.totals(), (1, 6), "only ORDERS' j=other is left");
+}
+
+#[test]
+fn a_fence_holds_slot_moves_back_and_is_refused_while_one_is_in_flight() {
+    let mut s = Shard::new(1);
+    let out = |slot: u16, epoch: u64, now_ms: Option<u64>| {
+        Command::Move(MoveCommand::Out {
+            slot,
+            to: ShardId(2),
+            epoch: Epoch(epoch),
+            now_ms,
+        })
+    };
+    let fence = |token, now_ms| {
+        Command::Registry(RegistryCommand::Fence {
+            token,
+            until_ms: now_ms + 10_000,
+            now_ms,
+        })
+    };
+    assert_eq!(s.apply(fence(7, 0)), Ok(KvReply::Written));
+    assert_eq!(s.apply(fence(7, 1)), Ok(KvReply::Written), "idempotent");
+    let e = s.apply(out(5, 2, Some(9_000))).unwrap_err();
+    assert_eq!((e.code(), e.http_status()), ("moves_fenced", 409));
+    // One promote at a time.
+    let e = s.apply(fence(9, 9_000)).unwrap_err();
+    assert_eq!((e.code(), e.http_status()), ("promote_in_progress", 409));
+    // The fence ends by itself by the clock...
+    assert_eq!(s.apply(out(5, 2, Some(10_001))), Ok(KvReply::Written));
+    // ...and a fence is refused while a move is in flight.
+    let e = s.apply(fence(8, 10_001)).unwrap_err();
+    assert_eq!((e.code(), e.http_status()), ("move_in_progress", 409));
+    let r = s.apply(Command::Move(MoveCommand::Abort {
+        slot: 5,
+        epoch: Epoch(2),
+    }));
+    assert_eq!(r, Ok(KvReply::Written));
+    // The expired fence 7 does not stand in the way of a new one.
+    assert_eq!(s.apply(fence(8, 10_002)), Ok(KvReply::Written));
+    assert_eq!(
+        s.apply(out(6, 2, Some(10_003))).unwrap_err().code(),
+        "moves_fenced"
+    );
+    // Released by its own token only.
+    let r = s.apply(Command::Registry(RegistryCommand::Unfence { token: 7 }));
+    assert_eq!(r, Ok(KvReply::Written));
+    assert_eq!(
+        s.apply(out(6, 2, Some(10_003))).unwrap_err().code(),
+        "moves_fenced"
+    );
+    let r = s.apply(Command::Registry(RegistryCommand::Unfence { token: 8 }));
+    assert_eq!(r, Ok(KvReply::Written));
+    assert_eq!(s.apply(out(6, 2, Some(10_003))), Ok(KvReply::Written));
 }

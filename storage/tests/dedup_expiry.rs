@@ -111,6 +111,7 @@ fn write(slot: u16, key: &str, op: KvOp, client: Option<ClientSeq>, now_ms: u64)
             dedup_window_ms: WINDOW_MS,
         }),
         keyspace: Default::default(),
+        bucket: None,
     }
 }
 
@@ -225,6 +226,7 @@ fn the_clock_never_goes_back_and_old_entries_expire_nothing() {
         max_value_bytes: None,
         clock: None,
         keyspace: Default::default(),
+        bucket: None,
     };
     assert_eq!(sh.one(legacy), Ok(KvReply::Written));
     assert_eq!(sh.meta.clock_ms, T0);
@@ -252,6 +254,7 @@ fn the_horizon_moves_with_its_slot() {
             slot: 5,
             to: ShardId(2),
             epoch: Epoch(2),
+            now_ms: None,
         })),
         Ok(KvReply::Written)
     );
@@ -339,6 +342,7 @@ fn replicas_grouping_entries_differently_keep_identical_state() {
                     dedup_window_ms: WINDOW_MS,
                 }),
                 keyspace: Default::default(),
+                bucket: None,
             });
             continue;
         }

@@ -75,6 +75,7 @@ impl Shard {
             max_value_bytes: None,
             clock: None,
             keyspace: Default::default(),
+            bucket: None,
         })
     }
 
@@ -119,6 +120,7 @@ fn a_slot_moves_with_its_data_and_dedup_table() {
         slot: 5,
         to: ShardId(2),
         epoch: Epoch(2),
+        now_ms: None,
     };
     assert_eq!(src.mv(out.clone()), Ok(KvReply::Written));
     assert_eq!(src.mv(out), Ok(KvReply::Written), "idempotent");
@@ -229,7 +231,8 @@ fn an_aborted_move_leaves_the_source_serving_and_the_target_empty() {
         src.mv(MoveCommand::Out {
             slot: 7,
             to: ShardId(2),
-            epoch: Epoch(2)
+            epoch: Epoch(2),
+            now_ms: None,
         }),
         Ok(KvReply::Written)
     );
@@ -298,7 +301,8 @@ fn refused_steps() {
         .mv(MoveCommand::Out {
             slot: 50,
             to: ShardId(2),
-            epoch: Epoch(2)
+            epoch: Epoch(2),
+            now_ms: None,
         })
         .is_err());
     // Epoch not increasing.
@@ -306,7 +310,8 @@ fn refused_steps() {
         .mv(MoveCommand::Out {
             slot: 1,
             to: ShardId(2),
-            epoch: Epoch(1)
+            epoch: Epoch(1),
+            now_ms: None,
         })
         .is_err());
     // To itself.
@@ -314,7 +319,8 @@ fn refused_steps() {
         .mv(MoveCommand::Out {
             slot: 1,
             to: ShardId(1),
-            epoch: Epoch(2)
+            epoch: Epoch(2),
+            now_ms: None,
         })
         .is_err());
     // Already moving elsewhere.
@@ -322,14 +328,16 @@ fn refused_steps() {
         .mv(MoveCommand::Out {
             slot: 1,
             to: ShardId(2),
-            epoch: Epoch(2)
+            epoch: Epoch(2),
+            now_ms: None,
         })
         .is_ok());
     assert!(src
         .mv(MoveCommand::Out {
             slot: 1,
             to: ShardId(3),
-            epoch: Epoch(2)
+            epoch: Epoch(2),
+            now_ms: None,
         })
         .is_err());
     // Receiving a slot owned here.

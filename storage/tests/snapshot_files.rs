@@ -43,6 +43,7 @@ fn some_data() -> Vec<Command> {
             max_value_bytes: None,
             clock: None,
             keyspace: Default::default(),
+            bucket: None,
         });
     }
     cmds

@@ -31,6 +31,7 @@ fn kv(slot: u16, key: &str, op: KvOp, client: Option<(&str, u64)>) -> Command {
         max_value_bytes: None,
         clock: None,
         keyspace: Default::default(),
+        bucket: None,
     }
 }
 
@@ -230,6 +231,7 @@ async fn an_append_may_not_grow_a_value_past_the_limit() {
         max_value_bytes: Some(4),
         clock: None,
         keyspace: Default::default(),
+        bucket: None,
     };
     let r = apply_direct(
         &db,
@@ -293,7 +295,12 @@ async fn reads_never_see_a_handed_off_slot_owned_but_empty() {
         apply(
             &mut sm,
             index,
-            vec![Command::Move(MoveCommand::Out { slot, to, epoch: e })],
+            vec![Command::Move(MoveCommand::Out {
+                slot,
+                to,
+                epoch: e,
+                now_ms: None,
+            })],
         )
         .await;
         apply(

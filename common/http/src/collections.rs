@@ -13,7 +13,12 @@
 //! shard dropped the data (`dropped: true`); a shard that cannot be reached then gets it
 //! later, from the catalog shard's janitor (`deleting` in `GET /collections` until done).
 //!
-//! Changes take `sharding` (`hash`; `range` and `custom` answer 501 for now) and
+//! | `/collections/{name}/shard_keys` | GET | the shard keys of a custom collection |
+//! | `/collections/{name}/shard_keys/{key}` | PUT, POST | `{"shards": [2, 3]}` or `{"shard_number": 2}` (201) |
+//! | `/collections/{name}/shard_keys/{key}` | DELETE | the shard key and its data (`dropped`) |
+//! | `/collections/{name}/sharding/promote_to_custom` | POST | `{"default_shard_key": "default"}`: hash → custom, one way |
+//!
+//! Changes take `sharding` (`hash` or `custom`; `range` answers 501 for now) and
 //! `expected_version` (the catalog version the change is based on: 409 `version_conflict`
 //! if another change came first). Changes are admin calls; reads are data calls.
 
@@ -28,10 +33,10 @@ use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde_json::json;
 use unikv_types::catalog::{
-    unknown_collection, validate_name, Catalog, CatalogChange, CatalogOp, CatalogOutcome,
-    CatalogReply, Collection, Sharding,
+    one_way, unknown_collection, validate_name, validate_shard_key, Catalog, CatalogChange,
+    CatalogOp, CatalogOutcome, CatalogReply, Collection, Placement, ShardKey, Sharding,
 };
-use unikv_types::Keyspace;
+use unikv_types::{Keyspace, ShardId};
 
 use crate::access::{data_guard, guard, Access};
 use crate::error::ApiError;
@@ -51,6 +56,9 @@ pub trait CatalogService: Send + Sync + 'static {
         &self,
         op: CatalogOp,
     ) -> impl Future<Output = Result<CatalogReply, ApiError>> + Send;
+
+    /// Every shard the gossip view knows: id, whether it takes data (active), bytes stored.
+    fn shards(&self) -> Vec<(ShardId, bool, u64)>;
 }
 
 /// The collection routes over `service`, reads behind the data token and changes behind
@@ -72,18 +80,284 @@ pub fn routes<S: CatalogService>(service: Arc<S>, access: Access) -> Router {
                 .fallback(method_not_allowed),
         )
         .route("/collections/{name}", one.fallback(method_not_allowed))
+        .route(
+            "/collections/{name}/shard_keys",
+            get(list_keys::<S>)
+                .route_layer(reads())
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/collections/{name}/shard_keys/{key}",
+            put(create_key::<S>)
+                .post(create_key::<S>)
+                .delete(remove_key::<S>)
+                .route_layer(axum::middleware::from_fn_with_state(access.clone(), guard))
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/collections/{name}/sharding/{change}",
+            axum::routing::post(sharding::<S>)
+                .route_layer(axum::middleware::from_fn_with_state(access.clone(), guard))
+                .fallback(method_not_allowed),
+        )
         .with_state(service)
 }
 
 fn collection_json(c: &Collection) -> serde_json::Value {
-    json!({
+    let mut v = json!({
         "name": c.name,
         "id": c.id.0,
         "sharding": c.sharding.as_str(),
         "version": c.version,
         "created_ms": c.created_ms,
         "updated_ms": c.updated_ms,
-    })
+    });
+    if c.sharding == Sharding::Custom {
+        v["shard_keys"] = c.shard_keys.values().map(shard_key_json).collect();
+        v["default_shard_key"] = json!(c.default_shard_key);
+    }
+    v
+}
+
+fn shard_key_json(k: &ShardKey) -> serde_json::Value {
+    let placement = match &k.placement {
+        Placement::Slots => json!("slots"),
+        Placement::Shards(s) => json!({"shards": s.iter().map(|s| s.0).collect::<Vec<_>>()}),
+    };
+    json!({"name": k.name, "id": k.id.0, "placement": placement, "created_ms": k.created_ms})
+}
+
+async fn list_keys<S: CatalogService>(
+    State(s): State<Arc<S>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    name_param(&name)?;
+    let cat = s.read_catalog().await?;
+    let c = cat.get(&name).ok_or_else(|| unknown_collection(&name))?;
+    let keys: Vec<_> = c.shard_keys.values().map(shard_key_json).collect();
+    Ok(ok(json!({
+        "collection": name,
+        "sharding": c.sharding.as_str(),
+        "shard_keys": keys,
+        "catalog_version": cat.version,
+    })))
+}
+
+/// The shards a new shard key goes to: the body's `shards` (each must be an active shard),
+/// or `shard_number` of the active shards holding the fewest bytes.
+fn placement_of<S: CatalogService>(
+    s: &S,
+    body: &serde_json::Value,
+) -> Result<Vec<ShardId>, ApiError> {
+    let shards = s.shards();
+    let bad = |m: String| ApiError::bad_request("bad_shards", m);
+    if let Some(list) = body.get("shards") {
+        let ids: Vec<u64> = serde_json::from_value(list.clone())
+            .map_err(|_| bad(format!("shards must be a list of shard ids, got {list}")))?;
+        let mut out = Vec::new();
+        for id in ids {
+            match shards.iter().find(|(s, _, _)| s.0 == id) {
+                Some((s, true, _)) => out.push(*s),
+                Some(_) => {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "shard_not_active",
+                        format!("shard {id} is draining or inactive and takes no data"),
+                    ))
+                }
+                None => {
+                    return Err(ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        "unknown_shard",
+                        format!("no shard {id} in the cluster"),
+                    ))
+                }
+            }
+        }
+        return Ok(out);
+    }
+    let n = match body.get("shard_number") {
+        Some(v) => v
+            .as_u64()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| bad(format!("shard_number must be a positive integer, got {v}")))?,
+        None => 1,
+    };
+    let mut active: Vec<_> = shards.into_iter().filter(|(_, a, _)| *a).collect();
+    if active.len() < n as usize {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_enough_shards",
+            format!(
+                "shard_number {n}, but only {} shards are active",
+                active.len()
+            ),
+        ));
+    }
+    active.sort_by_key(|(id, _, bytes)| (*bytes, *id));
+    let mut out: Vec<ShardId> = active
+        .into_iter()
+        .take(n as usize)
+        .map(|(id, _, _)| id)
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// The request body as JSON (empty: `{}`).
+async fn json_body(req: Request) -> Result<serde_json::Value, ApiError> {
+    let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request body is over {MAX_BODY} bytes"),
+            )
+        })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request("bad_request", format!("malformed JSON body: {e}")))?;
+    if !v.is_object() {
+        return Err(ApiError::bad_request(
+            "bad_request",
+            "JSON body must be an object",
+        ));
+    }
+    Ok(v)
+}
+
+fn body_version(body: &serde_json::Value) -> Result<Option<u64>, ApiError> {
+    match body.get("expected_version") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "bad_request",
+                    format!("expected_version must be a non-negative integer, got {v}"),
+                )
+            }),
+    }
+}
+
+async fn create_key<S: CatalogService>(
+    State(s): State<Arc<S>>,
+    Path((name, key)): Path<(String, String)>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    name_param(&name)?;
+    validate_shard_key(&key)?;
+    let body = json_body(req).await?;
+    let shards = placement_of(&*s, &body)?;
+    let op = CatalogOp {
+        change: CatalogChange::CreateShardKey {
+            collection: name,
+            key: key.clone(),
+            shards,
+        },
+        expected_version: body_version(&body)?,
+    };
+    let reply = s.change_catalog(op).await?;
+    let created = reply.outcome == CatalogOutcome::Created;
+    let k = reply
+        .collection
+        .as_ref()
+        .and_then(|c| c.shard_keys.get(&key));
+    let body = json!({
+        "ok": true,
+        "created": created,
+        "shard_key": k.map(shard_key_json),
+        "catalog_version": reply.version,
+    });
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(body)).into_response())
+}
+
+async fn remove_key<S: CatalogService>(
+    State(s): State<Arc<S>>,
+    Path((name, key)): Path<(String, String)>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    name_param(&name)?;
+    validate_shard_key(&key)?;
+    let body = json_body(req).await?;
+    let id = s
+        .read_catalog()
+        .await?
+        .get(&name)
+        .and_then(|c| c.shard_keys.get(&key).map(|k| k.id));
+    let op = CatalogOp {
+        change: CatalogChange::DeleteShardKey {
+            collection: name,
+            key,
+        },
+        expected_version: body_version(&body)?,
+    };
+    let reply = s.change_catalog(op).await?;
+    let dropped = match id {
+        Some(id) => wait_dropped(&*s, id).await,
+        None => false,
+    };
+    Ok(ok(json!({
+        "ok": true,
+        "deleted": true,
+        "dropped": dropped,
+        "catalog_version": reply.version,
+    })))
+}
+
+/// `POST /collections/{name}/sharding/promote_to_custom` (seed 003): one way.
+async fn sharding<S: CatalogService>(
+    State(s): State<Arc<S>>,
+    Path((name, change)): Path<(String, String)>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    name_param(&name)?;
+    if change != "promote_to_custom" {
+        if change.starts_with("promote_to_") || change.starts_with("demote") {
+            return Err(one_way(&name).into());
+        }
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no sharding change {change:?}; the one there is is promote_to_custom"),
+        ));
+    }
+    let body = json_body(req).await?;
+    let key = match body.get("default_shard_key") {
+        None | Some(serde_json::Value::Null) => "default".to_string(),
+        Some(serde_json::Value::String(k)) => k.clone(),
+        Some(v) => {
+            return Err(ApiError::bad_request(
+                "bad_shard_key",
+                format!("default_shard_key must be a string, got {v}"),
+            ))
+        }
+    };
+    validate_shard_key(&key)?;
+    let op = CatalogOp {
+        change: CatalogChange::Promote {
+            collection: name,
+            default_shard_key: key,
+        },
+        expected_version: body_version(&body)?,
+    };
+    let reply = s.change_catalog(op).await?;
+    Ok(ok(json!({
+        "ok": true,
+        "promoted": true,
+        "collection": reply.collection.as_ref().map(collection_json),
+        "catalog_version": reply.version,
+    })))
 }
 
 async fn list<S: CatalogService>(State(s): State<Arc<S>>) -> Result<Response, ApiError> {

@@ -12,7 +12,9 @@
 //! | `/delete` | DELETE, POST     | `{"ok": true, "deleted": bool}`         |
 //!
 //! Each takes `collection=NAME` too (absent: `default`, the seed's keyspace); an unknown one
-//! is a 404 `unknown_collection`, a malformed name a 400 `bad_name`.
+//! is a 404 `unknown_collection`, a malformed name a 400 `bad_name`. A custom collection's
+//! calls take `shard_key=NAME` (400 `missing_shard_key` without one, unless the collection
+//! was promoted and has a default shard key; 404 `unknown_shard_key`).
 //!
 //! Any other method is a 405 `method_not_allowed`; a reply of the wrong kind for the operation
 //! is a 409 `sequence_reused`.
@@ -26,7 +28,7 @@ use axum::response::Response;
 use axum::routing::{delete, get};
 use axum::Router;
 use serde_json::json;
-use unikv_types::catalog::{validate_name, DEFAULT_COLLECTION};
+use unikv_types::catalog::{validate_name, validate_shard_key, Space, DEFAULT_COLLECTION};
 use unikv_types::{ClientSeq, KvOp, KvReply, Limits};
 
 use crate::error::ApiError;
@@ -39,14 +41,14 @@ pub trait KvService: Send + Sync + 'static {
     fn limits(&self) -> &Limits;
 
     /// Runs one operation. `client` is the caller's (client id, seq), only ever given for
-    /// writes; `collection` a valid collection name other than `default` (`None`: `default`).
-    /// Limits are the service's to check (the errors name the offending field).
+    /// writes; `space` the collection (a valid name other than `default`, or `None`) and
+    /// shard key. Limits are the service's to check (the errors name the offending field).
     fn execute(
         &self,
         key: String,
         op: KvOp,
         client: Option<ClientSeq>,
-        collection: Option<String>,
+        space: Space,
     ) -> impl Future<Output = Result<KvReply, ApiError>> + Send;
 }
 
@@ -100,8 +102,11 @@ async fn run<S: KvService>(
     let key = p.required("key")?.to_string();
     let op = op(&p)?;
     let client = if op.is_write() { p.client_seq()? } else { None };
-    let collection = collection_param(&p)?;
-    let reply = service.execute(key.clone(), op, client, collection).await?;
+    let space = Space {
+        collection: collection_param(&p)?,
+        shard_key: shard_key_param(&p)?,
+    };
+    let reply = service.execute(key.clone(), op, client, space).await?;
     Ok((key, reply))
 }
 
@@ -111,6 +116,17 @@ pub fn collection_param(p: &Params) -> Result<Option<String>, ApiError> {
         None | Some(DEFAULT_COLLECTION) => Ok(None),
         Some(name) => {
             validate_name(name)?;
+            Ok(Some(name.to_string()))
+        }
+    }
+}
+
+/// `shard_key=NAME`, validated (400 `bad_shard_key`).
+pub fn shard_key_param(p: &Params) -> Result<Option<String>, ApiError> {
+    match p.optional("shard_key") {
+        None => Ok(None),
+        Some(name) => {
+            validate_shard_key(name)?;
             Ok(Some(name.to_string()))
         }
     }

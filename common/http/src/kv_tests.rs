@@ -21,7 +21,7 @@ impl KvService for Fake {
         key: String,
         op: KvOp,
         client: Option<ClientSeq>,
-        _collection: Option<String>,
+        _space: unikv_types::catalog::Space,
     ) -> Result<KvReply, ApiError> {
         self.calls
             .lock()

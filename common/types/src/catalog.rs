@@ -17,7 +17,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{key_slot, Slot};
+use crate::{key_slot, ShardId, Slot};
 
 /// A keyspace id: which collection a stored key belongs to. Ids are never reused, so a
 /// request resolved against an old catalog can never touch another collection's bytes.
@@ -110,6 +110,65 @@ pub struct Collection {
     pub version: u64,
     pub created_ms: u64,
     pub updated_ms: u64,
+    /// Custom collections: their shard keys by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub shard_keys: BTreeMap<String, ShardKey>,
+    /// The shard key requests without `shard_key` use (a promoted collection's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_shard_key: Option<String>,
+}
+
+/// Where a shard key's data lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    /// In the 16384 hash slots under the collection's own keyspace, exactly where the hash
+    /// collection kept it: the default shard key of a promoted collection. `/addshard` and
+    /// `/removeshard` move it with the slots.
+    Slots,
+    /// On these shards only: a key's bucket ([`bucket_of`]) picks one of them
+    /// ([`bucket_shard`]). Fixed once created.
+    Shards(Vec<ShardId>),
+}
+
+/// A shard key of a custom collection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardKey {
+    pub name: String,
+    /// Its own keyspace (a promoted collection's default key keeps the collection's).
+    pub id: Keyspace,
+    pub placement: Placement,
+    pub created_ms: u64,
+}
+
+/// Buckets a shard key's keys are hashed into (by the key's slot, so hash tags keep keys
+/// together); each shard of the key holds a contiguous run of them.
+pub const BUCKETS: u16 = 1024;
+
+/// The bucket of a key.
+pub fn bucket_of(key: &[u8]) -> u16 {
+    key_slot(key) % BUCKETS
+}
+
+/// The shard of `shards` that holds `bucket`.
+pub fn bucket_shard(shards: &[ShardId], bucket: u16) -> Option<ShardId> {
+    let i = usize::from(bucket) * shards.len() / usize::from(BUCKETS);
+    shards.get(i).copied()
+}
+
+/// What a KV request names besides its key: the collection (`None`: `default`) and, for a
+/// custom collection, the shard key (`None`: its default shard key, if it has one).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Space {
+    pub collection: Option<String>,
+    pub shard_key: Option<String>,
+}
+
+/// Where a request for a collection (and shard key) goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub keyspace: Keyspace,
+    pub placement: Placement,
 }
 
 /// A deleted collection whose data some shards may still hold: each shard drops the keyspace
@@ -153,6 +212,21 @@ pub enum CatalogChange {
     Delete { name: String },
     /// Every shard dropped the keyspace's data: forget it.
     Forget { id: Keyspace },
+    /// Create shard key `key` of custom collection `collection` on `shards` (idempotent
+    /// with the same shards).
+    CreateShardKey {
+        collection: String,
+        key: String,
+        shards: Vec<ShardId>,
+    },
+    /// Delete a shard key and (shard by shard, like a collection) its data.
+    DeleteShardKey { collection: String, key: String },
+    /// Seed 003: hash → custom, one way. The collection's data becomes the default shard
+    /// key's, where it is (no byte moves); its keyspace id stays.
+    Promote {
+        collection: String,
+        default_shard_key: String,
+    },
 }
 
 /// A change with the optimistic-concurrency check that guards it.
@@ -173,6 +247,7 @@ pub enum CatalogOutcome {
     /// The collection as it was until deleted.
     Deleted(Collection),
     Forgotten,
+    Promoted,
 }
 
 /// The reply to a catalog change: what it did, the catalog's version after it and the
@@ -237,7 +312,58 @@ pub fn validate_name(name: &str) -> Result<(), CatalogError> {
     Ok(())
 }
 
+/// A shard key name: the rules of collection names, else 400 `bad_shard_key`.
+pub fn validate_shard_key(key: &str) -> Result<(), CatalogError> {
+    validate_name(key).map_err(|e| CatalogError {
+        code: "bad_shard_key".into(),
+        message: e.message.replace("collection name", "shard key"),
+        ..e
+    })
+}
+
+/// 409 for any attempt to turn a custom collection back into hash.
+pub fn one_way(name: &str) -> CatalogError {
+    refused(
+        409,
+        "one_way",
+        format!(
+            "collection {name:?} is custom: promotion is one way (its shard keys' data is not in the slot map); copy it into a new hash collection instead"
+        ),
+    )
+}
+
 impl Catalog {
+    fn custom_mut(&mut self, name: &str) -> Result<&mut Collection, CatalogError> {
+        let c = self
+            .collections
+            .get_mut(name)
+            .ok_or_else(|| unknown_collection(name))?;
+        if c.sharding != Sharding::Custom {
+            return Err(refused(
+                409,
+                "not_custom",
+                format!(
+                    "collection {name:?} is {}: shard keys are for custom collections (promote it first)",
+                    c.sharding.as_str()
+                ),
+            ));
+        }
+        Ok(c)
+    }
+
+    /// Every shard key placed on `shard`: (collection, shard key).
+    pub fn shard_keys_on(&self, shard: ShardId) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for c in self.collections.values() {
+            for k in c.shard_keys.values() {
+                if matches!(&k.placement, Placement::Shards(s) if s.contains(&shard)) {
+                    out.push((c.name.clone(), k.name.clone()));
+                }
+            }
+        }
+        out
+    }
+
     /// The keyspace a collection name stands for, if it exists (`default` always does).
     pub fn lookup(&self, name: &str) -> Option<Keyspace> {
         if name == DEFAULT_COLLECTION {
@@ -251,7 +377,8 @@ impl Catalog {
         self.dropping.iter().any(|d| d.id == id)
     }
 
-    /// `default` as it appears in listings: it was never created, it always exists.
+    /// `default` as it appears in listings: it was never created, it always exists (and
+    /// can be promoted like any hash collection, which stores it).
     pub fn default_collection() -> Collection {
         Collection {
             name: DEFAULT_COLLECTION.into(),
@@ -260,7 +387,58 @@ impl Catalog {
             version: 1,
             created_ms: 0,
             updated_ms: 0,
+            shard_keys: BTreeMap::new(),
+            default_shard_key: None,
         }
+    }
+
+    /// Where a request for `collection` with `shard_key` goes; 404 for an unknown
+    /// collection or shard key, 400 for a shard key where none fits or none where one must be.
+    pub fn target(
+        &self,
+        collection: &str,
+        shard_key: Option<&str>,
+    ) -> Result<Target, CatalogError> {
+        let c = self
+            .get(collection)
+            .ok_or_else(|| unknown_collection(collection))?;
+        if c.sharding != Sharding::Custom {
+            if let Some(k) = shard_key {
+                return Err(refused(
+                    400,
+                    "unexpected_shard_key",
+                    format!(
+                        "collection {collection:?} is sharded by {}: it takes no shard_key (got {k:?})",
+                        c.sharding.as_str()
+                    ),
+                ));
+            }
+            return Ok(Target {
+                keyspace: c.id,
+                placement: Placement::Slots,
+            });
+        }
+        let name = match shard_key.or(c.default_shard_key.as_deref()) {
+            Some(n) => n,
+            None => {
+                return Err(refused(
+                    400,
+                    "missing_shard_key",
+                    format!("collection {collection:?} is custom: every request names shard_key"),
+                ))
+            }
+        };
+        let k = c.shard_keys.get(name).ok_or_else(|| {
+            refused(
+                404,
+                "unknown_shard_key",
+                format!("collection {collection:?} has no shard key {name:?}"),
+            )
+        })?;
+        Ok(Target {
+            keyspace: k.id,
+            placement: k.placement.clone(),
+        })
     }
 
     /// Every collection, `default` first.
@@ -298,6 +476,9 @@ impl Catalog {
                     if c.sharding == *sharding {
                         return Ok(CatalogOutcome::Existed);
                     }
+                    if c.sharding == Sharding::Custom && *sharding == Sharding::Hash {
+                        return Err(one_way(name));
+                    }
                     return Err(refused(
                         409,
                         "collection_exists",
@@ -307,12 +488,12 @@ impl Catalog {
                         ),
                     ));
                 }
-                if *sharding != Sharding::Hash {
+                if *sharding == Sharding::Range {
                     return Err(refused(
                         501,
                         "not_implemented",
                         format!(
-                            "{} collections are not available yet; hash collections are",
+                            "{} collections are not available yet; hash and custom ones are",
                             sharding.as_str()
                         ),
                     ));
@@ -335,9 +516,132 @@ impl Catalog {
                         version: 1,
                         created_ms: now_ms,
                         updated_ms: now_ms,
+                        shard_keys: BTreeMap::new(),
+                        default_shard_key: None,
                     },
                 );
                 CatalogOutcome::Created
+            }
+            CatalogChange::CreateShardKey {
+                collection,
+                key,
+                shards,
+            } => {
+                validate_shard_key(key)?;
+                let c = self.custom_mut(collection)?;
+                if let Some(k) = c.shard_keys.get(key) {
+                    if k.placement == Placement::Shards(shards.clone()) {
+                        return Ok(CatalogOutcome::Existed);
+                    }
+                    return Err(refused(
+                        409,
+                        "shard_key_exists",
+                        format!("shard key {key:?} exists, placed {:?}", k.placement),
+                    ));
+                }
+                let mut distinct = shards.clone();
+                distinct.sort();
+                distinct.dedup();
+                if shards.is_empty() || distinct.len() != shards.len() {
+                    return Err(refused(
+                        400,
+                        "bad_shards",
+                        format!("a shard key needs distinct shards, got {shards:?}"),
+                    ));
+                }
+                let id = self.next_keyspace;
+                let c = self.custom_mut(collection)?;
+                c.shard_keys.insert(
+                    key.clone(),
+                    ShardKey {
+                        name: key.clone(),
+                        id,
+                        placement: Placement::Shards(shards.clone()),
+                        created_ms: now_ms,
+                    },
+                );
+                c.version += 1;
+                c.updated_ms = now_ms;
+                self.next_keyspace = Keyspace(id.0 + 1);
+                CatalogOutcome::Created
+            }
+            CatalogChange::DeleteShardKey { collection, key } => {
+                let c = self.custom_mut(collection)?;
+                let Some(k) = c.shard_keys.get(key).cloned() else {
+                    return Err(refused(
+                        404,
+                        "unknown_shard_key",
+                        format!("collection {collection:?} has no shard key {key:?}"),
+                    ));
+                };
+                if k.placement == Placement::Slots {
+                    return Err(refused(
+                        409,
+                        "default_shard_key",
+                        format!(
+                            "{key:?} holds the data the collection had before it was promoted; delete the collection instead"
+                        ),
+                    ));
+                }
+                c.shard_keys.remove(key);
+                c.version += 1;
+                c.updated_ms = now_ms;
+                self.dropping.push(Dropping {
+                    id: k.id,
+                    name: format!("{collection}/{key}"),
+                    since_ms: now_ms,
+                });
+                CatalogOutcome::Forgotten
+            }
+            CatalogChange::Promote {
+                collection,
+                default_shard_key,
+            } => {
+                validate_shard_key(default_shard_key)?;
+                if collection == DEFAULT_COLLECTION {
+                    return Err(refused(
+                        501,
+                        "not_implemented",
+                        "promoting the collection \"default\" is not available yet".into(),
+                    ));
+                }
+                let c = self
+                    .collections
+                    .get_mut(collection)
+                    .ok_or_else(|| unknown_collection(collection))?;
+                match c.sharding {
+                    Sharding::Hash => {}
+                    Sharding::Custom => {
+                        return Err(refused(
+                            409,
+                            "already_custom",
+                            format!("collection {collection:?} is custom already"),
+                        ))
+                    }
+                    Sharding::Range => {
+                        return Err(refused(
+                            409,
+                            "not_hash",
+                            format!(
+                                "only hash collections can be promoted; {collection:?} is range"
+                            ),
+                        ))
+                    }
+                }
+                c.sharding = Sharding::Custom;
+                c.shard_keys.insert(
+                    default_shard_key.clone(),
+                    ShardKey {
+                        name: default_shard_key.clone(),
+                        id: c.id,
+                        placement: Placement::Slots,
+                        created_ms: now_ms,
+                    },
+                );
+                c.default_shard_key = Some(default_shard_key.clone());
+                c.version += 1;
+                c.updated_ms = now_ms;
+                CatalogOutcome::Promoted
             }
             CatalogChange::Delete { name } => {
                 if name == DEFAULT_COLLECTION {
@@ -355,6 +659,14 @@ impl Catalog {
                     name: c.name.clone(),
                     since_ms: now_ms,
                 });
+                // A custom collection's shard keys go with it.
+                for k in c.shard_keys.values().filter(|k| k.id != c.id) {
+                    self.dropping.push(Dropping {
+                        id: k.id,
+                        name: format!("{}/{}", c.name, k.name),
+                        since_ms: now_ms,
+                    });
+                }
                 self.version += 1;
                 return Ok(CatalogOutcome::Deleted(c));
             }
@@ -485,7 +797,139 @@ mod tests {
     }
 
     #[test]
-    fn only_hash_collections_for_now() {
+    fn shard_keys_and_the_one_way_promote() {
+        let mut c = Catalog::default();
+        let custom = |n: &str| CatalogChange::Create {
+            name: n.into(),
+            sharding: Sharding::Custom,
+        };
+        c.apply(&op(custom("tenants"), None), 1).unwrap();
+        let e = c.target("tenants", None).unwrap_err();
+        assert_eq!((e.code(), e.http_status()), ("missing_shard_key", 400));
+        let e = c.target("tenants", Some("acme")).unwrap_err();
+        assert_eq!((e.code(), e.http_status()), ("unknown_shard_key", 404));
+        let sk = |k: &str, shards: &[u64]| CatalogChange::CreateShardKey {
+            collection: "tenants".into(),
+            key: k.into(),
+            shards: shards.iter().map(|s| ShardId(*s)).collect(),
+        };
+        assert_eq!(
+            c.apply(&op(sk("acme", &[2, 3]), None), 2),
+            Ok(CatalogOutcome::Created)
+        );
+        assert_eq!(
+            c.apply(&op(sk("acme", &[2, 3]), None), 3),
+            Ok(CatalogOutcome::Existed)
+        );
+        assert_eq!(
+            c.apply(&op(sk("acme", &[1]), None), 3).unwrap_err().code(),
+            "shard_key_exists"
+        );
+        assert_eq!(
+            c.apply(&op(sk("dup", &[2, 2]), None), 3)
+                .unwrap_err()
+                .code(),
+            "bad_shards"
+        );
+        assert_eq!(
+            c.apply(&op(sk("_x", &[2]), None), 3).unwrap_err().code(),
+            "bad_shard_key"
+        );
+        let t = c.target("tenants", Some("acme")).unwrap();
+        assert_eq!(t.placement, Placement::Shards(vec![ShardId(2), ShardId(3)]));
+        assert_ne!(t.keyspace, c.lookup("tenants").unwrap());
+        assert_eq!(
+            c.shard_keys_on(ShardId(3)),
+            vec![("tenants".to_string(), "acme".to_string())]
+        );
+        assert!(c.shard_keys_on(ShardId(1)).is_empty());
+        // Buckets split evenly and in order over the key's shards.
+        let shards = [ShardId(2), ShardId(3)];
+        assert_eq!(bucket_shard(&shards, 0), Some(ShardId(2)));
+        assert_eq!(bucket_shard(&shards, BUCKETS / 2 - 1), Some(ShardId(2)));
+        assert_eq!(bucket_shard(&shards, BUCKETS / 2), Some(ShardId(3)));
+        assert_eq!(bucket_shard(&shards, BUCKETS - 1), Some(ShardId(3)));
+
+        // Promote a hash collection: same keyspace, default key in the slots.
+        c.apply(&op(create("users"), None), 4).unwrap();
+        let before = c.target("users", None).unwrap();
+        assert_eq!(
+            c.target("users", Some("x")).unwrap_err().code(),
+            "unexpected_shard_key"
+        );
+        let promote = |k: &str| CatalogChange::Promote {
+            collection: "users".into(),
+            default_shard_key: k.into(),
+        };
+        assert_eq!(
+            c.apply(&op(promote("bad name"), None), 5)
+                .unwrap_err()
+                .code(),
+            "bad_shard_key"
+        );
+        let v = c.version;
+        assert_eq!(
+            c.apply(&op(promote("default"), Some(v)), 5),
+            Ok(CatalogOutcome::Promoted)
+        );
+        assert_eq!(c.version, v + 1, "one commit, one version");
+        assert_eq!(c.target("users", None).unwrap(), before, "no byte moves");
+        assert_eq!(c.target("users", Some("default")).unwrap(), before);
+        let e = c.apply(&op(promote("default"), None), 6).unwrap_err();
+        assert_eq!((e.code(), e.http_status()), ("already_custom", 409));
+        let e = c.apply(&op(create("users"), None), 6).unwrap_err();
+        assert_eq!((e.code(), e.http_status()), ("one_way", 409));
+        let del_default = CatalogChange::DeleteShardKey {
+            collection: "users".into(),
+            key: "default".into(),
+        };
+        assert_eq!(
+            c.apply(&op(del_default, None), 6).unwrap_err().code(),
+            "default_shard_key"
+        );
+        // Shard keys can be added after the promote; deleting one drops its keyspace.
+        c.apply(
+            &op(
+                CatalogChange::CreateShardKey {
+                    collection: "users".into(),
+                    key: "eu".into(),
+                    shards: vec![ShardId(1)],
+                },
+                None,
+            ),
+            7,
+        )
+        .unwrap();
+        let eu = c.target("users", Some("eu")).unwrap().keyspace;
+        c.apply(
+            &op(
+                CatalogChange::DeleteShardKey {
+                    collection: "users".into(),
+                    key: "eu".into(),
+                },
+                None,
+            ),
+            8,
+        )
+        .unwrap();
+        assert!(c.is_dropping(eu));
+        // Deleting a custom collection drops its shard keys too.
+        let acme = c.target("tenants", Some("acme")).unwrap().keyspace;
+        c.apply(
+            &op(
+                CatalogChange::Delete {
+                    name: "tenants".into(),
+                },
+                None,
+            ),
+            9,
+        )
+        .unwrap();
+        assert!(c.is_dropping(acme));
+    }
+
+    #[test]
+    fn only_hash_and_custom_collections_for_now() {
         let mut c = Catalog::default();
         let e = c
             .apply(

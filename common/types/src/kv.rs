@@ -95,6 +95,9 @@ pub struct KvRequest {
     /// through its catalog cache; absent from older senders.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collection: Option<String>,
+    /// The shard key, for a custom collection (absent: its default shard key, if any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_key: Option<String>,
 }
 
 /// A successful reply.

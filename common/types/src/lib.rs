@@ -55,4 +55,7 @@ pub mod rpc_kind {
     pub const SHARD_ADMIN: u8 = 33;
     /// Drop a deleted collection's data (the catalog shard's leader → every shard's leader).
     pub const DROP_KEYSPACE: u8 = 40;
+    /// Set or release a promote's fence on slot moves (the catalog shard's leader → every
+    /// shard's leader).
+    pub const FENCE: u8 = 41;
 }

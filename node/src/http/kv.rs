@@ -6,8 +6,8 @@
 use std::future::Future;
 
 use unikv_http::{ApiError, CatalogService, KvService};
-use unikv_types::catalog::{Catalog, CatalogOp, CatalogReply};
-use unikv_types::{ClientSeq, KvOp, KvReply, KvRequest, Limits};
+use unikv_types::catalog::{Catalog, CatalogOp, CatalogReply, Space};
+use unikv_types::{ClientSeq, KvOp, KvReply, KvRequest, Limits, ShardId, ShardState};
 
 use crate::service::Node;
 
@@ -21,14 +21,15 @@ impl KvService for Node {
         key: String,
         op: KvOp,
         client: Option<ClientSeq>,
-        collection: Option<String>,
+        space: Space,
     ) -> impl Future<Output = Result<KvReply, ApiError>> + Send {
         let req = KvRequest {
             key,
             op,
             client,
             forwarded: false,
-            collection,
+            collection: space.collection,
+            shard_key: space.shard_key,
         };
         async move { Ok(self.kv(req).await?) }
     }
@@ -42,4 +43,16 @@ impl CatalogService for Node {
     async fn change_catalog(&self, op: CatalogOp) -> Result<CatalogReply, ApiError> {
         Ok(Node::change_catalog(self, op).await?)
     }
+
+    fn shards(&self) -> Vec<(ShardId, bool, u64)> {
+        shard_list(&self.gossip.view())
+    }
+}
+
+/// Every shard of a gossip view: id, whether it takes data, bytes stored.
+pub fn shard_list(view: &unikv_gossip::ClusterView) -> Vec<(ShardId, bool, u64)> {
+    view.shards
+        .values()
+        .map(|s| (s.id, s.state == ShardState::Active, s.bytes))
+        .collect()
 }

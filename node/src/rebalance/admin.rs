@@ -187,6 +187,19 @@ pub async fn removeshard(
             format!("shard {shard} is the last active shard; its slots would have nowhere to go"),
         ));
     }
+    // Shard keys placed on chosen shards do not move yet: draining would strand them.
+    let held = node.read_catalog().await?.shard_keys_on(shard);
+    if !held.is_empty() {
+        let names: Vec<String> = held.iter().map(|(c, k)| format!("{c}/{k}")).collect();
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "holds_shard_keys",
+            format!(
+                "shard {shard} holds shard keys placed on it ({}); they do not move between shards yet: delete them first",
+                names.join(", ")
+            ),
+        ));
+    }
     let res = on_shard(&rb, shard, ShardAdmin::SetState(ShardState::Draining)).await?;
     tracing::info!(shard = %shard, "shard draining");
     Ok(ok(
@@ -324,10 +337,20 @@ pub async fn stats(State(rb): State<Arc<Rebalancer>>, req: Request) -> Result<Re
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
             })?
             .into_iter()
+            .filter(|(slot, _)| *slot < unikv_types::SLOT_COUNT)
             .map(|(slot, s)| json!({"slot": slot, "keys": s.keys, "bytes": s.bytes}))
             .collect();
         own["slots"] = Value::Array(per_slot);
     }
+    // Shard keys placed here (custom collections), by keyspace id.
+    let units: Vec<Value> = node
+        .store
+        .unit_stats()
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .into_iter()
+        .map(|(ks, s)| json!({"keyspace": ks.0, "keys": s.keys, "bytes": s.bytes}))
+        .collect();
+    own["shard_keys"] = Value::Array(units);
     shards.push(own);
     shards.sort_by_key(|s| s["id"].as_u64());
     let version: u64 = shards

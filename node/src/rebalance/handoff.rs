@@ -187,6 +187,7 @@ async fn start(node: &Node, slot: Slot, to: ShardId) -> Result<Outgoing, KvError
         epoch: Epoch(current.0 + 1),
     };
     node.propose(Command::Move(MoveCommand::Out {
+        now_ms: Some(unikv_types::wall_clock_ms()),
         slot,
         to,
         epoch: h.epoch,
