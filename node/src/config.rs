@@ -65,6 +65,11 @@ pub struct Config {
     /// the admin token) as `Authorization: Bearer`. Off by default.
     #[arg(long = "data_token_file", alias = "data-token-file")]
     pub data_token_file: Option<PathBuf>,
+    /// Host names (comma-separated) this node's HTTP answers to besides IP addresses,
+    /// `localhost` and `--http_host`: a request with another `Host` is refused as a possible
+    /// DNS-rebinding attack from a web page.
+    #[arg(long = "allowed_hosts", alias = "allowed-hosts", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
     /// Whether this node initialises a fresh Raft group [default: true for node 1].
     #[arg(long)]
     pub bootstrap: Option<bool>,

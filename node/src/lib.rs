@@ -119,7 +119,17 @@ pub async fn run(
     let corruption_task = spawn_corruption_watch(node.clone(), stop_rx.clone());
     let janitor_task = catalog::spawn_janitor(node.clone(), stop_rx.clone());
 
-    let app = http::router(node.clone(), access.clone()).merge(rebalancer.routes(access));
+    let names = unikv_http::browser::HostNames::new(
+        [node.config.http_host.as_str(), node.config.advertise_host()]
+            .into_iter()
+            .chain(node.config.allowed_hosts.iter().map(String::as_str)),
+    );
+    let app = http::router(node.clone(), access.clone())
+        .merge(rebalancer.routes(access))
+        .layer(axum::middleware::from_fn_with_state(
+            names,
+            unikv_http::browser::browser_guard,
+        ));
     let mut rx = stop_rx.clone();
     let http_task = tokio::spawn(async move {
         axum::serve(

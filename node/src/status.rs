@@ -88,7 +88,18 @@ pub fn cluster_config(node: &Node) -> Value {
     version += own_version;
     shards.push(own_json);
     shards.sort_by_key(|s| s["id"].as_u64());
-    json!({"version": version, "shards": shards})
+    // The catalog this node last read (seed 000's metadata version and collections), and the
+    // newest version gossip reports (GET /collections reads it afresh).
+    let catalog = node.catalog.current();
+    json!({
+        "version": version,
+        "shards": shards,
+        "catalog": {
+            "version": catalog.version,
+            "collections": catalog.list().len(),
+            "gossiped_version": view.catalog_version(),
+        },
+    })
 }
 
 fn own_shard(node: &Node, view: &unikv_gossip::ClusterView) -> (Value, u64) {

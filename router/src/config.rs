@@ -51,6 +51,11 @@ pub struct Config {
     /// the admin token) as `Authorization: Bearer`. Off by default.
     #[arg(long = "data_token_file", alias = "data-token-file")]
     pub data_token_file: Option<PathBuf>,
+    /// Host names (comma-separated) the router's HTTP answers to besides IP addresses,
+    /// `localhost` and `--host`: a request with another `Host` is refused as a possible
+    /// DNS-rebinding attack from a web page.
+    #[arg(long = "allowed_hosts", alias = "allowed-hosts", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
     /// Address other cluster members use to reach this router's gossip.
     #[arg(
         long = "advertise_host",

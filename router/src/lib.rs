@@ -100,11 +100,20 @@ pub async fn run(
         addresses,
         limits: config.limits(),
     });
+    let names = unikv_http::browser::HostNames::new(
+        [config.host.as_str(), config.advertise_host.as_str()]
+            .into_iter()
+            .chain(config.allowed_hosts.iter().map(String::as_str)),
+    );
+    let api = http::router(app, access).layer(axum::middleware::from_fn_with_state(
+        names,
+        unikv_http::browser::browser_guard,
+    ));
     let mut rx = stop_rx.clone();
     let http_task = tokio::spawn(async move {
         axum::serve(
             http,
-            http::router(app, access).into_make_service_with_connect_info::<SocketAddr>(),
+            api.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(async move {
             let _ = rx.wait_for(|s| *s).await;

@@ -5,7 +5,9 @@
 //! - with `--admin_token_file`, it serves other machines, and calls that change the cluster
 //!   need `Authorization: Bearer <token>` from everyone (401 without, 403 with another), while
 //!   data calls stay open;
-//! - with `--data_token_file`, data calls need the data token (or the admin token).
+//! - with `--data_token_file`, data calls need the data token (or the admin token);
+//! - requests a web page could forge (cross-site `Origin` or `Sec-Fetch-Site`, a `Host` of
+//!   another name) are refused by nodes and the router.
 
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
@@ -193,4 +195,71 @@ async fn with_a_data_token_data_calls_need_it() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
+}
+
+/// A web page can make a browser send the seed's state-changing GETs (`/put?`, `/addshard?`)
+/// to a local cluster, or rebind a domain of its own to 127.0.0.1: such requests carry a
+/// cross-site `Origin` / `Sec-Fetch-Site`, or a `Host` that is not the server's, and are
+/// refused by nodes and the router alike; what curl sends still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_a_web_page_could_forge_are_refused() {
+    use unikv_tests::{node_ref, Unified, ROUTER};
+    let u = Unified::start().await;
+    let api = u.api();
+    let http = reqwest::Client::new();
+    let router = api.http_addr(ROUTER).to_string();
+    let node = api.http_addr(node_ref(1, 1)).to_string();
+    let calls = [
+        (router.clone(), "/put?key=forged&val=x"),
+        (node.clone(), "/put?key=forged&val=x"),
+        (node.clone(), "/addshard?shardID=4&shardAddress=localhost:9"),
+    ];
+    for (addr, path) in &calls {
+        let url = format!("http://{addr}{path}");
+        let forged = [
+            (
+                "origin",
+                "https://evil.example".to_string(),
+                "cross_site_request",
+            ),
+            (
+                "sec-fetch-site",
+                "cross-site".to_string(),
+                "cross_site_request",
+            ),
+            (
+                "host",
+                format!("rebind.evil.example:{}", port_of(addr)),
+                "unknown_host",
+            ),
+        ];
+        for (header, value, code) in forged {
+            let r = http.get(&url).header(header, &value).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 403, "{url} with {header}: {value}");
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["code"], code, "{url} with {header}: {body}");
+        }
+    }
+    let r = http
+        .get(format!("http://{router}/get?key=forged"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404, "nothing was written");
+    // curl's requests, and a page of the server itself (same origin), go through.
+    let r = http
+        .get(format!("http://{router}/put?key=fine&val=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = http
+        .get(format!("http://{router}/get?key=fine"))
+        .header("host", format!("localhost:{}", port_of(&router)))
+        .header("origin", format!("http://localhost:{}", port_of(&router)))
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
 }

@@ -152,6 +152,14 @@ async fn collections_through_the_router_and_any_node() {
         assert_eq!(names(&r), want, "node {n}: {r}");
         assert_eq!(catalog_version(&r), v1, "node {n}");
     }
+    // `/config` shows the catalog the node last read.
+    let r = call(&api, some_node, Method::GET, "/config", Value::Null).await;
+    let catalog = r.field("catalog").cloned().unwrap_or_default();
+    assert_eq!(
+        (&catalog["version"], &catalog["collections"]),
+        (&json!(v1), &json!(2)),
+        "/config: {r}"
+    );
     let r = call(
         &api,
         some_node,

@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod bind;
+pub mod browser;
 pub mod collections;
 mod error;
 pub mod kv;
