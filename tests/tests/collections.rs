@@ -1016,3 +1016,95 @@ async fn promote_to_custom_moves_no_byte_and_has_no_way_back() {
     .await;
     assert_eq!(r.field("collection").unwrap()["sharding"], "custom", "{r}");
 }
+
+/// The promote's coordinator (the leader of the shard holding the catalog) killed with -9
+/// right as the promote starts: afterwards it either happened or not — a retry makes it happen
+/// exactly once (one version bump) — the data is all there, and no fence is left behind:
+/// slot moves work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_promote_whose_coordinator_is_killed_happens_once_or_not_at_all() {
+    let u = Unified::start().await;
+    let api = u.api();
+    let r = call(&api, ROUTER, Method::PUT, "/collections/users", Value::Null).await;
+    assert_eq!(r.status, 201, "{r}");
+    let keys: Vec<String> = (0..40).map(|i| format!("k-{i}")).collect();
+    for k in &keys {
+        let q = [("collection", "users"), ("key", k.as_str()), ("val", "v")];
+        assert!(kv(&api, ROUTER, "put", &q).await.is_ok_true());
+    }
+    let version =
+        catalog_version(&call(&api, ROUTER, Method::GET, "/collections", Value::Null).await);
+    let holder = u
+        .agreed_slot_map()
+        .await
+        .owner(catalog_slot())
+        .expect("the catalog slot is owned");
+    let all: Vec<u64> = (1..=3).collect();
+    let leader = u.wait_shard_leader(holder, &all, UNIFIED_WAIT).await;
+    let promote = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            api.request(
+                ROUTER,
+                Method::POST,
+                "/collections/users/sharding/promote_to_custom",
+                &[],
+                Body::Empty,
+                REQUEST_TIMEOUT,
+            )
+            .await
+        })
+    };
+    u.kill9(Proc::Node(holder, leader)).await;
+    let first = promote.await.unwrap();
+    println!("[figure] the promote while its coordinator was killed answered {first:?}");
+    u.restart_node(holder, leader).await;
+    let r = wait_until_ok(UNIFIED_WAIT, "the promote to be done", || async {
+        let r = call(
+            &api,
+            ROUTER,
+            Method::POST,
+            "/collections/users/sharding/promote_to_custom",
+            Value::Null,
+        )
+        .await;
+        match r.code() {
+            None if r.is_ok_true() => Ok(r),
+            Some("already_custom") => Ok(r),
+            _ => Err(r.to_string()),
+        }
+    })
+    .await;
+    println!("[figure] then: {r}");
+    let r = call(&api, ROUTER, Method::GET, "/collections", Value::Null).await;
+    assert_eq!(catalog_version(&r), version + 1, "exactly one flip: {r}");
+    let r = call(&api, ROUTER, Method::GET, "/collections/users", Value::Null).await;
+    assert_eq!(r.str_field("sharding"), Some("custom"), "{r}");
+    for k in &keys {
+        let r = value(&api, ROUTER, k, Some("users")).await;
+        assert_eq!(r.str_field("value"), Some("v"), "{k}: {r}");
+    }
+    // No fence outlives its promote for long: a slot move goes through.
+    let map = u.agreed_slot_map().await;
+    let from = if holder == 1 { 2 } else { 1 };
+    let slot = (0..unikv_types::SLOT_COUNT)
+        .find(|s| map.owner(*s) == Some(from))
+        .unwrap()
+        .to_string();
+    let to = holder.to_string();
+    wait_until_ok(UNIFIED_WAIT, "a slot move after the promote", || async {
+        match api
+            .get_path(
+                node_ref(from, 1),
+                "/moveslot",
+                &[("slot", &slot), ("to", &to)],
+            )
+            .await
+        {
+            Ok(r) if r.is_ok_true() => Ok(()),
+            Ok(r) => Err(r.to_string()),
+            Err(e) => Err(format!("{e:#}")),
+        }
+    })
+    .await;
+}
