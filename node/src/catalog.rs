@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use unikv_storage::{Command, RegistryCommand};
 use unikv_types::catalog::{
-    catalog_slot, Catalog, CatalogChange, CatalogOp, CatalogReply, Placement, Target, CATALOG_KEY,
-    DEFAULT_COLLECTION, SYSTEM_COLLECTION,
+    bucket_of, bucket_shard, catalog_slot, Catalog, CatalogChange, CatalogOp, CatalogReply,
+    Placement, Target, CATALOG_KEY, DEFAULT_COLLECTION, SYSTEM_COLLECTION,
 };
-use unikv_types::{rpc_kind, Keyspace, KvError, KvOp, KvReply, KvRequest};
+use unikv_types::{key_slot, rpc_kind, Keyspace, KvError, KvOp, KvReply, KvRequest};
 
 use crate::peer::call_shard;
 use crate::service::Node;
@@ -58,22 +58,11 @@ impl Node {
                 return Ok(t);
             }
         }
-        let fresh = self.refresh_catalog(arrived).await?;
+        let fresh = self
+            .catalog
+            .refresh(arrived, || self.read_catalog())
+            .await?;
         Ok(fresh.target(name, shard_key)?)
-    }
-
-    /// A catalog read that started after `arrived`: this one, or one another request
-    /// started meanwhile (requests waiting together share one read, so a flood of unknown
-    /// names costs one read at a time).
-    async fn refresh_catalog(&self, arrived: Instant) -> Result<Arc<Catalog>, KvError> {
-        let mut last_start = self.catalog.refresh_lock().await;
-        if last_start.is_some_and(|t| t >= arrived) {
-            return Ok(self.catalog.current());
-        }
-        let started = Instant::now();
-        let catalog = self.read_catalog().await?;
-        *last_start = Some(started);
-        Ok(Arc::new(catalog))
     }
 
     /// The catalog as of now: a linearizable read in the shard owning the catalog slot
@@ -131,6 +120,29 @@ impl Node {
                     tokio::time::sleep(OWNER_POLL).await;
                 }
                 other => return other,
+            }
+        }
+    }
+
+    /// Serves a request for a resolved collection: in the slots, or — for a shard key placed
+    /// on chosen shards — here if the key's bucket is this shard's, else `WrongShard` naming
+    /// the shard that holds it.
+    pub(crate) async fn kv_at(&self, req: KvRequest, target: &Target) -> Result<KvReply, KvError> {
+        match &target.placement {
+            Placement::Slots => self.kv_in(req, target.keyspace, None).await,
+            Placement::Shards(shards) => {
+                let bucket = bucket_of(req.key.as_bytes());
+                match bucket_shard(shards, bucket) {
+                    Some(s) if s == self.shard() => {
+                        self.kv_in(req, target.keyspace, Some(bucket)).await
+                    }
+                    owner => Err(KvError::WrongShard {
+                        slot: key_slot(req.key.as_bytes()),
+                        shard: self.shard(),
+                        owner,
+                        epoch: None,
+                    }),
+                }
             }
         }
     }

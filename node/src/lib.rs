@@ -9,7 +9,6 @@
 pub mod append_stream;
 pub mod bootstrap;
 pub mod catalog;
-pub mod catalog_cache;
 pub mod config;
 pub mod error;
 pub mod gossip_publisher;

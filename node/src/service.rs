@@ -11,9 +11,7 @@ use openraft::{ChangeMembers, LinearizerOption, ReadPolicy, ServerState};
 use serde::{Deserialize, Serialize};
 use unikv_net::Transport;
 use unikv_storage::{Command, LeaderClock, NodeAddr, OwnedRead, StateMachine, Store, TypeConfig};
-use unikv_types::catalog::{
-    bucket_of, bucket_shard, CatalogChange, Placement, Target, DEFAULT_COLLECTION,
-};
+use unikv_types::catalog::{CatalogChange, DEFAULT_COLLECTION};
 use unikv_types::{
     key_slot, rpc_kind, Keyspace, KvError, KvOp, KvReply, KvRequest, Limits, NodeId, NodeRef,
     ShardId, Slot,
@@ -79,7 +77,7 @@ pub struct Node {
     /// in `/raft/status`).
     pub claim_problem: std::sync::Mutex<Option<String>>,
     /// The last catalog read (see `catalog`).
-    pub catalog: crate::catalog_cache::CatalogCache,
+    pub catalog: unikv_http::catalog_cache::CatalogCache,
     /// When the process started, by its monotonic clock (`uptime_ms` in `/raft/status`: with
     /// the wall clock beside it, it shows the clock rate the node runs at).
     pub started: Instant,
@@ -179,29 +177,6 @@ impl Node {
                 }
             }
             other => other,
-        }
-    }
-
-    /// Serves a request for a resolved collection: in the slots, or — for a shard key placed
-    /// on chosen shards — here if the key's bucket is this shard's, else `WrongShard` naming
-    /// the shard that holds it.
-    async fn kv_at(&self, req: KvRequest, target: &Target) -> Result<KvReply, KvError> {
-        match &target.placement {
-            Placement::Slots => self.kv_in(req, target.keyspace, None).await,
-            Placement::Shards(shards) => {
-                let bucket = bucket_of(req.key.as_bytes());
-                match bucket_shard(shards, bucket) {
-                    Some(s) if s == self.shard() => {
-                        self.kv_in(req, target.keyspace, Some(bucket)).await
-                    }
-                    owner => Err(KvError::WrongShard {
-                        slot: key_slot(req.key.as_bytes()),
-                        shard: self.shard(),
-                        owner,
-                        epoch: None,
-                    }),
-                }
-            }
         }
     }
 

@@ -30,7 +30,7 @@ pub struct App<B> {
     /// The latest gossip view, for `/status`.
     pub view: watch::Receiver<Arc<ClusterView>>,
     /// The catalog, for requests to shard keys placed on chosen shards.
-    pub catalog: crate::catalog::RouterCatalog,
+    pub catalog: unikv_http::catalog_cache::CatalogCache,
     pub addresses: Addresses,
     pub limits: Limits,
 }

@@ -11,7 +11,6 @@
 //! in-process on port 0.
 
 pub mod batch;
-pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod forward;

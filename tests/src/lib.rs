@@ -6,6 +6,7 @@
 pub mod api;
 pub mod clock;
 pub mod cluster;
+pub mod collection_calls;
 pub mod imports;
 pub mod lazyfs;
 pub mod load;

@@ -8,6 +8,7 @@
 pub mod access;
 pub mod bind;
 pub mod browser;
+pub mod catalog_cache;
 pub mod collections;
 mod error;
 pub mod kv;
