@@ -84,6 +84,19 @@ async fn custom_collections_keep_a_shard_keys_data_on_its_shards() {
     )
     .await;
     assert_eq!(r.status, 201, "{r}");
+    // `expected_version` in the query works for shard keys as for collections.
+    let r = api
+        .request(
+            ROUTER,
+            Method::PUT,
+            "/collections/tenants/shard_keys/late",
+            &[("expected_version", "1")],
+            Body::Json(json!({"shards": [1]})),
+            REQUEST_TIMEOUT,
+        )
+        .await
+        .unwrap();
+    assert_json_error("an old version in the query", &r, 409, "version_conflict");
     let r = call(
         &api,
         ROUTER,

@@ -204,8 +204,26 @@ fn placement_of<S: CatalogService>(
     Ok(out)
 }
 
-/// The request body as JSON (empty: `{}`).
+/// The request body as a JSON object (empty: `{}`), with the query string's parameters
+/// added where the body does not name them (as `Params` does for the other calls), so
+/// `?expected_version=N` works on every change.
 async fn json_body(req: Request) -> Result<serde_json::Value, ApiError> {
+    let query: Vec<(String, String)> = match req.uri().query() {
+        Some(q) => serde_urlencoded::from_str(q).map_err(|e| {
+            ApiError::bad_request("bad_request", format!("malformed query string: {e}"))
+        })?,
+        None => Vec::new(),
+    };
+    let mut v = body_object(req).await?;
+    if let Some(obj) = v.as_object_mut() {
+        for (k, val) in query {
+            obj.entry(k).or_insert(serde_json::Value::String(val));
+        }
+    }
+    Ok(v)
+}
+
+async fn body_object(req: Request) -> Result<serde_json::Value, ApiError> {
     let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY)
         .await
         .map_err(|_| {
@@ -263,23 +281,25 @@ async fn create_key<S: CatalogService>(
         expected_version: body_version(&body)?,
     };
     let reply = s.change_catalog(op).await?;
-    let created = reply.outcome == CatalogOutcome::Created;
     let k = reply
         .collection
         .as_ref()
         .and_then(|c| c.shard_keys.get(&key));
-    let body = json!({
-        "ok": true,
-        "created": created,
-        "shard_key": k.map(shard_key_json),
-        "catalog_version": reply.version,
-    });
+    Ok(created_reply(&reply, "shard_key", k.map(shard_key_json)))
+}
+
+/// 201 `{"ok", "created": true, <what>, "catalog_version"}` for a create that created; 200
+/// with `created: false` for one that found the same thing there.
+fn created_reply(reply: &CatalogReply, what: &str, value: Option<serde_json::Value>) -> Response {
+    let created = reply.outcome == CatalogOutcome::Created;
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(body)).into_response())
+    let mut body = json!({"ok": true, "created": created, "catalog_version": reply.version});
+    body[what] = value.unwrap_or(serde_json::Value::Null);
+    (status, Json(body)).into_response()
 }
 
 async fn remove_key<S: CatalogService>(
@@ -414,19 +434,8 @@ async fn create<S: CatalogService>(
         expected_version: expected_version(&p)?,
     };
     let reply = s.change_catalog(op).await?;
-    let created = reply.outcome == CatalogOutcome::Created;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    let body = json!({
-        "ok": true,
-        "created": created,
-        "collection": reply.collection.as_ref().map(collection_json),
-        "catalog_version": reply.version,
-    });
-    Ok((status, Json(body)).into_response())
+    let collection = reply.collection.as_ref().map(collection_json);
+    Ok(created_reply(&reply, "collection", collection))
 }
 
 async fn remove<S: CatalogService>(
