@@ -23,7 +23,7 @@ use unikv_types::catalog::{
 use unikv_types::{key_slot, rpc_kind, Keyspace, KvError, KvOp, KvReply, KvRequest};
 
 use crate::peer::call_shard;
-use crate::service::Node;
+use crate::service::{Home, Node};
 
 /// How often the janitor looks for deleted collections to drop.
 const JANITOR_EVERY: Duration = Duration::from_secs(1);
@@ -103,7 +103,7 @@ impl Node {
         let deadline = Instant::now() + self.config.request_timeout();
         loop {
             let res = if self.store.descriptor().owns(slot).is_some() {
-                self.kv_in(req.clone(), Keyspace::SYSTEM, None).await
+                self.kv_in(req.clone(), Keyspace::SYSTEM, Home::Slot).await
             } else if let Some((owner, _)) = self.gossip.view().owner_of(slot) {
                 let left = deadline.saturating_duration_since(Instant::now());
                 call_shard(self, owner, rpc_kind::KV, req, left).await
@@ -129,12 +129,13 @@ impl Node {
     /// the shard that holds it.
     pub(crate) async fn kv_at(&self, req: KvRequest, target: &Target) -> Result<KvReply, KvError> {
         match &target.placement {
-            Placement::Slots => self.kv_in(req, target.keyspace, None).await,
+            Placement::Slots => self.kv_in(req, target.keyspace, Home::Slot).await,
+            Placement::Range => self.kv_range(req, target.keyspace).await,
             Placement::Shards(shards) => {
                 let bucket = bucket_of(req.key.as_bytes());
                 match bucket_shard(shards, bucket) {
                     Some(s) if s == self.shard() => {
-                        self.kv_in(req, target.keyspace, Some(bucket)).await
+                        self.kv_in(req, target.keyspace, Home::Bucket(bucket)).await
                     }
                     owner => Err(KvError::WrongShard {
                         slot: key_slot(req.key.as_bytes()),

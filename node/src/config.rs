@@ -131,6 +131,14 @@ pub struct Config {
         default_value_t = 30_000
     )]
     pub handoff_timeout_ms: u64,
+    /// A chunk of a range collection splits in two once it holds more than this many bytes
+    /// (keys + values). Chunks are also what the balancer moves to even out bytes per shard.
+    #[arg(
+        long = "chunk_max_bytes",
+        alias = "chunk-max-bytes",
+        default_value_t = 64 << 20
+    )]
+    pub chunk_max_bytes: u64,
     /// How long a client's at-most-once record is kept in a slot after its last write there
     /// (decided on the leader's clock, written into the log). A retry first sent longer ago
     /// than this may be refused with `session_expired`, never applied twice; the records
@@ -313,6 +321,9 @@ impl Config {
         }
         if self.handoff_timeout_ms == 0 {
             return bad("--handoff_timeout_ms must be at least 1".into());
+        }
+        if !(1024..=(1 << 40)).contains(&self.chunk_max_bytes) {
+            return bad("--chunk_max_bytes must be 1024..=1099511627776 (1 TiB)".into());
         }
         if !(1..=30 * 86_400).contains(&self.dedup_window_s) {
             return bad("--dedup_window_s must be 1..=2592000 (30 days)".into());

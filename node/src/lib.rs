@@ -9,6 +9,7 @@
 pub mod append_stream;
 pub mod bootstrap;
 pub mod catalog;
+pub mod chunks;
 pub mod config;
 pub mod error;
 pub mod gossip_publisher;
@@ -86,6 +87,8 @@ pub async fn run(
         vote_hold,
         claim_problem: Default::default(),
         catalog: Default::default(),
+        chunk_tasks: Default::default(),
+        scans_served: Default::default(),
         started,
     });
     tracing::info!(
@@ -117,6 +120,7 @@ pub async fn run(
     let rebalance_task = rebalancer.spawn(stop_rx.clone());
     let corruption_task = spawn_corruption_watch(node.clone(), stop_rx.clone());
     let janitor_task = catalog::spawn_janitor(node.clone(), stop_rx.clone());
+    let chunk_task = chunks::spawn(node.clone(), stop_rx.clone());
 
     let names = unikv_http::browser::HostNames::new(
         [node.config.http_host.as_str(), node.config.advertise_host()]
@@ -147,6 +151,7 @@ pub async fn run(
     let _ = claim_task.await;
     let _ = corruption_task.await;
     let _ = janitor_task.await;
+    let _ = chunk_task.await;
     let _ = rebalance_task.await;
     let _ = publisher.await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), http_task).await;

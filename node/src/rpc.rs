@@ -127,6 +127,18 @@ impl RpcHandler {
                 let ks = inc.read().await?;
                 inc.reply(&node.drop_keyspace(ks).await).await
             }
+            rpc_kind::CHUNK_IN => {
+                let req = inc.read().await?;
+                inc.reply(&node.chunk_in(req).await).await
+            }
+            rpc_kind::CHUNK_STATUS => {
+                let req = inc.read().await?;
+                inc.reply(&node.chunk_status(req).await).await
+            }
+            rpc_kind::CHUNK_ACTIVATE => {
+                let req = inc.read().await?;
+                inc.reply(&node.chunk_activate(req).await).await
+            }
             rpc_kind::SHARD_ADMIN => {
                 let req = inc.read().await?;
                 inc.reply(&self.rebalancer.shard_admin(req).await).await

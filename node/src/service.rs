@@ -11,7 +11,7 @@ use openraft::{ChangeMembers, LinearizerOption, ReadPolicy, ServerState};
 use serde::{Deserialize, Serialize};
 use unikv_net::Transport;
 use unikv_storage::{Command, LeaderClock, NodeAddr, OwnedRead, StateMachine, Store, TypeConfig};
-use unikv_types::catalog::{CatalogChange, DEFAULT_COLLECTION};
+use unikv_types::catalog::{CatalogChange, Placement, DEFAULT_COLLECTION};
 use unikv_types::{
     key_slot, rpc_kind, Keyspace, KvError, KvOp, KvReply, KvRequest, Limits, NodeId, NodeRef,
     ShardId, Slot,
@@ -78,9 +78,36 @@ pub struct Node {
     pub claim_problem: std::sync::Mutex<Option<String>>,
     /// The last catalog read (see `catalog`).
     pub catalog: unikv_http::catalog_cache::CatalogCache,
+    /// Chunk moves and activation checks in flight on this node, by chunk (see `chunks`).
+    pub chunk_tasks: std::sync::Mutex<std::collections::HashSet<(u8, unikv_types::ChunkId)>>,
+    /// Scan pages of range collections this node has served (`/raft/status`).
+    pub scans_served: std::sync::atomic::AtomicU64,
     /// When the process started, by its monotonic clock (`uptime_ms` in `/raft/status`: with
     /// the wall clock beside it, it shows the clock rate the node runs at).
     pub started: Instant,
+}
+
+/// 400 for a range-only operation on a collection that is not sharded by range.
+pub fn not_range(collection: Option<&str>, op: &KvOp) -> KvError {
+    KvError::BadRequest {
+        code: "not_range".into(),
+        message: format!(
+            "{} works on range collections; {:?} is not one",
+            op.name(),
+            collection.unwrap_or(DEFAULT_COLLECTION)
+        ),
+    }
+}
+
+/// Where a resolved request's key lives on a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Home {
+    /// In its hash slot.
+    Slot,
+    /// In the unit of a shard key placed on this shard; the key's bucket.
+    Bucket(u16),
+    /// In a chunk of a range collection.
+    Range,
 }
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
@@ -161,8 +188,11 @@ impl Node {
     pub async fn kv(&self, req: KvRequest) -> Result<KvReply, KvError> {
         let (collection, shard_key) = (req.collection.as_deref(), req.shard_key.as_deref());
         let target = self.resolve(collection, shard_key).await?;
+        if req.op.is_range_only() && target.placement != Placement::Range {
+            return Err(not_range(collection, &req.op));
+        }
         if target.keyspace.is_default() || target.keyspace == Keyspace::SYSTEM {
-            return self.kv_in(req, target.keyspace, None).await;
+            return self.kv_in(req, target.keyspace, Home::Slot).await;
         }
         match self.kv_at(req.clone(), &target).await {
             // The shard dropped that keyspace: this node's catalog was stale (the collection
@@ -180,13 +210,13 @@ impl Node {
         }
     }
 
-    /// [`Node::kv`] once the request's collection is resolved to `keyspace` (and, for a shard
-    /// key placed here, the key's `bucket`).
+    /// [`Node::kv`] once the request's collection is resolved to `keyspace` and the key's
+    /// `home` here.
     pub async fn kv_in(
         &self,
         req: KvRequest,
         keyspace: Keyspace,
-        bucket: Option<u16>,
+        home: Home,
     ) -> Result<KvReply, KvError> {
         let value = match &req.op {
             unikv_types::KvOp::Put { value } | unikv_types::KvOp::Append { value } => {
@@ -202,12 +232,12 @@ impl Node {
         let deadline = Instant::now() + self.config.request_timeout();
         loop {
             let res = if req.op.is_write() {
-                self.write(slot, keyspace, bucket, &req, deadline).await
+                self.write(slot, keyspace, home, &req, deadline).await
             } else if let Some(l) = self.leader_for_full_disk(&req) {
                 // This follower's applies wait for space; the leader serves the read.
                 self.forward(l, &req, deadline).await
             } else {
-                self.read(slot, keyspace, bucket, &req.key, deadline).await
+                self.read(slot, keyspace, home, &req.key, deadline).await
             };
             match res {
                 Err(KvError::WrongShard {
@@ -215,7 +245,7 @@ impl Node {
                     shard,
                     owner: None,
                     ..
-                }) => return Err(self.wrong_shard(slot, shard)),
+                }) if home != Home::Range => return Err(self.wrong_shard(slot, shard)),
                 // A request in flight when the data was found damaged says so, whatever
                 // failed first (typically: Raft stopped).
                 Err(_) if self.store.corruption().is_some() => {
@@ -257,7 +287,7 @@ impl Node {
         &self,
         slot: Slot,
         keyspace: Keyspace,
-        bucket: Option<u16>,
+        home: Home,
         req: &KvRequest,
         deadline: Instant,
     ) -> Result<KvReply, KvError> {
@@ -275,7 +305,11 @@ impl Node {
                 dedup_window_ms: self.config.dedup_window_s.saturating_mul(1000),
             }),
             keyspace,
-            bucket,
+            bucket: match home {
+                Home::Bucket(b) => Some(b),
+                _ => None,
+            },
+            range: home == Home::Range,
         };
         let res = match &req.op {
             // A promote runs its fences on the leader; never proposed from anywhere else.
@@ -357,7 +391,7 @@ impl Node {
 
     /// Sends a write to the leader. A write that may have reached it is never resent unless it
     /// carries a client id and sequence number (then the leader applies it at most once).
-    async fn forward(
+    pub(crate) async fn forward(
         &self,
         leader: NodeRef,
         req: &KvRequest,
@@ -439,14 +473,9 @@ impl Node {
             .map(|_| ())
     }
 
-    async fn read(
-        &self,
-        slot: Slot,
-        keyspace: Keyspace,
-        bucket: Option<u16>,
-        key: &str,
-        deadline: Instant,
-    ) -> Result<KvReply, KvError> {
+    /// Waits until this replica may serve a linearizable read: the leader's barrier, or on a
+    /// follower the leader's read index applied here.
+    pub(crate) async fn linearize(&self, deadline: Instant) -> Result<(), KvError> {
         match self.ensure_linearizable().await {
             Ok(_) => {}
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
@@ -478,9 +507,22 @@ impl Node {
             Err(RaftError::APIError(e)) => return Err(self.unavailable(e.to_string())),
             Err(e) => return Err(self.unavailable(e.to_string())),
         }
-        let read = match bucket {
-            Some(_) => self.store.read_unit(keyspace, key),
-            None => self.store.read_owned(slot, keyspace, key),
+        Ok(())
+    }
+
+    async fn read(
+        &self,
+        slot: Slot,
+        keyspace: Keyspace,
+        home: Home,
+        key: &str,
+        deadline: Instant,
+    ) -> Result<KvReply, KvError> {
+        self.linearize(deadline).await?;
+        let read = match home {
+            Home::Bucket(_) => self.store.read_unit(keyspace, key),
+            Home::Range => self.store.read_range(keyspace, key),
+            Home::Slot => self.store.read_owned(slot, keyspace, key),
         };
         match read {
             Ok(OwnedRead::Value(v)) => Ok(KvReply::Value(v)),
@@ -489,6 +531,9 @@ impl Node {
                 code: "unknown_collection".into(),
                 message: format!("the collection of keyspace {keyspace} was deleted"),
             }),
+            Ok(OwnedRead::NotOwned) if home == Home::Range => Err(
+                unikv_storage::apply::range_wrong_shard(&self.store.descriptor(), keyspace, key),
+            ),
             Ok(OwnedRead::NotOwned) => Err(self.wrong_shard(slot, self.shard())),
             Ok(OwnedRead::NotInitialised) => {
                 Err(self.unavailable("the shard has not claimed its slots yet"))

@@ -52,6 +52,8 @@ pub fn raft_status(node: &Node) -> Value {
         "disk": node.store.db().disk().report(),
         "uptime_ms": node.started.elapsed().as_millis() as u64,
         "wall_clock_ms": unikv_types::wall_clock_ms(),
+        "scans_served": node.scans_served.load(Relaxed),
+        "chunks_held": node.store.descriptor().chunks.owned.len(),
     })
 }
 

@@ -95,6 +95,11 @@ impl<B: Backend> Forwarder<B> {
         }
     }
 
+    /// How long a request may take, retries included.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     pub fn counters(&self) -> &Counters {
         &self.counters
     }
@@ -141,7 +146,7 @@ impl<B: Backend> Forwarder<B> {
     ) -> Result<KvReply, ApiError> {
         let value = match &op {
             KvOp::Put { value } | KvOp::Append { value } => Some(value.as_str()),
-            KvOp::Get | KvOp::Delete | KvOp::Catalog(_) => None,
+            _ => None,
         };
         self.limits.check(&key, value)?;
         let slot = key_slot(key.as_bytes());

@@ -62,6 +62,9 @@ pub(crate) fn success(req: &KvRequest) -> Answer {
             version: 1,
             collection: None,
         }),
+        KvOp::Scan(_) => KvReply::Scan(Default::default()),
+        KvOp::Chunks => KvReply::Chunks(vec![]),
+        KvOp::Split | KvOp::MoveChunk { .. } => KvReply::Written,
     }))
 }
 

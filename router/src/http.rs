@@ -16,10 +16,10 @@ use unikv_gossip::ClusterView;
 use unikv_http::kv::{self, KvService};
 use unikv_http::{method_not_allowed, not_found, ok, ApiError, CatalogService};
 use unikv_types::catalog::{
-    bucket_of, bucket_shard, Catalog, CatalogOp, CatalogReply, Placement, Space, CATALOG_KEY,
-    SYSTEM_COLLECTION,
+    bucket_of, bucket_shard, Catalog, CatalogOp, CatalogReply, Placement, Space, Target,
+    CATALOG_KEY, DEFAULT_COLLECTION, SYSTEM_COLLECTION,
 };
-use unikv_types::{ClientSeq, KvOp, KvReply, Limits, ShardId};
+use unikv_types::{ChunkInfo, ClientSeq, KvOp, KvReply, Limits, ShardId};
 
 use crate::forward::{Backend, Forwarder};
 use crate::status::{self, Addresses};
@@ -31,6 +31,8 @@ pub struct App<B> {
     pub view: watch::Receiver<Arc<ClusterView>>,
     /// The catalog, for requests to shard keys placed on chosen shards.
     pub catalog: unikv_http::catalog_cache::CatalogCache,
+    /// Where range collections' chunks are (see `chunk_map`).
+    pub chunk_maps: crate::chunk_map::ChunkMaps,
     pub addresses: Addresses,
     pub limits: Limits,
 }
@@ -47,6 +49,7 @@ pub fn router<B: Backend>(app: Arc<App<B>>, access: unikv_http::access::Access) 
         .fallback(not_found)
         .with_state(app.clone())
         .merge(unikv_http::collections::routes(app.clone(), access.clone()))
+        .merge(unikv_http::chunks::routes(app.clone(), access.clone()))
         .merge(
             kv::routes(app).route_layer(axum::middleware::from_fn_with_state(
                 access,
@@ -67,15 +70,37 @@ impl<B: Backend> KvService for App<B> {
         client: Option<ClientSeq>,
         space: Space,
     ) -> Result<KvReply, ApiError> {
-        let pin = self.pinned_shard(&key, &space).await?;
+        let target = self.target_of(&space).await?;
+        let placement = target.as_ref().map(|t| &t.placement);
+        if op.is_range_only() && placement != Some(&Placement::Range) {
+            return Err(ApiError::bad_request(
+                "not_range",
+                format!(
+                    "{} works on range collections; {:?} is not one",
+                    op.name(),
+                    space.collection.as_deref().unwrap_or(DEFAULT_COLLECTION)
+                ),
+            ));
+        }
+        let pin = match target {
+            Some(Target {
+                keyspace,
+                placement: Placement::Range,
+            }) => return self.execute_range(keyspace, key, op, client, space).await,
+            Some(Target {
+                placement: Placement::Shards(shards),
+                ..
+            }) => bucket_shard(&shards, bucket_of(key.as_bytes())),
+            _ => None,
+        };
         self.forwarder.execute_on(key, op, client, space, pin).await
     }
 }
 
 impl<B: Backend> App<B> {
-    /// The shard holding `key` when `space` names a shard key placed on chosen shards; `None`
-    /// when the key routes by slot (the serving node then resolves the collection).
-    async fn pinned_shard(&self, key: &str, space: &Space) -> Result<Option<ShardId>, ApiError> {
+    /// Where the collection of `space` sends requests; `None` when the request names none
+    /// (the serving node resolves `default`).
+    async fn target_of(&self, space: &Space) -> Result<Option<Target>, ApiError> {
         let Some(name) = space.collection.as_deref() else {
             return Ok(None);
         };
@@ -92,10 +117,7 @@ impl<B: Backend> App<B> {
                 cat.target(name, space.shard_key.as_deref())?
             }
         };
-        Ok(match target.placement {
-            Placement::Slots => None,
-            Placement::Shards(shards) => bucket_shard(&shards, bucket_of(key.as_bytes())),
-        })
+        Ok(Some(target))
     }
 }
 
@@ -127,6 +149,30 @@ impl<B: Backend> CatalogService for App<B> {
             .values()
             .map(|s| (s.id, s.state == unikv_types::ShardState::Active, s.bytes))
             .collect()
+    }
+
+    async fn chunks(&self, collection: &str) -> Result<Vec<ChunkInfo>, ApiError> {
+        self.all_chunks(&Space {
+            collection: Some(collection.to_string()),
+            shard_key: None,
+        })
+        .await
+    }
+
+    async fn on_shard(
+        &self,
+        collection: &str,
+        shard: ShardId,
+        key: String,
+        op: KvOp,
+    ) -> Result<KvReply, ApiError> {
+        let space = Space {
+            collection: Some(collection.to_string()),
+            shard_key: None,
+        };
+        self.forwarder
+            .execute_on(key, op, None, space, Some(shard))
+            .await
     }
 
     async fn change_catalog(&self, op: CatalogOp) -> Result<CatalogReply, ApiError> {
@@ -184,6 +230,7 @@ mod tests {
             forwarder: forwarder(fake, 500),
             view: watch::channel(Arc::new(sample_view())).1,
             catalog: Default::default(),
+            chunk_maps: Default::default(),
             addresses: Addresses {
                 http: "127.0.0.1:3000".into(),
                 gossip: "127.0.0.1:3000".into(),

@@ -11,10 +11,12 @@
 //! in-process on port 0.
 
 pub mod batch;
+pub mod chunk_map;
 pub mod config;
 pub mod error;
 pub mod forward;
 pub mod http;
+mod ranges;
 pub mod routing;
 pub mod sessions;
 pub mod status;
@@ -96,6 +98,7 @@ pub async fn run(
         ),
         view: views,
         catalog: Default::default(),
+        chunk_maps: Default::default(),
         addresses,
         limits: config.limits(),
     });

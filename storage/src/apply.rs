@@ -3,13 +3,18 @@
 //! log id (so a crash leaves either all of a group or none of it).
 
 use openraft::EntryPayload;
-use unikv_types::catalog::{Catalog, CatalogChange, CatalogReply, CATALOG_KEY};
+use unikv_types::catalog::{
+    Catalog, CatalogChange, CatalogOutcome, CatalogReply, Sharding, CATALOG_KEY,
+};
 use unikv_types::{Keyspace, KvError, KvOp, KvReply, Slot};
 
 use crate::apply_cache::ApplyCache;
+use crate::chunk_map::ChunkState;
+use crate::chunk_moves::{apply_chunk, create_first};
 use crate::command::{Command, CommandResult};
-use crate::db::{kv_key_in, Db};
+use crate::db::{kv_key_in, Db, RANGE_PREFIX};
 use crate::dedup::{self, Check};
+use crate::descriptor::ShardDescriptor;
 use crate::error::Result;
 use crate::meta::SmMeta;
 use crate::moves::apply_move;
@@ -81,6 +86,7 @@ pub fn apply_entries_with(
 fn apply_command(ov: &mut Overlay<'_>, meta: &mut SmMeta, cmd: &Command) -> Result<CommandResult> {
     match cmd {
         Command::Move(m) => apply_move(ov, &mut meta.descriptor, m, meta.clock_ms),
+        Command::Chunk(c) => apply_chunk(ov, &mut meta.descriptor, c),
         Command::Registry(r) => apply_registry(ov, &mut meta.descriptor, r),
         Command::Bootstrap { ranges, epoch, .. } => {
             if meta.descriptor.bootstrap(ranges, *epoch) {
@@ -97,6 +103,7 @@ fn apply_command(ov: &mut Overlay<'_>, meta: &mut SmMeta, cmd: &Command) -> Resu
             clock,
             keyspace,
             bucket,
+            range,
         } => {
             if let Some(c) = clock {
                 dedup::advance_clock(ov, meta, *c)?;
@@ -112,7 +119,17 @@ fn apply_command(ov: &mut Overlay<'_>, meta: &mut SmMeta, cmd: &Command) -> Resu
             }
             // A shard key's write goes to its unit here; placement was the proposer's to
             // check (it is fixed when the shard key is created).
+            // A range collection's write goes to the chunk holding the key here: its keys are
+            // in the range prefix, its dedup table and statistics in the chunk's unit.
+            let mut data_slot = None;
+            if *range {
+                match range_home(&meta.descriptor, *keyspace, key) {
+                    Ok(unit) => data_slot = Some((unit, RANGE_PREFIX)),
+                    Err(e) => return Ok(Err(e)),
+                }
+            }
             let slot = match bucket {
+                _ if data_slot.is_some() => data_slot.map_or(*slot, |(unit, _)| unit),
                 Some(_) if keyspace.is_default() || *keyspace == Keyspace::SYSTEM => {
                     return Ok(Err(KvError::BadRequest {
                         code: "bad_command".into(),
@@ -137,7 +154,7 @@ fn apply_command(ov: &mut Overlay<'_>, meta: &mut SmMeta, cmd: &Command) -> Resu
                     reason: format!("slot {slot} is moving to shard {}", h.target),
                 }));
             }
-            if bucket.is_none() && meta.descriptor.owns(*slot).is_none() {
+            if bucket.is_none() && data_slot.is_none() && meta.descriptor.owns(*slot).is_none() {
                 return Ok(Err(KvError::WrongShard {
                     slot: *slot,
                     shard: meta.descriptor.shard,
@@ -147,13 +164,14 @@ fn apply_command(ov: &mut Overlay<'_>, meta: &mut SmMeta, cmd: &Command) -> Resu
             }
             let w = Write {
                 slot: *slot,
+                data_slot: data_slot.map_or(*slot, |(_, d)| d),
                 keyspace: *keyspace,
                 key,
                 max_value_bytes: *max_value_bytes,
                 now_ms: meta.clock_ms,
             };
             let Some(c) = client else {
-                return apply_op(ov, &w, op);
+                return apply_op_then(ov, meta, &w, op);
             };
             let digest = request_digest(*keyspace, key, op);
             let clock_ms = clock.map(|_| meta.clock_ms);
@@ -161,7 +179,7 @@ fn apply_command(ov: &mut Overlay<'_>, meta: &mut SmMeta, cmd: &Command) -> Resu
                 Check::Answer(answer) => return Ok(answer),
                 Check::Apply { prev, ts } => (prev, ts),
             };
-            let reply = apply_op(ov, &w, op)?;
+            let reply = apply_op_then(ov, meta, &w, op)?;
             if let Ok(r) = &reply {
                 dedup::remember(ov, *slot, c, prev, ts, r, digest, meta.clock_ms)?;
             }
@@ -170,9 +188,62 @@ fn apply_command(ov: &mut Overlay<'_>, meta: &mut SmMeta, cmd: &Command) -> Resu
     }
 }
 
+/// The unit of the chunk of range keyspace `ks` holding `key` here, if it serves writes.
+fn range_home(d: &ShardDescriptor, ks: Keyspace, key: &str) -> Result<Slot, KvError> {
+    match d.chunks.find(ks, key) {
+        Some((_, c)) if c.state == ChunkState::Serving => Ok(c.unit),
+        Some((id, c)) => Err(KvError::Unavailable {
+            shard: d.shard,
+            reason: match c.state {
+                ChunkState::Outgoing { target, .. } => {
+                    format!("chunk {id} is moving to shard {target}")
+                }
+                _ => format!("chunk {id} is arriving here"),
+            },
+        }),
+        None => Err(range_wrong_shard(d, ks, key)),
+    }
+}
+
+/// `WrongShard` for a key of range keyspace `ks` this shard does not hold, naming where it
+/// went if a forwarding note says.
+pub fn range_wrong_shard(d: &ShardDescriptor, ks: Keyspace, key: &str) -> KvError {
+    let f = d.chunks.forward_for(ks, key);
+    KvError::WrongShard {
+        slot: RANGE_PREFIX,
+        shard: d.shard,
+        owner: f.map(|f| f.target),
+        epoch: f.map(|f| f.epoch),
+    }
+}
+
+/// [`apply_op`], then: a range collection created in this (the catalog's) shard gets its
+/// first chunk here, in the same entry.
+fn apply_op_then(
+    ov: &mut Overlay<'_>,
+    meta: &mut SmMeta,
+    w: &Write<'_>,
+    op: &KvOp,
+) -> Result<CommandResult> {
+    let res = apply_op(ov, w, op)?;
+    if let Ok(KvReply::Catalog(r)) = &res {
+        if let (CatalogOutcome::Created, Some(c)) = (&r.outcome, &r.collection) {
+            if c.sharding == Sharding::Range {
+                if let Err(e) = create_first(&mut meta.descriptor, c.id, w.now_ms) {
+                    tracing::error!(collection = %c.name, error = %e, "no first chunk for a range collection");
+                }
+            }
+        }
+    }
+    Ok(res)
+}
+
 /// Where one KV write goes and what the entry says about it.
 struct Write<'k> {
+    /// The slot (or unit) whose dedup table and statistics the write uses.
     slot: Slot,
+    /// The slot prefix of its stored key (`slot`, or the range prefix).
+    data_slot: Slot,
     keyspace: Keyspace,
     key: &'k str,
     /// For an append: the longest value it may leave.
@@ -192,7 +263,7 @@ pub fn dropped(keyspace: Keyspace) -> KvError {
 
 fn apply_op(ov: &mut Overlay<'_>, w: &Write<'_>, op: &KvOp) -> Result<CommandResult> {
     let (slot, key, max_value_bytes) = (w.slot, w.key, w.max_value_bytes);
-    let k = kv_key_in(slot, w.keyspace, key.as_bytes());
+    let k = kv_key_in(w.data_slot, w.keyspace, key.as_bytes());
     Ok(match op {
         KvOp::Put { value } => {
             match ov.get_kv(&k)? {
@@ -279,9 +350,11 @@ fn apply_op(ov: &mut Overlay<'_>, w: &Write<'_>, op: &KvOp) -> Result<CommandRes
             ov.put_kv(k, bytes);
             Ok(KvReply::Catalog(reply))
         }
-        KvOp::Get => Err(KvError::BadRequest {
-            code: "bad_command".into(),
-            message: "get is not a replicated command".into(),
-        }),
+        KvOp::Get | KvOp::Scan(_) | KvOp::Chunks | KvOp::Split | KvOp::MoveChunk { .. } => {
+            Err(KvError::BadRequest {
+                code: "bad_command".into(),
+                message: format!("{} is not a replicated KV command", op.name()),
+            })
+        }
     })
 }

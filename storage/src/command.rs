@@ -5,7 +5,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use unikv_types::{
-    ClientSeq, Epoch, Keyspace, KvError, KvOp, KvReply, ShardId, ShardState, Slot, SlotRange,
+    ChunkId, ClientSeq, Epoch, Keyspace, KvError, KvOp, KvReply, ShardId, ShardState, Slot,
+    SlotRange,
 };
 
 use crate::records::DedupRecord;
@@ -35,9 +36,15 @@ pub enum Command {
         /// the keyspace's unit on this shard (`ShardDescriptor::units`), not to `slot`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         bucket: Option<u16>,
+        /// For a range collection: the write goes to the chunk holding `key` here (see
+        /// `chunk_map`), not to `slot`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        range: bool,
     },
     /// A step of a slot move (see `moves`).
     Move(MoveCommand),
+    /// A split or a step of a chunk move (see `chunk_moves`).
+    Chunk(ChunkCommand),
     /// Claims the shard's initial slots. Applied only while the descriptor was never
     /// initialised, so a replayed or duplicated bootstrap can never change ownership.
     Bootstrap {
@@ -97,6 +104,48 @@ pub enum MoveCommand {
     Drop { slot: Slot, epoch: Epoch },
 }
 
+/// Splitting a chunk of a range collection, and the steps of moving one between shards: the
+/// slot move's protocol (`MoveCommand`) over a chunk id. Every step is idempotent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChunkCommand {
+    /// Create the first chunk of a range collection, the whole keyspace, here.
+    Create { keyspace: Keyspace, now_ms: u64 },
+    /// Split chunk `id` at `at`: it keeps `[lo, at)`, a new chunk takes `[at, hi)`.
+    Split {
+        id: ChunkId,
+        at: String,
+        now_ms: u64,
+    },
+    /// Source: hand chunk `id` to `to`, where it will have `epoch`. Freezes writes to it.
+    Out {
+        id: ChunkId,
+        to: ShardId,
+        epoch: Epoch,
+        now_ms: u64,
+    },
+    /// Target: install chunk `id` received from `from`; not served yet.
+    In {
+        id: ChunkId,
+        keyspace: Keyspace,
+        lo: String,
+        hi: Option<String>,
+        from: ShardId,
+        epoch: Epoch,
+        kv: Vec<(String, String)>,
+        dedup: Vec<(String, DedupRecord)>,
+        dedup_horizon_ms: u64,
+        now_ms: u64,
+    },
+    /// Source: the target installed the chunk; delete it here, keep a forwarding note.
+    Done { id: ChunkId, epoch: Epoch },
+    /// Source: give up a hand-off the target has not confirmed; the chunk serves again.
+    Abort { id: ChunkId, epoch: Epoch },
+    /// Target: the source let go; serve the chunk.
+    Activate { id: ChunkId, epoch: Epoch },
+    /// Target: the source aborted; drop what was received.
+    Drop { id: ChunkId, epoch: Epoch },
+}
+
 /// Changes of the shard's registry entry: its state and its tags.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RegistryCommand {
@@ -127,6 +176,7 @@ impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Command::Move(m) => write!(f, "{m}"),
+            Command::Chunk(c) => write!(f, "{c}"),
             Command::Registry(r) => write!(f, "{r}"),
             Command::Kv {
                 slot,
@@ -179,6 +229,35 @@ impl fmt::Display for MoveCommand {
     }
 }
 
+impl fmt::Display for ChunkCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChunkCommand::Create { keyspace, .. } => write!(f, "chunk-create keyspace={keyspace}"),
+            ChunkCommand::Split { id, at, .. } => write!(f, "chunk-split id={id} at={at:?}"),
+            ChunkCommand::Out { id, to, epoch, .. } => {
+                write!(f, "chunk-out id={id} to={to} epoch={epoch}")
+            }
+            ChunkCommand::In {
+                id,
+                from,
+                epoch,
+                kv,
+                ..
+            } => write!(
+                f,
+                "chunk-in id={id} from={from} epoch={epoch} keys={}",
+                kv.len()
+            ),
+            ChunkCommand::Done { id, epoch } => write!(f, "chunk-done id={id} epoch={epoch}"),
+            ChunkCommand::Abort { id, epoch } => write!(f, "chunk-abort id={id} epoch={epoch}"),
+            ChunkCommand::Activate { id, epoch } => {
+                write!(f, "chunk-activate id={id} epoch={epoch}")
+            }
+            ChunkCommand::Drop { id, epoch } => write!(f, "chunk-drop id={id} epoch={epoch}"),
+        }
+    }
+}
+
 impl fmt::Display for RegistryCommand {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -216,8 +295,11 @@ mod legacy {
             keyspace: Keyspace,
             #[serde(default)]
             bucket: Option<u16>,
+            #[serde(default)]
+            range: bool,
         },
         Move(MoveDe),
+        Chunk(ChunkCommand),
         Bootstrap {
             shard: ShardId,
             ranges: Vec<SlotRange>,
@@ -245,6 +327,7 @@ mod legacy {
                     clock,
                     keyspace,
                     bucket,
+                    range,
                 } => Command::Kv {
                     slot,
                     key,
@@ -254,7 +337,9 @@ mod legacy {
                     clock,
                     keyspace,
                     bucket,
+                    range,
                 },
+                CommandDe::Chunk(c) => Command::Chunk(c),
                 CommandDe::Move(MoveDe::Move(m)) => Command::Move(m),
                 CommandDe::Move(MoveDe::Registry(r)) | CommandDe::Registry(r) => {
                     Command::Registry(r)
@@ -293,7 +378,36 @@ mod tests {
                 }),
                 keyspace: Keyspace(16),
                 bucket: Some(3),
+                range: false,
             },
+            Command::Kv {
+                slot: 0,
+                key: "2026-12-01".into(),
+                op: KvOp::Delete,
+                client: None,
+                max_value_bytes: None,
+                clock: None,
+                keyspace: Keyspace(17),
+                bucket: None,
+                range: true,
+            },
+            Command::Chunk(ChunkCommand::Split {
+                id: ChunkId(1 << 40 | 1),
+                at: "m".into(),
+                now_ms: 9,
+            }),
+            Command::Chunk(ChunkCommand::In {
+                id: ChunkId(2),
+                keyspace: Keyspace(17),
+                lo: "m".into(),
+                hi: None,
+                from: ShardId(1),
+                epoch: Epoch(2),
+                kv: vec![("m1".into(), "v".into())],
+                dedup: vec![],
+                dedup_horizon_ms: 0,
+                now_ms: 10,
+            }),
             Command::Registry(RegistryCommand::DropKeyspace {
                 keyspace: Keyspace(17),
             }),

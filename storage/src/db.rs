@@ -7,6 +7,8 @@
 //!   slot ++ 0xFF ++ keyspace (u32 BE) ++ user key for every other collection (user keys are
 //!   UTF-8, where 0xFF never occurs, so the two never collide and `default`'s bytes are the
 //!   seed's); value = raw bytes. Every collection's keys of a slot sit in that slot's range.
+//!   Range collections keep their keys under one prefix, [`RANGE_PREFIX`] ++ 0xFF ++
+//!   keyspace ++ user key, in byte order across chunks.
 //! - `dedup`: at-most-once table, key = slot (u16 BE) ++ client id, value = msgpack record.
 //! - `sm`: state machine metadata: applied log id, membership, shard descriptor.
 //! - `stats`: per-slot key count and bytes, key = slot (u16 BE), value = two u64 BE.
@@ -328,6 +330,31 @@ pub fn keyspace_bounds(slot: Slot, ks: Keyspace) -> (Vec<u8>, Vec<u8>) {
         None => slot_bounds(slot).1,
     };
     (start, end)
+}
+
+/// The slot-sized prefix under which every range collection's keys are stored, in byte order
+/// (between the hash slots, below 0x4000, and the units, from 0x8000): a chunk is the range
+/// `range_key(ks, lo) .. range_key(ks, hi)`, so a split rewrites nothing.
+pub const RANGE_PREFIX: Slot = 0x4000;
+
+/// Key of a user key of the range collection of keyspace `ks` in the `kv` family.
+pub fn range_key(ks: Keyspace, key: &[u8]) -> Vec<u8> {
+    kv_key_in(RANGE_PREFIX, ks, key)
+}
+
+/// The `kv` key range of a chunk `[lo, hi)` of keyspace `ks` (`hi` `None`: the keyspace's end).
+pub fn chunk_bounds(ks: Keyspace, lo: &str, hi: Option<&str>) -> (Vec<u8>, Vec<u8>) {
+    let start = range_key(ks, lo.as_bytes());
+    let end = match hi {
+        Some(h) => range_key(ks, h.as_bytes()),
+        None => keyspace_bounds(RANGE_PREFIX, ks).1,
+    };
+    (start, end)
+}
+
+/// The user key of a `kv` key of a range collection.
+pub fn range_user_key(k: &[u8]) -> &[u8] {
+    k.get(7..).unwrap_or_default()
 }
 
 /// Key of a client's record in the `dedup` family.

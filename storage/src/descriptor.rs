@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use unikv_types::{Epoch, Keyspace, ShardId, ShardState, Slot, SlotRange};
 
+use crate::chunk_map::ChunkMap;
+
 /// A contiguous run of owned slots sharing one epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OwnedRange {
@@ -61,6 +63,9 @@ pub struct ShardDescriptor {
     /// Slot moves are held back while this is set (a promote in progress).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fence: Option<Fence>,
+    /// The chunks of range collections held here (see `chunk_map`).
+    #[serde(default, skip_serializing_if = "ChunkMap::is_empty_map")]
+    pub chunks: ChunkMap,
 }
 
 /// A promote's hold on slot moves.
@@ -82,6 +87,17 @@ fn is_zero(n: &Slot) -> bool {
 }
 
 impl ShardDescriptor {
+    /// A unit number of its own (a chunk's), never handed out before; `None` once all are.
+    pub fn new_unit(&mut self) -> Option<Slot> {
+        let u = self.next_unit.max(UNIT_BASE);
+        if u >= UNIT_END {
+            return None;
+        }
+        self.next_unit = u + 1;
+        self.version += 1;
+        Some(u)
+    }
+
     /// The unit of `keyspace` here, handing out a new number the first time (deterministic:
     /// every replica applies the same entries in the same order). `None` once all are used.
     pub fn unit_for(&mut self, keyspace: Keyspace) -> Option<Slot> {

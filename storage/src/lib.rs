@@ -9,6 +9,8 @@
 
 pub mod apply;
 pub mod apply_cache;
+pub mod chunk_map;
+pub mod chunk_moves;
 pub mod command;
 pub mod db;
 pub mod dedup;
@@ -21,12 +23,16 @@ pub mod meta;
 pub mod moves;
 pub mod overlay;
 pub mod raft_types;
+pub mod range_reads;
 pub mod records;
 pub mod registry;
 pub mod snapshot;
 pub mod state_machine;
 
-pub use command::{Command, CommandResult, LeaderClock, MoveCommand, RegistryCommand};
+pub use chunk_map::{ChunkMap, ChunkState, OwnedChunk};
+pub use command::{
+    ChunkCommand, Command, CommandResult, LeaderClock, MoveCommand, RegistryCommand,
+};
 pub use db::{Db, DbOptions};
 pub use descriptor::{Forward, Incoming, Outgoing, OwnedRange, ShardDescriptor};
 pub use error::{Error, Result};

@@ -10,7 +10,7 @@ use unikv_types::{Keyspace, Slot};
 
 use crate::apply_cache::ApplyCache;
 use crate::db::{
-    age_key, dedup_key, horizon_key, keyspace_bounds, kv_key_in, slot_bounds, split_key,
+    age_key, dedup_key, horizon_key, keyspace_bounds, kv_key_in, range_key, slot_bounds, split_key,
     split_keyspace, Db, CF_DEDUP, CF_KV, CF_STATS,
 };
 use crate::error::{decode, encode, Result};
@@ -177,6 +177,18 @@ impl<'a> Overlay<'a> {
             st.keys += 1;
             st.bytes += (k.len() + v.len()) as u64;
         }
+        self.install_dedup(slot, dedup, dedup_horizon_ms)?;
+        self.stats.insert(slot, StatsChange::Reset(st));
+        Ok(())
+    }
+
+    /// Writes dedup records and a horizon received (or copied) for `slot`.
+    pub(crate) fn install_dedup(
+        &mut self,
+        slot: Slot,
+        dedup: &[(String, DedupRecord)],
+        dedup_horizon_ms: u64,
+    ) -> Result<()> {
         for (client, rec) in dedup {
             if client.is_empty() {
                 continue;
@@ -190,8 +202,93 @@ impl<'a> Overlay<'a> {
         if dedup_horizon_ms > 0 {
             self.set_horizon(slot, dedup_horizon_ms);
         }
-        self.stats.insert(slot, StatsChange::Reset(st));
         Ok(())
+    }
+
+    /// Writes a chunk's pairs (of range keyspace `ks`) received from another shard, its
+    /// dedup table under `unit`, and the unit's statistics.
+    pub(crate) fn install_chunk(
+        &mut self,
+        unit: Slot,
+        ks: Keyspace,
+        kv: &[(String, String)],
+        dedup: &[(String, DedupRecord)],
+        dedup_horizon_ms: u64,
+    ) -> Result<()> {
+        self.delete_slot(unit);
+        let mut st = SlotStats::default();
+        for (k, v) in kv {
+            self.put_kv(range_key(ks, k.as_bytes()), v.as_bytes().to_vec());
+            st.keys += 1;
+            st.bytes += (k.len() + v.len()) as u64;
+        }
+        self.install_dedup(unit, dedup, dedup_horizon_ms)?;
+        self.stats.insert(unit, StatsChange::Reset(st));
+        Ok(())
+    }
+
+    /// The `kv` pairs in `[lo, hi)` as this batch leaves them, in key order.
+    pub(crate) fn pairs_in(&self, lo: &[u8], hi: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(hi.to_vec());
+        let mut out = BTreeMap::new();
+        let it = self.db.raw().iterator_cf_opt(
+            self.db.cf(CF_KV),
+            ro,
+            IteratorMode::From(lo, Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item?;
+            out.insert(k.to_vec(), v.to_vec());
+        }
+        for (k, v) in &self.kv {
+            if k.as_slice() >= lo && k.as_slice() < hi {
+                match v {
+                    Some(v) => out.insert(k.clone(), v.clone()),
+                    None => out.remove(k),
+                };
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    /// Deletes the `kv` pairs in `[lo, hi)` (a chunk's data).
+    pub(crate) fn delete_kv_range(&mut self, lo: &[u8], hi: &[u8]) {
+        self.batch.delete_range_cf(self.db.cf(CF_KV), lo, hi);
+        self.kv
+            .retain(|k, _| k.as_slice() < lo || k.as_slice() >= hi);
+    }
+
+    /// The dedup records and horizon of `slot` (a unit) as this batch leaves them.
+    pub(crate) fn dedup_of(&self, slot: Slot) -> Result<(Vec<(String, DedupRecord)>, u64)> {
+        let (lo, hi) = slot_bounds(slot);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(hi.clone());
+        let mut recs = BTreeMap::new();
+        let it = self.db.raw().iterator_cf_opt(
+            self.db.cf(CF_DEDUP),
+            ro,
+            IteratorMode::From(&lo, Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item?;
+            if k.len() > 2 && !self.cleared.contains(&slot) {
+                recs.insert(k.to_vec(), decode::<DedupRecord>("dedup record", &v)?);
+            }
+        }
+        for (k, v) in &self.dedup {
+            if k.starts_with(&lo) && k.len() > 2 {
+                match v {
+                    Some(r) => recs.insert(k.clone(), r.clone()),
+                    None => recs.remove(k),
+                };
+            }
+        }
+        let recs = recs
+            .into_iter()
+            .map(|(k, r)| (String::from_utf8_lossy(&k[2..]).into_owned(), r))
+            .collect();
+        Ok((recs, self.horizon(slot)?))
     }
 
     /// Adds the statistics changes to the batch.

@@ -73,7 +73,11 @@ pub fn request_digest(keyspace: Keyspace, key: &str, op: &KvOp) -> u64 {
     match op {
         KvOp::Put { value } | KvOp::Append { value } => part(value.as_bytes()),
         KvOp::Catalog(c) => part(&serde_json::to_vec(c).unwrap_or_default()),
-        KvOp::Get | KvOp::Delete => {}
+        KvOp::MoveChunk { id, to } => {
+            part(&id.0.to_be_bytes());
+            part(&to.0.to_be_bytes());
+        }
+        KvOp::Get | KvOp::Delete | KvOp::Scan(_) | KvOp::Chunks | KvOp::Split => {}
     }
     h.digest()
 }

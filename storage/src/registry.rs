@@ -98,6 +98,7 @@ pub(crate) fn apply_registry(
                     if let Some(unit) = d.units.remove(keyspace) {
                         ov.delete_slot(unit);
                     }
+                    crate::chunk_moves::drop_keyspace_chunks(ov, d, *keyspace);
                     d.version += 1;
                 }
                 ok

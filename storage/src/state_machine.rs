@@ -176,6 +176,22 @@ impl Store {
         read_lock(&self.shared.meta).descriptor.clone()
     }
 
+    /// Runs `read` on the published descriptor and the database as one view: if a batch
+    /// narrowed ownership meanwhile (it deletes data someone may be reading), reads again.
+    pub fn consistent<T>(
+        &self,
+        mut read: impl FnMut(&ShardDescriptor, &Db) -> Result<T>,
+    ) -> Result<T> {
+        loop {
+            let before = self.shared.generation.load(Ordering::SeqCst);
+            let d = self.descriptor();
+            let out = read(&d, &self.shared.db).map_err(|e| self.shared.note(e))?;
+            if self.shared.generation.load(Ordering::SeqCst) == before {
+                return Ok(out);
+            }
+        }
+    }
+
     pub fn applied(&self) -> Option<LogId> {
         read_lock(&self.shared.meta).applied
     }
@@ -341,7 +357,8 @@ const INLINE_APPLY_MAX: usize = 64;
 /// Whether a group is small and plain enough to apply without the blocking pool: a handful of
 /// KV writes costs a few memtable inserts and one unsynced WAL write, less than the two
 /// thread hand-offs of `spawn_blocking` (~100 µs of a one-connection write's latency on this
-/// machine, docs/benchmarks.md). Slot moves (which may import or delete whole slots) and big
+/// machine, docs/benchmarks.md). Slot and chunk moves and splits (which may import, delete or
+/// scan whole units) and big
 /// catch-up groups still go to the blocking pool.
 fn applies_inline(group: &[Entry]) -> bool {
     group.len() <= INLINE_APPLY_MAX
@@ -350,6 +367,7 @@ fn applies_inline(group: &[Entry]) -> bool {
                 &e.payload,
                 openraft::EntryPayload::Normal(
                     Command::Move(_)
+                        | Command::Chunk(_)
                         | Command::Registry(crate::command::RegistryCommand::DropKeyspace { .. })
                 )
             )
@@ -377,6 +395,8 @@ fn apply_group(
                     d.remove_slot(*s);
                 }
             }
+            // A chunk whose data goes: its unit is among the slots.
+            d.chunks.owned.retain(|_, c| !slots.contains(&c.unit));
         })
     })?;
     Ok((meta, results))

@@ -82,6 +82,7 @@ impl Shard {
             }),
             keyspace: ks,
             bucket: None,
+            range: false,
         })
     }
 
@@ -315,6 +316,7 @@ fn a_drop_in_the_same_group_as_writes_counts_them_right() {
         clock: None,
         keyspace: USERS,
         bucket: None,
+        range: false,
     };
     let entries: Vec<Entry> = [
         kv("a", "22"),
@@ -393,6 +395,7 @@ fn a_shard_keys_writes_go_to_a_unit_of_their_own() {
             clock: None,
             keyspace: ks,
             bucket: Some(unikv_types::catalog::bucket_of(key.as_bytes())),
+            range: false,
         };
     assert_eq!(
         s.apply(bucket_write("k", "acme", USERS, Some(("c", 1)))),

@@ -112,6 +112,7 @@ fn write(slot: u16, key: &str, op: KvOp, client: Option<ClientSeq>, now_ms: u64)
         }),
         keyspace: Default::default(),
         bucket: None,
+        range: false,
     }
 }
 
@@ -227,6 +228,7 @@ fn the_clock_never_goes_back_and_old_entries_expire_nothing() {
         clock: None,
         keyspace: Default::default(),
         bucket: None,
+        range: false,
     };
     assert_eq!(sh.one(legacy), Ok(KvReply::Written));
     assert_eq!(sh.meta.clock_ms, T0);
@@ -343,6 +345,7 @@ fn replicas_grouping_entries_differently_keep_identical_state() {
                 }),
                 keyspace: Default::default(),
                 bucket: None,
+                range: false,
             });
             continue;
         }

@@ -76,6 +76,7 @@ impl Shard {
             clock: None,
             keyspace: Default::default(),
             bucket: None,
+            range: false,
         })
     }
 

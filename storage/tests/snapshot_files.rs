@@ -44,6 +44,7 @@ fn some_data() -> Vec<Command> {
             clock: None,
             keyspace: Default::default(),
             bucket: None,
+            range: false,
         });
     }
     cmds

@@ -32,6 +32,7 @@ fn kv(slot: u16, key: &str, op: KvOp, client: Option<(&str, u64)>) -> Command {
         clock: None,
         keyspace: Default::default(),
         bucket: None,
+        range: false,
     }
 }
 
@@ -232,6 +233,7 @@ async fn an_append_may_not_grow_a_value_past_the_limit() {
         clock: None,
         keyspace: Default::default(),
         bucket: None,
+        range: false,
     };
     let r = apply_direct(
         &db,

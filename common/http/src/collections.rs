@@ -18,7 +18,9 @@
 //! | `/collections/{name}/shard_keys/{key}` | DELETE | the shard key and its data (`dropped`) |
 //! | `/collections/{name}/sharding/promote_to_custom` | POST | `{"default_shard_key": "default"}`: hash → custom, one way |
 //!
-//! Changes take `sharding` (`hash` or `custom`; `range` answers 501 for now) and
+//! Chunks of range collections have their own routes (`chunks`).
+//!
+//! Changes take `sharding` (`hash`, `range` or `custom`) and
 //! `expected_version` (the catalog version the change is based on: 409 `version_conflict`
 //! if another change came first). Changes are admin calls; reads are data calls.
 
@@ -36,7 +38,7 @@ use unikv_types::catalog::{
     one_way, unknown_collection, validate_name, validate_shard_key, Catalog, CatalogChange,
     CatalogOp, CatalogOutcome, CatalogReply, Collection, Placement, ShardKey, Sharding,
 };
-use unikv_types::{Keyspace, ShardId};
+use unikv_types::{ChunkInfo, Keyspace, KvOp, KvReply, ShardId};
 
 use crate::access::{data_guard, guard, Access};
 use crate::error::ApiError;
@@ -59,6 +61,21 @@ pub trait CatalogService: Send + Sync + 'static {
 
     /// Every shard the gossip view knows: id, whether it takes data (active), bytes stored.
     fn shards(&self) -> Vec<(ShardId, bool, u64)>;
+
+    /// The chunks of the range collection `collection` every shard holds (see `chunks`).
+    fn chunks(
+        &self,
+        collection: &str,
+    ) -> impl Future<Output = Result<Vec<ChunkInfo>, ApiError>> + Send;
+
+    /// Runs `op` (a chunk's split or move) for `key` of `collection` on `shard`'s leader.
+    fn on_shard(
+        &self,
+        collection: &str,
+        shard: ShardId,
+        key: String,
+        op: KvOp,
+    ) -> impl Future<Output = Result<KvReply, ApiError>> + Send;
 }
 
 /// The collection routes over `service`, reads behind the data token and changes behind
@@ -123,6 +140,7 @@ fn shard_key_json(k: &ShardKey) -> serde_json::Value {
     let placement = match &k.placement {
         Placement::Slots => json!("slots"),
         Placement::Shards(s) => json!({"shards": s.iter().map(|s| s.0).collect::<Vec<_>>()}),
+        Placement::Range => json!("range"),
     };
     json!({"name": k.name, "id": k.id.0, "placement": placement, "created_ms": k.created_ms})
 }

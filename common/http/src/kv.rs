@@ -10,6 +10,7 @@
 //! | `/put`    | GET, POST, PUT   | `{"ok": true}`                          |
 //! | `/append` | GET, POST, PUT   | `{"ok": true, "previous": value\|null}` |
 //! | `/delete` | DELETE, POST     | `{"ok": true, "deleted": bool}`         |
+//! | `/scan`   | GET, POST        | `{"items": [...], "next"}` (see `scan`) |
 //!
 //! Each takes `collection=NAME` too (absent: `default`, the seed's keyspace); an unknown one
 //! is a 404 `unknown_collection`, a malformed name a 400 `bad_name`. A custom collection's
@@ -34,6 +35,7 @@ use unikv_types::{ClientSeq, KvOp, KvReply, Limits};
 use crate::error::ApiError;
 use crate::params::Params;
 use crate::reply::{json_ok, method_not_allowed, ok};
+use crate::scan::{page_json, scan_range, SCAN_KEY};
 
 /// What serves the KV endpoints: a node (its own shard) or a router (by forwarding).
 pub trait KvService: Send + Sync + 'static {
@@ -74,6 +76,12 @@ pub fn routes<S: KvService>(service: Arc<S>) -> Router {
             get(kv_append::<S>)
                 .post(kv_append::<S>)
                 .put(kv_append::<S>)
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/scan",
+            get(kv_scan::<S>)
+                .post(kv_scan::<S>)
                 .fallback(method_not_allowed),
         )
         .route(
@@ -184,6 +192,25 @@ async fn kv_delete<S: KvService>(
     let (_, reply) = run(&*service, req, |_| Ok(KvOp::Delete)).await?;
     match reply {
         KvReply::Deleted { existed } => Ok(ok(json!({"ok": true, "deleted": existed}))),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn kv_scan<S: KvService>(
+    State(s): State<Arc<S>>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let p = Params::from_request(req, max_body(s.limits())).await?;
+    let range = scan_range(&p)?;
+    let space = Space {
+        collection: collection_param(&p)?,
+        shard_key: None,
+    };
+    match s
+        .execute(SCAN_KEY.into(), KvOp::Scan(range), None, space)
+        .await?
+    {
+        KvReply::Scan(page) => Ok(ok(page_json(page))),
         other => Err(unexpected(other)),
     }
 }

@@ -37,7 +37,16 @@ impl KvService for Fake {
                 previous: (value == "x").then(|| "before".to_string()),
             },
             (KvOp::Delete, _) => KvReply::Deleted { existed: true },
-            (KvOp::Catalog(_), _) => return Err(ApiError::bad_request("bad_command", "scripted")),
+            (KvOp::Scan(r), _) => KvReply::Scan(unikv_types::ScanPage {
+                items: vec![(
+                    format!("{}|{}", r.start, r.end.clone().unwrap_or_default()),
+                    r.limit.to_string(),
+                )],
+                resume: Some(format!("{}>", r.start)),
+            }),
+            (KvOp::Catalog(_) | KvOp::Chunks | KvOp::Split | KvOp::MoveChunk { .. }, _) => {
+                return Err(ApiError::bad_request("bad_command", "scripted"))
+            }
         })
     }
 }
@@ -186,4 +195,48 @@ async fn the_body_limit_follows_the_service_limits() {
     let over = format!("key=k&val={}", "v".repeat(64 * 1024 + 20));
     let (s, b) = send(addr, "POST", "/put", Some((form, &over))).await;
     assert_eq!((s, &b["code"]), (413, &json!("body_too_large")));
+}
+
+#[tokio::test]
+async fn scan_pages_carry_a_cursor_that_resumes_them() {
+    let (addr, _) = serve(Limits::default()).await;
+    let (s, b) = send(
+        addr,
+        "GET",
+        "/scan?collection=events&start=a&end=q&limit=2",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["items"][0]["key"], "a|q");
+    assert_eq!(b["items"][0]["value"], "2");
+    let next = b["next"].as_str().unwrap().to_string();
+    // The cursor replaces `start`, the rest of the query repeats.
+    let (s, b) = send(
+        addr,
+        "GET",
+        &format!("/scan?collection=events&start=a&end=q&limit=2&cursor={next}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, &b["items"][0]["key"]),
+        (200, &serde_json::json!("a>|q"))
+    );
+    for (query, code) in [
+        ("limit=0", "bad_limit"),
+        ("limit=1001", "bad_limit"),
+        ("cursor=%%%", "bad_cursor"),
+        ("start=b&end=a", "bad_range"),
+        ("reverse=maybe", "bad_reverse"),
+    ] {
+        let (s, b) = send(
+            addr,
+            "GET",
+            &format!("/scan?collection=events&{query}"),
+            None,
+        )
+        .await;
+        assert_eq!((s, b["code"].as_str()), (400, Some(code)), "{query}: {b}");
+    }
 }

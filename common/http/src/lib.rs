@@ -9,12 +9,14 @@ pub mod access;
 pub mod bind;
 pub mod browser;
 pub mod catalog_cache;
+pub mod chunks;
 pub mod collections;
 mod error;
 pub mod kv;
 mod params;
 pub mod process;
 mod reply;
+pub mod scan;
 
 pub use collections::CatalogService;
 pub use error::ApiError;

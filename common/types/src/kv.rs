@@ -65,12 +65,33 @@ pub enum KvOp {
     Delete,
     /// A change of the catalog (only ever sent for the system collection's catalog key).
     Catalog(crate::catalog::CatalogOp),
+    /// Range collections: read keys in order from the chunk holding the request's key
+    /// (`ScanRange::first_position`), on through whatever else the shard holds next.
+    Scan(crate::chunk::ScanRange),
+    /// Range collections: the chunks of the collection this shard holds (key ignored).
+    Chunks,
+    /// Range collections: split the chunk holding the request's key at that key.
+    Split,
+    /// Range collections: hand chunk `id` (which holds the request's key) to shard `to`.
+    MoveChunk {
+        id: crate::chunk::ChunkId,
+        to: ShardId,
+    },
 }
 
 impl KvOp {
+    /// Whether the operation changes anything (a write gets a router session).
     pub fn is_write(&self) -> bool {
-        !matches!(self, KvOp::Get)
+        !matches!(self, KvOp::Get | KvOp::Scan(_) | KvOp::Chunks)
     }
+    /// Whether the operation exists for range collections only.
+    pub fn is_range_only(&self) -> bool {
+        matches!(
+            self,
+            KvOp::Scan(_) | KvOp::Chunks | KvOp::Split | KvOp::MoveChunk { .. }
+        )
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             KvOp::Get => "get",
@@ -78,6 +99,10 @@ impl KvOp {
             KvOp::Append { .. } => "append",
             KvOp::Delete => "delete",
             KvOp::Catalog(_) => "catalog",
+            KvOp::Scan(_) => "scan",
+            KvOp::Chunks => "chunks",
+            KvOp::Split => "split",
+            KvOp::MoveChunk { .. } => "move_chunk",
         }
     }
 }
@@ -116,6 +141,10 @@ pub enum KvReply {
     Deleted { existed: bool },
     /// A catalog change applied.
     Catalog(crate::catalog::CatalogReply),
+    /// One shard's page of a scan.
+    Scan(crate::chunk::ScanPage),
+    /// The chunks a shard holds.
+    Chunks(Vec<crate::chunk::ChunkInfo>),
 }
 
 /// Why a node did not serve a KV request.

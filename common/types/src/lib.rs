@@ -7,6 +7,7 @@
 //! use the wire types without pulling RocksDB in.
 
 pub mod catalog;
+pub mod chunk;
 pub mod cluster;
 pub mod ids;
 pub mod kv;
@@ -15,6 +16,7 @@ pub mod limits;
 pub mod slot;
 
 pub use catalog::Keyspace;
+pub use chunk::{ChunkId, ChunkInfo, ScanPage, ScanRange};
 pub use cluster::{Role, ShardState};
 pub use ids::{Epoch, NodeId, ShardId};
 pub use kv::{wall_clock_ms, ClientSeq, KvError, KvOp, KvReply, KvRequest, NodeRef};
@@ -58,4 +60,10 @@ pub mod rpc_kind {
     /// Set or release a promote's fence on slot moves (the catalog shard's leader → every
     /// shard's leader).
     pub const FENCE: u8 = 41;
+    /// A chunk's data from the source shard's leader to the target's.
+    pub const CHUNK_IN: u8 = 50;
+    /// Target asks the source how a chunk hand-off ended.
+    pub const CHUNK_STATUS: u8 = 51;
+    /// Source tells the target a chunk hand-off is done.
+    pub const CHUNK_ACTIVATE: u8 = 52;
 }

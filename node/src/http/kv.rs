@@ -5,10 +5,14 @@
 
 use std::future::Future;
 
+use unikv_http::scan::SCAN_KEY;
 use unikv_http::{ApiError, CatalogService, KvService};
 use unikv_types::catalog::{Catalog, CatalogOp, CatalogReply, Space};
-use unikv_types::{ClientSeq, KvOp, KvReply, KvRequest, Limits, ShardId, ShardState};
+use unikv_types::{
+    rpc_kind, ChunkInfo, ClientSeq, KvError, KvOp, KvReply, KvRequest, Limits, ShardId, ShardState,
+};
 
+use crate::peer::call_shard;
 use crate::service::Node;
 
 impl KvService for Node {
@@ -46,6 +50,45 @@ impl CatalogService for Node {
 
     fn shards(&self) -> Vec<(ShardId, bool, u64)> {
         shard_list(&self.gossip.view())
+    }
+
+    async fn chunks(&self, collection: &str) -> Result<Vec<ChunkInfo>, ApiError> {
+        let shards: Vec<ShardId> = self.gossip.view().shards.keys().copied().collect();
+        let mut all = Vec::new();
+        for shard in shards {
+            match self
+                .on_shard(collection, shard, SCAN_KEY.into(), KvOp::Chunks)
+                .await
+            {
+                Ok(KvReply::Chunks(c)) => all.extend(c),
+                Ok(other) => return Err(KvError::Internal(format!("chunks got {other:?}")).into()),
+                // A shard that cannot answer now is left out of this listing.
+                Err(e) => tracing::debug!(%shard, error = %e.message, "listing chunks"),
+            }
+        }
+        Ok(all)
+    }
+
+    async fn on_shard(
+        &self,
+        collection: &str,
+        shard: ShardId,
+        key: String,
+        op: KvOp,
+    ) -> Result<KvReply, ApiError> {
+        let req = KvRequest {
+            key,
+            op,
+            client: None,
+            forwarded: false,
+            collection: Some(collection.to_string()),
+            shard_key: None,
+        };
+        if shard == self.shard() {
+            return Ok(self.kv(req).await?);
+        }
+        let timeout = self.config.request_timeout();
+        Ok(call_shard(self, shard, rpc_kind::KV, &req, timeout).await?)
     }
 }
 

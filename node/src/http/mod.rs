@@ -36,7 +36,8 @@ pub fn router(node: Arc<Node>, access: Access) -> Router {
             unikv_http::access::guard,
         ))
         .with_state(node.clone());
-    let collections = unikv_http::collections::routes(node.clone(), access);
+    let collections = unikv_http::collections::routes(node.clone(), access.clone())
+        .merge(unikv_http::chunks::routes(node.clone(), access));
     Router::new()
         .route(
             "/raft/status",

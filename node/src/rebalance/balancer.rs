@@ -57,7 +57,11 @@ async fn tick(rb: &Arc<Rebalancer>) {
         handoff::spawn(rb.clone(), slot, None, to);
     }
     // A drained shard becomes inactive.
-    if d.state == ShardState::Draining && d.slot_count() == 0 && d.outgoing.is_empty() {
+    if d.state == ShardState::Draining
+        && d.slot_count() == 0
+        && d.outgoing.is_empty()
+        && d.chunks.owned.is_empty()
+    {
         let _ = node
             .propose(Command::Registry(RegistryCommand::SetState {
                 state: ShardState::Inactive,

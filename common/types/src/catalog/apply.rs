@@ -60,16 +60,6 @@ impl Catalog {
                         ),
                     ));
                 }
-                if *sharding == Sharding::Range {
-                    return Err(refused(
-                        501,
-                        "not_implemented",
-                        format!(
-                            "{} collections are not available yet; hash and custom ones are",
-                            sharding.as_str()
-                        ),
-                    ));
-                }
                 if self.collections.len() >= MAX_COLLECTIONS {
                     return Err(refused(
                         409,

@@ -129,6 +129,9 @@ pub enum Placement {
     /// On these shards only: a key's bucket ([`bucket_of`]) picks one of them
     /// ([`bucket_shard`]). Fixed once created.
     Shards(Vec<ShardId>),
+    /// A range collection: in chunks of ordered keys, wherever their shards' descriptors say
+    /// (`crate::chunk`).
+    Range,
 }
 
 /// A shard key of a custom collection.
@@ -397,7 +400,10 @@ impl Catalog {
             }
             return Ok(Target {
                 keyspace: c.id,
-                placement: Placement::Slots,
+                placement: match c.sharding {
+                    Sharding::Range => Placement::Range,
+                    _ => Placement::Slots,
+                },
             });
         }
         let name = match shard_key.or(c.default_shard_key.as_deref()) {

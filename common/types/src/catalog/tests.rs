@@ -235,20 +235,22 @@ fn shard_keys_and_the_one_way_promote() {
 }
 
 #[test]
-fn only_hash_and_custom_collections_for_now() {
+fn range_collections_target_their_chunks() {
     let mut c = Catalog::default();
-    let e = c
-        .apply(
-            &op(
-                CatalogChange::Create {
-                    name: "events".into(),
-                    sharding: Sharding::Range,
-                },
-                None,
-            ),
-            1,
-        )
-        .unwrap_err();
-    assert_eq!((e.code(), e.http_status()), ("not_implemented", 501));
-    assert_eq!(c.version, 0);
+    c.apply(
+        &op(
+            CatalogChange::Create {
+                name: "events".into(),
+                sharding: Sharding::Range,
+            },
+            None,
+        ),
+        1,
+    )
+    .unwrap();
+    assert_eq!(c.version, 1);
+    let t = c.target("events", None).unwrap();
+    assert_eq!(t.placement, Placement::Range);
+    let e = c.target("events", Some("k")).unwrap_err();
+    assert_eq!(e.code(), "unexpected_shard_key");
 }

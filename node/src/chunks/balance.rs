@@ -1,0 +1,128 @@
+//! The shard leader's chunk loop, once a second: finish what a predecessor left (resume
+//! hand-offs, ask about received chunks), split chunks grown past `--chunk_max_bytes`, drain
+//! a draining shard's chunks, and even out bytes: a shard holding more than the lightest
+//! active shard by more than twice a chunk's size (and by half `--chunk_max_bytes` at least)
+//! hands that chunk over. One balancing move at a time per shard, and none until the last
+//! one shows in gossip, so shards do not overshoot.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use unikv_storage::ChunkState;
+use unikv_types::{ChunkId, ShardId, ShardState};
+
+use crate::service::Node;
+
+const TICK: Duration = Duration::from_secs(1);
+/// Most splits one tick proposes.
+const SPLITS_PER_TICK: usize = 8;
+/// Pause after a balancing move before the next, so gossip shows its effect.
+const SETTLE: Duration = Duration::from_secs(2);
+
+pub fn spawn(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(TICK);
+        let mut last_move = Instant::now() - SETTLE;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            if !node.is_leader() {
+                continue;
+            }
+            if let Some(moved) = round(&node, last_move).await {
+                last_move = moved;
+            }
+        }
+    })
+}
+
+/// One round; the time a balancing move was started, if one was.
+async fn round(node: &Arc<Node>, last_move: Instant) -> Option<Instant> {
+    let d = node.store.descriptor();
+    if d.chunks.owned.is_empty() {
+        return None;
+    }
+    for (id, c) in &d.chunks.owned {
+        match c.state {
+            ChunkState::Incoming { source, epoch } => {
+                let (node, id) = (node.clone(), *id);
+                tokio::spawn(async move { node.check_arrival(id, source, epoch).await });
+            }
+            ChunkState::Outgoing { target, .. } => start_move(node, *id, target),
+            ChunkState::Serving => {}
+        }
+    }
+    // Splits, largest chunks first.
+    let max = node.config.chunk_max_bytes;
+    let mut big: Vec<(u64, ChunkId)> = node
+        .store
+        .chunks(None)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c.size > max && c.moving_to.is_none())
+        .map(|c| (c.size, c.id))
+        .collect();
+    big.sort_unstable_by(|a, b| b.cmp(a));
+    for (_, id) in big.into_iter().take(SPLITS_PER_TICK) {
+        let Ok(Some(at)) = node.store.split_point(id) else {
+            continue;
+        };
+        let ks = match node.store.descriptor().chunks.owned.get(&id) {
+            Some(c) => c.keyspace,
+            None => continue,
+        };
+        if let Err(e) = node.split_at(ks, &at).await {
+            tracing::debug!(chunk = %id, error = %e, "automatic split not committed");
+        }
+    }
+    if node.moving_chunks() > 0 {
+        return None;
+    }
+    let view = node.gossip.view();
+    let active: Vec<(ShardId, u64)> = view
+        .shards
+        .values()
+        .filter(|s| s.state == ShardState::Active && s.id != node.shard())
+        .map(|s| (s.id, s.bytes))
+        .collect();
+    let &(lightest, light_bytes) = active.iter().min_by_key(|(_, b)| *b)?;
+    let chunks = node.store.chunks(None).unwrap_or_default();
+    let serving = chunks.iter().filter(|c| c.moving_to.is_none());
+    if d.state == ShardState::Draining {
+        let c = serving.max_by_key(|c| c.size)?;
+        start_move(node, c.id, lightest);
+        return Some(Instant::now());
+    }
+    if d.state != ShardState::Active || last_move.elapsed() < SETTLE {
+        return None;
+    }
+    let mine = view.shards.get(&node.shard()).map_or(0, |s| s.bytes);
+    let gap = mine.saturating_sub(light_bytes);
+    if gap < max / 2 {
+        return None;
+    }
+    // The biggest chunk that still leaves this shard at least as heavy as the target.
+    let c = serving
+        .filter(|c| c.size > 0 && 2 * c.size <= gap)
+        .max_by_key(|c| c.size)?;
+    tracing::info!(shard = %node.shard(), chunk = %c.id, to = %lightest, bytes = c.size, gap, "balancing: moving a chunk");
+    start_move(node, c.id, lightest);
+    Some(Instant::now())
+}
+
+/// Starts (or resumes) the hand-off of chunk `id` to `to` in the background, unless one runs.
+fn start_move(node: &Arc<Node>, id: ChunkId, to: ShardId) {
+    if !node.claim_task(super::handoff::MOVING, id) {
+        return;
+    }
+    let node = node.clone();
+    tokio::spawn(async move {
+        if let Err(e) = node.hand_off(id, to).await {
+            tracing::warn!(shard = %node.shard(), chunk = %id, to = %to, error = %e, "chunk hand-off stopped");
+        }
+        node.release_task(super::handoff::MOVING, id);
+    });
+}

@@ -1,0 +1,44 @@
+//! What shard leaders exchange to move a chunk (`CHUNK_IN`, `CHUNK_STATUS`, `CHUNK_ACTIVATE`).
+
+use serde::{Deserialize, Serialize};
+use unikv_storage::DedupRecord;
+use unikv_types::{ChunkId, Epoch, Keyspace, ShardId};
+
+/// A chunk's data, from the source leader to the target leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChunkIn {
+    pub id: ChunkId,
+    pub keyspace: Keyspace,
+    pub lo: String,
+    pub hi: Option<String>,
+    pub from: ShardId,
+    pub epoch: Epoch,
+    pub kv: Vec<(String, String)>,
+    pub dedup: Vec<(String, DedupRecord)>,
+    pub dedup_horizon_ms: u64,
+}
+
+/// The target asks the source how a hand-off ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChunkStatusRequest {
+    pub id: ChunkId,
+    pub epoch: Epoch,
+    pub target: ShardId,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChunkStatus {
+    /// The source let go: the target may serve.
+    Done,
+    /// Still handing off (or the source cannot tell): wait.
+    Pending,
+    /// The source kept the chunk: the target drops its copy.
+    Aborted,
+}
+
+/// The source's nudge once `Done` committed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChunkActivate {
+    pub id: ChunkId,
+    pub epoch: Epoch,
+}

@@ -1,0 +1,115 @@
+//! Requests for a range collection on this node: point operations in the chunk holding the
+//! key, a scan page through the chunks held here (after a linearizable barrier, read from one
+//! RocksDB view), the listing of chunks held here, a split at a key, and an explicit chunk
+//! move. A position no chunk here holds is answered `wrong_shard`, naming the shard it went to
+//! when a forwarding note says.
+
+use std::time::Instant;
+
+use unikv_storage::apply::range_wrong_shard;
+use unikv_storage::{ChunkCommand, Command};
+use unikv_types::chunk::{MAX_SCAN_LIMIT, SCAN_PAGE_BYTES};
+use unikv_types::{wall_clock_ms, Keyspace, KvError, KvOp, KvReply, KvRequest, ScanRange};
+
+use crate::service::{Home, Node};
+
+impl Node {
+    /// Serves a request for range keyspace `ks`.
+    pub(crate) async fn kv_range(&self, req: KvRequest, ks: Keyspace) -> Result<KvReply, KvError> {
+        let deadline = Instant::now() + self.config.request_timeout();
+        match &req.op {
+            KvOp::Scan(r) => {
+                let r = bounded(r)?;
+                self.linearize(deadline).await?;
+                let page = self
+                    .store
+                    .scan_range(ks, &r)
+                    .map_err(|e| KvError::Internal(e.to_string()))?;
+                match page {
+                    Some(p) => {
+                        self.scans_served
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        Ok(KvReply::Scan(p))
+                    }
+                    None => Err(range_wrong_shard(
+                        &self.store.descriptor(),
+                        ks,
+                        r.first_position().unwrap_or_default(),
+                    )),
+                }
+            }
+            KvOp::Chunks => {
+                self.linearize(deadline).await?;
+                self.store
+                    .chunks(Some(ks))
+                    .map(KvReply::Chunks)
+                    .map_err(|e| KvError::Internal(e.to_string()))
+            }
+            KvOp::Split | KvOp::MoveChunk { .. } if !self.is_leader() => match self.leader() {
+                Some(l) if !req.forwarded && l.node_id != self.id() => {
+                    self.forward(l, &req, deadline).await
+                }
+                leader => Err(KvError::NotLeader {
+                    shard: self.shard(),
+                    leader,
+                }),
+            },
+            KvOp::Split => self.split_at(ks, &req.key).await,
+            KvOp::MoveChunk { id, to } => {
+                let d = self.store.descriptor();
+                match d.chunks.owned.get(id) {
+                    Some(c) if c.keyspace == ks => {}
+                    _ => return Err(range_wrong_shard(&d, ks, &req.key)),
+                }
+                let epoch = self.move_chunk(*id, *to).await?;
+                tracing::info!(shard = %self.shard(), chunk = %id, to = %to, epoch = %epoch, "chunk moved");
+                Ok(KvReply::Written)
+            }
+            KvOp::Catalog(_) => Err(KvError::BadRequest {
+                code: "bad_command".into(),
+                message: "a catalog change applies to the catalog key only".into(),
+            }),
+            KvOp::Get | KvOp::Put { .. } | KvOp::Append { .. } | KvOp::Delete => {
+                self.kv_in(req, ks, Home::Range).await
+            }
+        }
+    }
+
+    /// On the leader: splits the chunk holding `at` there (nothing to do if `at` already
+    /// starts a chunk).
+    pub(crate) async fn split_at(&self, ks: Keyspace, at: &str) -> Result<KvReply, KvError> {
+        let d = self.store.descriptor();
+        let Some((id, c)) = d.chunks.find(ks, at) else {
+            return Err(range_wrong_shard(&d, ks, at));
+        };
+        if c.lo == at {
+            return Ok(KvReply::Written);
+        }
+        self.propose(Command::Chunk(ChunkCommand::Split {
+            id,
+            at: at.to_string(),
+            now_ms: wall_clock_ms(),
+        }))
+        .await
+    }
+}
+
+/// The scan with its limits clamped to what one page may hold.
+fn bounded(r: &ScanRange) -> Result<ScanRange, KvError> {
+    if r.limit == 0 || r.limit > MAX_SCAN_LIMIT {
+        return Err(KvError::BadRequest {
+            code: "bad_limit".into(),
+            message: format!("limit must be 1..={MAX_SCAN_LIMIT}, got {}", r.limit),
+        });
+    }
+    if r.end.as_deref().is_some_and(|e| e < r.start.as_str()) {
+        return Err(KvError::BadRequest {
+            code: "bad_range".into(),
+            message: format!("end {:?} is before start {:?}", r.end, r.start),
+        });
+    }
+    Ok(ScanRange {
+        max_bytes: r.max_bytes.clamp(1, SCAN_PAGE_BYTES),
+        ..r.clone()
+    })
+}

@@ -1,0 +1,404 @@
+//! Applying chunk commands: the first chunk of a range collection, splits, and the steps of
+//! a chunk move — the slot move's protocol (`moves`) over a chunk id, with the same invariant:
+//! at most one shard serves a chunk at any moment (a gap is allowed, an overlap never). The
+//! source freezes writes (`Out`), the target installs the data without serving it (`In`), the
+//! source deletes its copy and keeps a forwarding note (`Done`), and only then does the target
+//! serve (`Activate`). `Abort` is possible until `Done`; the target then `Drop`s its copy.
+
+use rocksdb::{Direction, IteratorMode, ReadOptions};
+use unikv_types::{ChunkId, ChunkInfo, Epoch, Keyspace, KvError, KvReply};
+
+use crate::chunk_map::{within, ChunkForward, ChunkState, OwnedChunk};
+use crate::command::{ChunkCommand, CommandResult};
+use crate::db::{chunk_bounds, range_user_key, Db, CF_KV};
+use crate::descriptor::ShardDescriptor;
+use crate::error::Result;
+use crate::moves::refused;
+use crate::overlay::Overlay;
+use crate::records::{DedupRecord, SlotStats};
+
+fn no_units(d: &ShardDescriptor) -> KvError {
+    KvError::Unavailable {
+        shard: d.shard,
+        reason: "this shard has handed out every unit number it has".into(),
+    }
+}
+
+/// Creates the first chunk of range keyspace `ks` here, unless this shard minted one already.
+pub(crate) fn create_first(d: &mut ShardDescriptor, ks: Keyspace, now_ms: u64) -> CommandResult {
+    if d.chunks.owned.values().any(|c| c.keyspace == ks) {
+        return Ok(KvReply::Written);
+    }
+    let Some(unit) = d.new_unit() else {
+        return Err(no_units(d));
+    };
+    let id = d.chunks.mint(d.shard);
+    d.chunks.owned.insert(
+        id,
+        OwnedChunk {
+            keyspace: ks,
+            lo: String::new(),
+            hi: None,
+            epoch: Epoch(1),
+            unit,
+            version: 1,
+            updated_ms: now_ms,
+            state: ChunkState::Serving,
+        },
+    );
+    d.version += 1;
+    tracing::info!(shard = %d.shard, keyspace = %ks, chunk = %id, "first chunk of a range collection");
+    Ok(KvReply::Written)
+}
+
+pub(crate) fn apply_chunk(
+    ov: &mut Overlay<'_>,
+    d: &mut ShardDescriptor,
+    c: &ChunkCommand,
+) -> Result<CommandResult> {
+    let ok = Ok(KvReply::Written);
+    let res = match c {
+        ChunkCommand::Create { keyspace, now_ms } => {
+            if d.dropped_keyspaces.contains(keyspace) {
+                refused(format!("keyspace {keyspace} was deleted"))
+            } else {
+                create_first(d, *keyspace, *now_ms)
+            }
+        }
+        ChunkCommand::Split { id, at, now_ms } => split(ov, d, *id, at, *now_ms)?,
+        ChunkCommand::Out {
+            id,
+            to,
+            epoch,
+            now_ms,
+        } => match d.chunks.owned.get_mut(id) {
+            Some(ch)
+                if ch.state
+                    == (ChunkState::Outgoing {
+                        target: *to,
+                        epoch: *epoch,
+                    }) =>
+            {
+                ok
+            }
+            Some(ch) if ch.state != ChunkState::Serving => {
+                refused(format!("chunk {id} is already moving"))
+            }
+            Some(ch) if ch.epoch < *epoch && *to != d.shard => {
+                ch.state = ChunkState::Outgoing {
+                    target: *to,
+                    epoch: *epoch,
+                };
+                ch.updated_ms = *now_ms;
+                d.version += 1;
+                ok
+            }
+            Some(ch) => refused(format!(
+                "chunk {id} is held at epoch {}, not below {epoch}",
+                ch.epoch
+            )),
+            None => refused(format!("chunk {id} is not held by shard {}", d.shard)),
+        },
+        ChunkCommand::In {
+            id,
+            keyspace,
+            lo,
+            hi,
+            from,
+            epoch,
+            kv,
+            dedup,
+            dedup_horizon_ms,
+            now_ms,
+        } => {
+            let arriving = ChunkState::Incoming {
+                source: *from,
+                epoch: *epoch,
+            };
+            match d.chunks.owned.get(id) {
+                Some(ch) if ch.state == arriving || ch.epoch >= *epoch => ok,
+                Some(ch) => refused(format!(
+                    "chunk {id} is already held here at epoch {}",
+                    ch.epoch
+                )),
+                None if d.chunks.forwards.get(id).is_some_and(|f| f.epoch >= *epoch) => {
+                    refused(format!("chunk {id} already moved on from here"))
+                }
+                None if d.dropped_keyspaces.contains(keyspace) => {
+                    refused(format!("keyspace {keyspace} was deleted here"))
+                }
+                None => match d.new_unit() {
+                    None => Err(no_units(d)),
+                    Some(unit) => {
+                        ov.install_chunk(unit, *keyspace, kv, dedup, *dedup_horizon_ms)?;
+                        d.chunks.owned.insert(
+                            *id,
+                            OwnedChunk {
+                                keyspace: *keyspace,
+                                lo: lo.clone(),
+                                hi: hi.clone(),
+                                epoch: *epoch,
+                                unit,
+                                version: 1,
+                                updated_ms: *now_ms,
+                                state: arriving,
+                            },
+                        );
+                        d.chunks.forwards.remove(id);
+                        ok
+                    }
+                },
+            }
+        }
+        ChunkCommand::Done { id, epoch } => match d.chunks.owned.get(id) {
+            Some(ch) if matches!(ch.state, ChunkState::Outgoing { epoch: e, .. } if e == *epoch) => {
+                let ChunkState::Outgoing { target, .. } = ch.state else {
+                    unreachable!()
+                };
+                let ch = d.chunks.owned.remove(id).expect("held");
+                delete_data(ov, &ch);
+                d.chunks.remember_forward(
+                    *id,
+                    ChunkForward {
+                        target,
+                        epoch: *epoch,
+                        keyspace: ch.keyspace,
+                        lo: ch.lo,
+                        hi: ch.hi,
+                    },
+                );
+                d.version += 1;
+                ok
+            }
+            _ if d.chunks.forwards.get(id).is_some_and(|f| f.epoch == *epoch) => ok,
+            _ => refused(format!("chunk {id} has no hand-off at epoch {epoch}")),
+        },
+        ChunkCommand::Abort { id, epoch } => match d.chunks.owned.get_mut(id) {
+            Some(ch) if matches!(ch.state, ChunkState::Outgoing { epoch: e, .. } if e == *epoch) => {
+                // Held at the aborted epoch: every attempt has its own.
+                ch.state = ChunkState::Serving;
+                ch.epoch = *epoch;
+                d.version += 1;
+                ok
+            }
+            _ if d.chunks.forwards.get(id).is_some_and(|f| f.epoch == *epoch) => refused(format!(
+                "chunk {id} was already handed off at epoch {epoch}"
+            )),
+            _ => ok,
+        },
+        ChunkCommand::Activate { id, epoch } => match d.chunks.owned.get_mut(id) {
+            Some(ch) if matches!(ch.state, ChunkState::Incoming { epoch: e, .. } if e == *epoch) => {
+                ch.state = ChunkState::Serving;
+                ch.version += 1;
+                d.version += 1;
+                ok
+            }
+            Some(ch) if ch.state == ChunkState::Serving && ch.epoch == *epoch => ok,
+            _ => refused(format!("chunk {id} was not received at epoch {epoch}")),
+        },
+        ChunkCommand::Drop { id, epoch } => match d.chunks.owned.get(id) {
+            Some(ch) if matches!(ch.state, ChunkState::Incoming { epoch: e, .. } if e == *epoch) => {
+                let ch = d.chunks.owned.remove(id).expect("held");
+                delete_data(ov, &ch);
+                d.version += 1;
+                ok
+            }
+            _ => ok,
+        },
+    };
+    if let Err(e) = &res {
+        tracing::warn!(shard = %d.shard, command = %c, error = %e, "chunk step refused");
+    }
+    Ok(res)
+}
+
+/// Deletes a chunk's keys, dedup table and statistics (its unit goes to the batch's replaced
+/// list, so readers stop trusting it before the batch lands).
+fn delete_data(ov: &mut Overlay<'_>, ch: &OwnedChunk) {
+    let (lo, hi) = chunk_bounds(ch.keyspace, &ch.lo, ch.hi.as_deref());
+    ov.delete_kv_range(&lo, &hi);
+    ov.delete_slot(ch.unit);
+}
+
+/// Drops every chunk of keyspace `ks` held here (a deleted collection).
+pub(crate) fn drop_keyspace_chunks(ov: &mut Overlay<'_>, d: &mut ShardDescriptor, ks: Keyspace) {
+    let ids: Vec<ChunkId> = d
+        .chunks
+        .owned
+        .iter()
+        .filter(|(_, c)| c.keyspace == ks)
+        .map(|(id, _)| *id)
+        .collect();
+    for id in ids {
+        if let Some(ch) = d.chunks.owned.remove(&id) {
+            delete_data(ov, &ch);
+        }
+    }
+    d.chunks.forwards.retain(|_, f| f.keyspace != ks);
+}
+
+fn split(
+    ov: &mut Overlay<'_>,
+    d: &mut ShardDescriptor,
+    id: ChunkId,
+    at: &str,
+    now_ms: u64,
+) -> Result<CommandResult> {
+    let Some(ch) = d.chunks.owned.get(&id).cloned() else {
+        return Ok(refused(format!(
+            "chunk {id} is not held by shard {}",
+            d.shard
+        )));
+    };
+    if ch.state != ChunkState::Serving {
+        return Ok(Err(KvError::Refused {
+            status: 409,
+            code: "chunk_moving".into(),
+            message: format!("chunk {id} is moving; split it once it has arrived"),
+        }));
+    }
+    if at <= ch.lo.as_str() || !within(&ch.lo, ch.hi.as_deref(), at) {
+        return Ok(Err(KvError::BadRequest {
+            code: "bad_split".into(),
+            message: format!(
+                "{at:?} is not inside chunk {id} [{:?}, {}) past its first key",
+                ch.lo,
+                ch.hi
+                    .as_deref()
+                    .map_or("end".to_string(), |h| format!("{h:?}"))
+            ),
+        }));
+    }
+    let Some(unit) = d.new_unit() else {
+        return Ok(Err(no_units(d)));
+    };
+    // What moves to the right half: its keys' count and bytes, and a copy of the dedup table
+    // (a retry is recognised in either half).
+    let (lo, hi) = chunk_bounds(ch.keyspace, at, ch.hi.as_deref());
+    let mut st = SlotStats::default();
+    for (k, v) in ov.pairs_in(&lo, &hi)? {
+        st.keys += 1;
+        st.bytes += (range_user_key(&k).len() + v.len()) as u64;
+    }
+    let (records, horizon) = ov.dedup_of(ch.unit)?;
+    ov.install_dedup(unit, &records, horizon)?;
+    ov.count(ch.unit, -(st.keys as i64), -(st.bytes as i64));
+    ov.count(unit, st.keys as i64, st.bytes as i64);
+    let new_id = d.chunks.mint(d.shard);
+    let left = d.chunks.owned.get_mut(&id).expect("held");
+    left.hi = Some(at.to_string());
+    left.version += 1;
+    left.updated_ms = now_ms;
+    d.chunks.owned.insert(
+        new_id,
+        OwnedChunk {
+            lo: at.to_string(),
+            hi: ch.hi.clone(),
+            unit,
+            version: 1,
+            updated_ms: now_ms,
+            ..ch
+        },
+    );
+    d.version += 1;
+    tracing::info!(shard = %d.shard, chunk = %id, new = %new_id, at, moved_keys = st.keys, "chunk split");
+    Ok(Ok(KvReply::Written))
+}
+
+/// The listing of chunks held here (not those still arriving), with their statistics.
+pub fn chunk_infos(
+    d: &ShardDescriptor,
+    ks: Option<Keyspace>,
+    stats: &dyn Fn(u16) -> SlotStats,
+) -> Vec<ChunkInfo> {
+    d.chunks
+        .owned
+        .iter()
+        // A chunk still arriving is the source's until it is activated here.
+        .filter(|(_, c)| {
+            ks.is_none_or(|k| c.keyspace == k) && !matches!(c.state, ChunkState::Incoming { .. })
+        })
+        .map(|(id, c)| {
+            let st = stats(c.unit);
+            ChunkInfo {
+                id: *id,
+                keyspace: c.keyspace,
+                shard: d.shard,
+                min: c.lo.clone(),
+                max: c.hi.clone(),
+                count: st.keys,
+                size: st.bytes,
+                version: c.version,
+                epoch: c.epoch,
+                updated_ms: c.updated_ms,
+                moving_to: match c.state {
+                    ChunkState::Outgoing { target, .. } => Some(target),
+                    _ => None,
+                },
+            }
+        })
+        .collect()
+}
+
+/// Everything stored for a chunk, for handing it off.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChunkExport {
+    pub kv: Vec<(String, String)>,
+    pub dedup: Vec<(String, DedupRecord)>,
+    pub dedup_horizon_ms: u64,
+}
+
+/// The user keys and values of `[lo, hi)` of range keyspace `ks`, as stored.
+pub fn chunk_pairs(
+    db: &Db,
+    ks: Keyspace,
+    lo: &str,
+    hi: Option<&str>,
+) -> Result<Vec<(String, String)>> {
+    let (lo, hi) = chunk_bounds(ks, lo, hi);
+    let mut ro = ReadOptions::default();
+    ro.set_iterate_upper_bound(hi);
+    let mut out = Vec::new();
+    for item in db.raw().iterator_cf_opt(
+        db.cf(CF_KV),
+        ro,
+        IteratorMode::From(&lo, Direction::Forward),
+    ) {
+        let (k, v) = item?;
+        out.push((
+            String::from_utf8_lossy(range_user_key(&k)).into_owned(),
+            String::from_utf8_lossy(&v).into_owned(),
+        ));
+    }
+    Ok(out)
+}
+
+/// A split point for a chunk of `[lo, hi)`: the first key past half its bytes (`None` if the
+/// chunk has fewer than two keys).
+pub fn split_point(
+    db: &Db,
+    ks: Keyspace,
+    lo: &str,
+    hi: Option<&str>,
+    total: u64,
+) -> Result<Option<String>> {
+    let (lo_k, hi_k) = chunk_bounds(ks, lo, hi);
+    let mut ro = ReadOptions::default();
+    ro.set_iterate_upper_bound(hi_k);
+    let mut seen = 0u64;
+    let mut first = true;
+    for item in db.raw().iterator_cf_opt(
+        db.cf(CF_KV),
+        ro,
+        IteratorMode::From(&lo_k, Direction::Forward),
+    ) {
+        let (k, v) = item?;
+        let key = range_user_key(&k);
+        if !first && seen >= total / 2 {
+            return Ok(Some(String::from_utf8_lossy(key).into_owned()));
+        }
+        first = false;
+        seen += (key.len() + v.len()) as u64;
+    }
+    Ok(None)
+}

@@ -1,0 +1,173 @@
+//! Reads of range collections on one replica: a key, an ordered scan through the chunks held
+//! here, the chunk listing, and what a chunk move or split needs to read. Each runs against
+//! one published descriptor and reads again if a batch deleted chunk data meanwhile
+//! (`Store::consistent`), so a read never sees "held" and then the deleted data.
+
+use rocksdb::{Direction, IteratorMode, ReadOptions};
+use unikv_types::{ChunkId, ChunkInfo, Keyspace, ScanPage, ScanRange, Slot};
+
+use crate::chunk_map::{ChunkState, OwnedChunk};
+use crate::chunk_moves::{chunk_infos, chunk_pairs, split_point, ChunkExport};
+use crate::db::{chunk_bounds, range_key, range_user_key, Db, CF_KV, CF_STATS};
+use crate::descriptor::ShardDescriptor;
+use crate::error::Result;
+use crate::moves::export_slot;
+use crate::records::SlotStats;
+use crate::state_machine::{OwnedRead, Store};
+
+/// A chunk that can be read here: serving, or moving out (its data is still here and no
+/// write changes it).
+fn readable(c: &OwnedChunk) -> bool {
+    !matches!(c.state, ChunkState::Incoming { .. })
+}
+
+fn unit_stats(db: &Db, unit: Slot) -> SlotStats {
+    match db.raw().get_cf(db.cf(CF_STATS), unit.to_be_bytes()) {
+        Ok(Some(b)) => SlotStats::decode(&b),
+        _ => SlotStats::default(),
+    }
+}
+
+impl Store {
+    /// The value of `key` of range keyspace `ks`, if a chunk held here holds it.
+    pub fn read_range(&self, ks: Keyspace, key: &str) -> Result<OwnedRead> {
+        self.consistent(|d, db| {
+            if d.dropped_keyspaces.contains(&ks) {
+                return Ok(OwnedRead::Dropped);
+            }
+            match d.chunks.find(ks, key) {
+                Some((_, c)) if readable(c) => {
+                    let v = db
+                        .raw()
+                        .get_cf(db.cf(CF_KV), range_key(ks, key.as_bytes()))?;
+                    Ok(OwnedRead::Value(
+                        v.map(|b| String::from_utf8_lossy(&b).into_owned()),
+                    ))
+                }
+                _ => Ok(OwnedRead::NotOwned),
+            }
+        })
+    }
+
+    /// One page of a scan of range keyspace `ks`, from the chunk holding `r`'s first
+    /// position on through the adjacent chunks held here; `None` if that chunk is not held
+    /// (readable) here.
+    pub fn scan_range(&self, ks: Keyspace, r: &ScanRange) -> Result<Option<ScanPage>> {
+        self.consistent(|d, db| scan(d, db, ks, r))
+    }
+
+    /// The chunks held here (of `ks`, or all), with their key counts and bytes.
+    pub fn chunks(&self, ks: Option<Keyspace>) -> Result<Vec<ChunkInfo>> {
+        self.consistent(|d, db| Ok(chunk_infos(d, ks, &|u| unit_stats(db, u))))
+    }
+
+    /// Chunk `id` as held here and everything stored for it, for handing it off.
+    pub fn export_chunk(&self, id: ChunkId) -> Result<Option<(OwnedChunk, ChunkExport)>> {
+        self.consistent(|d, db| {
+            let Some(c) = d.chunks.owned.get(&id) else {
+                return Ok(None);
+            };
+            let kv = chunk_pairs(db, c.keyspace, &c.lo, c.hi.as_deref())?;
+            let dedup = export_slot(db, c.unit)?;
+            Ok(Some((
+                c.clone(),
+                ChunkExport {
+                    kv,
+                    dedup: dedup.dedup,
+                    dedup_horizon_ms: dedup.dedup_horizon_ms,
+                },
+            )))
+        })
+    }
+
+    /// Where to split chunk `id` so each half holds about half its bytes (`None`: not held
+    /// here, or too few keys).
+    pub fn split_point(&self, id: ChunkId) -> Result<Option<String>> {
+        self.consistent(|d, db| {
+            let Some(c) = d.chunks.owned.get(&id) else {
+                return Ok(None);
+            };
+            let total = unit_stats(db, c.unit).bytes;
+            split_point(db, c.keyspace, &c.lo, c.hi.as_deref(), total)
+        })
+    }
+}
+
+fn scan(d: &ShardDescriptor, db: &Db, ks: Keyspace, r: &ScanRange) -> Result<Option<ScanPage>> {
+    let first = if r.reverse {
+        d.chunks.find_before(ks, r.end.as_deref())
+    } else {
+        d.chunks.find(ks, &r.start)
+    };
+    let Some((_, mut chunk)) = first.filter(|(_, c)| readable(c)) else {
+        return Ok(None);
+    };
+    let mut page = ScanPage::default();
+    let mut bytes = 0u64;
+    let limit = r.limit.max(1) as usize;
+    // The bounds still to read: [start, end).
+    let (mut start, mut end) = (r.start.clone(), r.end.clone());
+    loop {
+        // This chunk's part of the range.
+        let lo = start.as_str().max(chunk.lo.as_str()).to_string();
+        let hi = match (end.as_deref(), chunk.hi.as_deref()) {
+            (Some(e), Some(h)) => Some(e.min(h).to_string()),
+            (e, h) => e.or(h).map(str::to_string),
+        };
+        if hi.as_deref().is_none_or(|h| lo.as_str() < h) {
+            let (lo_k, hi_k) = chunk_bounds(ks, &lo, hi.as_deref());
+            let mut ro = ReadOptions::default();
+            ro.set_iterate_lower_bound(lo_k.clone());
+            ro.set_iterate_upper_bound(hi_k.clone());
+            let mode = if r.reverse {
+                IteratorMode::End
+            } else {
+                IteratorMode::From(&lo_k, Direction::Forward)
+            };
+            for item in db.raw().iterator_cf_opt(db.cf(CF_KV), ro, mode) {
+                let (k, v) = item?;
+                let key = String::from_utf8_lossy(range_user_key(&k)).into_owned();
+                bytes += (key.len() + v.len()) as u64;
+                page.items
+                    .push((key, String::from_utf8_lossy(&v).into_owned()));
+                if page.items.len() >= limit || bytes >= r.max_bytes {
+                    let last = &page.items[page.items.len() - 1].0;
+                    page.resume = Some(if r.reverse {
+                        last.clone()
+                    } else {
+                        format!("{last}\0")
+                    });
+                    return Ok(Some(page));
+                }
+            }
+        }
+        // This chunk is exhausted: the range ends here, or goes on in the next chunk.
+        let next = if r.reverse {
+            if chunk.lo.as_str() <= start.as_str() {
+                return Ok(Some(page));
+            }
+            end = Some(chunk.lo.clone());
+            d.chunks.find_before(ks, end.as_deref())
+        } else {
+            match chunk.hi.as_deref() {
+                None => return Ok(Some(page)),
+                Some(h) if end.as_deref().is_some_and(|e| e <= h) => return Ok(Some(page)),
+                Some(h) => {
+                    start = h.to_string();
+                    d.chunks.find(ks, &start)
+                }
+            }
+        };
+        match next.filter(|(_, c)| readable(c)) {
+            Some((_, c)) => chunk = c,
+            None => {
+                page.resume = Some(if r.reverse {
+                    end.clone().unwrap_or_default()
+                } else {
+                    start.clone()
+                });
+                return Ok(Some(page));
+            }
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! Range collections in the storage layer, on real RocksDBs: the first chunk created with the
+//! collection, writes and reads by chunk, splits that rewrite nothing and keep counts, ordered
+//! scans (pages, bounds, reverse) across chunks, and a chunk handed from one shard to another
+//! with its dedup table (a retry at the new owner is recognised, not applied twice).
+
+use futures::stream;
+use openraft::entry::RaftEntry;
+use openraft::storage::RaftStateMachine;
+use openraft::testing::log_id;
+use openraft::EntryPayload;
+use unikv_storage::raft_types::Entry;
+use unikv_storage::{ChunkCommand, Command, OwnedRead, StateMachine, Store, TypeConfig};
+use unikv_types::catalog::{CatalogChange, CatalogOp, Sharding, CATALOG_KEY};
+use unikv_types::{
+    ChunkInfo, ClientSeq, Epoch, Keyspace, KvOp, NodeId, ScanRange, ShardId, SlotRange,
+};
+
+struct Shard {
+    _dir: tempfile::TempDir,
+    sm: StateMachine,
+    store: Store,
+    next: u64,
+}
+
+const EVENTS: Keyspace = Keyspace(16);
+
+impl Shard {
+    async fn new(id: u64, slots: bool) -> Shard {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, sm) = unikv_storage::open(dir.path(), ShardId(id)).unwrap();
+        let store = sm.store();
+        let mut s = Shard {
+            _dir: dir,
+            sm,
+            store,
+            next: 1,
+        };
+        let ranges = if slots {
+            vec![SlotRange(0, 16383)]
+        } else {
+            vec![]
+        };
+        s.apply(Command::Bootstrap {
+            shard: ShardId(id),
+            ranges,
+            epoch: Epoch(1),
+        })
+        .await;
+        s
+    }
+
+    async fn apply(&mut self, cmd: Command) {
+        let e = Entry::new(
+            log_id::<TypeConfig>(1, NodeId(1), self.next),
+            EntryPayload::Normal(cmd),
+        );
+        self.next += 1;
+        let items: Vec<Result<_, std::io::Error>> = vec![Ok((e, None))];
+        self.sm.apply(stream::iter(items)).await.unwrap();
+    }
+
+    async fn write(&mut self, key: &str, op: KvOp, client: Option<(&str, u64)>) {
+        self.apply(Command::Kv {
+            slot: 0,
+            key: key.into(),
+            op,
+            client: client.map(|(c, s)| ClientSeq::new(c, s)),
+            max_value_bytes: None,
+            clock: None,
+            keyspace: EVENTS,
+            bucket: None,
+            range: true,
+        })
+        .await;
+    }
+
+    fn get(&self, key: &str) -> OwnedRead {
+        self.store.read_range(EVENTS, key).unwrap()
+    }
+
+    fn chunks(&self) -> Vec<ChunkInfo> {
+        self.store.chunks(Some(EVENTS)).unwrap()
+    }
+
+    /// Every key of a scan of `[start, end)`, page by page (`limit` items each).
+    fn scan_all(&self, start: &str, end: Option<&str>, reverse: bool, limit: u32) -> Vec<String> {
+        let mut r = ScanRange {
+            start: start.into(),
+            end: end.map(Into::into),
+            reverse,
+            limit,
+            max_bytes: 1 << 20,
+        };
+        let mut out = Vec::new();
+        loop {
+            let page = self
+                .store
+                .scan_range(EVENTS, &r)
+                .unwrap()
+                .expect("held here");
+            assert!(page.items.len() <= limit as usize);
+            out.extend(page.items.into_iter().map(|(k, _)| k));
+            match page.resume {
+                None => return out,
+                Some(p) if reverse => r.end = Some(p),
+                Some(p) => r.start = p,
+            }
+        }
+    }
+}
+
+fn key(i: usize) -> String {
+    format!("2026-12-01T{i:05}")
+}
+
+#[tokio::test]
+async fn range_chunks_split_scan_and_move_with_their_dedup_tables() {
+    let mut a = Shard::new(1, true).await;
+    // Creating the collection in the catalog's shard creates its first chunk there.
+    a.apply(Command::Kv {
+        slot: unikv_types::catalog::catalog_slot(),
+        key: CATALOG_KEY.into(),
+        op: KvOp::Catalog(CatalogOp {
+            change: CatalogChange::Create {
+                name: "events".into(),
+                sharding: Sharding::Range,
+            },
+            expected_version: None,
+        }),
+        client: None,
+        max_value_bytes: None,
+        clock: None,
+        keyspace: Keyspace::SYSTEM,
+        bucket: None,
+        range: false,
+    })
+    .await;
+    let first = a.chunks();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!((first[0].min.as_str(), first[0].max.as_deref()), ("", None));
+
+    // 200 keys in a scrambled order.
+    let n = 200;
+    for i in 0..n {
+        let j = (i * 7919) % n;
+        a.write(
+            &key(j),
+            KvOp::Put {
+                value: format!("v{j}"),
+            },
+            None,
+        )
+        .await;
+    }
+    assert_eq!(a.get(&key(3)), OwnedRead::Value(Some("v3".into())));
+    assert_eq!(a.chunks()[0].count, n as u64);
+
+    // A split keeps every key where it was and divides the counts.
+    let split_at = a.store.split_point(first[0].id).unwrap().unwrap();
+    a.apply(Command::Chunk(ChunkCommand::Split {
+        id: first[0].id,
+        at: split_at.clone(),
+        now_ms: 5,
+    }))
+    .await;
+    let two = a.chunks();
+    assert_eq!(two.len(), 2);
+    assert_eq!(two.iter().map(|c| c.count).sum::<u64>(), n as u64);
+    assert!(two.iter().all(|c| c.count > 50), "{two:?}");
+    let right = two.iter().find(|c| c.min == split_at).unwrap().clone();
+    assert_eq!(right.max, None);
+
+    // Scans across both chunks: every key once, in order, forwards and backwards, in pages.
+    let all: Vec<String> = (0..n).map(key).collect();
+    assert_eq!(a.scan_all("", None, false, 7), all);
+    let mut rev = all.clone();
+    rev.reverse();
+    assert_eq!(a.scan_all("", None, true, 9), rev);
+    // Bounds are exact: [key(10), key(150)).
+    let bounded = a.scan_all(&key(10), Some(&key(150)), false, 1000);
+    assert_eq!(bounded, all[10..150].to_vec());
+    let bounded_rev = a.scan_all(&key(10), Some(&key(150)), true, 13);
+    assert_eq!(
+        bounded_rev,
+        all[10..150].iter().rev().cloned().collect::<Vec<_>>()
+    );
+
+    // An append recorded in the right chunk's dedup table, then the chunk moves to shard 2.
+    let last = key(n - 1);
+    a.write(
+        &last,
+        KvOp::Append { value: "+".into() },
+        Some(("client-a", 1)),
+    )
+    .await;
+    let mut b = Shard::new(2, false).await;
+    a.apply(Command::Chunk(ChunkCommand::Out {
+        id: right.id,
+        to: ShardId(2),
+        epoch: Epoch(2),
+        now_ms: 6,
+    }))
+    .await;
+    // Frozen: a write waits (is refused), reads still answer.
+    a.write(
+        &last,
+        KvOp::Put {
+            value: "lost".into(),
+        },
+        None,
+    )
+    .await;
+    assert_eq!(a.get(&last), OwnedRead::Value(Some(format!("v{}+", n - 1))));
+    let (held, export) = a.store.export_chunk(right.id).unwrap().unwrap();
+    assert_eq!(export.kv.len() as u64, right.count);
+    assert_eq!(export.dedup.len(), 1);
+    b.apply(Command::Chunk(ChunkCommand::In {
+        id: right.id,
+        keyspace: EVENTS,
+        lo: held.lo.clone(),
+        hi: held.hi.clone(),
+        from: ShardId(1),
+        epoch: Epoch(2),
+        kv: export.kv,
+        dedup: export.dedup,
+        dedup_horizon_ms: export.dedup_horizon_ms,
+        now_ms: 7,
+    }))
+    .await;
+    // Received, not serving yet: no overlap.
+    assert_eq!(b.get(&last), OwnedRead::NotOwned);
+    a.apply(Command::Chunk(ChunkCommand::Done {
+        id: right.id,
+        epoch: Epoch(2),
+    }))
+    .await;
+    assert_eq!(a.get(&last), OwnedRead::NotOwned);
+    assert_eq!(a.chunks().len(), 1);
+    b.apply(Command::Chunk(ChunkCommand::Activate {
+        id: right.id,
+        epoch: Epoch(2),
+    }))
+    .await;
+    assert_eq!(b.get(&last), OwnedRead::Value(Some(format!("v{}+", n - 1))));
+    // The retry of the append at the new owner is answered from the record, not applied.
+    b.write(
+        &last,
+        KvOp::Append { value: "+".into() },
+        Some(("client-a", 1)),
+    )
+    .await;
+    assert_eq!(b.get(&last), OwnedRead::Value(Some(format!("v{}+", n - 1))));
+    let moved = b.chunks();
+    assert_eq!((moved.len(), moved[0].count), (1, right.count));
+    // Each shard's scan covers what it holds and says where the rest goes on.
+    let page = a
+        .store
+        .scan_range(
+            EVENTS,
+            &ScanRange {
+                start: String::new(),
+                end: None,
+                reverse: false,
+                limit: 1000,
+                max_bytes: 1 << 30,
+            },
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(page.items.len() as u64, n as u64 - right.count);
+    assert_eq!(page.resume.as_deref(), Some(split_at.as_str()));
+    assert_eq!(
+        b.scan_all(&split_at, None, false, 10),
+        all[all.len() - right.count as usize..].to_vec()
+    );
+}
