@@ -86,11 +86,11 @@ async fn collections_through_the_router_and_any_node() {
         &api,
         ROUTER,
         Method::PUT,
-        "/collections/events",
+        "/collections/users",
         json!({"sharding": "range"}),
     )
     .await;
-    assert_json_error("range for now", &r, 501, "not_implemented");
+    assert_json_error("users as range", &r, 409, "collection_exists");
 
     // Listed the same through the router and every node, `default` included.
     let want: BTreeSet<String> = ["default", "users"].map(String::from).into();

@@ -517,4 +517,17 @@ async fn range_collections_split_spread_scan_and_move() {
         seen.len() as u64,
         "chunk counts add up after the moves"
     );
+    let r = call(
+        &api,
+        ROUTER,
+        Method::GET,
+        "/collections/events",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        (r.field("chunk_count"), r.field("keys")),
+        (Some(&json!(listed.len())), Some(&json!(total))),
+        "{r}"
+    );
 }

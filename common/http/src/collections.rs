@@ -5,7 +5,7 @@
 //! | route                 | methods    | reply                                              |
 //! |-----------------------|------------|----------------------------------------------------|
 //! | `/collections`        | GET        | `{"version", "collections": [...], "deleting": [...]}` |
-//! | `/collections/{name}` | GET        | the collection with `catalog_version`; 404 `unknown_collection` |
+//! | `/collections/{name}` | GET        | the collection with `catalog_version` (range: also `chunk_count`, `keys`, `bytes`, `chunks_per_shard`); 404 `unknown_collection` |
 //! | `/collections/{name}` | PUT, POST  | 201 `{"ok", "created": true, "collection", "catalog_version"}` (200 and `created: false` if it exists alike) |
 //! | `/collections/{name}` | DELETE     | `{"ok", "deleted": true, "dropped", "catalog_version"}` |
 //!
@@ -426,6 +426,18 @@ async fn show<S: CatalogService>(
     let c = cat.get(&name).ok_or_else(|| unknown_collection(&name))?;
     let mut body = collection_json(&c);
     body["catalog_version"] = json!(cat.version);
+    if c.sharding == Sharding::Range {
+        // From every shard that answers: chunks, keys and bytes, and chunks per shard.
+        let chunks = s.chunks(&name).await?;
+        let mut per_shard: std::collections::BTreeMap<String, usize> = Default::default();
+        for ch in &chunks {
+            *per_shard.entry(ch.shard.0.to_string()).or_default() += 1;
+        }
+        body["chunk_count"] = json!(chunks.len());
+        body["keys"] = json!(chunks.iter().map(|c| c.count).sum::<u64>());
+        body["bytes"] = json!(chunks.iter().map(|c| c.size).sum::<u64>());
+        body["chunks_per_shard"] = json!(per_shard);
+    }
     Ok(ok(body))
 }
 

@@ -351,6 +351,20 @@ pub async fn stats(State(rb): State<Arc<Rebalancer>>, req: Request) -> Result<Re
         .map(|(ks, s)| json!({"keyspace": ks.0, "keys": s.keys, "bytes": s.bytes}))
         .collect();
     own["shard_keys"] = Value::Array(units);
+    // Chunks of range collections held here, by keyspace id.
+    let mut ranges: std::collections::BTreeMap<u32, (u64, u64, u64)> = Default::default();
+    for c in node
+        .store
+        .chunks(None)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+    {
+        let e = ranges.entry(c.keyspace.0).or_default();
+        *e = (e.0 + 1, e.1 + c.count, e.2 + c.size);
+    }
+    own["chunks"] = ranges
+        .iter()
+        .map(|(ks, (n, k, b))| json!({"keyspace": ks, "chunks": n, "keys": k, "bytes": b}))
+        .collect();
     shards.push(own);
     shards.sort_by_key(|s| s["id"].as_u64());
     let version: u64 = shards
