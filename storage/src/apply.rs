@@ -210,7 +210,7 @@ fn range_home(d: &ShardDescriptor, ks: Keyspace, key: &str) -> Result<Slot, KvEr
 pub fn range_wrong_shard(d: &ShardDescriptor, ks: Keyspace, key: &str) -> KvError {
     let f = d.chunks.forward_for(ks, key);
     KvError::WrongShard {
-        slot: RANGE_PREFIX,
+        slot: unikv_types::kv::RANGE_SLOT,
         shard: d.shard,
         owner: f.map(|f| f.target),
         epoch: f.map(|f| f.epoch),

@@ -66,6 +66,11 @@ pub(crate) fn apply_chunk(
             }
         }
         ChunkCommand::Split { id, at, now_ms } => split(ov, d, *id, at, *now_ms)?,
+        ChunkCommand::Merge {
+            left,
+            right,
+            now_ms,
+        } => merge(ov, d, *left, *right, *now_ms)?,
         ChunkCommand::Out {
             id,
             to,
@@ -302,6 +307,63 @@ fn split(
     );
     d.version += 1;
     tracing::info!(shard = %d.shard, chunk = %id, new = %new_id, at, moved_keys = st.keys, "chunk split");
+    Ok(Ok(KvReply::Written))
+}
+
+/// Merges chunk `right` into `left`: both held here and serving, neighbours in one keyspace.
+/// The right chunk's statistics join the left's; its dedup records join the left's table (per
+/// client the record with the larger seq: a retry of the other then gets `stale_sequence`,
+/// never a second apply), the larger horizon stays.
+fn merge(
+    ov: &mut Overlay<'_>,
+    d: &mut ShardDescriptor,
+    left: ChunkId,
+    right: ChunkId,
+    now_ms: u64,
+) -> Result<CommandResult> {
+    let (Some(l), Some(r)) = (d.chunks.owned.get(&left), d.chunks.owned.get(&right)) else {
+        return Ok(refused(format!(
+            "chunks {left} and {right} are not both held by shard {}",
+            d.shard
+        )));
+    };
+    if l.keyspace != r.keyspace || l.hi.as_deref() != Some(r.lo.as_str()) {
+        return Ok(refused(format!(
+            "chunk {right} does not start where chunk {left} ends"
+        )));
+    }
+    if l.state != ChunkState::Serving || r.state != ChunkState::Serving {
+        return Ok(Err(KvError::Refused {
+            status: 409,
+            code: "chunk_moving".into(),
+            message: format!("chunk {left} or {right} is moving"),
+        }));
+    }
+    let (l_unit, r) = (l.unit, r.clone());
+    let (mine, my_horizon) = ov.dedup_of(l_unit)?;
+    let (theirs, their_horizon) = ov.dedup_of(r.unit)?;
+    let mine: std::collections::HashMap<String, u64> =
+        mine.into_iter().map(|(c, rec)| (c, rec.seq)).collect();
+    let newer: Vec<(String, DedupRecord)> = theirs
+        .into_iter()
+        .filter(|(c, rec)| mine.get(c).is_none_or(|seq| *seq < rec.seq))
+        .collect();
+    let horizon = if their_horizon > my_horizon {
+        their_horizon
+    } else {
+        0
+    };
+    ov.install_dedup(l_unit, &newer, horizon)?;
+    let st = ov.stats_of(r.unit)?;
+    ov.delete_slot(r.unit);
+    ov.count(l_unit, st.keys as i64, st.bytes as i64);
+    d.chunks.owned.remove(&right);
+    let l = d.chunks.owned.get_mut(&left).expect("held");
+    l.hi = r.hi;
+    l.version += 1;
+    l.updated_ms = now_ms;
+    d.version += 1;
+    tracing::info!(shard = %d.shard, chunk = %left, merged = %right, keys = st.keys, "chunks merged");
     Ok(Ok(KvReply::Written))
 }
 

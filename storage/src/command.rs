@@ -116,6 +116,13 @@ pub enum ChunkCommand {
         at: String,
         now_ms: u64,
     },
+    /// Merge chunk `right` into chunk `left`, its neighbour on this shard: `left` then ends
+    /// where `right` ended.
+    Merge {
+        left: ChunkId,
+        right: ChunkId,
+        now_ms: u64,
+    },
     /// Source: hand chunk `id` to `to`, where it will have `epoch`. Freezes writes to it.
     Out {
         id: ChunkId,
@@ -234,6 +241,9 @@ impl fmt::Display for ChunkCommand {
         match self {
             ChunkCommand::Create { keyspace, .. } => write!(f, "chunk-create keyspace={keyspace}"),
             ChunkCommand::Split { id, at, .. } => write!(f, "chunk-split id={id} at={at:?}"),
+            ChunkCommand::Merge { left, right, .. } => {
+                write!(f, "chunk-merge left={left} right={right}")
+            }
             ChunkCommand::Out { id, to, epoch, .. } => {
                 write!(f, "chunk-out id={id} to={to} epoch={epoch}")
             }

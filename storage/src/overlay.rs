@@ -291,6 +291,21 @@ impl<'a> Overlay<'a> {
         Ok((recs, self.horizon(slot)?))
     }
 
+    /// The statistics of `slot` (a unit) as this batch leaves them.
+    pub(crate) fn stats_of(&mut self, slot: Slot) -> Result<SlotStats> {
+        Ok(match self.stats.get(&slot).copied() {
+            Some(StatsChange::Reset(s)) => s,
+            Some(StatsChange::Delta(k, b)) => {
+                let cur = self.cache.stats(self.db, slot)?;
+                SlotStats {
+                    keys: cur.keys.saturating_add_signed(k),
+                    bytes: cur.bytes.saturating_add_signed(b),
+                }
+            }
+            None => self.cache.stats(self.db, slot)?,
+        })
+    }
+
     /// Adds the statistics changes to the batch.
     pub(crate) fn flush_stats(&mut self) -> Result<()> {
         let cf = self.db.cf(CF_STATS);

@@ -274,3 +274,72 @@ async fn range_chunks_split_scan_and_move_with_their_dedup_tables() {
         all[all.len() - right.count as usize..].to_vec()
     );
 }
+
+#[tokio::test]
+async fn merged_neighbours_keep_keys_counts_and_dedup_records() {
+    let mut a = Shard::new(1, true).await;
+    a.apply(Command::Kv {
+        slot: unikv_types::catalog::catalog_slot(),
+        key: CATALOG_KEY.into(),
+        op: KvOp::Catalog(CatalogOp {
+            change: CatalogChange::Create {
+                name: "events".into(),
+                sharding: Sharding::Range,
+            },
+            expected_version: None,
+        }),
+        client: None,
+        max_value_bytes: None,
+        clock: None,
+        keyspace: Keyspace::SYSTEM,
+        bucket: None,
+        range: false,
+    })
+    .await;
+    for i in 0..100 {
+        a.write(&key(i), KvOp::Put { value: "v".into() }, None)
+            .await;
+    }
+    let whole = a.chunks()[0].clone();
+    a.apply(Command::Chunk(ChunkCommand::Split {
+        id: whole.id,
+        at: key(50),
+        now_ms: 1,
+    }))
+    .await;
+    // One client's writes land in both halves: seq 1 on the left, seq 2 on the right.
+    a.write(&key(10), KvOp::Append { value: "+".into() }, Some(("c", 1)))
+        .await;
+    a.write(&key(60), KvOp::Append { value: "+".into() }, Some(("c", 2)))
+        .await;
+    let two = a.chunks();
+    assert_eq!(two.len(), 2);
+    let right = two.iter().find(|c| c.min == key(50)).unwrap().id;
+    // Not neighbours the other way round: refused, nothing changes.
+    a.apply(Command::Chunk(ChunkCommand::Merge {
+        left: right,
+        right: whole.id,
+        now_ms: 2,
+    }))
+    .await;
+    assert_eq!(a.chunks().len(), 2);
+    a.apply(Command::Chunk(ChunkCommand::Merge {
+        left: whole.id,
+        right,
+        now_ms: 3,
+    }))
+    .await;
+    let one = a.chunks();
+    assert_eq!(one.len(), 1, "{one:?}");
+    assert_eq!((one[0].min.as_str(), one[0].max.as_deref()), ("", None));
+    assert_eq!(one[0].count, 100);
+    assert_eq!(a.scan_all("", None, false, 30).len(), 100);
+    // The right half's record (seq 2) survives: its retry is answered, not applied again.
+    a.write(&key(60), KvOp::Append { value: "+".into() }, Some(("c", 2)))
+        .await;
+    assert_eq!(a.get(&key(60)), OwnedRead::Value(Some("v+".into())));
+    // The older seq 1 is now refused as stale, never applied twice.
+    a.write(&key(10), KvOp::Append { value: "+".into() }, Some(("c", 1)))
+        .await;
+    assert_eq!(a.get(&key(10)), OwnedRead::Value(Some("v+".into())));
+}

@@ -1,7 +1,8 @@
 //! The short nemesis for every CI run: two 60-second runs on a single shard and two on the
 //! unified cluster, 16 clients over 64 keys under kill -9, SIGSTOP, partitions, overlapping
-//! faults, power cuts of the whole shard (single shard), slot moves, addshard and removeshard
-//! (unified), the first run of each with clock-rate faults (nodes 2 and 3 at x1.4, within the
+//! faults, power cuts of the whole shard (single shard), slot moves, chunk splits and moves,
+//! addshard and removeshard (unified, whose keys are a third each in `default`, a range and a
+//! custom collection), the first run of each with clock-rate faults (nodes 2 and 3 at x1.4, within the
 //! lease's drift margin), then the linearizability checker. Any anomaly or lost write fails the
 //! build. Needs root, iptables, faketime and /dev/fuse (scripts/setup.sh).
 

@@ -157,7 +157,8 @@ pub enum KvError {
         leader: Option<NodeRef>,
     },
     /// The slot is not owned by this shard; `owner` is the shard it believes owns it, at `epoch`.
-    #[error("slot {slot} is not owned by shard {shard}")]
+    /// For a key of a range collection `slot` is [`RANGE_SLOT`]: its chunk is not here.
+    #[error("{}", wrong_shard_message(*slot, *shard))]
     WrongShard {
         slot: Slot,
         shard: ShardId,
@@ -213,6 +214,17 @@ pub enum KvError {
     /// A storage or internal failure.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// The `slot` of a `WrongShard` for a key of a range collection (not a hash slot).
+pub const RANGE_SLOT: Slot = crate::SLOT_COUNT;
+
+fn wrong_shard_message(slot: Slot, shard: ShardId) -> String {
+    if slot == RANGE_SLOT {
+        format!("the key's chunk is not held by shard {shard}")
+    } else {
+        format!("slot {slot} is not owned by shard {shard}")
+    }
 }
 
 impl KvError {

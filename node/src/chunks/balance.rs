@@ -1,5 +1,6 @@
 //! The shard leader's chunk loop, once a second: finish what a predecessor left (resume
-//! hand-offs, ask about received chunks), split chunks grown past `--chunk_max_bytes`, drain
+//! hand-offs, ask about received chunks), split chunks grown past `--chunk_max_bytes`, merge
+//! neighbours both under a quarter of it (and unchanged for 30 s), drain
 //! a draining shard's chunks, and even out bytes: a shard holding more than the lightest
 //! active shard by more than twice a chunk's size (and by half `--chunk_max_bytes` at least)
 //! hands that chunk over. One balancing move at a time per shard, and none until the last
@@ -9,14 +10,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use unikv_storage::ChunkState;
-use unikv_types::{ChunkId, ShardId, ShardState};
+use unikv_storage::{ChunkCommand, ChunkState, Command};
+use unikv_types::{wall_clock_ms, ChunkId, ShardId, ShardState};
 
 use crate::service::Node;
 
 const TICK: Duration = Duration::from_secs(1);
 /// Most splits one tick proposes.
 const SPLITS_PER_TICK: usize = 8;
+/// How long a chunk must be unchanged (split, moved) before it merges with a neighbour.
+const MERGE_QUIET: Duration = Duration::from_secs(30);
 /// Pause after a balancing move before the next, so gossip shows its effect.
 const SETTLE: Duration = Duration::from_secs(2);
 
@@ -78,6 +81,7 @@ async fn round(node: &Arc<Node>, last_move: Instant) -> Option<Instant> {
             tracing::debug!(chunk = %id, error = %e, "automatic split not committed");
         }
     }
+    merge_small(node).await;
     if node.moving_chunks() > 0 {
         return None;
     }
@@ -111,6 +115,44 @@ async fn round(node: &Arc<Node>, last_move: Instant) -> Option<Instant> {
     tracing::info!(shard = %node.shard(), chunk = %c.id, to = %lightest, bytes = c.size, gap, "balancing: moving a chunk");
     start_move(node, c.id, lightest);
     Some(Instant::now())
+}
+
+/// Merges neighbouring chunks held here that are both under a quarter of
+/// `--chunk_max_bytes` (so a split's halves, each about half of it, never merge back) and
+/// unchanged for [`MERGE_QUIET`] (an operator's split stays while it is being used).
+async fn merge_small(node: &Arc<Node>) {
+    let small = node.config.chunk_max_bytes / 4;
+    let quiet_since = wall_clock_ms().saturating_sub(MERGE_QUIET.as_millis() as u64);
+    let mut chunks = node.store.chunks(None).unwrap_or_default();
+    chunks.sort_by(|a, b| (a.keyspace, &a.min).cmp(&(b.keyspace, &b.min)));
+    let mut merged = 0;
+    let mut i = 0;
+    while i + 1 < chunks.len() && merged < SPLITS_PER_TICK {
+        let (l, r) = (&chunks[i], &chunks[i + 1]);
+        let neighbours = l.keyspace == r.keyspace && l.max.as_deref() == Some(r.min.as_str());
+        if neighbours
+            && l.moving_to.is_none()
+            && r.moving_to.is_none()
+            && l.size < small
+            && r.size < small
+            && l.updated_ms < quiet_since
+            && r.updated_ms < quiet_since
+        {
+            let cmd = Command::Chunk(ChunkCommand::Merge {
+                left: l.id,
+                right: r.id,
+                now_ms: wall_clock_ms(),
+            });
+            if let Err(e) = node.propose(cmd).await {
+                tracing::debug!(left = %l.id, right = %r.id, error = %e, "merge not committed");
+            }
+            merged += 1;
+            // The merged chunk is looked at again next round.
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
 }
 
 /// Starts (or resumes) the hand-off of chunk `id` to `to` in the background, unless one runs.

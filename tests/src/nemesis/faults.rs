@@ -14,7 +14,7 @@ use rand::prelude::*;
 use super::firewall::{Cut, Firewall};
 use super::topology::{Kind, NodeRef, Topology};
 use crate::api::{Body, Method};
-use crate::unified::MAX_SHARDS;
+use crate::unified::{MAX_SHARDS, ROUTER};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum FaultKind {
@@ -203,6 +203,9 @@ pub async fn apply(
 /// checked); returns what happened.
 async fn move_slot(topo: &Topology, keys: &[String], rng: &mut StdRng) -> String {
     let key = &keys[rng.random_range(0..keys.len())];
+    if let Some(k) = super::spaces::range_key(key) {
+        return move_chunk(topo, k, rng).await;
+    }
     let slot = unikv_types::key_slot(key.as_bytes());
     let mut shards = topo.shards();
     shards.shuffle(rng);
@@ -234,6 +237,72 @@ async fn move_slot(topo: &Topology, keys: &[String], rng: &mut StdRng) -> String
         }
     }
     format!("move slot {slot}: no target")
+}
+
+/// A range key's move: split its chunk at the key, then move the chunk starting there to
+/// another shard (through the router).
+async fn move_chunk(topo: &Topology, key: &str, rng: &mut StdRng) -> String {
+    let api = topo.api();
+    let t = Duration::from_secs(10);
+    let base = format!("/collections/{}", super::spaces::RANGE);
+    let split = api
+        .request(
+            ROUTER,
+            Method::POST,
+            &format!("{base}/split"),
+            &[("at", key)],
+            Body::Empty,
+            t,
+        )
+        .await;
+    let split = match split {
+        Ok(r) => format!("{} {}", r.status, r.code().unwrap_or("")),
+        Err(e) => format!("error {e:#}"),
+    };
+    let listed = api
+        .request(
+            ROUTER,
+            Method::GET,
+            &format!("{base}/chunks"),
+            &[],
+            Body::Empty,
+            t,
+        )
+        .await;
+    let chunk = listed.ok().and_then(|r| {
+        r.field("chunks")?
+            .as_array()?
+            .iter()
+            .find(|c| c["min"].as_str() == Some(key))
+            .cloned()
+    });
+    let Some(chunk) = chunk else {
+        return format!("split at range key {key}: {split}; no chunk starts there");
+    };
+    let from = chunk["shard"].as_u64().unwrap_or(0);
+    let others: Vec<u64> = topo.shards().into_iter().filter(|s| *s != from).collect();
+    let Some(to) = others.choose(rng).copied() else {
+        return format!("split at range key {key}: {split}; nowhere to move");
+    };
+    let path = format!("{base}/chunks/{}/move", chunk["id"]);
+    let moved = api
+        .request(
+            ROUTER,
+            Method::POST,
+            &path,
+            &[("to", &to.to_string())],
+            Body::Empty,
+            t,
+        )
+        .await;
+    let moved = match moved {
+        Ok(r) => format!("{} {}", r.status, r.code().unwrap_or("")),
+        Err(e) => format!("error {e:#}"),
+    };
+    format!(
+        "split at range key {key}: {split}; chunk {} from shard {from} to {to}: {moved}",
+        chunk["id"]
+    )
 }
 
 /// Another node of `n`'s shard.

@@ -7,6 +7,7 @@
 pub mod faults;
 pub mod firewall;
 pub mod history;
+pub mod spaces;
 pub mod topology;
 pub mod workload;
 
@@ -139,9 +140,11 @@ async fn drive(
 ) -> anyhow::Result<RunResult> {
     let mut rng = StdRng::seed_from_u64(config.seed);
     let tag: u32 = rng.random();
-    let keys: Vec<String> = (0..config.keys.max(1))
-        .map(|i| format!("nem-{tag:08x}-{i}"))
-        .collect();
+    let collections = topo.kind() == Kind::Unified;
+    if collections {
+        spaces::create(topo).await?;
+    }
+    let keys = spaces::keys(tag, config.keys.max(1), collections);
     let history = Arc::new(History::new());
     let stop = Arc::new(AtomicBool::new(false));
     let workload = Arc::new(Workload {

@@ -34,7 +34,14 @@ pub async fn execute(
         OpKind::Append => (Method::POST, "/append"),
         OpKind::Delete => (Method::DELETE, "/delete"),
     };
+    let (collection, shard_key, key) = super::spaces::split(key);
     let mut query = vec![("key", key)];
+    if let Some(c) = collection {
+        query.push(("collection", c));
+    }
+    if let Some(k) = shard_key {
+        query.push(("shard_key", k));
+    }
     if let Some(v) = value {
         query.push(("val", v));
     }
