@@ -612,6 +612,17 @@ impl Node {
         }
     }
 
+    /// The addresses of every member of this shard's Raft group.
+    pub fn raft_members(&self) -> Vec<NodeAddr> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(_, a)| a.clone())
+            .collect()
+    }
+
     fn members(&self) -> (Vec<NodeId>, Vec<NodeId>) {
         let m = self.raft.metrics();
         let m = m.borrow_watched();

@@ -504,6 +504,10 @@ async fn unsafe_requests_are_refused() {
     let own_addr = api.http_addr(node_ref(1, 2)).to_string();
     // A port reserved for shard 2's first node, where nothing runs.
     let nobody = api.http_addr(node_ref(2, 1)).to_string();
+    // A server that is not part of the cluster: `/addshard` must never connect to it (no
+    // request forgery through the node).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bystander = listener.local_addr().unwrap().to_string();
     let before = u.agreed_configs().await.remove(0).1;
 
     type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16, &'a str);
@@ -518,7 +522,19 @@ async fn unsafe_requests_are_refused() {
             "/addshard",
             vec![("shardID", "2"), ("shardAddress", &nobody)],
             400,
-            "unreachable",
+            "unknown_address",
+        ),
+        (
+            "/addshard",
+            vec![("shardID", "2"), ("shardAddress", &bystander)],
+            400,
+            "unknown_address",
+        ),
+        (
+            "/addshard",
+            vec![("shardID", "2"), ("shardAddress", "no port")],
+            400,
+            "bad_address",
         ),
         (
             "/addshard",
@@ -583,6 +599,12 @@ async fn unsafe_requests_are_refused() {
     println!(
         "[figure] {} refusals checked on 2 nodes each, all with their status and code",
         cases.len()
+    );
+    // Every answer came before this point, so a connection the nodes made would be queued.
+    let connected = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+    assert!(
+        connected.is_err(),
+        "/addshard connected to the address it was given: {connected:?}"
     );
 
     // Nothing changed: one active shard owning every slot at its first epoch.

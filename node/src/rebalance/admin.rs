@@ -104,57 +104,88 @@ pub async fn addshard(
             format!("shard {shard} is already part of the cluster"),
         ));
     }
-    let status = probe(&addr).await.map_err(|e| {
-        ApiError::bad_request(
-            "unreachable",
-            format!("no unikv node answers at {addr}: {e}"),
-        )
-    })?;
-    let found = status.get("shard_id").and_then(Value::as_u64);
-    if found != Some(shard.0) {
+    // The address is never contacted over HTTP (a node must not fetch what a caller names):
+    // the node answering for it is found in this cluster's gossip, then asked who it is over
+    // the cluster's own mutual-TLS QUIC (HELLO).
+    let member = gossip_member(node, &addr).await?;
+    let (member_shard, raft) = member;
+    if member_shard != shard {
         return Err(ApiError::bad_request(
             "wrong_shard",
-            format!("the node at {addr} belongs to shard {found:?}, not {shard}"),
+            format!("the node at {addr} belongs to shard {member_shard}, not {shard}"),
         ));
     }
-    let leader_raft = status
-        .pointer("/leader/raft")
-        .and_then(Value::as_str)
-        .map(String::from);
-    let req = ShardAdmin::SetState(ShardState::Active);
-    let res = match leader_raft {
-        Some(raft) if node.gossip.view().shard(shard).is_none() => {
-            // Not in gossip yet: ask its leader directly.
-            node.transport
-                .call::<_, Result<Value, KvError>>(
-                    &raft,
-                    rpc_kind::SHARD_ADMIN,
-                    &req,
-                    ADMIN_TIMEOUT,
-                )
-                .await
-                .map_err(|e| {
-                    ApiError::bad_request("unreachable", format!("shard {shard}'s leader: {e}"))
-                })??
-        }
-        _ => on_shard(&rb, shard, req).await?,
-    };
+    let hello = node
+        .transport
+        .call::<_, crate::service::Hello>(&raft, rpc_kind::HELLO, &(), ADMIN_TIMEOUT)
+        .await
+        .map_err(|e| {
+            ApiError::bad_request(
+                "unreachable",
+                format!("the node at {addr} does not answer over the cluster's QUIC ({raft}): {e}"),
+            )
+        })?;
+    if hello.shard != shard {
+        return Err(ApiError::bad_request(
+            "wrong_shard",
+            format!(
+                "the node at {addr} says it belongs to shard {}, not {shard}",
+                hello.shard
+            ),
+        ));
+    }
+    let res = on_shard(&rb, shard, ShardAdmin::SetState(ShardState::Active)).await?;
     tracing::info!(shard = %shard, %addr, "shard added");
     Ok(ok(
         json!({"ok": true, "shard": shard.0, "address": addr, "result": res}),
     ))
 }
 
-/// GET /raft/status of a node by its HTTP address.
-async fn probe(addr: &str) -> Result<Value, String> {
-    let url = format!("http://{addr}/raft/status");
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .no_proxy()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let resp = client.get(&url).send().await.map_err(|e| e.to_string())?;
-    resp.json::<Value>().await.map_err(|e| e.to_string())
+/// The shard and QUIC address of the gossip member whose HTTP address is `addr` (compared
+/// as resolved socket addresses, so `localhost:8041` finds `127.0.0.1:8041`).
+async fn gossip_member(node: &Node, addr: &str) -> Result<(ShardId, String), ApiError> {
+    let resolve = |a: &str| {
+        let a = a.to_string();
+        async move {
+            tokio::net::lookup_host(a)
+                .await
+                .map(|it| it.collect::<Vec<std::net::SocketAddr>>())
+                .unwrap_or_default()
+        }
+    };
+    let wanted = resolve(addr).await;
+    if wanted.is_empty() {
+        return Err(ApiError::bad_request(
+            "bad_address",
+            format!("shardAddress {addr:?} is not host:port"),
+        ));
+    }
+    // Every node this one knows: its own shard's Raft members, and every shard's gossip
+    // members (a single shard's nodes need not gossip with each other).
+    let mut known: Vec<(ShardId, String, String)> = node
+        .raft_members()
+        .into_iter()
+        .map(|a| (node.shard(), a.http, a.raft))
+        .collect();
+    let view = node.gossip.view();
+    for s in view.shards.values() {
+        known.extend(
+            s.members
+                .iter()
+                .map(|m| (s.id, m.http.clone(), m.raft.clone())),
+        );
+    }
+    for (shard, http, raft) in known {
+        if http == addr || resolve(&http).await.iter().any(|a| wanted.contains(a)) {
+            return Ok((shard, raft));
+        }
+    }
+    Err(ApiError::bad_request(
+        "unknown_address",
+        format!(
+            "no node of this cluster has the HTTP address {addr}: start the new shard's nodes with --peer_shards naming this cluster, wait until /config lists them, then add the shard"
+        ),
+    ))
 }
 
 pub async fn removeshard(
