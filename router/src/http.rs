@@ -101,8 +101,11 @@ impl<B: Backend> App<B> {
     /// Where the collection of `space` sends requests; `None` when the request names none
     /// (the serving node resolves `default`).
     async fn target_of(&self, space: &Space) -> Result<Option<Target>, ApiError> {
-        let Some(name) = space.collection.as_deref() else {
-            return Ok(None);
+        // A shard key without a collection is one of `default`'s (once promoted).
+        let name = match (space.collection.as_deref(), &space.shard_key) {
+            (Some(name), _) => name,
+            (None, Some(_)) => DEFAULT_COLLECTION,
+            (None, None) => return Ok(None),
         };
         let arrived = std::time::Instant::now();
         let cached = self.catalog.current();

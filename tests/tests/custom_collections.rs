@@ -503,6 +503,76 @@ async fn promote_to_custom_moves_no_byte_and_has_no_way_back() {
     })
     .await;
     assert_eq!(r.field("collection").unwrap()["sharding"], "custom", "{r}");
+
+    // `default` is promoted like any hash collection: the seed's calls keep working, and a
+    // shard key of its own can then be created and used without naming the collection.
+    assert!(api
+        .put(ROUTER, "seed-key", "before")
+        .await
+        .unwrap()
+        .is_ok_true());
+    let r = call(
+        &api,
+        ROUTER,
+        Method::POST,
+        "/collections/default/sharding/promote_to_custom",
+        Value::Null,
+    )
+    .await;
+    assert!(r.is_ok_true(), "{r}");
+    assert_eq!(r.field("collection").unwrap()["sharding"], "custom", "{r}");
+    assert_eq!(
+        api.get_value(ROUTER, "seed-key").await.unwrap().as_deref(),
+        Some("before")
+    );
+    assert!(api
+        .put(ROUTER, "seed-key", "after")
+        .await
+        .unwrap()
+        .is_ok_true());
+    let r = call(
+        &api,
+        ROUTER,
+        Method::PUT,
+        "/collections/default/shard_keys/acme",
+        json!({"shards": [1]}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{r}");
+    let w = kv(
+        &api,
+        ROUTER,
+        "put",
+        &[
+            ("shard_key", "acme"),
+            ("key", "seed-key"),
+            ("val", "acme's"),
+        ],
+    )
+    .await;
+    assert!(w.is_ok_true(), "{w}");
+    let got = kv(
+        &api,
+        ROUTER,
+        "get",
+        &[("shard_key", "acme"), ("key", "seed-key")],
+    )
+    .await;
+    assert_eq!(got.str_field("value"), Some("acme's"), "{got}");
+    assert_eq!(
+        api.get_value(ROUTER, "seed-key").await.unwrap().as_deref(),
+        Some("after"),
+        "the default shard key's value is another"
+    );
+    let r = call(
+        &api,
+        ROUTER,
+        Method::POST,
+        "/collections/default/sharding/promote_to_custom",
+        Value::Null,
+    )
+    .await;
+    assert_json_error("a second promote of default", &r, 409, "already_custom");
 }
 
 /// The promote's coordinator (the leader of the shard holding the catalog) killed with -9

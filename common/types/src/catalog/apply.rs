@@ -11,10 +11,21 @@ use super::{
 
 impl Catalog {
     fn custom_mut(&mut self, name: &str) -> Result<&mut Collection, CatalogError> {
-        let c = self
-            .collections
-            .get_mut(name)
-            .ok_or_else(|| unknown_collection(name))?;
+        let implicit_default = Catalog::default_collection();
+        let c = match self.collections.get_mut(name) {
+            Some(c) => c,
+            None if name == DEFAULT_COLLECTION => {
+                return Err(refused(
+                    409,
+                    "not_custom",
+                    format!(
+                        "collection {name:?} is {}: shard keys are for custom collections (promote it first)",
+                        implicit_default.sharding.as_str()
+                    ),
+                ))
+            }
+            None => return Err(unknown_collection(name)),
+        };
         if c.sharding != Sharding::Custom {
             return Err(refused(
                 409,
@@ -160,12 +171,10 @@ impl Catalog {
                 default_shard_key,
             } => {
                 validate_shard_key(default_shard_key)?;
-                if collection == DEFAULT_COLLECTION {
-                    return Err(refused(
-                        501,
-                        "not_implemented",
-                        "promoting the collection \"default\" is not available yet".into(),
-                    ));
+                // `default` is implicit until promoted; then it is stored like any other.
+                if collection == DEFAULT_COLLECTION && !self.collections.contains_key(collection) {
+                    self.collections
+                        .insert(collection.clone(), Catalog::default_collection());
                 }
                 let c = self
                     .collections

@@ -431,17 +431,26 @@ impl Catalog {
 
     /// Every collection, `default` first.
     pub fn list(&self) -> Vec<Collection> {
-        std::iter::once(Self::default_collection())
-            .chain(self.collections.values().cloned())
+        let default = self
+            .get(DEFAULT_COLLECTION)
+            .unwrap_or_else(Self::default_collection);
+        std::iter::once(default)
+            .chain(
+                self.collections
+                    .values()
+                    .filter(|c| c.name != DEFAULT_COLLECTION)
+                    .cloned(),
+            )
             .collect()
     }
 
-    /// One collection by name (`default` included).
+    /// One collection by name (`default` included: implicit, or as stored once promoted).
     pub fn get(&self, name: &str) -> Option<Collection> {
-        if name == DEFAULT_COLLECTION {
-            return Some(Self::default_collection());
+        match self.collections.get(name) {
+            Some(c) => Some(c.clone()),
+            None if name == DEFAULT_COLLECTION => Some(Self::default_collection()),
+            None => None,
         }
-        self.collections.get(name).cloned()
     }
 }
 

@@ -254,3 +254,53 @@ fn range_collections_target_their_chunks() {
     let e = c.target("events", Some("k")).unwrap_err();
     assert_eq!(e.code(), "unexpected_shard_key");
 }
+
+#[test]
+fn default_is_promoted_like_any_hash_collection() {
+    let mut c = Catalog::default();
+    let key = |k: &str| CatalogChange::CreateShardKey {
+        collection: DEFAULT_COLLECTION.into(),
+        key: k.into(),
+        shards: vec![ShardId(1)],
+    };
+    let e = c.apply(&op(key("acme"), None), 1).unwrap_err();
+    assert_eq!(e.code(), "not_custom");
+    let promote = CatalogChange::Promote {
+        collection: DEFAULT_COLLECTION.into(),
+        default_shard_key: "default".into(),
+    };
+    assert!(matches!(
+        c.apply(&op(promote.clone(), None), 2),
+        Ok(CatalogOutcome::Promoted)
+    ));
+    // Requests without a shard key keep the seed's keyspace and slots.
+    let t = c.target(DEFAULT_COLLECTION, None).unwrap();
+    assert_eq!(
+        (t.keyspace, t.placement),
+        (Keyspace::DEFAULT, Placement::Slots)
+    );
+    assert_eq!(c.list()[0].sharding, Sharding::Custom);
+    assert_eq!(c.list().len(), 1, "default is listed once");
+    assert_eq!(c.lookup(DEFAULT_COLLECTION), Some(Keyspace::DEFAULT));
+    assert_eq!(
+        c.apply(&op(promote, None), 3).unwrap_err().code(),
+        "already_custom"
+    );
+    let back = CatalogChange::Create {
+        name: DEFAULT_COLLECTION.into(),
+        sharding: Sharding::Hash,
+    };
+    assert_eq!(c.apply(&op(back, None), 4).unwrap_err().code(), "one_way");
+    let del = CatalogChange::Delete {
+        name: DEFAULT_COLLECTION.into(),
+    };
+    assert_eq!(
+        c.apply(&op(del, None), 5).unwrap_err().code(),
+        "default_collection"
+    );
+    // New shard keys can now be created on it.
+    assert!(c.apply(&op(key("acme"), None), 6).is_ok());
+    let t = c.target(DEFAULT_COLLECTION, Some("acme")).unwrap();
+    assert_ne!(t.keyspace, Keyspace::DEFAULT);
+    assert_eq!(t.placement, Placement::Shards(vec![ShardId(1)]));
+}
