@@ -102,3 +102,51 @@ fn shard_members(hint: Option<&NodeRef>, sv: Option<&ShardView>) -> Vec<NodeRef>
 fn forget(hint: Option<NodeRef>, target: &NodeRef) -> Option<NodeRef> {
     hint.filter(|h| h.raft != target.raft)
 }
+
+/// How handing a unit's data to the target's leader ended.
+pub enum Delivery {
+    /// The target committed it.
+    Taken,
+    /// The target refused it (its message): the source aborts.
+    Refused(String),
+    /// No confirmation before the deadline (the last error): the source aborts.
+    TimedOut(KvError),
+}
+
+/// Pause between delivery attempts.
+const DELIVERY_PAUSE: Duration = Duration::from_millis(200);
+
+/// Sends a hand-off's data (`kind`: `MOVE_IN`, `CHUNK_IN`) to `to`'s leader until it is taken,
+/// refused, or `give_up_at` passes — the unit stays frozen meanwhile, so the bound holds
+/// whatever gossip says of the target. A retry never stores a second copy (the target's step
+/// is idempotent per epoch). `Err` if this node stops leading (the next leader resumes).
+pub async fn deliver<M: Serialize>(
+    node: &Node,
+    to: ShardId,
+    kind: u8,
+    msg: &M,
+    give_up_at: Instant,
+) -> Result<Delivery, KvError> {
+    loop {
+        if !node.is_leader() {
+            return Err(
+                node.unavailable("lost leadership during a hand-off; the next leader resumes it")
+            );
+        }
+        let left = give_up_at.saturating_duration_since(Instant::now());
+        let res = if left.is_zero() {
+            Err(KvError::Unavailable {
+                shard: to,
+                reason: "no answer in time".into(),
+            })
+        } else {
+            call_shard::<_, ()>(node, to, kind, msg, left.min(Duration::from_secs(5))).await
+        };
+        match res {
+            Ok(()) => return Ok(Delivery::Taken),
+            Err(KvError::BadRequest { message, .. }) => return Ok(Delivery::Refused(message)),
+            Err(e) if Instant::now() >= give_up_at => return Ok(Delivery::TimedOut(e)),
+            Err(_) => tokio::time::sleep(DELIVERY_PAUSE).await,
+        }
+    }
+}

@@ -59,6 +59,29 @@ impl Shard {
         self.sm.apply(stream::iter(items)).await.unwrap();
     }
 
+    /// Creates the range collection `events` (keyspace 16) through a catalog write, as the
+    /// catalog's shard applies it.
+    async fn create_events(&mut self) {
+        self.apply(Command::Kv {
+            slot: unikv_types::catalog::catalog_slot(),
+            key: CATALOG_KEY.into(),
+            op: KvOp::Catalog(CatalogOp {
+                change: CatalogChange::Create {
+                    name: "events".into(),
+                    sharding: Sharding::Range,
+                },
+                expected_version: None,
+            }),
+            client: None,
+            max_value_bytes: None,
+            clock: None,
+            keyspace: Keyspace::SYSTEM,
+            bucket: None,
+            range: false,
+        })
+        .await;
+    }
+
     async fn write(&mut self, key: &str, op: KvOp, client: Option<(&str, u64)>) {
         self.apply(Command::Kv {
             slot: 0,
@@ -117,24 +140,7 @@ fn key(i: usize) -> String {
 async fn range_chunks_split_scan_and_move_with_their_dedup_tables() {
     let mut a = Shard::new(1, true).await;
     // Creating the collection in the catalog's shard creates its first chunk there.
-    a.apply(Command::Kv {
-        slot: unikv_types::catalog::catalog_slot(),
-        key: CATALOG_KEY.into(),
-        op: KvOp::Catalog(CatalogOp {
-            change: CatalogChange::Create {
-                name: "events".into(),
-                sharding: Sharding::Range,
-            },
-            expected_version: None,
-        }),
-        client: None,
-        max_value_bytes: None,
-        clock: None,
-        keyspace: Keyspace::SYSTEM,
-        bucket: None,
-        range: false,
-    })
-    .await;
+    a.create_events().await;
     let first = a.chunks();
     assert_eq!(first.len(), 1, "{first:?}");
     assert_eq!((first[0].min.as_str(), first[0].max.as_deref()), ("", None));
@@ -278,24 +284,7 @@ async fn range_chunks_split_scan_and_move_with_their_dedup_tables() {
 #[tokio::test]
 async fn merged_neighbours_keep_keys_counts_and_dedup_records() {
     let mut a = Shard::new(1, true).await;
-    a.apply(Command::Kv {
-        slot: unikv_types::catalog::catalog_slot(),
-        key: CATALOG_KEY.into(),
-        op: KvOp::Catalog(CatalogOp {
-            change: CatalogChange::Create {
-                name: "events".into(),
-                sharding: Sharding::Range,
-            },
-            expected_version: None,
-        }),
-        client: None,
-        max_value_bytes: None,
-        clock: None,
-        keyspace: Keyspace::SYSTEM,
-        bucket: None,
-        range: false,
-    })
-    .await;
+    a.create_events().await;
     for i in 0..100 {
         a.write(&key(i), KvOp::Put { value: "v".into() }, None)
             .await;

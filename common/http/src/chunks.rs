@@ -20,7 +20,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde_json::json;
 use unikv_types::catalog::{unknown_collection, validate_name, Sharding};
-use unikv_types::{ChunkId, ChunkInfo, KvOp, ShardId};
+use unikv_types::{ChunkId, ChunkInfo, KvOp};
 
 use crate::access::{data_guard, guard, Access};
 use crate::collections::CatalogService;
@@ -85,17 +85,6 @@ fn chunk_json(c: &ChunkInfo) -> serde_json::Value {
     })
 }
 
-fn shard_param(p: &Params, name: &str) -> Result<ShardId, ApiError> {
-    let v = p.u64(name)?;
-    if v == 0 {
-        return Err(ApiError::bad_request(
-            "bad_request",
-            format!("{name} must be at least 1"),
-        ));
-    }
-    Ok(ShardId(v))
-}
-
 async fn list<S: CatalogService>(
     State(s): State<Arc<S>>,
     Path(name): Path<String>,
@@ -103,7 +92,7 @@ async fn list<S: CatalogService>(
 ) -> Result<Response, ApiError> {
     let p = Params::from_request(req, MAX_BODY).await?;
     let only = match p.optional("shard") {
-        Some(_) => Some(shard_param(&p, "shard")?),
+        Some(_) => Some(p.shard_id("shard")?),
         None => None,
     };
     let all = chunks_of(&*s, &name).await?;
@@ -152,7 +141,7 @@ async fn move_chunk<S: CatalogService>(
     req: Request,
 ) -> Result<Response, ApiError> {
     let p = Params::from_request(req, MAX_BODY).await?;
-    let to = shard_param(&p, "to")?;
+    let to = p.shard_id("to")?;
     let id = id
         .parse::<u64>()
         .map(ChunkId)

@@ -82,6 +82,18 @@ impl Params {
 
     /// `client_id` and `seq`: both or neither; `ts` (ms since the Unix epoch when the request
     /// was first sent, the same on every retry) optional with them.
+    /// A shard id parameter: a number, at least 1.
+    pub fn shard_id(&self, name: &str) -> Result<unikv_types::ShardId, ApiError> {
+        let v = self.u64(name)?;
+        if v == 0 {
+            return Err(ApiError::bad_request(
+                "bad_request",
+                format!("{name} must be at least 1"),
+            ));
+        }
+        Ok(unikv_types::ShardId(v))
+    }
+
     pub fn client_seq(&self) -> Result<Option<ClientSeq>, ApiError> {
         match (self.optional("client_id"), self.optional("seq")) {
             (None, None) => Ok(None),

@@ -9,7 +9,7 @@ use unikv_storage::{ChunkCommand, ChunkState, Command};
 use unikv_types::{rpc_kind, wall_clock_ms, ChunkId, Epoch, KvError, ShardId, ShardState};
 
 use super::messages::{ChunkActivate, ChunkIn};
-use crate::peer::call_shard;
+use crate::peer::{call_shard, deliver, Delivery};
 use crate::service::Node;
 
 /// The task-set tag of a hand-off (activation checks use another).
@@ -130,51 +130,27 @@ impl Node {
             dedup_horizon_ms: export.dedup_horizon_ms,
         };
         let give_up_at = Instant::now() + self.config.handoff_timeout();
-        loop {
-            if !self.is_leader() {
-                return Err(self.unavailable(
-                    "lost leadership during a chunk hand-off; the next leader resumes it",
-                ));
+        match deliver(self, to, rpc_kind::CHUNK_IN, &msg, give_up_at).await? {
+            Delivery::Taken => {}
+            Delivery::Refused(message) => {
+                tracing::warn!(shard = %self.shard(), chunk = %id, to = %to, %message, "target refused the chunk; aborting");
+                self.propose(Command::Chunk(ChunkCommand::Abort { id, epoch }))
+                    .await?;
+                return Err(KvError::BadRequest {
+                    code: "move_refused".into(),
+                    message,
+                });
             }
-            let left = give_up_at.saturating_duration_since(Instant::now());
-            let res = if left.is_zero() {
-                Err(KvError::Unavailable {
+            Delivery::TimedOut(e) => {
+                self.propose(Command::Chunk(ChunkCommand::Abort { id, epoch }))
+                    .await?;
+                return Err(KvError::Unavailable {
                     shard: to,
-                    reason: "no answer in time".into(),
-                })
-            } else {
-                call_shard::<_, ()>(
-                    self,
-                    to,
-                    rpc_kind::CHUNK_IN,
-                    &msg,
-                    left.min(Duration::from_secs(5)),
-                )
-                .await
-            };
-            match res {
-                Ok(()) => break,
-                Err(KvError::BadRequest { message, .. }) => {
-                    tracing::warn!(shard = %self.shard(), chunk = %id, to = %to, %message, "target refused the chunk; aborting");
-                    self.propose(Command::Chunk(ChunkCommand::Abort { id, epoch }))
-                        .await?;
-                    return Err(KvError::BadRequest {
-                        code: "move_refused".into(),
-                        message,
-                    });
-                }
-                Err(e) if Instant::now() >= give_up_at => {
-                    self.propose(Command::Chunk(ChunkCommand::Abort { id, epoch }))
-                        .await?;
-                    return Err(KvError::Unavailable {
-                        shard: to,
-                        reason: format!(
-                            "chunk {id}: shard {to} did not take it within {} ms ({e}); the move was aborted",
-                            self.config.handoff_timeout_ms
-                        ),
-                    });
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    reason: format!(
+                        "chunk {id}: shard {to} did not take it within {} ms ({e}); the move was aborted",
+                        self.config.handoff_timeout_ms
+                    ),
+                });
             }
         }
         self.propose(Command::Chunk(ChunkCommand::Done { id, epoch }))

@@ -51,17 +51,6 @@ pub async fn handle_shard_admin(rb: &Rebalancer, req: ShardAdmin) -> Result<Valu
     }
 }
 
-fn shard_param(p: &Params, name: &str) -> Result<ShardId, ApiError> {
-    let v = p.u64(name)?;
-    if v == 0 {
-        return Err(ApiError::bad_request(
-            "bad_request",
-            format!("{name} must be at least 1"),
-        ));
-    }
-    Ok(ShardId(v))
-}
-
 /// Runs `req` on the leader of `shard` (this node if it is that leader).
 async fn on_shard(rb: &Rebalancer, shard: ShardId, req: ShardAdmin) -> Result<Value, ApiError> {
     let node = &rb.node;
@@ -92,7 +81,7 @@ pub async fn addshard(
 ) -> Result<Response, ApiError> {
     let node = &rb.node;
     let p = Params::from_request(req, MAX_BODY).await?;
-    let shard = shard_param(&p, "shardID")?;
+    let shard = p.shard_id("shardID")?;
     let addr = p.required("shardAddress")?.trim().to_string();
     if states(node)
         .iter()
@@ -194,7 +183,7 @@ pub async fn removeshard(
 ) -> Result<Response, ApiError> {
     let node = &rb.node;
     let p = Params::from_request(req, MAX_BODY).await?;
-    let shard = shard_param(&p, "shardID")?;
+    let shard = p.shard_id("shardID")?;
     let all = states(node);
     let Some((_, state)) = all.iter().find(|(id, _)| *id == shard) else {
         return Err(ApiError::new(
@@ -252,7 +241,7 @@ pub async fn moveslot(
         ));
     }
     let slot = slot as Slot;
-    let to = shard_param(&p, "to")?;
+    let to = p.shard_id("to")?;
     let target_state = states(node)
         .into_iter()
         .find(|(id, _)| *id == to)
@@ -277,7 +266,7 @@ pub async fn moveslot(
     };
     // An operator may name the source; it must be the owner.
     if p.optional("from").is_some() {
-        let from = shard_param(&p, "from")?;
+        let from = p.shard_id("from")?;
         if from != owner {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -299,7 +288,7 @@ pub async fn moveslot(
 pub async fn tags(State(rb): State<Arc<Rebalancer>>, req: Request) -> Result<Response, ApiError> {
     let node = &rb.node;
     let p = Params::from_request(req, MAX_BODY).await?;
-    let shard = shard_param(&p, "shardID")?;
+    let shard = p.shard_id("shardID")?;
     let mut tags: Vec<(String, String)> = Vec::new();
     for (k, v) in p.iter() {
         if k == "shardID" {

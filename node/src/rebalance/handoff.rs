@@ -13,7 +13,7 @@ use unikv_types::{rpc_kind, Epoch, KvError, ShardId, Slot};
 
 use super::messages::{ActivateRequest, MoveIn};
 use super::rebalancer::{lock, Rebalancer};
-use crate::peer::call_shard;
+use crate::peer::{call_shard, deliver, Delivery};
 use crate::service::Node;
 
 /// Starts a hand-off task for `slot` unless one runs already. `handoff` is the hand-off
@@ -96,54 +96,28 @@ async fn run(
     };
     // The slot is frozen from here until `Done`: bounded, whatever gossip says of the target.
     let give_up_at = Instant::now() + node.config.handoff_timeout();
-    loop {
-        if !node.is_leader() {
-            return Err(
-                node.unavailable("lost leadership during a hand-off; the next leader resumes it")
-            );
+    match deliver(node, h.target, rpc_kind::MOVE_IN, &msg, give_up_at).await? {
+        Delivery::Taken => {}
+        Delivery::Refused(message) => {
+            tracing::warn!(shard = %node.shard(), slot, to = %h.target, %message, "target refused the slot; aborting");
+            abort(rb, slot, h.epoch).await?;
+            return Err(KvError::BadRequest {
+                code: "move_refused".into(),
+                message,
+            });
         }
-        let left = give_up_at.saturating_duration_since(Instant::now());
-        let res = if left.is_zero() {
-            Err(KvError::Unavailable {
+        Delivery::TimedOut(e) => {
+            // A copy the target did store is dropped once it learns of this abort.
+            tracing::warn!(shard = %node.shard(), slot, to = %h.target, error = %e,
+                timeout_ms = node.config.handoff_timeout_ms, "hand-off not confirmed in time; aborting");
+            abort(rb, slot, h.epoch).await?;
+            return Err(KvError::Unavailable {
                 shard: h.target,
-                reason: "no answer in time".into(),
-            })
-        } else {
-            call_shard::<_, ()>(
-                node,
-                h.target,
-                rpc_kind::MOVE_IN,
-                &msg,
-                left.min(Duration::from_secs(5)),
-            )
-            .await
-        };
-        match res {
-            Ok(()) => break,
-            Err(KvError::BadRequest { message, .. }) => {
-                tracing::warn!(shard = %node.shard(), slot, to = %h.target, %message, "target refused the slot; aborting");
-                abort(rb, slot, h.epoch).await?;
-                return Err(KvError::BadRequest {
-                    code: "move_refused".into(),
-                    message,
-                });
-            }
-            Err(e) if Instant::now() >= give_up_at => {
-                // A retried MOVE_IN never stores a second copy (the target's `In` is
-                // idempotent per epoch), and a copy it did store is dropped once it learns
-                // of this abort.
-                tracing::warn!(shard = %node.shard(), slot, to = %h.target, error = %e,
-                    timeout_ms = node.config.handoff_timeout_ms, "hand-off not confirmed in time; aborting");
-                abort(rb, slot, h.epoch).await?;
-                return Err(KvError::Unavailable {
-                    shard: h.target,
-                    reason: format!(
-                        "slot {slot}: shard {} did not take the slot within {} ms ({e}); the move was aborted",
-                        h.target, node.config.handoff_timeout_ms
-                    ),
-                });
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                reason: format!(
+                    "slot {slot}: shard {} did not take the slot within {} ms ({e}); the move was aborted",
+                    h.target, node.config.handoff_timeout_ms
+                ),
+            });
         }
     }
     node.propose(Command::Move(MoveCommand::Done {
