@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod gossip_publisher;
 pub mod http;
+pub mod membership;
 pub mod peer;
 pub mod promote;
 pub mod raft_errors;

@@ -16,9 +16,10 @@ use unikv_types::{rpc_kind, KvError, KvReply, KvRequest};
 /// Most requests a `KV_BATCH` may carry.
 const MAX_KV_BATCH: usize = 1024;
 
+use crate::membership::AdminRequest;
 use crate::raft_net::SnapshotHead;
 use crate::rebalance::Rebalancer;
-use crate::service::{AdminRequest, Node};
+use crate::service::Node;
 
 pub struct RpcHandler {
     pub node: Arc<Node>,

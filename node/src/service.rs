@@ -1,13 +1,13 @@
 //! The node's request logic, shared by its HTTP API and its QUIC RPC server: KV operations
 //! (writes through Raft on the leader, forwarded from followers; linearizable reads on any
-//! member via ReadIndex), membership changes, and the facts `/raft/status` reports.
+//! member via ReadIndex) and the facts `/raft/status` reports. Membership changes are in
+//! `membership`.
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::type_config::async_runtime::WatchReceiver;
-use openraft::{ChangeMembers, LinearizerOption, ReadPolicy, ServerState};
+use openraft::{LinearizerOption, ReadPolicy, ServerState};
 use serde::{Deserialize, Serialize};
 use unikv_net::Transport;
 use unikv_storage::{Command, LeaderClock, NodeAddr, OwnedRead, StateMachine, Store, TypeConfig};
@@ -28,39 +28,6 @@ pub struct Hello {
     pub node_id: NodeId,
     pub http: String,
     pub raft: String,
-}
-
-/// Membership changes, possibly forwarded from a follower to the leader.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum AdminRequest {
-    Join { node_id: NodeId, addr: String },
-    Leave { node_id: NodeId },
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AdminReply {
-    pub voters: Vec<NodeId>,
-    pub learners: Vec<NodeId>,
-    pub already_member: bool,
-}
-
-/// A refused or failed membership change, with the HTTP status that fits it.
-#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
-#[error("{message}")]
-pub struct AdminError {
-    pub status: u16,
-    pub code: String,
-    pub message: String,
-}
-
-impl AdminError {
-    fn new(status: u16, code: &str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code: code.into(),
-            message: message.into(),
-        }
-    }
 }
 
 pub struct Node {
@@ -110,9 +77,9 @@ pub enum Home {
     Range,
 }
 
-const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long to wait between attempts while a leader is being elected.
-const LEADER_POLL: Duration = Duration::from_millis(50);
+pub(crate) const LEADER_POLL: Duration = Duration::from_millis(50);
 
 fn node_ref(id: NodeId, addr: &NodeAddr) -> NodeRef {
     NodeRef {
@@ -558,175 +525,5 @@ impl Node {
             }
             Err(e) => Err(self.unavailable(e.to_string())),
         }
-    }
-
-    /// Applies a membership change on the leader, forwarding it there if this node is not.
-    pub async fn admin(
-        &self,
-        req: AdminRequest,
-        forwarded: bool,
-    ) -> Result<AdminReply, AdminError> {
-        if !self.is_leader() {
-            if forwarded {
-                return Err(AdminError::new(
-                    503,
-                    "not_leader",
-                    "the receiving node is not the leader",
-                ));
-            }
-            let leader = self.wait_for_leader().await.ok_or_else(|| {
-                AdminError::new(503, "unavailable", "no leader known for this shard")
-            })?;
-            if leader.node_id != self.id() {
-                let res = self
-                    .transport
-                    .call::<_, Result<AdminReply, AdminError>>(
-                        &leader.raft,
-                        rpc_kind::ADMIN,
-                        &req,
-                        self.config.request_timeout() * 6,
-                    )
-                    .await
-                    .map_err(|e| {
-                        AdminError::new(503, "unavailable", format!("leader unreachable: {e}"))
-                    })?;
-                return res;
-            }
-        }
-        match req {
-            AdminRequest::Join { node_id, addr } => self.join(node_id, addr).await,
-            AdminRequest::Leave { node_id } => self.leave(node_id).await,
-        }
-    }
-
-    async fn wait_for_leader(&self) -> Option<NodeRef> {
-        let deadline = Instant::now() + self.config.request_timeout();
-        loop {
-            if let Some(l) = self.leader() {
-                return Some(l);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(LEADER_POLL).await;
-        }
-    }
-
-    /// The addresses of every member of this shard's Raft group.
-    pub fn raft_members(&self) -> Vec<NodeAddr> {
-        let m = self.raft.metrics();
-        let m = m.borrow_watched();
-        m.membership_config
-            .membership()
-            .nodes()
-            .map(|(_, a)| a.clone())
-            .collect()
-    }
-
-    fn members(&self) -> (Vec<NodeId>, Vec<NodeId>) {
-        let m = self.raft.metrics();
-        let m = m.borrow_watched();
-        let mem = m.membership_config.membership();
-        let voters: BTreeSet<NodeId> = mem.voter_ids().collect();
-        let learners = mem
-            .nodes()
-            .map(|(id, _)| *id)
-            .filter(|id| !voters.contains(id))
-            .collect();
-        (voters.into_iter().collect(), learners)
-    }
-
-    fn admin_reply(&self, already_member: bool) -> AdminReply {
-        let (voters, learners) = self.members();
-        AdminReply {
-            voters,
-            learners,
-            already_member,
-        }
-    }
-
-    async fn join(&self, node_id: NodeId, addr: String) -> Result<AdminReply, AdminError> {
-        let hello: Hello = self
-            .transport
-            .call(&addr, rpc_kind::HELLO, &(), HELLO_TIMEOUT)
-            .await
-            .map_err(|e| {
-                AdminError::new(
-                    400,
-                    "unreachable",
-                    format!("cannot reach a unikv node at {addr}: {e}"),
-                )
-            })?;
-        if hello.shard != self.shard() {
-            return Err(AdminError::new(
-                400,
-                "wrong_shard",
-                format!(
-                    "node at {addr} belongs to shard {}, not {}",
-                    hello.shard,
-                    self.shard()
-                ),
-            ));
-        }
-        if hello.node_id != node_id {
-            return Err(AdminError::new(
-                400,
-                "node_id_mismatch",
-                format!(
-                    "node at {addr} has node id {}, not {node_id}",
-                    hello.node_id
-                ),
-            ));
-        }
-        let (voters, _) = self.members();
-        if voters.contains(&node_id) {
-            return Ok(self.admin_reply(true));
-        }
-        let node = NodeAddr {
-            raft: addr.clone(),
-            http: hello.http,
-        };
-        let map_err = |e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>| {
-            AdminError::new(503, "membership_change_failed", e.to_string())
-        };
-        self.raft
-            .add_learner(node_id, node, true)
-            .await
-            .map_err(map_err)?;
-        self.raft
-            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false)
-            .await
-            .map_err(map_err)?;
-        tracing::info!(shard = %self.shard(), node = %node_id, %addr, "member joined");
-        Ok(self.admin_reply(false))
-    }
-
-    async fn leave(&self, node_id: NodeId) -> Result<AdminReply, AdminError> {
-        let (voters, learners) = self.members();
-        if !voters.contains(&node_id) && !learners.contains(&node_id) {
-            return Err(AdminError::new(
-                404,
-                "not_member",
-                format!("node {node_id} is not a member"),
-            ));
-        }
-        if voters == [node_id] {
-            return Err(AdminError::new(
-                400,
-                "last_voter",
-                "cannot remove the last voter of a shard",
-            ));
-        }
-        let change = if voters.contains(&node_id) {
-            ChangeMembers::RemoveVoters(BTreeSet::from([node_id]))
-        } else {
-            ChangeMembers::RemoveNodes(BTreeSet::from([node_id]))
-        };
-        self.raft
-            .change_membership(change, false)
-            .await
-            .map_err(|e| AdminError::new(503, "membership_change_failed", e.to_string()))?;
-        tracing::info!(shard = %self.shard(), node = %node_id, "member left");
-        Ok(self.admin_reply(false))
     }
 }

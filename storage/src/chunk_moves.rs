@@ -369,12 +369,12 @@ fn merge(
 
 /// The listing of chunks held here (not those still arriving), with their statistics.
 pub fn chunk_infos(
-    d: &ShardDescriptor,
+    shard: unikv_types::ShardId,
+    owned: &std::collections::BTreeMap<ChunkId, OwnedChunk>,
     ks: Option<Keyspace>,
     stats: &dyn Fn(u16) -> SlotStats,
 ) -> Vec<ChunkInfo> {
-    d.chunks
-        .owned
+    owned
         .iter()
         // A chunk still arriving is the source's until it is activated here.
         .filter(|(_, c)| {
@@ -385,7 +385,7 @@ pub fn chunk_infos(
             ChunkInfo {
                 id: *id,
                 keyspace: c.keyspace,
-                shard: d.shard,
+                shard,
                 min: c.lo.clone(),
                 max: c.hi.clone(),
                 count: st.keys,

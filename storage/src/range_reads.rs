@@ -1,15 +1,14 @@
 //! Reads of range collections on one replica: a key, an ordered scan through the chunks held
 //! here, the chunk listing, and what a chunk move or split needs to read. Each runs against
 //! one published descriptor and reads again if a batch deleted chunk data meanwhile
-//! (`Store::consistent`), so a read never sees "held" and then the deleted data.
+//! (`Store::consistent`, copying only the chunks it needs), so a read never sees "held" and then the deleted data.
 
 use rocksdb::{Direction, IteratorMode, ReadOptions};
 use unikv_types::{ChunkId, ChunkInfo, Keyspace, ScanPage, ScanRange, Slot};
 
-use crate::chunk_map::{ChunkState, OwnedChunk};
+use crate::chunk_map::{ChunkMap, ChunkState, OwnedChunk};
 use crate::chunk_moves::{chunk_infos, chunk_pairs, split_point, ChunkExport};
 use crate::db::{chunk_bounds, range_key, range_user_key, Db, CF_KV, CF_STATS};
-use crate::descriptor::ShardDescriptor;
 use crate::error::Result;
 use crate::moves::export_slot;
 use crate::records::SlotStats;
@@ -31,73 +30,100 @@ fn unit_stats(db: &Db, unit: Slot) -> SlotStats {
 impl Store {
     /// The value of `key` of range keyspace `ks`, if a chunk held here holds it.
     pub fn read_range(&self, ks: Keyspace, key: &str) -> Result<OwnedRead> {
-        self.consistent(|d, db| {
-            if d.dropped_keyspaces.contains(&ks) {
-                return Ok(OwnedRead::Dropped);
-            }
-            match d.chunks.find(ks, key) {
-                Some((_, c)) if readable(c) => {
-                    let v = db
-                        .raw()
-                        .get_cf(db.cf(CF_KV), range_key(ks, key.as_bytes()))?;
-                    Ok(OwnedRead::Value(
-                        v.map(|b| String::from_utf8_lossy(&b).into_owned()),
-                    ))
+        self.consistent(
+            |d| {
+                if d.dropped_keyspaces.contains(&ks) {
+                    return Some(OwnedRead::Dropped);
                 }
-                _ => Ok(OwnedRead::NotOwned),
-            }
-        })
+                match d.chunks.find(ks, key) {
+                    Some((_, c)) if readable(c) => None,
+                    _ => Some(OwnedRead::NotOwned),
+                }
+            },
+            |refused, db| {
+                if let Some(r) = refused {
+                    return Ok(r);
+                }
+                let v = db
+                    .raw()
+                    .get_cf(db.cf(CF_KV), range_key(ks, key.as_bytes()))?;
+                Ok(OwnedRead::Value(
+                    v.map(|b| String::from_utf8_lossy(&b).into_owned()),
+                ))
+            },
+        )
     }
 
     /// One page of a scan of range keyspace `ks`, from the chunk holding `r`'s first
     /// position on through the adjacent chunks held here; `None` if that chunk is not held
     /// (readable) here.
     pub fn scan_range(&self, ks: Keyspace, r: &ScanRange) -> Result<Option<ScanPage>> {
-        self.consistent(|d, db| scan(d, db, ks, r))
+        self.consistent(
+            |d| ChunkMap {
+                owned: d
+                    .chunks
+                    .owned
+                    .iter()
+                    .filter(|(_, c)| c.keyspace == ks)
+                    .map(|(id, c)| (*id, c.clone()))
+                    .collect(),
+                ..Default::default()
+            },
+            |chunks, db| scan(&chunks, db, ks, r),
+        )
     }
 
     /// The chunks held here (of `ks`, or all), with their key counts and bytes.
     pub fn chunks(&self, ks: Option<Keyspace>) -> Result<Vec<ChunkInfo>> {
-        self.consistent(|d, db| Ok(chunk_infos(d, ks, &|u| unit_stats(db, u))))
+        self.consistent(
+            |d| (d.shard, d.chunks.owned.clone()),
+            |(shard, owned), db| Ok(chunk_infos(shard, &owned, ks, &|u| unit_stats(db, u))),
+        )
     }
 
     /// Chunk `id` as held here and everything stored for it, for handing it off.
     pub fn export_chunk(&self, id: ChunkId) -> Result<Option<(OwnedChunk, ChunkExport)>> {
-        self.consistent(|d, db| {
-            let Some(c) = d.chunks.owned.get(&id) else {
-                return Ok(None);
-            };
-            let kv = chunk_pairs(db, c.keyspace, &c.lo, c.hi.as_deref())?;
-            let dedup = export_slot(db, c.unit)?;
-            Ok(Some((
-                c.clone(),
-                ChunkExport {
-                    kv,
-                    dedup: dedup.dedup,
-                    dedup_horizon_ms: dedup.dedup_horizon_ms,
-                },
-            )))
-        })
+        self.consistent(
+            |d| d.chunks.owned.get(&id).cloned(),
+            |c, db| {
+                let Some(c) = c else {
+                    return Ok(None);
+                };
+                let kv = chunk_pairs(db, c.keyspace, &c.lo, c.hi.as_deref())?;
+                let dedup = export_slot(db, c.unit)?;
+                Ok(Some((
+                    c,
+                    ChunkExport {
+                        kv,
+                        dedup: dedup.dedup,
+                        dedup_horizon_ms: dedup.dedup_horizon_ms,
+                    },
+                )))
+            },
+        )
     }
 
     /// Where to split chunk `id` so each half holds about half its bytes (`None`: not held
     /// here, or too few keys).
     pub fn split_point(&self, id: ChunkId) -> Result<Option<String>> {
-        self.consistent(|d, db| {
-            let Some(c) = d.chunks.owned.get(&id) else {
-                return Ok(None);
-            };
-            let total = unit_stats(db, c.unit).bytes;
-            split_point(db, c.keyspace, &c.lo, c.hi.as_deref(), total)
-        })
+        self.consistent(
+            |d| d.chunks.owned.get(&id).cloned(),
+            |c, db| {
+                let Some(c) = c else {
+                    return Ok(None);
+                };
+                let total = unit_stats(db, c.unit).bytes;
+                split_point(db, c.keyspace, &c.lo, c.hi.as_deref(), total)
+            },
+        )
     }
 }
 
-fn scan(d: &ShardDescriptor, db: &Db, ks: Keyspace, r: &ScanRange) -> Result<Option<ScanPage>> {
+fn scan(chunks: &ChunkMap, db: &Db, ks: Keyspace, r: &ScanRange) -> Result<Option<ScanPage>> {
     let first = if r.reverse {
-        d.chunks.find_before(ks, r.end.as_deref())
+        chunks.find_before(ks, r.end.as_deref())
     } else {
-        d.chunks.find(ks, &r.start)
+        chunks.find(ks, &r.start)
     };
     let Some((_, mut chunk)) = first.filter(|(_, c)| readable(c)) else {
         return Ok(None);
@@ -147,14 +173,14 @@ fn scan(d: &ShardDescriptor, db: &Db, ks: Keyspace, r: &ScanRange) -> Result<Opt
                 return Ok(Some(page));
             }
             end = Some(chunk.lo.clone());
-            d.chunks.find_before(ks, end.as_deref())
+            chunks.find_before(ks, end.as_deref())
         } else {
             match chunk.hi.as_deref() {
                 None => return Ok(Some(page)),
                 Some(h) if end.as_deref().is_some_and(|e| e <= h) => return Ok(Some(page)),
                 Some(h) => {
                     start = h.to_string();
-                    d.chunks.find(ks, &start)
+                    chunks.find(ks, &start)
                 }
             }
         };

@@ -176,16 +176,18 @@ impl Store {
         read_lock(&self.shared.meta).descriptor.clone()
     }
 
-    /// Runs `read` on the published descriptor and the database as one view: if a batch
-    /// narrowed ownership meanwhile (it deletes data someone may be reading), reads again.
-    pub fn consistent<T>(
+    /// Runs `read` on what `pick` takes from the published descriptor (under its lock: only
+    /// what the read needs is copied) and on the database, as one view: if a batch narrowed
+    /// ownership meanwhile (it deletes data someone may be reading), reads again.
+    pub fn consistent<P, T>(
         &self,
-        mut read: impl FnMut(&ShardDescriptor, &Db) -> Result<T>,
+        pick: impl Fn(&ShardDescriptor) -> P,
+        mut read: impl FnMut(P, &Db) -> Result<T>,
     ) -> Result<T> {
         loop {
             let before = self.shared.generation.load(Ordering::SeqCst);
-            let d = self.descriptor();
-            let out = read(&d, &self.shared.db).map_err(|e| self.shared.note(e))?;
+            let picked = pick(&read_lock(&self.shared.meta).descriptor);
+            let out = read(picked, &self.shared.db).map_err(|e| self.shared.note(e))?;
             if self.shared.generation.load(Ordering::SeqCst) == before {
                 return Ok(out);
             }

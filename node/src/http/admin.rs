@@ -9,7 +9,8 @@ use serde_json::json;
 use unikv_http::{ok, ApiError, Params};
 use unikv_types::NodeId;
 
-use crate::service::{AdminReply, AdminRequest, Node};
+use crate::membership::{AdminReply, AdminRequest};
+use crate::service::Node;
 use crate::status;
 
 const MAX_ADMIN_BODY: usize = 64 * 1024;

@@ -58,8 +58,8 @@ pub fn router(node: Arc<Node>, access: Access) -> Router {
         .merge(collections)
 }
 
-impl From<crate::service::AdminError> for ApiError {
-    fn from(e: crate::service::AdminError) -> Self {
+impl From<crate::membership::AdminError> for ApiError {
+    fn from(e: crate::membership::AdminError) -> Self {
         let status = axum::http::StatusCode::from_u16(e.status)
             .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
         ApiError::new(status, &e.code, e.message)
