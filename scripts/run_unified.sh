@@ -6,7 +6,8 @@
 #   scripts/run_unified.sh node S N     (re)start one node, e.g. after a crash
 #   scripts/run_unified.sh router       (re)start the router
 #   scripts/run_unified.sh addshard S   start shard S's 3 nodes (ports 80S1-80S3) and /addshard it
-#   scripts/run_unified.sh removeshard S  drain shard S (its slots move to the others)
+#   scripts/run_unified.sh removeshard S [forget]  drain shard S (its slots move to the others;
+#                                       with forget, it is then removed from the cluster for good)
 # Shard S node N: HTTP (and gossip, UDP) port 80SN, QUIC port 180SN; router on 3000.
 # Logs: logs/unified_S_N.log, logs/router.log. Data: data/unikv_S_N, cluster CA data/tls.
 # Environment (for tests and side-by-side clusters): UNIKV_SHARDS (3), UNIKV_HTTP_BASE (8000),
@@ -138,7 +139,11 @@ addshard)
   join_shard "$s"
   curl -sS "$host:$(http_port 1 1)/addshard?shardID=$s&shardAddress=$host:$(http_port "$s" 1)"; echo
   ;;
-removeshard) curl -sS "$host:$(http_port 1 1)/removeshard?shardID=${2:?shard}"; echo ;;
+removeshard)
+  forget=""
+  [ "${3:-}" = forget ] && forget="&forget=true"
+  curl -sS "$host:$(http_port 1 1)/removeshard?shardID=${2:?shard}$forget"; echo
+  ;;
 router) start_router ;;
-*) sed -n '2,15p' "$0"; exit 2 ;;
+*) sed -n '2,17p' "$0"; exit 2 ;;
 esac

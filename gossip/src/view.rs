@@ -95,6 +95,19 @@ fn log_slot_conflict(slot: Slot, a: ShardId, b: ShardId, epoch: Epoch) {
 }
 
 impl ClusterView {
+    /// Every shard: whether it takes data, bytes stored, tags.
+    pub fn summaries(&self) -> Vec<unikv_types::ShardSummary> {
+        self.shards
+            .values()
+            .map(|s| unikv_types::ShardSummary {
+                id: s.id,
+                active: s.state == ShardState::Active,
+                bytes: s.bytes,
+                tags: s.tags.iter().cloned().collect(),
+            })
+            .collect()
+    }
+
     /// Derives a view (with revision 0) from member states. Members are sorted by name; members
     /// that carry a [`NodeState`] are grouped into shards.
     pub fn from_members(mut members: Vec<MemberView>) -> ClusterView {
@@ -105,9 +118,11 @@ impl ClusterView {
                 by_shard.entry(ns.shard).or_default().push((m, ns));
             }
         }
+        // A removed shard (unregistered for good) is left out of the view.
         let shards = by_shard
             .into_iter()
             .map(|(id, entries)| (id, derive_shard(id, &entries)))
+            .filter(|(_, s)| s.state != ShardState::Removed)
             .collect();
         ClusterView {
             revision: 0,
@@ -298,6 +313,7 @@ fn derive_shard(id: ShardId, entries: &[(&MemberView, &NodeState)]) -> ShardView
         initialised: owner.is_some_and(|(_, ns)| ns.initialised),
         initial_shards: entries.iter().filter_map(|(_, ns)| ns.initial_shards).max(),
         state: match owner {
+            Some((_, ns)) if ns.state == ShardState::Removed => ShardState::Removed,
             Some((_, ns)) if any_live => ns.state,
             _ => ShardState::Unreachable,
         },

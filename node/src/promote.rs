@@ -19,6 +19,8 @@
 
 use std::time::{Duration, Instant};
 
+use openraft::type_config::async_runtime::WatchReceiver;
+use openraft::Instant as _;
 use serde::{Deserialize, Serialize};
 use unikv_storage::{Command, RegistryCommand};
 use unikv_types::catalog::{catalog_slot, Catalog, CatalogOp, CATALOG_KEY};
@@ -53,6 +55,19 @@ impl Node {
                 shard: self.shard(),
                 leader: self.leader(),
             });
+        }
+        if matches!(req, FenceRequest::Set { .. }) {
+            let busy = self.installing_snapshots();
+            if !busy.is_empty() {
+                return Err(KvError::Refused {
+                    status: 409,
+                    code: "snapshot_installing".into(),
+                    message: format!(
+                        "shard {}: node(s) {busy:?} are installing a snapshot (behind the log the leader keeps); try again once they caught up",
+                        self.shard()
+                    ),
+                });
+            }
         }
         let cmd = match req {
             FenceRequest::Set {
@@ -138,6 +153,24 @@ impl Node {
         res
     }
 
+    /// On the leader: the members installing a snapshot now (see [`receiving_snapshot`]).
+    fn installing_snapshots(&self) -> Vec<u64> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let purged = m.purged.as_ref().map(|l| l.index);
+        let (Some(repl), Some(beats)) = (&m.replication, &m.heartbeat) else {
+            return Vec::new();
+        };
+        let followers = repl
+            .iter()
+            .filter(|(id, _)| **id != m.id)
+            .map(|(id, matched)| {
+                let acked = beats.get(id).and_then(|t| t.as_ref()).map(|t| t.elapsed());
+                (id.0, matched.as_ref().map(|l| l.index), acked)
+            });
+        receiving_snapshot(purged, followers)
+    }
+
     async fn fence_on(&self, shard: ShardId, req: FenceRequest) -> Result<(), KvError> {
         if shard == self.shard() {
             return self.fence(req).await;
@@ -172,5 +205,51 @@ impl Node {
             Ok(None) => Ok(Catalog::default()),
             Err(e) => Err(KvError::Internal(e.to_string())),
         }
+    }
+}
+
+/// How recently a follower must have answered the leader to count as installing a snapshot
+/// (rather than being down: a dead follower does not hold a promote back; the fences' own
+/// commits prove a quorum).
+const ANSWERED_WITHIN: Duration = Duration::from_secs(2);
+
+/// The followers (id, matched log index, time since they last answered a heartbeat) that
+/// are installing a snapshot: they answer, but what they hold ends before the first entry the
+/// leader still keeps (`purged`), so only a snapshot can bring them up.
+fn receiving_snapshot(
+    purged: Option<u64>,
+    followers: impl Iterator<Item = (u64, Option<u64>, Option<Duration>)>,
+) -> Vec<u64> {
+    let Some(purged) = purged else {
+        return Vec::new();
+    };
+    followers
+        .filter(|(_, matched, acked)| {
+            matched.is_none_or(|m| m < purged) && acked.is_some_and(|a| a <= ANSWERED_WITHIN)
+        })
+        .map(|(id, _, _)| id)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_follower_that_answers_behind_the_purged_log_is_installing_a_snapshot() {
+        let s = Duration::from_millis;
+        let f = vec![
+            (2, Some(90), Some(s(100))),  // behind the purge, answering: installing
+            (3, Some(150), Some(s(100))), // caught up
+            (4, None, Some(s(50))),       // nothing matched yet, answering: installing
+            (5, Some(10), Some(s(5000))), // behind but silent: down, not installing
+            (6, Some(10), None),          // never answered
+        ];
+        assert_eq!(
+            receiving_snapshot(Some(100), f.clone().into_iter()),
+            vec![2, 4]
+        );
+        // Nothing purged: every follower can catch up from the log.
+        assert!(receiving_snapshot(None, f.into_iter()).is_empty());
     }
 }

@@ -155,6 +155,16 @@ impl Node {
     pub async fn kv(&self, req: KvRequest) -> Result<KvReply, KvError> {
         let (collection, shard_key) = (req.collection.as_deref(), req.shard_key.as_deref());
         let target = self.resolve(collection, shard_key).await?;
+        if req.op == KvOp::Usage {
+            let st = self
+                .store
+                .usage(target.keyspace, &target.placement)
+                .map_err(|e| KvError::Internal(e.to_string()))?;
+            return Ok(KvReply::Usage {
+                keys: st.keys,
+                bytes: st.bytes,
+            });
+        }
         if req.op.is_range_only() && target.placement != Placement::Range {
             return Err(not_range(collection, &req.op));
         }

@@ -65,6 +65,7 @@ pub(crate) fn success(req: &KvRequest) -> Answer {
         KvOp::Scan(_) => KvReply::Scan(Default::default()),
         KvOp::Chunks => KvReply::Chunks(vec![]),
         KvOp::Split | KvOp::MoveChunk { .. } => KvReply::Written,
+        KvOp::Usage => KvReply::Usage { keys: 0, bytes: 0 },
     }))
 }
 

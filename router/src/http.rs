@@ -145,13 +145,8 @@ impl<B: Backend> CatalogService for App<B> {
         }
     }
 
-    fn shards(&self) -> Vec<(ShardId, bool, u64)> {
-        self.view
-            .borrow()
-            .shards
-            .values()
-            .map(|s| (s.id, s.state == unikv_types::ShardState::Active, s.bytes))
-            .collect()
+    fn shards(&self) -> Vec<unikv_types::ShardSummary> {
+        self.view.borrow().summaries()
     }
 
     async fn chunks(&self, collection: &str) -> Result<Vec<ChunkInfo>, ApiError> {
@@ -164,15 +159,11 @@ impl<B: Backend> CatalogService for App<B> {
 
     async fn on_shard(
         &self,
-        collection: &str,
+        space: Space,
         shard: ShardId,
         key: String,
         op: KvOp,
     ) -> Result<KvReply, ApiError> {
-        let space = Space {
-            collection: Some(collection.to_string()),
-            shard_key: None,
-        };
         self.forwarder
             .execute_on(key, op, None, space, Some(shard))
             .await

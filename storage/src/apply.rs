@@ -267,8 +267,10 @@ fn apply_op(ov: &mut Overlay<'_>, w: &Write<'_>, op: &KvOp) -> Result<CommandRes
     Ok(match op {
         KvOp::Put { value } => {
             match ov.get_kv(&k)? {
-                Some(old) => ov.count(slot, 0, value.len() as i64 - old.len() as i64),
-                None => ov.count(slot, 1, (key.len() + value.len()) as i64),
+                Some(old) => {
+                    ov.count_in(slot, w.keyspace, 0, value.len() as i64 - old.len() as i64)
+                }
+                None => ov.count_in(slot, w.keyspace, 1, (key.len() + value.len()) as i64),
             }
             ov.put_kv(k, value.as_bytes().to_vec());
             Ok(KvReply::Written)
@@ -285,8 +287,8 @@ fn apply_op(ov: &mut Overlay<'_>, w: &Write<'_>, op: &KvOp) -> Result<CommandRes
                 }));
             }
             match &prev {
-                Some(_) => ov.count(slot, 0, value.len() as i64),
-                None => ov.count(slot, 1, (key.len() + value.len()) as i64),
+                Some(_) => ov.count_in(slot, w.keyspace, 0, value.len() as i64),
+                None => ov.count_in(slot, w.keyspace, 1, (key.len() + value.len()) as i64),
             }
             let mut next = prev.clone().unwrap_or_default();
             next.extend_from_slice(value.as_bytes());
@@ -298,7 +300,7 @@ fn apply_op(ov: &mut Overlay<'_>, w: &Write<'_>, op: &KvOp) -> Result<CommandRes
         KvOp::Delete => {
             let old = ov.get_kv(&k)?;
             if let Some(old) = &old {
-                ov.count(slot, -1, -((key.len() + old.len()) as i64));
+                ov.count_in(slot, w.keyspace, -1, -((key.len() + old.len()) as i64));
             }
             let existed = old.is_some();
             ov.delete_kv(k);
@@ -344,17 +346,22 @@ fn apply_op(ov: &mut Overlay<'_>, w: &Write<'_>, op: &KvOp) -> Result<CommandRes
                 return Ok(Ok(KvReply::Catalog(reply)));
             }
             match &prev {
-                Some(old) => ov.count(slot, 0, bytes.len() as i64 - old.len() as i64),
-                None => ov.count(slot, 1, (key.len() + bytes.len()) as i64),
+                Some(old) => {
+                    ov.count_in(slot, w.keyspace, 0, bytes.len() as i64 - old.len() as i64)
+                }
+                None => ov.count_in(slot, w.keyspace, 1, (key.len() + bytes.len()) as i64),
             }
             ov.put_kv(k, bytes);
             Ok(KvReply::Catalog(reply))
         }
-        KvOp::Get | KvOp::Scan(_) | KvOp::Chunks | KvOp::Split | KvOp::MoveChunk { .. } => {
-            Err(KvError::BadRequest {
-                code: "bad_command".into(),
-                message: format!("{} is not a replicated KV command", op.name()),
-            })
-        }
+        KvOp::Get
+        | KvOp::Scan(_)
+        | KvOp::Chunks
+        | KvOp::Split
+        | KvOp::MoveChunk { .. }
+        | KvOp::Usage => Err(KvError::BadRequest {
+            code: "bad_command".into(),
+            message: format!("{} is not a replicated KV command", op.name()),
+        }),
     })
 }

@@ -161,7 +161,7 @@ pub(crate) fn apply_chunk(
                     unreachable!()
                 };
                 let ch = d.chunks.owned.remove(id).expect("held");
-                delete_data(ov, &ch);
+                delete_data(ov, &ch)?;
                 d.chunks.remember_forward(
                     *id,
                     ChunkForward {
@@ -204,7 +204,7 @@ pub(crate) fn apply_chunk(
         ChunkCommand::Drop { id, epoch } => match d.chunks.owned.get(id) {
             Some(ch) if matches!(ch.state, ChunkState::Incoming { epoch: e, .. } if e == *epoch) => {
                 let ch = d.chunks.owned.remove(id).expect("held");
-                delete_data(ov, &ch);
+                delete_data(ov, &ch)?;
                 d.version += 1;
                 ok
             }
@@ -219,14 +219,18 @@ pub(crate) fn apply_chunk(
 
 /// Deletes a chunk's keys, dedup table and statistics (its unit goes to the batch's replaced
 /// list, so readers stop trusting it before the batch lands).
-fn delete_data(ov: &mut Overlay<'_>, ch: &OwnedChunk) {
+fn delete_data(ov: &mut Overlay<'_>, ch: &OwnedChunk) -> Result<()> {
     let (lo, hi) = chunk_bounds(ch.keyspace, &ch.lo, ch.hi.as_deref());
     ov.delete_kv_range(&lo, &hi);
-    ov.delete_slot(ch.unit);
+    ov.delete_slot(ch.unit)
 }
 
 /// Drops every chunk of keyspace `ks` held here (a deleted collection).
-pub(crate) fn drop_keyspace_chunks(ov: &mut Overlay<'_>, d: &mut ShardDescriptor, ks: Keyspace) {
+pub(crate) fn drop_keyspace_chunks(
+    ov: &mut Overlay<'_>,
+    d: &mut ShardDescriptor,
+    ks: Keyspace,
+) -> Result<()> {
     let ids: Vec<ChunkId> = d
         .chunks
         .owned
@@ -236,10 +240,11 @@ pub(crate) fn drop_keyspace_chunks(ov: &mut Overlay<'_>, d: &mut ShardDescriptor
         .collect();
     for id in ids {
         if let Some(ch) = d.chunks.owned.remove(&id) {
-            delete_data(ov, &ch);
+            delete_data(ov, &ch)?;
         }
     }
     d.chunks.forwards.retain(|_, f| f.keyspace != ks);
+    Ok(())
 }
 
 fn split(
@@ -355,7 +360,7 @@ fn merge(
     };
     ov.install_dedup(l_unit, &newer, horizon)?;
     let st = ov.stats_of(r.unit)?;
-    ov.delete_slot(r.unit);
+    ov.delete_slot(r.unit)?;
     ov.count(l_unit, st.keys as i64, st.bytes as i64);
     d.chunks.owned.remove(&right);
     let l = d.chunks.owned.get_mut(&left).expect("held");

@@ -156,7 +156,8 @@ pub enum ChunkCommand {
 /// Changes of the shard's registry entry: its state and its tags.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RegistryCommand {
-    /// Set this shard's state (active, draining, inactive).
+    /// Set this shard's state (active, draining, inactive, removed: only once it owns
+    /// nothing, and for good).
     SetState { state: ShardState },
     /// Set tags (an empty value removes the tag).
     SetTags { tags: Vec<(String, String)> },
@@ -174,6 +175,9 @@ pub enum RegistryCommand {
     },
     /// End the fence `token` set.
     Unfence { token: u64 },
+    /// `/removeshard?forget=true`: drain, then be removed for good (at once if already
+    /// drained).
+    Retire,
 }
 
 /// What applying a command returns to the proposer.
@@ -280,6 +284,7 @@ impl fmt::Display for RegistryCommand {
                 write!(f, "fence token={token} until_ms={until_ms}")
             }
             RegistryCommand::Unfence { token } => write!(f, "unfence token={token}"),
+            RegistryCommand::Retire => write!(f, "retire"),
         }
     }
 }

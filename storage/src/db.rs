@@ -332,6 +332,14 @@ pub fn keyspace_bounds(slot: Slot, ks: Keyspace) -> (Vec<u8>, Vec<u8>) {
     (start, end)
 }
 
+/// Key of the totals (keys, bytes) a shard holds of one hash collection, in the `stats`
+/// family: five bytes, so never mistaken for a slot's (two).
+pub fn keyspace_stats_key(ks: Keyspace) -> [u8; 5] {
+    let mut k = [b'k'; 5];
+    k[1..].copy_from_slice(&ks.0.to_be_bytes());
+    k
+}
+
 /// The slot-sized prefix under which every range collection's keys are stored, in byte order
 /// (between the hash slots, below 0x4000, and the units, from 0x8000): a chunk is the range
 /// `range_key(ks, lo) .. range_key(ks, hi)`, so a split rewrites nothing.

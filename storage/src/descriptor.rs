@@ -36,6 +36,9 @@ pub struct ShardDescriptor {
     /// leaves it alone.
     #[serde(default)]
     pub state_set: bool,
+    /// Set by `/removeshard?forget=true`: once drained, the shard is removed, not inactive.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forget_when_drained: bool,
     /// Operator tags, e.g. `datacenter=us-east`.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
@@ -87,6 +90,25 @@ fn is_zero(n: &Slot) -> bool {
 }
 
 impl ShardDescriptor {
+    /// What this shard still holds or is moving, if anything (a shard is removed only
+    /// without any).
+    pub fn holdings(&self) -> Option<String> {
+        let mut what = Vec::new();
+        if self.slot_count() > 0 {
+            what.push(format!("{} slots", self.slot_count()));
+        }
+        if !self.outgoing.is_empty() || !self.incoming.is_empty() {
+            what.push("slots moving".to_string());
+        }
+        if !self.chunks.owned.is_empty() {
+            what.push(format!("{} chunks", self.chunks.owned.len()));
+        }
+        if !self.units.is_empty() {
+            what.push(format!("{} shard keys", self.units.len()));
+        }
+        (!what.is_empty()).then(|| what.join(", "))
+    }
+
     /// A unit number of its own (a chunk's), never handed out before; `None` once all are.
     pub fn new_unit(&mut self) -> Option<Slot> {
         let u = self.next_unit.max(UNIT_BASE);

@@ -28,6 +28,7 @@ pub mod records;
 pub mod registry;
 pub mod snapshot;
 pub mod state_machine;
+pub mod usage;
 
 pub use chunk_map::{ChunkMap, ChunkState, OwnedChunk};
 pub use command::{

@@ -4,7 +4,7 @@
 
 use rocksdb::WriteBatch;
 
-use crate::db::{Db, CF_SM};
+use crate::db::{keyspace_stats_key, Db, CF_SM, CF_STATS};
 use crate::descriptor::ShardDescriptor;
 use crate::error::{decode, encode, Result};
 use crate::raft_types::{LogId, StoredMembership};
@@ -17,13 +17,14 @@ pub const KEY_CLOCK: &[u8] = b"clock";
 pub const KEY_FORMAT: &[u8] = b"format";
 
 /// The layout this binary writes: format 2 = format 1 (`slot ++ key` for the seed's flat
-/// keys) plus keys of other collections (`slot ++ 0xFF ++ keyspace ++ key`, see `db`).
-pub const FORMAT: u32 = 2;
+/// keys) plus keys of other collections (`slot ++ 0xFF ++ keyspace ++ key`, see `db`);
+/// format 3 = format 2 plus each hash collection's totals in the `stats` family (`usage`).
+pub const FORMAT: u32 = 3;
 
-/// Brings a data dir to [`FORMAT`] before anything reads it, or refuses it. Format 1 becomes
-/// format 2 without rewriting a key (every format-1 key is a format-2 key of `default`): the
-/// marker alone is written, synced. A data dir written by a newer binary is refused: this
-/// binary could misread it.
+/// Brings a data dir to [`FORMAT`] before anything reads it, or refuses it. No key is
+/// rewritten (every format-1 key is a format-2 key of `default`); from format 1 or 2 the hash
+/// collections' totals are counted once from their keys, and written with the marker, synced.
+/// A data dir written by a newer binary is refused: this binary could misread it.
 pub fn check_format(db: &Db) -> Result<u32> {
     let found = match db.raw().get_cf(db.cf(CF_SM), KEY_FORMAT)? {
         Some(b) => decode::<u32>("format", &b)?,
@@ -37,6 +38,9 @@ pub fn check_format(db: &Db) -> Result<u32> {
     }
     if found < FORMAT {
         let mut batch = WriteBatch::default();
+        for (ks, st) in crate::usage::count_keyspaces(db)? {
+            batch.put_cf(db.cf(CF_STATS), keyspace_stats_key(ks), st.encode());
+        }
         batch.put_cf(db.cf(CF_SM), KEY_FORMAT, encode("format", &FORMAT)?);
         db.write_sync(batch)?;
         if db.raw().get_cf(db.cf(CF_SM), KEY_APPLIED)?.is_some() {

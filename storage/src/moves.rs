@@ -113,7 +113,7 @@ pub(crate) fn apply_move(
         }
         MoveCommand::Done { slot, epoch } => match d.outgoing.get(slot).copied() {
             Some(h) if h.epoch == *epoch => {
-                ov.delete_slot(*slot);
+                ov.delete_slot(*slot)?;
                 d.remove_slot(*slot);
                 d.outgoing.remove(slot);
                 d.forwards.insert(*slot, h.into());
@@ -150,7 +150,7 @@ pub(crate) fn apply_move(
         },
         MoveCommand::Drop { slot, epoch } => match d.incoming.get(slot).copied() {
             Some(h) if h.epoch == *epoch => {
-                ov.delete_slot(*slot);
+                ov.delete_slot(*slot)?;
                 d.incoming.remove(slot);
                 d.version += 1;
                 ok

@@ -10,11 +10,12 @@ use unikv_types::{Keyspace, Slot};
 
 use crate::apply_cache::ApplyCache;
 use crate::db::{
-    age_key, dedup_key, horizon_key, keyspace_bounds, kv_key_in, range_key, slot_bounds, split_key,
-    split_keyspace, Db, CF_DEDUP, CF_KV, CF_STATS,
+    age_key, dedup_key, horizon_key, keyspace_bounds, keyspace_stats_key, kv_key_in, range_key,
+    slot_bounds, split_key, split_keyspace, Db, CF_DEDUP, CF_KV, CF_STATS, KEYSPACE_MARK,
 };
 use crate::error::{decode, encode, Result};
 use crate::records::{DedupRecord, SlotStats};
+use crate::usage::keyspace_stats;
 
 /// Reads through the pending batch to the cache and the database, and accumulates per-slot
 /// statistics.
@@ -38,6 +39,8 @@ pub(crate) struct Overlay<'a> {
     new_stats: Vec<(Slot, SlotStats)>,
     /// Per-slot (keys, bytes) changes of this batch; `Reset` replaces the stored value.
     stats: HashMap<Slot, StatsChange>,
+    /// Per hash collection (keys, bytes) changes of this batch, beside its slots'.
+    keyspace_stats: HashMap<Keyspace, StatsChange>,
     pub(crate) batch: WriteBatch,
 }
 
@@ -45,6 +48,32 @@ pub(crate) struct Overlay<'a> {
 enum StatsChange {
     Delta(i64, i64),
     Reset(SlotStats),
+}
+
+impl StatsChange {
+    fn add(&mut self, keys: i64, bytes: i64) {
+        match self {
+            StatsChange::Delta(k, b) => {
+                *k += keys;
+                *b += bytes;
+            }
+            StatsChange::Reset(s) => {
+                s.keys = s.keys.saturating_add_signed(keys);
+                s.bytes = s.bytes.saturating_add_signed(bytes);
+            }
+        }
+    }
+
+    /// The value after this change to `cur`.
+    fn on(self, cur: SlotStats) -> SlotStats {
+        match self {
+            StatsChange::Reset(s) => s,
+            StatsChange::Delta(k, b) => SlotStats {
+                keys: cur.keys.saturating_add_signed(k),
+                bytes: cur.bytes.saturating_add_signed(b),
+            },
+        }
+    }
 }
 
 impl<'a> Overlay<'a> {
@@ -61,27 +90,41 @@ impl<'a> Overlay<'a> {
             replaced: Vec::new(),
             new_stats: Vec::new(),
             stats: HashMap::new(),
+            keyspace_stats: HashMap::new(),
             batch: WriteBatch::default(),
         }
     }
 
     pub(crate) fn count(&mut self, slot: Slot, keys: i64, bytes: i64) {
-        let e = self.stats.entry(slot).or_insert(StatsChange::Delta(0, 0));
-        match e {
-            StatsChange::Delta(k, b) => {
-                *k += keys;
-                *b += bytes;
-            }
-            StatsChange::Reset(s) => {
-                s.keys = s.keys.saturating_add_signed(keys);
-                s.bytes = s.bytes.saturating_add_signed(bytes);
-            }
+        self.stats
+            .entry(slot)
+            .or_insert(StatsChange::Delta(0, 0))
+            .add(keys, bytes);
+    }
+
+    /// Counts a change of keys of keyspace `ks` in `slot`: the slot's statistics, and the
+    /// collection's own totals when `slot` is a hash slot of a collection other than
+    /// `default` (units and chunks have statistics of their own).
+    pub(crate) fn count_in(&mut self, slot: Slot, ks: Keyspace, keys: i64, bytes: i64) {
+        self.count(slot, keys, bytes);
+        if slot < unikv_types::SLOT_COUNT && !ks.is_default() {
+            self.keyspace_stats
+                .entry(ks)
+                .or_insert(StatsChange::Delta(0, 0))
+                .add(keys, bytes);
         }
+    }
+
+    /// Forgets the totals of hash collection `ks` here (its data was dropped).
+    pub(crate) fn reset_keyspace_stats(&mut self, ks: Keyspace) {
+        self.keyspace_stats
+            .insert(ks, StatsChange::Reset(SlotStats::default()));
     }
 
     /// Deletes everything stored for `slot` (data, dedup table and horizon, statistics). Its
     /// entries in the dedup expiry index stay: expiry drops an entry whose record is gone.
-    pub(crate) fn delete_slot(&mut self, slot: Slot) {
+    pub(crate) fn delete_slot(&mut self, slot: Slot) -> Result<()> {
+        self.uncount_collections(slot)?;
         let (lo, hi) = slot_bounds(slot);
         self.batch.delete_range_cf(self.db.cf(CF_KV), &lo, &hi);
         self.batch.delete_range_cf(self.db.cf(CF_DEDUP), &lo, &hi);
@@ -92,6 +135,37 @@ impl<'a> Overlay<'a> {
         self.replaced.push(slot);
         self.stats
             .insert(slot, StatsChange::Reset(SlotStats::default()));
+        Ok(())
+    }
+
+    /// Takes the keys of hash collections stored in hash slot `slot` (as this batch leaves
+    /// them) out of their collections' totals, before the slot is deleted.
+    fn uncount_collections(&mut self, slot: Slot) -> Result<()> {
+        if slot >= unikv_types::SLOT_COUNT {
+            return Ok(());
+        }
+        let lo = [&slot.to_be_bytes()[..], &[KEYSPACE_MARK]].concat();
+        let hi = slot_bounds(slot).1;
+        let pairs = if self.cleared.contains(&slot) {
+            // Deleted earlier in this batch: only its own later writes are left.
+            self.kv
+                .iter()
+                .filter(|(k, _)| k.as_slice() >= lo.as_slice() && k.as_slice() < hi.as_slice())
+                .filter_map(|(k, v)| Some((k.clone(), v.clone()?)))
+                .collect()
+        } else {
+            self.pairs_in(&lo, &hi)?
+        };
+        for (k, v) in pairs {
+            if let Some((ks, key)) = split_key(&k).and_then(|(_, rest)| split_keyspace(rest)) {
+                let e = self
+                    .keyspace_stats
+                    .entry(ks)
+                    .or_insert(StatsChange::Delta(0, 0));
+                e.add(-1, -((key.len() + v.len()) as i64));
+            }
+        }
+        Ok(())
     }
 
     /// Deletes every key of keyspace `ks` (never `default`) in every slot, with its
@@ -150,8 +224,9 @@ impl<'a> Overlay<'a> {
         for (slot, (keys, bytes)) in slots {
             let (lo, hi) = keyspace_bounds(slot, ks);
             self.batch.delete_range_cf(cf, &lo, &hi);
-            self.count(slot, -keys, -bytes);
+            self.count_in(slot, ks, -keys, -bytes);
         }
+        self.reset_keyspace_stats(ks);
         Ok(())
     }
 
@@ -164,7 +239,7 @@ impl<'a> Overlay<'a> {
         dedup: &[(String, DedupRecord)],
         dedup_horizon_ms: u64,
     ) -> Result<()> {
-        self.delete_slot(slot);
+        self.delete_slot(slot)?;
         let mut st = SlotStats::default();
         let pairs = kv
             .iter()
@@ -176,6 +251,12 @@ impl<'a> Overlay<'a> {
             self.kv.insert(key, Some(v.as_bytes().to_vec()));
             st.keys += 1;
             st.bytes += (k.len() + v.len()) as u64;
+            if !ks.is_default() {
+                self.keyspace_stats
+                    .entry(ks)
+                    .or_insert(StatsChange::Delta(0, 0))
+                    .add(1, (k.len() + v.len()) as i64);
+            }
         }
         self.install_dedup(slot, dedup, dedup_horizon_ms)?;
         self.stats.insert(slot, StatsChange::Reset(st));
@@ -215,7 +296,7 @@ impl<'a> Overlay<'a> {
         dedup: &[(String, DedupRecord)],
         dedup_horizon_ms: u64,
     ) -> Result<()> {
-        self.delete_slot(unit);
+        self.delete_slot(unit)?;
         let mut st = SlotStats::default();
         for (k, v) in kv {
             self.put_kv(range_key(ks, k.as_bytes()), v.as_bytes().to_vec());
@@ -295,13 +376,7 @@ impl<'a> Overlay<'a> {
     pub(crate) fn stats_of(&mut self, slot: Slot) -> Result<SlotStats> {
         Ok(match self.stats.get(&slot).copied() {
             Some(StatsChange::Reset(s)) => s,
-            Some(StatsChange::Delta(k, b)) => {
-                let cur = self.cache.stats(self.db, slot)?;
-                SlotStats {
-                    keys: cur.keys.saturating_add_signed(k),
-                    bytes: cur.bytes.saturating_add_signed(b),
-                }
-            }
+            Some(delta) => delta.on(self.cache.stats(self.db, slot)?),
             None => self.cache.stats(self.db, slot)?,
         })
     }
@@ -313,13 +388,7 @@ impl<'a> Overlay<'a> {
             let key = slot.to_be_bytes();
             let next = match change {
                 StatsChange::Reset(s) => s,
-                StatsChange::Delta(k, b) => {
-                    let cur = self.cache.stats(self.db, slot)?;
-                    SlotStats {
-                        keys: cur.keys.saturating_add_signed(k),
-                        bytes: cur.bytes.saturating_add_signed(b),
-                    }
-                }
+                delta => delta.on(self.cache.stats(self.db, slot)?),
             };
             if next == SlotStats::default() {
                 self.batch.delete_cf(cf, key);
@@ -327,6 +396,15 @@ impl<'a> Overlay<'a> {
                 self.batch.put_cf(cf, key, next.encode());
             }
             self.new_stats.push((slot, next));
+        }
+        for (ks, change) in std::mem::take(&mut self.keyspace_stats) {
+            let key = keyspace_stats_key(ks);
+            let next = change.on(keyspace_stats(self.db, ks)?);
+            if next == SlotStats::default() {
+                self.batch.delete_cf(cf, key);
+            } else {
+                self.batch.put_cf(cf, key, next.encode());
+            }
         }
         Ok(())
     }

@@ -77,7 +77,7 @@ pub fn request_digest(keyspace: Keyspace, key: &str, op: &KvOp) -> u64 {
             part(&id.0.to_be_bytes());
             part(&to.0.to_be_bytes());
         }
-        KvOp::Get | KvOp::Delete | KvOp::Scan(_) | KvOp::Chunks | KvOp::Split => {}
+        KvOp::Get | KvOp::Delete | KvOp::Scan(_) | KvOp::Chunks | KvOp::Split | KvOp::Usage => {}
     }
     h.digest()
 }

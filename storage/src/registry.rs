@@ -21,15 +21,36 @@ pub(crate) fn apply_registry(
         RegistryCommand::SetState { state } => {
             if *state == ShardState::Unreachable {
                 refused("unreachable is derived by observers, not a registry state".into())
+            } else if d.state == ShardState::Removed && *state != ShardState::Removed {
+                Err(removed(d))
+            } else if *state == ShardState::Removed {
+                remove(d)
             } else {
                 if d.state != *state || !d.state_set {
                     d.state = *state;
                     d.state_set = true;
                     d.version += 1;
                 }
+                if *state == ShardState::Active && d.forget_when_drained {
+                    d.forget_when_drained = false;
+                    d.version += 1;
+                }
                 ok
             }
         }
+        RegistryCommand::Retire => match d.state {
+            ShardState::Removed => ok,
+            ShardState::Inactive => remove(d),
+            _ => {
+                if d.state != ShardState::Draining || !d.forget_when_drained {
+                    d.state = ShardState::Draining;
+                    d.state_set = true;
+                    d.forget_when_drained = true;
+                    d.version += 1;
+                }
+                ok
+            }
+        },
         RegistryCommand::SetTags { tags } => {
             for (k, v) in tags {
                 if v.is_empty() {
@@ -96,13 +117,54 @@ pub(crate) fn apply_registry(
                 if d.dropped_keyspaces.insert(*keyspace) {
                     ov.drop_keyspace(*keyspace)?;
                     if let Some(unit) = d.units.remove(keyspace) {
-                        ov.delete_slot(unit);
+                        ov.delete_slot(unit)?;
                     }
-                    crate::chunk_moves::drop_keyspace_chunks(ov, d, *keyspace);
+                    crate::chunk_moves::drop_keyspace_chunks(ov, d, *keyspace)?;
                     d.version += 1;
                 }
                 ok
             }
         }
     })
+}
+
+fn removed(d: &ShardDescriptor) -> KvError {
+    KvError::Refused {
+        status: 409,
+        code: "shard_removed".into(),
+        message: format!(
+            "shard {} was removed from the cluster for good; to add a shard with this id, start its nodes with new data dirs",
+            d.shard
+        ),
+    }
+}
+
+/// Removes the shard for good: only a drained (inactive) shard that holds nothing.
+fn remove(d: &mut ShardDescriptor) -> CommandResult {
+    if d.state == ShardState::Removed {
+        return Ok(KvReply::Written);
+    }
+    if d.state != ShardState::Inactive {
+        return Err(KvError::Refused {
+            status: 409,
+            code: "shard_active".into(),
+            message: format!(
+                "shard {} is {}: drain it first (/removeshard?shardID={}, with forget=true to remove it once drained)",
+                d.shard, d.state, d.shard
+            ),
+        });
+    }
+    if let Some(what) = d.holdings() {
+        return Err(KvError::Refused {
+            status: 409,
+            code: "shard_not_empty".into(),
+            message: format!("shard {} still holds {what}", d.shard),
+        });
+    }
+    d.state = ShardState::Removed;
+    d.state_set = true;
+    d.forget_when_drained = false;
+    d.version += 1;
+    tracing::info!(shard = %d.shard, "shard removed from the cluster");
+    Ok(KvReply::Written)
 }

@@ -12,13 +12,16 @@ use unikv_storage::db::{kv_key, CF_KV, CF_SM};
 use unikv_storage::meta::{SmMeta, FORMAT, KEY_FORMAT};
 use unikv_storage::moves::{export_slot, slot_stats};
 use unikv_storage::raft_types::Entry;
+use unikv_storage::usage::keyspace_stats;
 use unikv_storage::{
     Command, CommandResult, Db, LeaderClock, MoveCommand, RegistryCommand, TypeConfig,
 };
 use unikv_types::catalog::{
     catalog_slot, Catalog, CatalogChange, CatalogOp, CatalogOutcome, Sharding, CATALOG_KEY,
 };
-use unikv_types::{ClientSeq, Epoch, Keyspace, KvOp, KvReply, NodeId, ShardId, SlotRange};
+use unikv_types::{
+    ClientSeq, Epoch, Keyspace, KvOp, KvReply, NodeId, ShardId, ShardState, SlotRange,
+};
 
 struct Shard {
     _dir: tempfile::TempDir,
@@ -33,6 +36,10 @@ const ORDERS: Keyspace = Keyspace(17);
 
 impl Shard {
     fn new(id: u64) -> Self {
+        Self::with_ranges(id, vec![SlotRange(0, 16383)])
+    }
+
+    fn with_ranges(id: u64, ranges: Vec<SlotRange>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path()).unwrap();
         let meta = SmMeta::load(&db, ShardId(id)).unwrap();
@@ -45,7 +52,7 @@ impl Shard {
         };
         let r = s.apply(Command::Bootstrap {
             shard: ShardId(id),
-            ranges: vec![SlotRange(0, 16383)],
+            ranges,
             epoch: Epoch(1),
         });
         assert_eq!(r, Ok(KvReply::Written));
@@ -263,6 +270,104 @@ fn catalog_changes_compare_and_set_the_version() {
 }
 
 #[test]
+fn a_hash_collection_keeps_its_own_totals_through_writes_moves_and_drops() {
+    let mut s = Shard::new(1);
+    let keys: Vec<String> = (0..300).map(|i| format!("key-{i}")).collect();
+    for k in &keys {
+        s.kv(USERS, k, put("uu"), None).unwrap();
+        s.kv(Keyspace::DEFAULT, k, put("d"), None).unwrap();
+    }
+    for k in &keys[..100] {
+        s.kv(ORDERS, k, put("o"), None).unwrap();
+    }
+    let bytes = |ks: &[String], v: u64| ks.iter().map(|k| k.len() as u64 + v).sum::<u64>();
+    let totals = |s: &Shard, ks| {
+        let st = keyspace_stats(&s.db, ks).unwrap();
+        (st.keys, st.bytes)
+    };
+    assert_eq!(totals(&s, USERS), (300, bytes(&keys, 2)));
+    assert_eq!(totals(&s, ORDERS), (100, bytes(&keys[..100], 1)));
+    // Longer values, appends and deletes.
+    for k in &keys[..10] {
+        s.kv(USERS, k, put("uuuu"), None).unwrap();
+        s.kv(USERS, k, KvOp::Append { value: "a".into() }, None)
+            .unwrap();
+    }
+    for k in &keys[290..] {
+        s.kv(USERS, k, KvOp::Delete, None).unwrap();
+    }
+    let want = bytes(&keys[..290], 2) + 10 * 3;
+    assert_eq!(totals(&s, USERS), (290, want));
+
+    // A slot moved away takes its keys out of the collection's totals; the target adds them.
+    let slot = unikv_types::key_slot(keys[0].as_bytes());
+    let in_slot: Vec<&String> = keys[..290]
+        .iter()
+        .filter(|k| unikv_types::key_slot(k.as_bytes()) == slot)
+        .collect();
+    let moved_bytes: u64 = in_slot.iter().map(|k| k.len() as u64 + 5).sum();
+    let export = export_slot(&s.db, slot).unwrap();
+    let r = s.apply(Command::Move(MoveCommand::Out {
+        slot,
+        to: ShardId(2),
+        epoch: Epoch(2),
+        now_ms: None,
+    }));
+    assert_eq!(r, Ok(KvReply::Written));
+    let r = s.apply(Command::Move(MoveCommand::Done {
+        slot,
+        epoch: Epoch(2),
+    }));
+    assert_eq!(r, Ok(KvReply::Written));
+    assert_eq!(
+        totals(&s, USERS),
+        (290 - in_slot.len() as u64, want - moved_bytes)
+    );
+    let mut t = Shard::new(2);
+    t.apply(Command::Move(MoveCommand::Out {
+        slot,
+        to: ShardId(9),
+        epoch: Epoch(2),
+        now_ms: None,
+    }))
+    .unwrap();
+    t.apply(Command::Move(MoveCommand::Done {
+        slot,
+        epoch: Epoch(2),
+    }))
+    .unwrap();
+    let r = t.apply(Command::Move(MoveCommand::In {
+        slot,
+        from: ShardId(1),
+        epoch: Epoch(3),
+        kv: export.kv.clone(),
+        dedup: export.dedup.clone(),
+        dedup_horizon_ms: 0,
+        collections_kv: export.collections_kv.clone(),
+    }));
+    assert_eq!(r, Ok(KvReply::Written));
+    assert_eq!(totals(&t, USERS), (in_slot.len() as u64, moved_bytes));
+    // The target drops the copy (the hand-off was aborted): its totals go back.
+    let r = t.apply(Command::Move(MoveCommand::Drop {
+        slot,
+        epoch: Epoch(3),
+    }));
+    assert_eq!(r, Ok(KvReply::Written));
+    assert_eq!(totals(&t, USERS), (0, 0));
+    // A dropped collection has no totals left; the others keep theirs.
+    s.apply(Command::Registry(RegistryCommand::DropKeyspace {
+        keyspace: USERS,
+    }))
+    .unwrap();
+    assert_eq!(totals(&s, USERS), (0, 0));
+    let orders_left = keys[..100]
+        .iter()
+        .filter(|k| unikv_types::key_slot(k.as_bytes()) != slot)
+        .count() as u64;
+    assert_eq!(totals(&s, ORDERS).0, orders_left);
+}
+
+#[test]
 fn a_dropped_keyspace_is_gone_refused_and_not_received_again() {
     let mut s = Shard::new(1);
     let keys: Vec<String> = (0..200).map(|i| format!("key-{i}")).collect();
@@ -353,6 +458,12 @@ fn a_format_1_data_dir_is_migrated_and_a_newer_one_refused() {
         // A format-1 data dir: the seed's layout (slot ++ key) and no format marker.
         let mut b = rocksdb::WriteBatch::default();
         b.put_cf(db.cf(CF_KV), kv_key(slot, b"old"), b"value");
+        // And a format-2 key of a hash collection, written before its totals were kept.
+        b.put_cf(
+            db.cf(CF_KV),
+            unikv_storage::db::kv_key_in(slot, USERS, b"old"),
+            b"users",
+        );
         b.delete_cf(db.cf(CF_SM), KEY_FORMAT);
         db.write_sync(b).unwrap();
     }
@@ -366,6 +477,8 @@ fn a_format_1_data_dir_is_migrated_and_a_newer_one_refused() {
             Some(rmp_serde::to_vec_named(&FORMAT).unwrap()),
             "the marker is written on open"
         );
+        let st = keyspace_stats(db, USERS).unwrap();
+        assert_eq!((st.keys, st.bytes), (1, 3 + 5), "counted on migration");
         let mut b = rocksdb::WriteBatch::default();
         b.put_cf(
             db.cf(CF_SM),
@@ -377,7 +490,7 @@ fn a_format_1_data_dir_is_migrated_and_a_newer_one_refused() {
     let err = unikv_storage::open(dir.path(), ShardId(1)).unwrap_err();
     let msg = err.to_string();
     assert!(
-        msg.contains("format 3") && msg.contains("newer than this binary"),
+        msg.contains(&format!("format {}", FORMAT + 1)) && msg.contains("newer than this binary"),
         "{msg}"
     );
 }
@@ -498,4 +611,60 @@ fn a_fence_holds_slot_moves_back_and_is_refused_while_one_is_in_flight() {
     let r = s.apply(Command::Registry(RegistryCommand::Unfence { token: 8 }));
     assert_eq!(r, Ok(KvReply::Written));
     assert_eq!(s.apply(out(6, 2, Some(10_003))), Ok(KvReply::Written));
+}
+
+#[test]
+fn a_shard_is_removed_only_once_drained_and_empty_and_then_for_good() {
+    let state = |s: ShardState| Command::Registry(RegistryCommand::SetState { state: s });
+    // Active, holding slots: not removed; `Retire` drains it and marks it to go.
+    let mut a = Shard::new(1);
+    let e = a.apply(state(ShardState::Removed)).unwrap_err();
+    assert_eq!((e.code(), e.http_status()), ("shard_active", 409));
+    assert_eq!(
+        a.apply(Command::Registry(RegistryCommand::Retire)),
+        Ok(KvReply::Written)
+    );
+    let d = &a.meta.descriptor;
+    assert_eq!(
+        (d.state, d.forget_when_drained),
+        (ShardState::Draining, true)
+    );
+    // Added back before it drained: it stays.
+    assert_eq!(a.apply(state(ShardState::Active)), Ok(KvReply::Written));
+    assert!(!a.meta.descriptor.forget_when_drained);
+    // Inactive but still holding slots: not removed.
+    let mut h = Shard::with_ranges(3, vec![SlotRange(0, 10)]);
+    assert_eq!(h.apply(state(ShardState::Inactive)), Ok(KvReply::Written));
+    let e = h.apply(state(ShardState::Removed)).unwrap_err();
+    assert_eq!((e.code(), e.http_status()), ("shard_not_empty", 409));
+    assert!(e.to_string().contains("11 slots"), "{e}");
+    // Drained (a shard started later owns nothing: inactive): removed, for good.
+    let mut z = Shard::with_ranges(2, vec![]);
+    assert_eq!(z.meta.descriptor.state, ShardState::Inactive);
+    assert_eq!(z.apply(state(ShardState::Removed)), Ok(KvReply::Written));
+    assert_eq!(z.meta.descriptor.state, ShardState::Removed);
+    for again in [
+        state(ShardState::Active),
+        state(ShardState::Draining),
+        state(ShardState::Inactive),
+    ] {
+        let e = z.apply(again).unwrap_err();
+        assert_eq!((e.code(), e.http_status()), ("shard_removed", 409));
+    }
+    assert_eq!(
+        z.apply(state(ShardState::Removed)),
+        Ok(KvReply::Written),
+        "idempotent"
+    );
+    assert_eq!(
+        z.apply(Command::Registry(RegistryCommand::Retire)),
+        Ok(KvReply::Written)
+    );
+    // `Retire` of a drained shard removes it at once.
+    let mut y = Shard::with_ranges(4, vec![]);
+    assert_eq!(
+        y.apply(Command::Registry(RegistryCommand::Retire)),
+        Ok(KvReply::Written)
+    );
+    assert_eq!(y.meta.descriptor.state, ShardState::Removed);
 }

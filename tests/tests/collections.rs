@@ -197,6 +197,27 @@ async fn collections_through_the_router_and_any_node() {
         404,
         "not_found",
     );
+    // Each collection's own keys and bytes (users: k2 and {tag}k3, values "users-N+";
+    // default: the three flat keys, values "flat-N"), from every shard.
+    for (name, want) in [("users", (2, 10 + 15)), ("default", (3, 8 + 8 + 13))] {
+        wait_until_ok(UNIFIED_WAIT, "a collection's keys and bytes", || {
+            let api = api.clone();
+            async move {
+                let path = format!("/collections/{name}");
+                let r = call(&api, ROUTER, Method::GET, &path, Value::Null).await;
+                let got = (
+                    r.field("keys").and_then(Value::as_u64),
+                    r.field("bytes").and_then(Value::as_u64),
+                );
+                if got == (Some(want.0), Some(want.1)) && r.field("unanswered_shards").is_none() {
+                    Ok(())
+                } else {
+                    Err(format!("{name}: want {want:?}: {r}"))
+                }
+            }
+        })
+        .await;
+    }
     assert!(
         value(&api, ROUTER, "k1", None).await.is_ok(),
         "default's k1 stays"

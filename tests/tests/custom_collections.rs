@@ -208,6 +208,103 @@ async fn custom_collections_keep_a_shard_keys_data_on_its_shards() {
         "acme on shards 2 and 3 only, both used: {stats:?}"
     );
 
+    // The collection's own figures: keys and bytes in all, per shard and per shard key.
+    let want_bytes: u64 = keys.iter().map(|k| (k.len() * 2 + 5) as u64).sum();
+    let r = call(
+        &api,
+        ROUTER,
+        Method::GET,
+        "/collections/tenants",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        (r.field("keys"), r.field("bytes")),
+        (Some(&json!(200)), Some(&json!(want_bytes))),
+        "{r}"
+    );
+    let per_shard = r.field("per_shard").cloned().unwrap_or_default();
+    let on = |s: &str| per_shard[s]["keys"].as_u64().unwrap_or(0);
+    assert_eq!((on("1"), on("2") + on("3")), (0, 200), "{r}");
+    assert!(on("2") > 0 && on("3") > 0, "{r}");
+    let acme_json = r
+        .field("shard_keys")
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "acme")
+        .cloned()
+        .unwrap();
+    assert_eq!(acme_json["keys"], json!(200), "{r}");
+    println!(
+        "[figure] GET /collections/tenants: keys {} bytes {} per shard {per_shard}",
+        200, want_bytes
+    );
+
+    // Tags constrain where `shard_number` places a shard key (zone sharding).
+    let r = api
+        .get_path(
+            node_ref(3, 1),
+            "/shard/tags",
+            &[("shardID", "3"), ("zone", "eu")],
+        )
+        .await
+        .unwrap();
+    assert!(r.is_ok(), "{r}");
+    let eu = json!({"shard_number": 1, "tags": {"zone": "eu"}});
+    let r = wait_until_ok(UNIFIED_WAIT, "shard 3's tag in the router's view", || {
+        let (api, eu) = (api.clone(), eu.clone());
+        async move {
+            let r = call(
+                &api,
+                ROUTER,
+                Method::PUT,
+                "/collections/tenants/shard_keys/euro",
+                eu,
+            )
+            .await;
+            if r.status == 201 {
+                Ok(r)
+            } else {
+                Err(format!("{r}"))
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        r.field("shard_key").unwrap()["placement"],
+        json!({"shards": [3]}),
+        "{r}"
+    );
+    let r = call(
+        &api,
+        ROUTER,
+        Method::PUT,
+        "/collections/tenants/shard_keys/euro2",
+        json!({"shard_number": 2, "tags": {"zone": "eu"}}),
+    )
+    .await;
+    assert_json_error("two eu shards", &r, 409, "not_enough_shards");
+    let r = call(
+        &api,
+        ROUTER,
+        Method::PUT,
+        "/collections/tenants/shard_keys/euro2",
+        json!({"shard_number": 1, "tags": ["eu"]}),
+    )
+    .await;
+    assert_json_error("tags not an object", &r, 400, "bad_tags");
+    let r = call(
+        &api,
+        ROUTER,
+        Method::PUT,
+        "/collections/tenants/shard_keys/euro2",
+        json!({"shards": [1], "tags": {"zone": "eu"}}),
+    )
+    .await;
+    assert_json_error("shards and tags", &r, 400, "bad_shards");
+
     // Its shards cannot be drained while it is there; deleting it drops its data.
     let r = api
         .get_path(node_ref(1, 1), "/removeshard", &[("shardID", "2")])
@@ -583,64 +680,87 @@ async fn promote_to_custom_moves_no_byte_and_has_no_way_back() {
 async fn a_promote_whose_coordinator_is_killed_happens_once_or_not_at_all() {
     let u = Unified::start().await;
     let api = u.api();
-    let r = call(&api, ROUTER, Method::PUT, "/collections/users", Value::Null).await;
-    assert_eq!(r.status, 201, "{r}");
-    let keys: Vec<String> = (0..40).map(|i| format!("k-{i}")).collect();
-    for k in &keys {
-        let q = [("collection", "users"), ("key", k.as_str()), ("val", "v")];
-        assert!(kv(&api, ROUTER, "put", &q).await.is_ok_true());
-    }
-    let version =
-        catalog_version(&call(&api, ROUTER, Method::GET, "/collections", Value::Null).await);
     let holder = u
         .agreed_slot_map()
         .await
         .owner(catalog_slot())
         .expect("the catalog slot is owned");
     let all: Vec<u64> = (1..=3).collect();
-    let leader = u.wait_shard_leader(holder, &all, UNIFIED_WAIT).await;
-    let promote = {
-        let api = api.clone();
-        tokio::spawn(async move {
-            api.request(
-                ROUTER,
-                Method::POST,
-                "/collections/users/sharding/promote_to_custom",
-                &[],
-                Body::Empty,
-                REQUEST_TIMEOUT,
-            )
-            .await
-        })
-    };
-    u.kill9(Proc::Node(holder, leader)).await;
-    let first = promote.await.unwrap();
-    println!("[figure] the promote while its coordinator was killed answered {first:?}");
-    u.restart_node(holder, leader).await;
-    let r = wait_until_ok(UNIFIED_WAIT, "the promote to be done", || async {
-        let r = call(
-            &api,
-            ROUTER,
-            Method::POST,
-            "/collections/users/sharding/promote_to_custom",
-            Value::Null,
-        )
-        .await;
-        match r.code() {
-            None if r.is_ok_true() => Ok(r),
-            Some("already_custom") => Ok(r),
-            _ => Err(r.to_string()),
+    let other = if holder == 1 { 2 } else { 1 };
+    // A leader killed at several moments of a promote: its coordinator (the catalog shard's
+    // leader) before the fences, while they are set, around the commit and after it; and
+    // the leader of another, fenced, shard. Each time: either it happened or it did not,
+    // and a retry finishes it, with exactly one flip of the catalog.
+    let moments: [(u64, u64); 6] = [
+        (holder, 0),
+        (holder, 15),
+        (holder, 60),
+        (holder, 250),
+        (other, 0),
+        (other, 40),
+    ];
+    for (i, (victim_shard, delay_ms)) in moments.into_iter().enumerate() {
+        let name = format!("users{i}");
+        let path = format!("/collections/{name}");
+        let r = call(&api, ROUTER, Method::PUT, &path, Value::Null).await;
+        assert_eq!(r.status, 201, "{r}");
+        let keys: Vec<String> = (0..20).map(|i| format!("k-{i}")).collect();
+        for k in &keys {
+            let q = [
+                ("collection", name.as_str()),
+                ("key", k.as_str()),
+                ("val", "v"),
+            ];
+            assert!(kv(&api, ROUTER, "put", &q).await.is_ok_true());
         }
-    })
-    .await;
-    println!("[figure] then: {r}");
-    let r = call(&api, ROUTER, Method::GET, "/collections", Value::Null).await;
-    assert_eq!(catalog_version(&r), version + 1, "exactly one flip: {r}");
-    let r = call(&api, ROUTER, Method::GET, "/collections/users", Value::Null).await;
-    assert_eq!(r.str_field("sharding"), Some("custom"), "{r}");
-    for k in &keys {
-        let r = value(&api, ROUTER, k, Some("users")).await;
-        assert_eq!(r.str_field("value"), Some("v"), "{k}: {r}");
+        let version =
+            catalog_version(&call(&api, ROUTER, Method::GET, "/collections", Value::Null).await);
+        let victim = u.wait_shard_leader(victim_shard, &all, UNIFIED_WAIT).await;
+        let promote_path = format!("{path}/sharding/promote_to_custom");
+        let promote = {
+            let (api, promote_path) = (api.clone(), promote_path.clone());
+            tokio::spawn(async move {
+                api.request(
+                    ROUTER,
+                    Method::POST,
+                    &promote_path,
+                    &[],
+                    Body::Empty,
+                    REQUEST_TIMEOUT,
+                )
+                .await
+            })
+        };
+        // The fault's timing, not a wait for anything.
+        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+        u.kill9(Proc::Node(victim_shard, victim)).await;
+        let first = promote.await.unwrap();
+        let first = match &first {
+            Ok(r) => format!("{} {}", r.status, r.code().unwrap_or("ok")),
+            Err(e) => format!("{e:#}"),
+        };
+        u.restart_node(victim_shard, victim).await;
+        let r = wait_until_ok(UNIFIED_WAIT, "the promote to be done", || async {
+            let r = call(&api, ROUTER, Method::POST, &promote_path, Value::Null).await;
+            match r.code() {
+                None if r.is_ok_true() => Ok(r),
+                Some("already_custom") => Ok(r),
+                _ => Err(r.to_string()),
+            }
+        })
+        .await;
+        println!(
+            "[figure] shard {victim_shard}'s leader killed {delay_ms} ms into a promote: it answered {first}; the retry {}",
+            r.code().unwrap_or("promoted")
+        );
+        let r = call(&api, ROUTER, Method::GET, "/collections", Value::Null).await;
+        assert_eq!(catalog_version(&r), version + 1, "exactly one flip: {r}");
+        let r = call(&api, ROUTER, Method::GET, &path, Value::Null).await;
+        assert_eq!(r.str_field("sharding"), Some("custom"), "{r}");
+        for k in &keys {
+            let r = value(&api, ROUTER, k, Some(name.as_str())).await;
+            assert_eq!(r.str_field("value"), Some("v"), "{k}: {r}");
+        }
     }
     // No fence outlives its promote for long: a slot move goes through.
     let map = u.agreed_slot_map().await;

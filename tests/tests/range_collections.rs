@@ -15,7 +15,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use unikv_tests::api::{Api, Body, Resp, REQUEST_TIMEOUT};
 use unikv_tests::collection_calls::{call, kv};
-use unikv_tests::reshard_checks::{add_new_shard, assert_script_ok, NEW_SHARD};
+use unikv_tests::reshard_checks::{add_new_shard, NEW_SHARD};
 use unikv_tests::{assert_json_error, node_ref, wait_until_ok, Unified, ROUTER, UNIFIED_WAIT};
 
 const KEYS: usize = 20_000;
@@ -450,14 +450,27 @@ async fn range_collections_split_spread_scan_and_move() {
         },
     )
     .await;
-    let answer = u
-        .remove_shard(NEW_SHARD)
+    // Not while it holds chunks; `forget=true` drains it and then removes it for good.
+    let r = api
+        .request(
+            node_ref(1, 1),
+            Method::DELETE,
+            "/shards/4",
+            &[],
+            Body::Empty,
+            REQUEST_TIMEOUT,
+        )
         .await
-        .unwrap_or_else(|e| panic!("removeshard 4: {e:#}"));
-    assert_script_ok("removeshard 4", &answer);
+        .unwrap();
+    assert_json_error("DELETE /shards/4 holding chunks", &r, 409, "shard_active");
+    let answer = u
+        .script(&["removeshard", "4", "forget"])
+        .await
+        .unwrap_or_else(|e| panic!("removeshard 4 forget: {e:#}"));
+    assert!(answer.contains(r#""forget":true"#), "{answer}");
     wait_until_ok(
         Duration::from_secs(120),
-        "shard 4 drained and inactive",
+        "shard 4 drained and removed",
         || async {
             let s = spread(&chunks(&api).await);
             let st = api
@@ -470,7 +483,7 @@ async fn range_collections_split_spread_scan_and_move() {
                 .await
                 .map_err(|e| format!("{e:#}"))?;
             match (s.get(&NEW_SHARD), held, rb.str_field("state")) {
-                (None, Some(0), Some("inactive")) => Ok(()),
+                (None, Some(0), Some("removed")) => Ok(()),
                 other => Err(format!("{s:?} {other:?}")),
             }
         },

@@ -13,12 +13,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use unikv_tests::api::REQUEST_TIMEOUT;
 use unikv_tests::load::{start_hammer, Outcome};
 use unikv_tests::reshard_checks::*;
+use unikv_tests::unified::shard_of;
 use unikv_tests::unified::NODES_PER_SHARD;
 use unikv_tests::{
-    assert_json_error, check_values, node_ref, put_all, wait_until_ok, Proc, Unified, ROUTER,
-    UNIFIED_WAIT,
+    assert_json_error, check_values, node_ref, put_all, wait_until_ok, Body, Method, Proc, Unified,
+    ROUTER, UNIFIED_WAIT,
 };
 use unikv_tests::{assert_no_failures, make_kvs};
 use unikv_types::{key_slot, SLOT_COUNT};
@@ -382,6 +384,90 @@ async fn drain_under_load() {
         },
     )
     .await;
+
+    // Unregistered for good (seed 000's registry removal): refused for an active shard,
+    // done for the drained one; then no view lists it and it cannot be added back.
+    let api = u.api();
+    let delete = |id: &'static str| {
+        let api = api.clone();
+        async move {
+            let path = format!("/shards/{id}");
+            api.request(
+                node_ref(1, 1),
+                Method::DELETE,
+                &path,
+                &[],
+                Body::Empty,
+                REQUEST_TIMEOUT,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("DELETE {path}: {e:#}"))
+        }
+    };
+    assert_json_error(
+        "DELETE an active shard",
+        &delete("3").await,
+        409,
+        "shard_active",
+    );
+    assert_json_error(
+        "DELETE an unknown shard",
+        &delete("7").await,
+        404,
+        "unknown_shard",
+    );
+    assert_json_error("DELETE shard zero", &delete("0").await, 400, "bad_request");
+    let r = delete("2").await;
+    assert!(
+        r.is_ok_true() && r.str_field("state") == Some("removed"),
+        "{r}"
+    );
+    let others: Vec<u64> = nodes
+        .iter()
+        .copied()
+        .filter(|n| shard_of(*n) != DRAINED)
+        .collect();
+    wait_until_ok(
+        CONFIG_STATE_WAIT,
+        "shard 2 gone from the router's and the other nodes' views",
+        || async {
+            for (n, c) in u.configs(&others).await.map_err(|e| format!("{e:#}"))? {
+                if let Some(s) = c.shard(DRAINED) {
+                    return Err(format!("node {n} still lists shard 2: {s:?}"));
+                }
+            }
+            let st = u.router_status().await.map_err(|e| format!("{e:#}"))?;
+            if st.shards.iter().any(|s| s.id == DRAINED) {
+                return Err("the router still lists shard 2".into());
+            }
+            Ok(())
+        },
+    )
+    .await;
+    for n in u.shard_nodes(DRAINED) {
+        let st = u
+            .rebalance_status(n)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(st.state, "removed", "node {n}'s own state");
+    }
+    let again = delete("2").await;
+    assert_json_error(
+        "DELETE a removed shard from another shard",
+        &again,
+        404,
+        "unknown_shard",
+    );
+    let addr = format!("127.0.0.1:{}", u.ports().http(DRAINED, 1));
+    let r = api
+        .get_path(
+            node_ref(1, 1),
+            "/addshard",
+            &[("shardID", "2"), ("shardAddress", &addr)],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("/addshard 2: {e:#}"));
+    assert_json_error("adding a removed shard back", &r, 409, "shard_removed");
     u.assert_running(&u.procs());
 }
 

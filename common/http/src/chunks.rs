@@ -19,7 +19,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use serde_json::json;
-use unikv_types::catalog::{unknown_collection, validate_name, Sharding};
+use unikv_types::catalog::{unknown_collection, validate_name, Sharding, Space};
 use unikv_types::{ChunkId, ChunkInfo, KvOp};
 
 use crate::access::{data_guard, guard, Access};
@@ -129,7 +129,8 @@ async fn split<S: CatalogService>(
             format!("no shard answered for the chunk holding {at:?}; try again"),
         ));
     };
-    s.on_shard(&name, c.shard, at.clone(), KvOp::Split).await?;
+    s.on_shard(space_of(&name), c.shard, at.clone(), KvOp::Split)
+        .await?;
     Ok(ok(
         json!({"ok": true, "collection": name, "at": at, "shard": c.shard.0}),
     ))
@@ -160,7 +161,7 @@ async fn move_chunk<S: CatalogService>(
         ));
     }
     s.on_shard(
-        &name,
+        space_of(&name),
         c.shard,
         format!("chunk-{id}"),
         KvOp::MoveChunk { id, to },
@@ -169,4 +170,12 @@ async fn move_chunk<S: CatalogService>(
     Ok(ok(
         json!({"ok": true, "chunk": id.0, "from": c.shard.0, "to": to.0}),
     ))
+}
+
+/// The space of collection `name` itself (no shard key).
+fn space_of(name: &str) -> Space {
+    Space {
+        collection: Some(name.to_string()),
+        shard_key: None,
+    }
 }

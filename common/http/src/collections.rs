@@ -5,7 +5,7 @@
 //! | route                 | methods    | reply                                              |
 //! |-----------------------|------------|----------------------------------------------------|
 //! | `/collections`        | GET        | `{"version", "collections": [...], "deleting": [...]}` |
-//! | `/collections/{name}` | GET        | the collection with `catalog_version` (range: also `chunk_count`, `keys`, `bytes`, `chunks_per_shard`); 404 `unknown_collection` |
+//! | `/collections/{name}` | GET        | the collection with `catalog_version`, `keys` and `bytes` (range: also `chunk_count`, `chunks_per_shard`; hash and custom: `per_shard`, and per shard key); 404 `unknown_collection` |
 //! | `/collections/{name}` | PUT, POST  | 201 `{"ok", "created": true, "collection", "catalog_version"}` (200 and `created: false` if it exists alike) |
 //! | `/collections/{name}` | DELETE     | `{"ok", "deleted": true, "dropped", "catalog_version"}` |
 //!
@@ -36,9 +36,9 @@ use axum::{Json, Router};
 use serde_json::json;
 use unikv_types::catalog::{
     one_way, unknown_collection, validate_name, validate_shard_key, Catalog, CatalogChange,
-    CatalogOp, CatalogOutcome, CatalogReply, Collection, Placement, ShardKey, Sharding,
+    CatalogOp, CatalogOutcome, CatalogReply, Collection, Placement, ShardKey, Sharding, Space,
 };
-use unikv_types::{ChunkInfo, Keyspace, KvOp, KvReply, ShardId};
+use unikv_types::{ChunkInfo, Keyspace, KvOp, KvReply, ShardId, ShardSummary};
 
 use crate::access::{data_guard, guard, Access};
 use crate::error::ApiError;
@@ -59,8 +59,8 @@ pub trait CatalogService: Send + Sync + 'static {
         op: CatalogOp,
     ) -> impl Future<Output = Result<CatalogReply, ApiError>> + Send;
 
-    /// Every shard the gossip view knows: id, whether it takes data (active), bytes stored.
-    fn shards(&self) -> Vec<(ShardId, bool, u64)>;
+    /// Every shard the gossip view knows: id, whether it takes data (active), bytes, tags.
+    fn shards(&self) -> Vec<ShardSummary>;
 
     /// The chunks of the range collection `collection` every shard holds (see `chunks`).
     fn chunks(
@@ -68,10 +68,11 @@ pub trait CatalogService: Send + Sync + 'static {
         collection: &str,
     ) -> impl Future<Output = Result<Vec<ChunkInfo>, ApiError>> + Send;
 
-    /// Runs `op` (a chunk's split or move) for `key` of `collection` on `shard`'s leader.
+    /// Runs `op` (a chunk's split or move, a usage question) for `key` of `space` on
+    /// `shard`.
     fn on_shard(
         &self,
-        collection: &str,
+        space: Space,
         shard: ShardId,
         key: String,
         op: KvOp,
@@ -162,7 +163,8 @@ async fn list_keys<S: CatalogService>(
 }
 
 /// The shards a new shard key goes to: the body's `shards` (each must be an active shard),
-/// or `shard_number` of the active shards holding the fewest bytes.
+/// or `shard_number` of the active shards holding the fewest bytes, among those carrying
+/// every one of the body's `tags` if it names some (zone sharding).
 fn placement_of<S: CatalogService>(
     s: &S,
     body: &serde_json::Value,
@@ -170,12 +172,17 @@ fn placement_of<S: CatalogService>(
     let shards = s.shards();
     let bad = |m: String| ApiError::bad_request("bad_shards", m);
     if let Some(list) = body.get("shards") {
+        if body.get("shard_number").is_some() || body.get("tags").is_some() {
+            return Err(bad(
+                "name either shards, or shard_number (with tags if you like), not both".into(),
+            ));
+        }
         let ids: Vec<u64> = serde_json::from_value(list.clone())
             .map_err(|_| bad(format!("shards must be a list of shard ids, got {list}")))?;
         let mut out = Vec::new();
         for id in ids {
-            match shards.iter().find(|(s, _, _)| s.0 == id) {
-                Some((s, true, _)) => out.push(*s),
+            match shards.iter().find(|s| s.id.0 == id) {
+                Some(s) if s.active => out.push(s.id),
                 Some(_) => {
                     return Err(ApiError::new(
                         StatusCode::CONFLICT,
@@ -201,23 +208,35 @@ fn placement_of<S: CatalogService>(
             .ok_or_else(|| bad(format!("shard_number must be a positive integer, got {v}")))?,
         None => 1,
     };
-    let mut active: Vec<_> = shards.into_iter().filter(|(_, a, _)| *a).collect();
+    let tags: std::collections::BTreeMap<String, String> = match body.get("tags") {
+        Some(t) => serde_json::from_value(t.clone()).map_err(|_| {
+            ApiError::bad_request(
+                "bad_tags",
+                format!("tags must be an object of strings, e.g. {{\"zone\": \"eu\"}}, got {t}"),
+            )
+        })?,
+        None => Default::default(),
+    };
+    let fits = |sh: &ShardSummary| tags.iter().all(|(k, v)| sh.tags.get(k) == Some(v));
+    let mut active: Vec<ShardSummary> =
+        shards.into_iter().filter(|s| s.active && fits(s)).collect();
     if active.len() < n as usize {
+        let which = if tags.is_empty() {
+            String::new()
+        } else {
+            format!(" with tags {}", json!(tags))
+        };
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_enough_shards",
             format!(
-                "shard_number {n}, but only {} shards are active",
+                "shard_number {n}, but only {} active shards{which}",
                 active.len()
             ),
         ));
     }
-    active.sort_by_key(|(id, _, bytes)| (*bytes, *id));
-    let mut out: Vec<ShardId> = active
-        .into_iter()
-        .take(n as usize)
-        .map(|(id, _, _)| id)
-        .collect();
+    active.sort_by_key(|s| (s.bytes, s.id));
+    let mut out: Vec<ShardId> = active.into_iter().take(n as usize).map(|s| s.id).collect();
     out.sort();
     Ok(out)
 }
@@ -437,8 +456,79 @@ async fn show<S: CatalogService>(
         body["keys"] = json!(chunks.iter().map(|c| c.count).sum::<u64>());
         body["bytes"] = json!(chunks.iter().map(|c| c.size).sum::<u64>());
         body["chunks_per_shard"] = json!(per_shard);
+    } else {
+        let u = usage(&*s, &c).await;
+        body["keys"] = json!(u.values().map(|(_, k, _)| k).sum::<u64>());
+        body["bytes"] = json!(u.values().map(|(_, _, b)| b).sum::<u64>());
+        let mut per_shard: std::collections::BTreeMap<String, serde_json::Value> =
+            Default::default();
+        let mut unanswered = std::collections::BTreeSet::new();
+        for ((key, shard), (answered, keys, bytes)) in &u {
+            if !answered {
+                unanswered.insert(shard.0);
+                continue;
+            }
+            let e = per_shard
+                .entry(shard.0.to_string())
+                .or_insert_with(|| json!({"keys": 0, "bytes": 0}));
+            e["keys"] = json!(e["keys"].as_u64().unwrap_or(0) + keys);
+            e["bytes"] = json!(e["bytes"].as_u64().unwrap_or(0) + bytes);
+            if let Some(sk) = key.as_ref().and_then(|k| {
+                body["shard_keys"]
+                    .as_array_mut()?
+                    .iter_mut()
+                    .find(|j| j["name"] == k.as_str())
+            }) {
+                sk["keys"] = json!(sk["keys"].as_u64().unwrap_or(0) + keys);
+                sk["bytes"] = json!(sk["bytes"].as_u64().unwrap_or(0) + bytes);
+            }
+        }
+        body["per_shard"] = json!(per_shard);
+        if !unanswered.is_empty() {
+            // The figures leave these shards out.
+            body["unanswered_shards"] = json!(unanswered);
+        }
     }
     Ok(ok(body))
+}
+
+/// What each shard holds of hash or custom collection `c`, asked of every shard that may
+/// hold some (all of them at once): per (shard key, shard), whether it answered, keys, bytes.
+async fn usage<S: CatalogService>(
+    s: &S,
+    c: &Collection,
+) -> std::collections::BTreeMap<(Option<String>, ShardId), (bool, u64, u64)> {
+    let all: Vec<ShardId> = s.shards().into_iter().map(|sh| sh.id).collect();
+    let mut asks: Vec<(Option<String>, ShardId)> = Vec::new();
+    if c.sharding == Sharding::Custom {
+        for k in c.shard_keys.values() {
+            let on = match &k.placement {
+                Placement::Shards(v) => v.clone(),
+                Placement::Slots | Placement::Range => all.clone(),
+            };
+            asks.extend(on.into_iter().map(|sh| (Some(k.name.clone()), sh)));
+        }
+    } else {
+        asks.extend(all.iter().map(|sh| (None, *sh)));
+    }
+    let calls = asks.iter().map(|(key, shard)| {
+        let space = Space {
+            collection: Some(c.name.clone()),
+            shard_key: key.clone(),
+        };
+        s.on_shard(space, *shard, "usage".into(), KvOp::Usage)
+    });
+    let answers = futures::future::join_all(calls).await;
+    asks.into_iter()
+        .zip(answers)
+        .map(|(ask, a)| {
+            let v = match a {
+                Ok(KvReply::Usage { keys, bytes }) => (true, keys, bytes),
+                _ => (false, 0, 0),
+            };
+            (ask, v)
+        })
+        .collect()
 }
 
 fn expected_version(p: &Params) -> Result<Option<u64>, ApiError> {

@@ -44,9 +44,14 @@ impl KvService for Fake {
                 )],
                 resume: Some(format!("{}>", r.start)),
             }),
-            (KvOp::Catalog(_) | KvOp::Chunks | KvOp::Split | KvOp::MoveChunk { .. }, _) => {
-                return Err(ApiError::bad_request("bad_command", "scripted"))
-            }
+            (
+                KvOp::Catalog(_)
+                | KvOp::Chunks
+                | KvOp::Split
+                | KvOp::MoveChunk { .. }
+                | KvOp::Usage,
+                _,
+            ) => return Err(ApiError::bad_request("bad_command", "scripted")),
         })
     }
 }

@@ -80,8 +80,19 @@ impl Params {
         })
     }
 
-    /// `client_id` and `seq`: both or neither; `ts` (ms since the Unix epoch when the request
-    /// was first sent, the same on every retry) optional with them.
+    /// A yes/no parameter: absent, `false` or `0` → false; `true`, `1` or empty → true;
+    /// anything else → 400 `bad_<name>`.
+    pub fn flag(&self, name: &str) -> Result<bool, ApiError> {
+        match self.optional(name) {
+            None | Some("false") | Some("0") => Ok(false),
+            Some("true") | Some("1") | Some("") => Ok(true),
+            Some(other) => Err(ApiError::bad_request(
+                &format!("bad_{name}"),
+                format!("{name} must be true or false, got {other:?}"),
+            )),
+        }
+    }
+
     /// A shard id parameter: a number, at least 1.
     pub fn shard_id(&self, name: &str) -> Result<unikv_types::ShardId, ApiError> {
         let v = self.u64(name)?;
@@ -94,6 +105,8 @@ impl Params {
         Ok(unikv_types::ShardId(v))
     }
 
+    /// `client_id` and `seq`: both or neither; `ts` (ms since the Unix epoch when the request
+    /// was first sent, the same on every retry) optional with them.
     pub fn client_seq(&self) -> Result<Option<ClientSeq>, ApiError> {
         match (self.optional("client_id"), self.optional("seq")) {
             (None, None) => Ok(None),

@@ -37,16 +37,7 @@ pub fn page_json(page: ScanPage) -> serde_json::Value {
 
 /// The scan a request asks for.
 pub fn scan_range(p: &Params) -> Result<ScanRange, ApiError> {
-    let reverse = match p.optional("reverse") {
-        None | Some("false") | Some("0") => false,
-        Some("true") | Some("1") | Some("") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(
-                "bad_reverse",
-                format!("reverse must be true or false, got {other:?}"),
-            ))
-        }
-    };
+    let reverse = p.flag("reverse")?;
     let limit = match p.optional("limit") {
         None => DEFAULT_LIMIT,
         Some(_) => {

@@ -17,6 +17,9 @@ pub enum ShardState {
     Inactive,
     /// No member of the shard answers gossip (derived by observers, never published).
     Unreachable,
+    /// Unregistered for good (`DELETE /shards/{id}`, once drained): it owns nothing, takes
+    /// nothing, and the cluster's views leave it out; its nodes can be stopped.
+    Removed,
 }
 
 /// Raft role of a node as it reports itself.
@@ -55,7 +58,7 @@ macro_rules! str_enum {
     };
 }
 
-str_enum!(ShardState { Active => "active", Draining => "draining", Inactive => "inactive", Unreachable => "unreachable" });
+str_enum!(ShardState { Active => "active", Draining => "draining", Inactive => "inactive", Unreachable => "unreachable", Removed => "removed" });
 str_enum!(Role { Leader => "leader", Follower => "follower", Candidate => "candidate", Learner => "learner", Shutdown => "shutdown" });
 
 #[cfg(test)]
@@ -69,6 +72,7 @@ mod tests {
             ShardState::Draining,
             ShardState::Inactive,
             ShardState::Unreachable,
+            ShardState::Removed,
         ] {
             assert_eq!(s.as_str().parse::<ShardState>().unwrap(), s);
         }
@@ -83,4 +87,14 @@ mod tests {
         }
         assert!("boss".parse::<Role>().is_err());
     }
+}
+
+/// One shard as the cluster's gossip shows it, for placing data: whether it takes data
+/// (`active`), the bytes it stores, its tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardSummary {
+    pub id: crate::ShardId,
+    pub active: bool,
+    pub bytes: u64,
+    pub tags: std::collections::BTreeMap<String, String>,
 }

@@ -77,12 +77,15 @@ pub enum KvOp {
         id: crate::chunk::ChunkId,
         to: ShardId,
     },
+    /// The keys and bytes this shard holds of the request's collection or shard key (key
+    /// ignored).
+    Usage,
 }
 
 impl KvOp {
     /// Whether the operation changes anything (a write gets a router session).
     pub fn is_write(&self) -> bool {
-        !matches!(self, KvOp::Get | KvOp::Scan(_) | KvOp::Chunks)
+        !matches!(self, KvOp::Get | KvOp::Scan(_) | KvOp::Chunks | KvOp::Usage)
     }
     /// Whether the operation exists for range collections only.
     pub fn is_range_only(&self) -> bool {
@@ -103,6 +106,7 @@ impl KvOp {
             KvOp::Chunks => "chunks",
             KvOp::Split => "split",
             KvOp::MoveChunk { .. } => "move_chunk",
+            KvOp::Usage => "usage",
         }
     }
 }
@@ -145,6 +149,8 @@ pub enum KvReply {
     Scan(crate::chunk::ScanPage),
     /// The chunks a shard holds.
     Chunks(Vec<crate::chunk::ChunkInfo>),
+    /// What a shard holds of a collection or shard key.
+    Usage { keys: u64, bytes: u64 },
 }
 
 /// Why a node did not serve a KV request.

@@ -17,7 +17,7 @@ pub mod slot;
 
 pub use catalog::Keyspace;
 pub use chunk::{ChunkId, ChunkInfo, ScanPage, ScanRange};
-pub use cluster::{Role, ShardState};
+pub use cluster::{Role, ShardState, ShardSummary};
 pub use ids::{Epoch, NodeId, ShardId};
 pub use kv::{wall_clock_ms, ClientSeq, KvError, KvOp, KvReply, KvRequest, NodeRef};
 pub use limits::Limits;

@@ -65,9 +65,12 @@ impl Node {
                 tracing::info!(shard = %self.shard(), chunk = %id, to = %to, epoch = %epoch, "chunk moved");
                 Ok(KvReply::Written)
             }
-            KvOp::Catalog(_) => Err(KvError::BadRequest {
+            KvOp::Catalog(_) | KvOp::Usage => Err(KvError::BadRequest {
                 code: "bad_command".into(),
-                message: "a catalog change applies to the catalog key only".into(),
+                message: format!(
+                    "{} is not a request for a range collection's key",
+                    req.op.name()
+                ),
             }),
             KvOp::Get | KvOp::Put { .. } | KvOp::Append { .. } | KvOp::Delete => {
                 self.kv_in(req, ks, Home::Range).await

@@ -9,7 +9,8 @@ use unikv_http::scan::SCAN_KEY;
 use unikv_http::{ApiError, CatalogService, KvService};
 use unikv_types::catalog::{Catalog, CatalogOp, CatalogReply, Space};
 use unikv_types::{
-    rpc_kind, ChunkInfo, ClientSeq, KvError, KvOp, KvReply, KvRequest, Limits, ShardId, ShardState,
+    rpc_kind, ChunkInfo, ClientSeq, KvError, KvOp, KvReply, KvRequest, Limits, ShardId,
+    ShardSummary,
 };
 
 use crate::peer::call_shard;
@@ -48,8 +49,8 @@ impl CatalogService for Node {
         Ok(Node::change_catalog(self, op).await?)
     }
 
-    fn shards(&self) -> Vec<(ShardId, bool, u64)> {
-        shard_list(&self.gossip.view())
+    fn shards(&self) -> Vec<ShardSummary> {
+        self.gossip.view().summaries()
     }
 
     async fn chunks(&self, collection: &str) -> Result<Vec<ChunkInfo>, ApiError> {
@@ -57,7 +58,15 @@ impl CatalogService for Node {
         let mut all = Vec::new();
         for shard in shards {
             match self
-                .on_shard(collection, shard, SCAN_KEY.into(), KvOp::Chunks)
+                .on_shard(
+                    Space {
+                        collection: Some(collection.to_string()),
+                        shard_key: None,
+                    },
+                    shard,
+                    SCAN_KEY.into(),
+                    KvOp::Chunks,
+                )
                 .await
             {
                 Ok(KvReply::Chunks(c)) => all.extend(c),
@@ -71,7 +80,7 @@ impl CatalogService for Node {
 
     async fn on_shard(
         &self,
-        collection: &str,
+        space: Space,
         shard: ShardId,
         key: String,
         op: KvOp,
@@ -81,8 +90,8 @@ impl CatalogService for Node {
             op,
             client: None,
             forwarded: false,
-            collection: Some(collection.to_string()),
-            shard_key: None,
+            collection: space.collection,
+            shard_key: space.shard_key,
         };
         if shard == self.shard() {
             return Ok(self.kv(req).await?);
@@ -90,12 +99,4 @@ impl CatalogService for Node {
         let timeout = self.config.request_timeout();
         Ok(call_shard(self, shard, rpc_kind::KV, &req, timeout).await?)
     }
-}
-
-/// Every shard of a gossip view: id, whether it takes data, bytes stored.
-pub fn shard_list(view: &unikv_gossip::ClusterView) -> Vec<(ShardId, bool, u64)> {
-    view.shards
-        .values()
-        .map(|s| (s.id, s.state == ShardState::Active, s.bytes))
-        .collect()
 }

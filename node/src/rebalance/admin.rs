@@ -44,6 +44,12 @@ pub async fn handle_shard_admin(rb: &Rebalancer, req: ShardAdmin) -> Result<Valu
                 .await?;
             Ok(json!({"shard": node.shard().0, "tags": node.store.descriptor().tags}))
         }
+        ShardAdmin::Retire => {
+            node.propose(Command::Registry(RegistryCommand::Retire))
+                .await?;
+            let state = node.store.descriptor().state;
+            Ok(json!({"shard": node.shard().0, "state": state.as_str(), "forget": true}))
+        }
         ShardAdmin::MoveSlot { slot, to } => {
             let epoch = handoff::move_now(rb, slot, to).await?;
             Ok(json!({"slot": slot, "from": node.shard().0, "to": to.0, "epoch": epoch.0}))
@@ -93,11 +99,24 @@ pub async fn addshard(
             format!("shard {shard} is already part of the cluster"),
         ));
     }
+    // A removed shard's nodes may still gossip (the views leave the shard out).
+    let removed = node.gossip.view().members.iter().any(|m| {
+        m.node
+            .as_ref()
+            .is_some_and(|n| n.shard == shard && n.state == ShardState::Removed)
+    }) || (shard == node.shard()
+        && node.store.descriptor().state == ShardState::Removed);
+    if removed {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "shard_removed",
+            format!("shard {shard} was removed from the cluster for good; to add a shard with this id, start its nodes with new data dirs"),
+        ));
+    }
     // The address is never contacted over HTTP (a node must not fetch what a caller names):
     // the node answering for it is found in this cluster's gossip, then asked who it is over
     // the cluster's own mutual-TLS QUIC (HELLO).
-    let member = gossip_member(node, &addr).await?;
-    let (member_shard, raft) = member;
+    let (member_shard, raft) = gossip_member_soon(node, &addr).await?;
     if member_shard != shard {
         return Err(ApiError::bad_request(
             "wrong_shard",
@@ -128,6 +147,27 @@ pub async fn addshard(
     Ok(ok(
         json!({"ok": true, "shard": shard.0, "address": addr, "result": res}),
     ))
+}
+
+/// How long `/addshard` waits for gossip to bring news of a node it does not know yet (the
+/// nodes of a shard just started reach every member's view within a few gossip rounds).
+const LEARN_MEMBER: Duration = Duration::from_secs(5);
+
+/// [`gossip_member`], waiting up to [`LEARN_MEMBER`] for the view to learn the node.
+async fn gossip_member_soon(node: &Node, addr: &str) -> Result<(ShardId, String), ApiError> {
+    let deadline = tokio::time::Instant::now() + LEARN_MEMBER;
+    let mut views = node.gossip.watch();
+    loop {
+        match gossip_member(node, addr).await {
+            Err(e) if e.code == "unknown_address" => {
+                match tokio::time::timeout_at(deadline, views.changed()).await {
+                    Ok(Ok(())) => continue,
+                    _ => return Err(e),
+                }
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The shard and QUIC address of the gossip member whose HTTP address is `addr` (compared
@@ -184,18 +224,22 @@ pub async fn removeshard(
     let node = &rb.node;
     let p = Params::from_request(req, MAX_BODY).await?;
     let shard = p.shard_id("shardID")?;
+    let forget = p.flag("forget")?;
     let all = states(node);
     let Some((_, state)) = all.iter().find(|(id, _)| *id == shard) else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_shard",
-            format!("no shard {shard} in the cluster"),
-        ));
+        return Err(unknown_shard(shard));
     };
-    if matches!(state, ShardState::Draining | ShardState::Inactive) {
-        return Ok(ok(
-            json!({"ok": true, "shard": shard.0, "state": state.as_str(), "already": true}),
-        ));
+    match state {
+        ShardState::Draining | ShardState::Inactive if forget => {
+            let res = on_shard(&rb, shard, ShardAdmin::Retire).await?;
+            return Ok(ok(json!({"ok": true, "shard": shard.0, "result": res})));
+        }
+        ShardState::Draining | ShardState::Inactive | ShardState::Removed => {
+            return Ok(ok(
+                json!({"ok": true, "shard": shard.0, "state": state.as_str(), "already": true}),
+            ));
+        }
+        _ => {}
     }
     let others_active = all
         .iter()
@@ -220,11 +264,58 @@ pub async fn removeshard(
             ),
         ));
     }
-    let res = on_shard(&rb, shard, ShardAdmin::SetState(ShardState::Draining)).await?;
-    tracing::info!(shard = %shard, "shard draining");
+    let change = if forget {
+        ShardAdmin::Retire
+    } else {
+        ShardAdmin::SetState(ShardState::Draining)
+    };
+    let res = on_shard(&rb, shard, change).await?;
+    tracing::info!(shard = %shard, forget, "shard draining");
     Ok(ok(
-        json!({"ok": true, "shard": shard.0, "state": "draining", "result": res}),
+        json!({"ok": true, "shard": shard.0, "state": "draining", "forget": forget, "result": res}),
     ))
+}
+
+fn unknown_shard(shard: ShardId) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_shard",
+        format!("no shard {shard} in the cluster"),
+    )
+}
+
+/// `DELETE /shards/{id}`: unregisters a drained shard for good (seed 000's registry
+/// removal). Refused while it is active or draining (409 `shard_active`) or holds anything
+/// (409 `shard_not_empty`); the check and the change are one commit in its own Raft log, so
+/// nothing can arrive in between. Its nodes must be running to commit it; afterwards every
+/// view leaves the shard out and its nodes can be stopped.
+pub async fn forget_shard(
+    State(rb): State<Arc<Rebalancer>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    let shard = match id.parse::<u64>() {
+        Ok(n) if n >= 1 => ShardId(n),
+        _ => {
+            return Err(ApiError::bad_request(
+                "bad_request",
+                format!("{id:?} is not a shard id (a number, at least 1)"),
+            ))
+        }
+    };
+    let all = states(&rb.node);
+    match all.iter().find(|(id, _)| *id == shard) {
+        None => Err(unknown_shard(shard)),
+        Some((_, ShardState::Removed)) => Ok(ok(
+            json!({"ok": true, "shard": shard.0, "state": "removed", "already": true}),
+        )),
+        Some(_) => {
+            on_shard(&rb, shard, ShardAdmin::SetState(ShardState::Removed)).await?;
+            tracing::info!(shard = %shard, "shard unregistered");
+            Ok(ok(
+                json!({"ok": true, "shard": shard.0, "state": "removed"}),
+            ))
+        }
+    }
 }
 
 pub async fn moveslot(
@@ -385,13 +476,25 @@ pub async fn stats(State(rb): State<Arc<Rebalancer>>, req: Request) -> Result<Re
         .iter()
         .map(|(ks, (n, k, b))| json!({"keyspace": ks, "chunks": n, "keys": k, "bytes": b}))
         .collect();
+    // Hash collections' keys here (the system keyspace, with the catalog, included).
+    own["collections"] = node
+        .store
+        .hash_collection_totals()
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .into_iter()
+        .map(|(ks, s)| json!({"keyspace": ks.0, "keys": s.keys, "bytes": s.bytes}))
+        .collect();
     shards.push(own);
     shards.sort_by_key(|s| s["id"].as_u64());
     let version: u64 = shards
         .iter()
         .filter_map(|s| s["descriptor_version"].as_u64())
         .sum();
-    Ok(ok(json!({"version": version, "shards": shards})))
+    Ok(ok(json!({
+        "version": version,
+        "shards": shards,
+        "catalog_version": node.catalog.current().version.max(view.catalog_version()),
+    })))
 }
 
 pub async fn rebalance_status(State(rb): State<Arc<Rebalancer>>) -> Response {

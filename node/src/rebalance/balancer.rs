@@ -70,6 +70,18 @@ async fn tick(rb: &Arc<Rebalancer>) {
         tracing::info!(shard = %node.shard(), "drained: now inactive");
         return;
     }
+    // Drained and asked to go (`/removeshard?forget=true`): removed for good.
+    if d.state == ShardState::Inactive && d.forget_when_drained {
+        if let Err(e) = node
+            .propose(Command::Registry(RegistryCommand::SetState {
+                state: ShardState::Removed,
+            }))
+            .await
+        {
+            tracing::warn!(shard = %node.shard(), error = %e, "drained, but not removed yet");
+        }
+        return;
+    }
     // Plan only when nothing is in flight here and earlier moves are visible in gossip.
     if !d.outgoing.is_empty() || rb.running() > 0 || rb.queued() > 0 {
         return;

@@ -52,5 +52,10 @@ pub struct ActivateRequest {
 pub enum ShardAdmin {
     SetState(ShardState),
     SetTags(Vec<(String, String)>),
-    MoveSlot { slot: Slot, to: ShardId },
+    MoveSlot {
+        slot: Slot,
+        to: ShardId,
+    },
+    /// Drain, then be removed for good (`/removeshard?forget=true`).
+    Retire,
 }

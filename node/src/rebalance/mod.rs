@@ -81,6 +81,10 @@ impl Rebalancer {
                     .fallback(method_not_allowed),
             )
             .route(
+                "/shards/{id}",
+                axum::routing::delete(admin::forget_shard).fallback(method_not_allowed),
+            )
+            .route(
                 "/shard/tags",
                 get(admin::tags)
                     .post(admin::tags)
