@@ -22,6 +22,7 @@ pub mod raft_net;
 pub mod rebalance;
 pub mod rpc;
 pub mod service;
+pub mod shard_keys;
 pub mod status;
 pub mod vote_hold;
 
@@ -122,6 +123,7 @@ pub async fn run(
     let corruption_task = spawn_corruption_watch(node.clone(), stop_rx.clone());
     let janitor_task = catalog::spawn_janitor(node.clone(), stop_rx.clone());
     let chunk_task = chunks::spawn(node.clone(), stop_rx.clone());
+    let shard_key_task = shard_keys::spawn(node.clone(), stop_rx.clone());
 
     let names = unikv_http::browser::HostNames::new(
         [node.config.http_host.as_str(), node.config.advertise_host()]
@@ -153,6 +155,7 @@ pub async fn run(
     let _ = corruption_task.await;
     let _ = janitor_task.await;
     let _ = chunk_task.await;
+    let _ = shard_key_task.await;
     let _ = rebalance_task.await;
     let _ = publisher.await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), http_task).await;

@@ -140,6 +140,18 @@ impl RpcHandler {
                 let req = inc.read().await?;
                 inc.reply(&node.chunk_activate(req).await).await
             }
+            rpc_kind::UNIT_IN => {
+                let req = inc.read().await?;
+                inc.reply(&node.unit_in(req).await).await
+            }
+            rpc_kind::UNIT_STATUS => {
+                let req = inc.read().await?;
+                inc.reply(&node.unit_status(req).await).await
+            }
+            rpc_kind::UNIT_ACTIVATE => {
+                let req = inc.read().await?;
+                inc.reply(&node.unit_activate(req).await).await
+            }
             rpc_kind::SHARD_ADMIN => {
                 let req = inc.read().await?;
                 inc.reply(&self.rebalancer.shard_admin(req).await).await

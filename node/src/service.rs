@@ -46,7 +46,7 @@ pub struct Node {
     /// The last catalog read (see `catalog`).
     pub catalog: unikv_http::catalog_cache::CatalogCache,
     /// Chunk moves and activation checks in flight on this node, by chunk (see `chunks`).
-    pub chunk_tasks: std::sync::Mutex<std::collections::HashSet<(u8, unikv_types::ChunkId)>>,
+    pub chunk_tasks: std::sync::Mutex<std::collections::HashSet<(u8, u64)>>,
     /// Scan pages of range collections this node has served (`/raft/status`).
     pub scans_served: std::sync::atomic::AtomicU64,
     /// When the process started, by its monotonic clock (`uptime_ms` in `/raft/status`: with
@@ -503,6 +503,7 @@ impl Node {
         };
         match read {
             Ok(OwnedRead::Value(v)) => Ok(KvReply::Value(v)),
+            Ok(OwnedRead::Elsewhere(e)) => Err(e),
             Ok(OwnedRead::Dropped) => Err(KvError::Refused {
                 status: 404,
                 code: "unknown_collection".into(),

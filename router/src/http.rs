@@ -93,9 +93,44 @@ impl<B: Backend> KvService for App<B> {
             }) => bucket_shard(&shards, bucket_of(key.as_bytes())),
             _ => None,
         };
-        self.forwarder.execute_on(key, op, client, space, pin).await
+        if pin.is_none() {
+            return self.forwarder.execute_on(key, op, client, space, pin).await;
+        }
+        // A shard key placed on chosen shards: a `wrong_shard` answer means its part on that
+        // shard moved (the shard refused: nothing was applied); read the catalog again and
+        // go where it now says, until the request's deadline.
+        let deadline = std::time::Instant::now() + self.forwarder.timeout();
+        let mut pin = pin;
+        loop {
+            let res = self
+                .forwarder
+                .execute_on(key.clone(), op.clone(), client.clone(), space.clone(), pin)
+                .await;
+            match res {
+                Err(e) if e.code == "wrong_shard" && std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(MOVED_RETRY).await;
+                    let name = space.collection.as_deref().unwrap_or(DEFAULT_COLLECTION);
+                    let cat = self
+                        .catalog
+                        .refresh(std::time::Instant::now(), || {
+                            CatalogService::read_catalog(self)
+                        })
+                        .await?;
+                    pin = match cat.target(name, space.shard_key.as_deref())?.placement {
+                        Placement::Shards(shards) => {
+                            bucket_shard(&shards, bucket_of(key.as_bytes()))
+                        }
+                        _ => None,
+                    };
+                }
+                other => return other,
+            }
+        }
     }
 }
+
+/// Pause before a request for a moved shard key is sent again.
+const MOVED_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl<B: Backend> App<B> {
     /// Where the collection of `space` sends requests; `None` when the request names none

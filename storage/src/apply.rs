@@ -87,6 +87,7 @@ fn apply_command(ov: &mut Overlay<'_>, meta: &mut SmMeta, cmd: &Command) -> Resu
     match cmd {
         Command::Move(m) => apply_move(ov, &mut meta.descriptor, m, meta.clock_ms),
         Command::Chunk(c) => apply_chunk(ov, &mut meta.descriptor, c),
+        Command::Unit(u) => crate::unit_moves::apply_unit(ov, &mut meta.descriptor, u),
         Command::Registry(r) => apply_registry(ov, &mut meta.descriptor, r),
         Command::Bootstrap { ranges, epoch, .. } => {
             if meta.descriptor.bootstrap(ranges, *epoch) {
@@ -136,15 +137,21 @@ fn apply_command(ov: &mut Overlay<'_>, meta: &mut SmMeta, cmd: &Command) -> Resu
                         message: "a bucket write needs a shard key's keyspace".into(),
                     }))
                 }
-                Some(_) => match meta.descriptor.unit_for(*keyspace) {
-                    Some(u) => u,
-                    None => {
-                        return Ok(Err(KvError::Unavailable {
-                            shard: meta.descriptor.shard,
-                            reason: "this shard holds as many shard keys as it can".into(),
-                        }))
+                Some(_) => {
+                    // Not while it moves, and never a fresh unit for one that moved away.
+                    if let Err(e) = meta.descriptor.unit_home(*keyspace, *slot, true) {
+                        return Ok(Err(e));
                     }
-                },
+                    match meta.descriptor.unit_for(*keyspace) {
+                        Some(u) => u,
+                        None => {
+                            return Ok(Err(KvError::Unavailable {
+                                shard: meta.descriptor.shard,
+                                reason: "this shard holds as many shard keys as it can".into(),
+                            }))
+                        }
+                    }
+                }
                 None => *slot,
             };
             let slot = &slot;
@@ -329,6 +336,7 @@ fn apply_op(ov: &mut Overlay<'_>, w: &Write<'_>, op: &KvOp) -> Result<CommandRes
                 CatalogChange::Create { name, .. } => catalog.get(name),
                 CatalogChange::CreateShardKey { collection, .. }
                 | CatalogChange::DeleteShardKey { collection, .. }
+                | CatalogChange::MoveShardKey { collection, .. }
                 | CatalogChange::Promote { collection, .. } => catalog.get(collection),
                 CatalogChange::Delete { .. } | CatalogChange::Forget { .. } => None,
             };

@@ -45,6 +45,8 @@ pub enum Command {
     Move(MoveCommand),
     /// A split or a step of a chunk move (see `chunk_moves`).
     Chunk(ChunkCommand),
+    /// A step of moving a shard key's unit between shards (see `unit_moves`).
+    Unit(UnitCommand),
     /// Claims the shard's initial slots. Applied only while the descriptor was never
     /// initialised, so a replayed or duplicated bootstrap can never change ownership.
     Bootstrap {
@@ -153,6 +155,35 @@ pub enum ChunkCommand {
     Drop { id: ChunkId, epoch: Epoch },
 }
 
+/// The steps of moving one shard key's unit (its data on one shard) to another shard: the
+/// slot move's protocol over a keyspace. Every step is idempotent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UnitCommand {
+    /// Source: hand the unit of `keyspace` to `to` at `epoch`; freezes its writes.
+    Out {
+        keyspace: Keyspace,
+        to: ShardId,
+        epoch: Epoch,
+    },
+    /// Target: store the unit's data (not served yet).
+    In {
+        keyspace: Keyspace,
+        from: ShardId,
+        epoch: Epoch,
+        kv: Vec<(String, String)>,
+        dedup: Vec<(String, DedupRecord)>,
+        dedup_horizon_ms: u64,
+    },
+    /// Source: the target stored it; delete it here, keep a forwarding note.
+    Done { keyspace: Keyspace, epoch: Epoch },
+    /// Source: give up a hand-off the target has not confirmed.
+    Abort { keyspace: Keyspace, epoch: Epoch },
+    /// Target: the source let go; serve it.
+    Activate { keyspace: Keyspace, epoch: Epoch },
+    /// Target: the source kept it; delete the copy.
+    Drop { keyspace: Keyspace, epoch: Epoch },
+}
+
 /// Changes of the shard's registry entry: its state and its tags.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RegistryCommand {
@@ -188,6 +219,7 @@ impl fmt::Display for Command {
         match self {
             Command::Move(m) => write!(f, "{m}"),
             Command::Chunk(c) => write!(f, "{c}"),
+            Command::Unit(u) => write!(f, "{u:?}"),
             Command::Registry(r) => write!(f, "{r}"),
             Command::Kv {
                 slot,
@@ -315,6 +347,7 @@ mod legacy {
         },
         Move(MoveDe),
         Chunk(ChunkCommand),
+        Unit(UnitCommand),
         Bootstrap {
             shard: ShardId,
             ranges: Vec<SlotRange>,
@@ -355,6 +388,7 @@ mod legacy {
                     range,
                 },
                 CommandDe::Chunk(c) => Command::Chunk(c),
+                CommandDe::Unit(u) => Command::Unit(u),
                 CommandDe::Move(MoveDe::Move(m)) => Command::Move(m),
                 CommandDe::Move(MoveDe::Registry(r)) | CommandDe::Registry(r) => {
                     Command::Registry(r)

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use unikv_types::{Epoch, Keyspace, ShardId, ShardState, Slot, SlotRange};
+use unikv_types::{Epoch, Keyspace, KvError, ShardId, ShardState, Slot, SlotRange};
 
 use crate::chunk_map::ChunkMap;
 
@@ -66,9 +66,54 @@ pub struct ShardDescriptor {
     /// Slot moves are held back while this is set (a promote in progress).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fence: Option<Fence>,
+    /// Shard keys' units moving out of or into this shard, and where moved ones went (see
+    /// `unit_moves`).
+    #[serde(default, skip_serializing_if = "UnitMoves::is_empty")]
+    pub unit_moves: UnitMoves,
     /// The chunks of range collections held here (see `chunk_map`).
     #[serde(default, skip_serializing_if = "ChunkMap::is_empty_map")]
     pub chunks: ChunkMap,
+}
+
+/// The move state of shard keys' units, by keyspace (the slot move's records, for units).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct UnitMoves {
+    /// Units handed off from here: frozen for writes, data still here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outgoing: BTreeMap<Keyspace, Outgoing>,
+    /// Units received and not yet served.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub incoming: BTreeMap<Keyspace, Incoming>,
+    /// Where units this shard gave away went: a shard key's writes here are refused, never
+    /// given a fresh unit.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub forwards: BTreeMap<Keyspace, Forward>,
+    /// The epoch of each unit held here that arrived by a move or stayed after an abort
+    /// (absent: 1).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub epochs: BTreeMap<Keyspace, Epoch>,
+}
+
+impl UnitMoves {
+    pub fn is_empty(&self) -> bool {
+        self.outgoing.is_empty()
+            && self.incoming.is_empty()
+            && self.forwards.is_empty()
+            && self.epochs.is_empty()
+    }
+
+    /// The epoch of the unit of `ks` held here.
+    pub fn epoch(&self, ks: Keyspace) -> Epoch {
+        self.epochs.get(&ks).copied().unwrap_or(Epoch(1))
+    }
+
+    /// Forgets everything about keyspace `ks` (deleted).
+    pub fn forget(&mut self, ks: Keyspace) {
+        self.outgoing.remove(&ks);
+        self.incoming.remove(&ks);
+        self.forwards.remove(&ks);
+        self.epochs.remove(&ks);
+    }
 }
 
 /// A promote's hold on slot moves.
@@ -90,6 +135,35 @@ fn is_zero(n: &Slot) -> bool {
 }
 
 impl ShardDescriptor {
+    /// Whether this shard may serve shard key `ks` (a write: `for_write`) now: not while its unit
+    /// arrives here, not a write while it leaves, and never once it moved away (the answer names
+    /// where it went). `slot` is the key's hash slot, for the error.
+    pub fn unit_home(&self, ks: Keyspace, slot: Slot, for_write: bool) -> Result<(), KvError> {
+        let d = self;
+        let m = &d.unit_moves;
+        if let Some(h) = m.outgoing.get(&ks).filter(|_| for_write) {
+            return Err(KvError::Unavailable {
+                shard: d.shard,
+                reason: format!("shard key {ks} is moving to shard {}", h.target),
+            });
+        }
+        if m.incoming.contains_key(&ks) {
+            return Err(KvError::Unavailable {
+                shard: d.shard,
+                reason: format!("shard key {ks} is still arriving here"),
+            });
+        }
+        match m.forwards.get(&ks) {
+            Some(f) if !d.units.contains_key(&ks) => Err(KvError::WrongShard {
+                slot,
+                shard: d.shard,
+                owner: Some(f.target),
+                epoch: Some(f.epoch),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// What this shard still holds or is moving, if anything (a shard is removed only
     /// without any).
     pub fn holdings(&self) -> Option<String> {

@@ -28,11 +28,12 @@ pub mod records;
 pub mod registry;
 pub mod snapshot;
 pub mod state_machine;
+pub mod unit_moves;
 pub mod usage;
 
 pub use chunk_map::{ChunkMap, ChunkState, OwnedChunk};
 pub use command::{
-    ChunkCommand, Command, CommandResult, LeaderClock, MoveCommand, RegistryCommand,
+    ChunkCommand, Command, CommandResult, LeaderClock, MoveCommand, RegistryCommand, UnitCommand,
 };
 pub use db::{Db, DbOptions};
 pub use descriptor::{Forward, Incoming, Outgoing, OwnedRange, ShardDescriptor};

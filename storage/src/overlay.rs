@@ -251,7 +251,7 @@ impl<'a> Overlay<'a> {
             self.kv.insert(key, Some(v.as_bytes().to_vec()));
             st.keys += 1;
             st.bytes += (k.len() + v.len()) as u64;
-            if !ks.is_default() {
+            if !ks.is_default() && slot < unikv_types::SLOT_COUNT {
                 self.keyspace_stats
                     .entry(ks)
                     .or_insert(StatsChange::Delta(0, 0))

@@ -119,6 +119,7 @@ pub(crate) fn apply_registry(
                     if let Some(unit) = d.units.remove(keyspace) {
                         ov.delete_slot(unit)?;
                     }
+                    d.unit_moves.forget(*keyspace);
                     crate::chunk_moves::drop_keyspace_chunks(ov, d, *keyspace)?;
                     d.version += 1;
                 }

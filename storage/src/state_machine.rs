@@ -74,6 +74,8 @@ pub enum OwnedRead {
     NotInitialised,
     /// The key's collection was deleted (its keyspace dropped here).
     Dropped,
+    /// Not served here now: the answer to give (a shard key moving in, or moved away).
+    Elsewhere(unikv_types::KvError),
 }
 
 impl Store {
@@ -117,6 +119,10 @@ impl Store {
                 }
                 if m.descriptor.dropped_keyspaces.contains(&keyspace) {
                     return Ok(OwnedRead::Dropped);
+                }
+                let slot = unikv_types::key_slot(key.as_bytes());
+                if let Err(e) = m.descriptor.unit_home(keyspace, slot, false) {
+                    return Ok(OwnedRead::Elsewhere(e));
                 }
                 m.descriptor.units.get(&keyspace).copied()
             };

@@ -7,128 +7,19 @@ use openraft::entry::RaftEntry;
 use openraft::testing::log_id;
 use openraft::EntryPayload;
 use unikv_storage::apply::apply_entries_cached;
-use unikv_storage::apply_cache::ApplyCache;
 use unikv_storage::db::{kv_key, CF_KV, CF_SM};
-use unikv_storage::meta::{SmMeta, FORMAT, KEY_FORMAT};
-use unikv_storage::moves::{export_slot, slot_stats};
+use unikv_storage::meta::{FORMAT, KEY_FORMAT};
+use unikv_storage::moves::export_slot;
 use unikv_storage::raft_types::Entry;
 use unikv_storage::usage::keyspace_stats;
-use unikv_storage::{
-    Command, CommandResult, Db, LeaderClock, MoveCommand, RegistryCommand, TypeConfig,
-};
+use unikv_storage::{Command, MoveCommand, RegistryCommand, TypeConfig};
 use unikv_types::catalog::{
     catalog_slot, Catalog, CatalogChange, CatalogOp, CatalogOutcome, Sharding, CATALOG_KEY,
 };
-use unikv_types::{
-    ClientSeq, Epoch, Keyspace, KvOp, KvReply, NodeId, ShardId, ShardState, SlotRange,
-};
+use unikv_types::{Epoch, Keyspace, KvOp, KvReply, NodeId, ShardId};
 
-struct Shard {
-    _dir: tempfile::TempDir,
-    db: Db,
-    meta: SmMeta,
-    cache: ApplyCache,
-    next: u64,
-}
-
-const USERS: Keyspace = Keyspace(16);
-const ORDERS: Keyspace = Keyspace(17);
-
-impl Shard {
-    fn new(id: u64) -> Self {
-        Self::with_ranges(id, vec![SlotRange(0, 16383)])
-    }
-
-    fn with_ranges(id: u64, ranges: Vec<SlotRange>) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path()).unwrap();
-        let meta = SmMeta::load(&db, ShardId(id)).unwrap();
-        let mut s = Shard {
-            _dir: dir,
-            db,
-            meta,
-            cache: ApplyCache::default(),
-            next: 1,
-        };
-        let r = s.apply(Command::Bootstrap {
-            shard: ShardId(id),
-            ranges,
-            epoch: Epoch(1),
-        });
-        assert_eq!(r, Ok(KvReply::Written));
-        s
-    }
-
-    fn apply(&mut self, cmd: Command) -> CommandResult {
-        let e = Entry::new(
-            log_id::<TypeConfig>(1, NodeId(1), self.next),
-            EntryPayload::Normal(cmd),
-        );
-        self.next += 1;
-        apply_entries_cached(&self.db, &mut self.meta, &mut self.cache, &[e])
-            .unwrap()
-            .remove(0)
-    }
-
-    fn kv(
-        &mut self,
-        ks: Keyspace,
-        key: &str,
-        op: KvOp,
-        client: Option<(&str, u64)>,
-    ) -> CommandResult {
-        self.apply(Command::Kv {
-            slot: unikv_types::key_slot(key.as_bytes()),
-            key: key.into(),
-            op,
-            client: client.map(|(c, s)| ClientSeq::new(c, s)),
-            max_value_bytes: None,
-            clock: Some(LeaderClock {
-                now_ms: 1_000 + self.next,
-                dedup_window_ms: 600_000,
-            }),
-            keyspace: ks,
-            bucket: None,
-            range: false,
-        })
-    }
-
-    fn get(&self, ks: Keyspace, key: &str) -> Option<String> {
-        let slot = unikv_types::key_slot(key.as_bytes());
-        let v = self
-            .db
-            .raw()
-            .get_cf(
-                self.db.cf(CF_KV),
-                unikv_storage::db::kv_key_in(slot, ks, key.as_bytes()),
-            )
-            .unwrap();
-        v.map(|b| String::from_utf8(b).unwrap())
-    }
-
-    fn totals(&self) -> (u64, u64) {
-        slot_stats(&self.db)
-            .unwrap()
-            .iter()
-            .fold((0, 0), |(k, b), (_, s)| (k + s.keys, b + s.bytes))
-    }
-
-    fn catalog(&mut self, change: CatalogChange, expected_version: Option<u64>) -> CommandResult {
-        self.kv(
-            Keyspace::SYSTEM,
-            CATALOG_KEY,
-            KvOp::Catalog(CatalogOp {
-                change,
-                expected_version,
-            }),
-            None,
-        )
-    }
-}
-
-fn put(v: &str) -> KvOp {
-    KvOp::Put { value: v.into() }
-}
+mod harness;
+use harness::{put, Shard, ORDERS, USERS};
 
 #[test]
 fn the_same_key_in_two_collections_holds_two_values() {
@@ -496,71 +387,6 @@ fn a_format_1_data_dir_is_migrated_and_a_newer_one_refused() {
 }
 
 #[test]
-fn a_shard_keys_writes_go_to_a_unit_of_their_own() {
-    let mut s = Shard::new(1);
-    let bucket_write =
-        |key: &str, v: &str, ks: Keyspace, client: Option<(&str, u64)>| Command::Kv {
-            slot: unikv_types::key_slot(key.as_bytes()),
-            key: key.into(),
-            op: put(v),
-            client: client.map(|(c, n)| ClientSeq::new(c, n)),
-            max_value_bytes: None,
-            clock: None,
-            keyspace: ks,
-            bucket: Some(unikv_types::catalog::bucket_of(key.as_bytes())),
-            range: false,
-        };
-    assert_eq!(
-        s.apply(bucket_write("k", "acme", USERS, Some(("c", 1)))),
-        Ok(KvReply::Written)
-    );
-    assert_eq!(
-        s.apply(bucket_write("k", "acme", USERS, Some(("c", 1)))),
-        Ok(KvReply::Written),
-        "a retry"
-    );
-    assert_eq!(
-        s.apply(bucket_write("j", "other", ORDERS, None)),
-        Ok(KvReply::Written)
-    );
-    let d = &s.meta.descriptor;
-    let unit = d.units[&USERS];
-    assert!(unit >= unikv_storage::descriptor::UNIT_BASE, "{unit}");
-    assert_ne!(d.units[&ORDERS], unit);
-    // Stored under the unit, not under the key's hash slot; counted there.
-    assert_eq!(s.get(USERS, "k"), None);
-    let raw =
-        s.db.raw()
-            .get_cf(
-                s.db.cf(CF_KV),
-                unikv_storage::db::kv_key_in(unit, USERS, b"k"),
-            )
-            .unwrap();
-    assert_eq!(raw.as_deref(), Some(&b"acme"[..]));
-    let stats: std::collections::HashMap<u16, (u64, u64)> = slot_stats(&s.db)
-        .unwrap()
-        .into_iter()
-        .map(|(sl, st)| (sl, (st.keys, st.bytes)))
-        .collect();
-    assert_eq!(stats.get(&unit), Some(&(1, 5)));
-    // Dropping the shard key drops the unit with it.
-    let r = s.apply(Command::Registry(RegistryCommand::DropKeyspace {
-        keyspace: USERS,
-    }));
-    assert_eq!(r, Ok(KvReply::Written));
-    assert!(!s.meta.descriptor.units.contains_key(&USERS));
-    let raw =
-        s.db.raw()
-            .get_cf(
-                s.db.cf(CF_KV),
-                unikv_storage::db::kv_key_in(unit, USERS, b"k"),
-            )
-            .unwrap();
-    assert_eq!(raw, None);
-    assert_eq!(s.totals(), (1, 6), "only ORDERS' j=other is left");
-}
-
-#[test]
 fn a_fence_holds_slot_moves_back_and_is_refused_while_one_is_in_flight() {
     let mut s = Shard::new(1);
     let out = |slot: u16, epoch: u64, now_ms: Option<u64>| {
@@ -611,60 +437,4 @@ fn a_fence_holds_slot_moves_back_and_is_refused_while_one_is_in_flight() {
     let r = s.apply(Command::Registry(RegistryCommand::Unfence { token: 8 }));
     assert_eq!(r, Ok(KvReply::Written));
     assert_eq!(s.apply(out(6, 2, Some(10_003))), Ok(KvReply::Written));
-}
-
-#[test]
-fn a_shard_is_removed_only_once_drained_and_empty_and_then_for_good() {
-    let state = |s: ShardState| Command::Registry(RegistryCommand::SetState { state: s });
-    // Active, holding slots: not removed; `Retire` drains it and marks it to go.
-    let mut a = Shard::new(1);
-    let e = a.apply(state(ShardState::Removed)).unwrap_err();
-    assert_eq!((e.code(), e.http_status()), ("shard_active", 409));
-    assert_eq!(
-        a.apply(Command::Registry(RegistryCommand::Retire)),
-        Ok(KvReply::Written)
-    );
-    let d = &a.meta.descriptor;
-    assert_eq!(
-        (d.state, d.forget_when_drained),
-        (ShardState::Draining, true)
-    );
-    // Added back before it drained: it stays.
-    assert_eq!(a.apply(state(ShardState::Active)), Ok(KvReply::Written));
-    assert!(!a.meta.descriptor.forget_when_drained);
-    // Inactive but still holding slots: not removed.
-    let mut h = Shard::with_ranges(3, vec![SlotRange(0, 10)]);
-    assert_eq!(h.apply(state(ShardState::Inactive)), Ok(KvReply::Written));
-    let e = h.apply(state(ShardState::Removed)).unwrap_err();
-    assert_eq!((e.code(), e.http_status()), ("shard_not_empty", 409));
-    assert!(e.to_string().contains("11 slots"), "{e}");
-    // Drained (a shard started later owns nothing: inactive): removed, for good.
-    let mut z = Shard::with_ranges(2, vec![]);
-    assert_eq!(z.meta.descriptor.state, ShardState::Inactive);
-    assert_eq!(z.apply(state(ShardState::Removed)), Ok(KvReply::Written));
-    assert_eq!(z.meta.descriptor.state, ShardState::Removed);
-    for again in [
-        state(ShardState::Active),
-        state(ShardState::Draining),
-        state(ShardState::Inactive),
-    ] {
-        let e = z.apply(again).unwrap_err();
-        assert_eq!((e.code(), e.http_status()), ("shard_removed", 409));
-    }
-    assert_eq!(
-        z.apply(state(ShardState::Removed)),
-        Ok(KvReply::Written),
-        "idempotent"
-    );
-    assert_eq!(
-        z.apply(Command::Registry(RegistryCommand::Retire)),
-        Ok(KvReply::Written)
-    );
-    // `Retire` of a drained shard removes it at once.
-    let mut y = Shard::with_ranges(4, vec![]);
-    assert_eq!(
-        y.apply(Command::Registry(RegistryCommand::Retire)),
-        Ok(KvReply::Written)
-    );
-    assert_eq!(y.meta.descriptor.state, ShardState::Removed);
 }

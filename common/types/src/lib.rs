@@ -66,4 +66,10 @@ pub mod rpc_kind {
     pub const CHUNK_STATUS: u8 = 51;
     /// Source tells the target a chunk hand-off is done.
     pub const CHUNK_ACTIVATE: u8 = 52;
+    /// A shard key's data on one shard, from that shard's leader to the target's.
+    pub const UNIT_IN: u8 = 53;
+    /// Target asks the source how a shard key's hand-off ended.
+    pub const UNIT_STATUS: u8 = 54;
+    /// Source tells the target a shard key's hand-off is done.
+    pub const UNIT_ACTIVATE: u8 = 55;
 }

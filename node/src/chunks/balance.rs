@@ -157,7 +157,7 @@ async fn merge_small(node: &Arc<Node>) {
 
 /// Starts (or resumes) the hand-off of chunk `id` to `to` in the background, unless one runs.
 fn start_move(node: &Arc<Node>, id: ChunkId, to: ShardId) {
-    if !node.claim_task(super::handoff::MOVING, id) {
+    if !node.claim_task(super::handoff::MOVING, id.0) {
         return;
     }
     let node = node.clone();
@@ -165,6 +165,6 @@ fn start_move(node: &Arc<Node>, id: ChunkId, to: ShardId) {
         if let Err(e) = node.hand_off(id, to).await {
             tracing::warn!(shard = %node.shard(), chunk = %id, to = %to, error = %e, "chunk hand-off stopped");
         }
-        node.release_task(super::handoff::MOVING, id);
+        node.release_task(super::handoff::MOVING, id.0);
     });
 }

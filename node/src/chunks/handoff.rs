@@ -37,7 +37,7 @@ impl Node {
                 message: format!("shard {to} is not an active shard of the cluster"),
             });
         }
-        if !self.claim_task(MOVING, id) {
+        if !self.claim_task(MOVING, id.0) {
             return Err(KvError::Refused {
                 status: 409,
                 code: "chunk_moving".into(),
@@ -45,33 +45,40 @@ impl Node {
             });
         }
         let res = self.hand_off(id, to).await;
-        self.release_task(MOVING, id);
+        self.release_task(MOVING, id.0);
         res
     }
 
     /// Whether this node took the task `(kind, id)` (false: it runs already).
-    pub(super) fn claim_task(&self, kind: u8, id: ChunkId) -> bool {
+    /// Whether this node took the task `(kind, id)` (false: it runs already). Kinds: chunk
+    /// moves and checks here, shard key moves and checks in `shard_keys`.
+    pub(crate) fn claim_task(&self, kind: u8, id: u64) -> bool {
         self.chunk_tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert((kind, id))
     }
 
-    pub(super) fn release_task(&self, kind: u8, id: ChunkId) {
+    pub(crate) fn release_task(&self, kind: u8, id: u64) {
         self.chunk_tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&(kind, id));
     }
 
-    /// Whether a chunk hand-off runs on this node.
-    pub(super) fn moving_chunks(&self) -> usize {
+    /// How many tasks of `kind` run on this node.
+    pub(crate) fn tasks_of(&self, kind: u8) -> usize {
         self.chunk_tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .filter(|(k, _)| *k == MOVING)
+            .filter(|(k, _)| *k == kind)
             .count()
+    }
+
+    /// Whether a chunk hand-off runs on this node.
+    pub(super) fn moving_chunks(&self) -> usize {
+        self.tasks_of(MOVING)
     }
 
     /// Runs (or resumes) the hand-off of chunk `id` to `to`.

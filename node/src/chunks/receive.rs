@@ -82,7 +82,7 @@ impl Node {
     /// On the target's leader: asks the source how the hand-off of a received chunk ended
     /// and activates or drops it; one check per chunk at a time.
     pub(super) async fn check_arrival(&self, id: ChunkId, source: ShardId, epoch: Epoch) {
-        if !self.claim_task(CHECKING, id) {
+        if !self.claim_task(CHECKING, id.0) {
             return;
         }
         let q = ChunkStatusRequest {
@@ -108,6 +108,6 @@ impl Node {
                 tracing::debug!(chunk = %id, error = %e, "chunk activation step not committed");
             }
         }
-        self.release_task(CHECKING, id);
+        self.release_task(CHECKING, id.0);
     }
 }

@@ -251,16 +251,27 @@ pub async fn removeshard(
             format!("shard {shard} is the last active shard; its slots would have nowhere to go"),
         ));
     }
-    // Shard keys placed on chosen shards do not move yet: draining would strand them.
-    let held = node.read_catalog().await?.shard_keys_on(shard);
-    if !held.is_empty() {
-        let names: Vec<String> = held.iter().map(|(c, k)| format!("{c}/{k}")).collect();
+    // Shard keys placed on it move to an active shard they are not on yet: there must be one.
+    let active: Vec<ShardId> = all
+        .iter()
+        .filter(|(id, st)| *id != shard && *st == ShardState::Active)
+        .map(|(id, _)| *id)
+        .collect();
+    let stuck: Vec<String> = node
+        .read_catalog()
+        .await?
+        .shard_keys_on(shard)
+        .into_iter()
+        .filter(|(_, _, on)| active.iter().all(|a| on.contains(a)))
+        .map(|(c, k, _)| format!("{c}/{k}"))
+        .collect();
+    if !stuck.is_empty() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "holds_shard_keys",
             format!(
-                "shard {shard} holds shard keys placed on it ({}); they do not move between shards yet: delete them first",
-                names.join(", ")
+                "shard {shard} holds shard keys that are on every other active shard already ({}): add a shard first, or delete them",
+                stuck.join(", ")
             ),
         ));
     }
@@ -309,6 +320,16 @@ pub async fn forget_shard(
             json!({"ok": true, "shard": shard.0, "state": "removed", "already": true}),
         )),
         Some(_) => {
+            let placed = rb.node.read_catalog().await?.shard_keys_on(shard);
+            if !placed.is_empty() {
+                let names: Vec<String> =
+                    placed.iter().map(|(c, k, _)| format!("{c}/{k}")).collect();
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "shard_not_empty",
+                    format!("shard {shard} is still where shard keys are placed ({}); they move once it drains", names.join(", ")),
+                ));
+            }
             on_shard(&rb, shard, ShardAdmin::SetState(ShardState::Removed)).await?;
             tracing::info!(shard = %shard, "shard unregistered");
             Ok(ok(

@@ -61,6 +61,8 @@ async fn tick(rb: &Arc<Rebalancer>) {
         && d.slot_count() == 0
         && d.outgoing.is_empty()
         && d.chunks.owned.is_empty()
+        && d.units.is_empty()
+        && d.unit_moves.incoming.is_empty()
     {
         let _ = node
             .propose(Command::Registry(RegistryCommand::SetState {
@@ -70,8 +72,14 @@ async fn tick(rb: &Arc<Rebalancer>) {
         tracing::info!(shard = %node.shard(), "drained: now inactive");
         return;
     }
-    // Drained and asked to go (`/removeshard?forget=true`): removed for good.
-    if d.state == ShardState::Inactive && d.forget_when_drained {
+    // Drained and asked to go (`/removeshard?forget=true`): removed for good, once no shard
+    // key is placed here either.
+    let placed_here = !node
+        .catalog
+        .current()
+        .shard_keys_on(node.shard())
+        .is_empty();
+    if d.state == ShardState::Inactive && d.forget_when_drained && !placed_here {
         if let Err(e) = node
             .propose(Command::Registry(RegistryCommand::SetState {
                 state: ShardState::Removed,

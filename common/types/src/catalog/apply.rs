@@ -138,6 +138,42 @@ impl Catalog {
                 self.next_keyspace = Keyspace(id.0 + 1);
                 CatalogOutcome::Created
             }
+            CatalogChange::MoveShardKey {
+                collection,
+                key,
+                from,
+                to,
+            } => {
+                let c = self.custom_mut(collection)?;
+                let Some(k) = c.shard_keys.get_mut(key) else {
+                    return Err(refused(
+                        404,
+                        "unknown_shard_key",
+                        format!("collection {collection:?} has no shard key {key:?}"),
+                    ));
+                };
+                let Placement::Shards(shards) = &mut k.placement else {
+                    return Err(refused(
+                        409,
+                        "not_placed",
+                        format!("shard key {key:?} lives in the slots; the slots move it"),
+                    ));
+                };
+                match (shards.iter().position(|s| s == from), shards.contains(to)) {
+                    (None, true) => return Ok(CatalogOutcome::Existed),
+                    (Some(i), false) => shards[i] = *to,
+                    _ => {
+                        return Err(refused(
+                            409,
+                            "bad_move",
+                            format!("shard key {key:?} is on {shards:?}: it cannot move from {from} to {to}"),
+                        ))
+                    }
+                }
+                c.version += 1;
+                c.updated_ms = now_ms;
+                CatalogOutcome::Moved
+            }
             CatalogChange::DeleteShardKey { collection, key } => {
                 let c = self.custom_mut(collection)?;
                 let Some(k) = c.shard_keys.get(key).cloned() else {

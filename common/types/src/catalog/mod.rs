@@ -224,6 +224,15 @@ pub enum CatalogChange {
     },
     /// Delete a shard key and (shard by shard, like a collection) its data.
     DeleteShardKey { collection: String, key: String },
+    /// A shard key's data on shard `from` moved to shard `to` (committed by the mover once
+    /// `from` let go): `to` takes `from`'s place in its shard list, so exactly the buckets
+    /// that were `from`'s are now `to`'s. Idempotent.
+    MoveShardKey {
+        collection: String,
+        key: String,
+        from: ShardId,
+        to: ShardId,
+    },
     /// Seed 003: hash → custom, one way. The collection's data becomes the default shard
     /// key's, where it is (no byte moves); its keyspace id stays.
     Promote {
@@ -251,6 +260,7 @@ pub enum CatalogOutcome {
     Deleted(Collection),
     Forgotten,
     Promoted,
+    Moved,
 }
 
 /// The reply to a catalog change: what it did, the catalog's version after it and the
@@ -336,17 +346,29 @@ pub fn one_way(name: &str) -> CatalogError {
 }
 
 impl Catalog {
-    /// Every shard key placed on `shard`: (collection, shard key).
-    pub fn shard_keys_on(&self, shard: ShardId) -> Vec<(String, String)> {
+    /// Every shard key placed on `shard`: (collection, shard key, the shards it is on).
+    pub fn shard_keys_on(&self, shard: ShardId) -> Vec<(String, String, Vec<ShardId>)> {
         let mut out = Vec::new();
         for c in self.collections.values() {
             for k in c.shard_keys.values() {
-                if matches!(&k.placement, Placement::Shards(s) if s.contains(&shard)) {
-                    out.push((c.name.clone(), k.name.clone()));
+                if let Placement::Shards(s) = &k.placement {
+                    if s.contains(&shard) {
+                        out.push((c.name.clone(), k.name.clone(), s.clone()));
+                    }
                 }
             }
         }
         out
+    }
+
+    /// The shard key whose keyspace is `ks`: (collection, shard key, placement).
+    pub fn shard_key_of(&self, ks: Keyspace) -> Option<(String, String, Placement)> {
+        self.collections.values().find_map(|c| {
+            c.shard_keys
+                .values()
+                .find(|k| k.id == ks)
+                .map(|k| (c.name.clone(), k.name.clone(), k.placement.clone()))
+        })
     }
 
     /// The keyspace a collection name stands for, if it exists (`default` always does).

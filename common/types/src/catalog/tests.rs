@@ -146,9 +146,34 @@ fn shard_keys_and_the_one_way_promote() {
     assert_ne!(t.keyspace, c.lookup("tenants").unwrap());
     assert_eq!(
         c.shard_keys_on(ShardId(3)),
-        vec![("tenants".to_string(), "acme".to_string())]
+        vec![(
+            "tenants".to_string(),
+            "acme".to_string(),
+            vec![ShardId(2), ShardId(3)]
+        )]
     );
     assert!(c.shard_keys_on(ShardId(1)).is_empty());
+    // A move puts the target in the source's place (the same buckets), once.
+    let mv = |from, to| CatalogChange::MoveShardKey {
+        collection: "tenants".into(),
+        key: "acme".into(),
+        from: ShardId(from),
+        to: ShardId(to),
+    };
+    assert_eq!(c.apply(&op(mv(2, 4), None), 4), Ok(CatalogOutcome::Moved));
+    let t = c.target("tenants", Some("acme")).unwrap();
+    assert_eq!(t.placement, Placement::Shards(vec![ShardId(4), ShardId(3)]));
+    let v = c.version;
+    assert_eq!(c.apply(&op(mv(2, 4), None), 5), Ok(CatalogOutcome::Existed));
+    assert_eq!(c.version, v, "a repeated move changes nothing");
+    assert_eq!(
+        c.apply(&op(mv(3, 4), None), 5).unwrap_err().code(),
+        "bad_move"
+    );
+    assert_eq!(
+        c.shard_key_of(t.keyspace).map(|(_, k, _)| k).as_deref(),
+        Some("acme")
+    );
     // Buckets split evenly and in order over the key's shards.
     let shards = [ShardId(2), ShardId(3)];
     assert_eq!(bucket_shard(&shards, 0), Some(ShardId(2)));
