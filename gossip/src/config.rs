@@ -48,6 +48,9 @@ pub struct GossipConfig {
     /// itself is tuned from `interval`: a silent member is reported dead after roughly
     /// 15-25 gossip intervals (about 3-5 s at the 200 ms default).
     pub dead_grace_period: Duration,
+    /// The cluster's gossip key: every datagram is sealed with it and one that does not open
+    /// is dropped (`sealed`). `None` gossips in the clear (tests of what an outsider sends).
+    pub key: Option<crate::sealed::GossipKey>,
 }
 
 impl GossipConfig {
@@ -68,6 +71,7 @@ impl GossipConfig {
             cluster: DEFAULT_CLUSTER.to_string(),
             interval: DEFAULT_INTERVAL,
             dead_grace_period: DEFAULT_DEAD_GRACE_PERIOD,
+            key: None,
         }
     }
 

@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 use crate::config::{GossipConfig, MemberKind};
 use crate::error::{Error, Result};
 use crate::keys::{self, NodeState};
+use crate::sealed::{SealStats, SealedUdp};
 use crate::view::{ClusterView, MemberView};
 
 /// Phi threshold of chitchat's failure detector. Phi is "time since a member's heartbeat was last
@@ -52,6 +53,9 @@ struct Inner {
     builder: Arc<tokio::sync::Mutex<ViewBuilder>>,
     stop_tx: watch::Sender<bool>,
     task: Mutex<Option<JoinHandle<()>>>,
+    /// What the sealed transport passed and dropped (all zero when gossip is in the clear).
+    seal_stats: Arc<SealStats>,
+    sealed: bool,
 }
 
 impl Drop for Inner {
@@ -132,6 +136,7 @@ impl Gossip {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
+        let seal_stats = Arc::new(SealStats::default());
         let mut attempt = 0;
         let (handle, listen, chitchat_id) = loop {
             attempt += 1;
@@ -167,7 +172,17 @@ impl Gossip {
                 protocol_version: ProtocolVersion::V0,
             };
             let initial = vec![(keys::KIND.to_string(), config.kind.to_string())];
-            match spawn_chitchat(cc_config, initial, &UdpTransport).await {
+            let spawned = match &config.key {
+                Some(key) => {
+                    let sealed = SealedUdp {
+                        key: key.clone(),
+                        stats: seal_stats.clone(),
+                    };
+                    spawn_chitchat(cc_config, initial, &sealed).await
+                }
+                None => spawn_chitchat(cc_config, initial, &UdpTransport).await,
+            };
+            match spawned {
                 Ok(handle) => break (handle, listen, chitchat_id),
                 // Someone took the port we picked between our probe and chitchat's bind.
                 Err(e) if config.listen.port() == 0 && attempt < BIND_ATTEMPTS => {
@@ -214,8 +229,16 @@ impl Gossip {
                 builder,
                 stop_tx,
                 task: Mutex::new(Some(task)),
+                seal_stats,
+                sealed: config.key.is_some(),
             }),
         })
+    }
+
+    /// Datagrams the sealed transport accepted and dropped (forged, replayed, too large);
+    /// `None` when this member gossips in the clear.
+    pub fn seal_stats(&self) -> Option<&SealStats> {
+        self.inner.sealed.then_some(&*self.inner.seal_stats)
     }
 
     /// Sets this node's keys. Only keys whose value changed are written, so publishing an

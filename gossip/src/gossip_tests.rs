@@ -169,3 +169,76 @@ async fn forgotten_shard_keeps_its_slots_in_the_view() {
     assert!(!view.member("node-1-1").unwrap().live);
     router.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_gossip_is_dropped_and_the_view_unchanged() {
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let key = crate::sealed::GossipKey::new([7; 32]);
+    let cfg = |name: &str, seeds: Vec<String>, key: Option<crate::sealed::GossipKey>| {
+        let mut c = GossipConfig::new(name, MemberKind::Node, any, any, seeds);
+        c.cluster = "sealed".into();
+        c.key = key;
+        c
+    };
+    // Two members of the cluster: shard 1 owns slots 0-9 at epoch 1.
+    let victim = Gossip::start(cfg("node-2-1", vec![], Some(key.clone())))
+        .await
+        .unwrap();
+    let seeds = vec![victim.local_addr().to_string()];
+    let owner = Gossip::start(cfg("node-1-1", seeds.clone(), Some(key.clone())))
+        .await
+        .unwrap();
+    owner
+        .publish(&state(1, 1, 1, vec![(SlotRange(0, 9), Epoch(1))]))
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut rx = victim.watch();
+    while victim.view().owner_of(3) != Some((ShardId(1), Epoch(1))) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the owner never showed"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(300), rx.changed()).await;
+    }
+    // Outsiders — one in the clear, one with another cluster's key — claim the same slots
+    // at a higher epoch and a newer descriptor, and gossip them at the victim.
+    let forged = state(3, 1, 99, vec![(SlotRange(0, 9), Epoch(50))]);
+    let plain = Gossip::start(cfg("node-3-1", seeds.clone(), None))
+        .await
+        .unwrap();
+    plain.publish(&forged).await;
+    let other_key = crate::sealed::GossipKey::new([8; 32]);
+    let foreign = Gossip::start(cfg("node-3-2", seeds, Some(other_key)))
+        .await
+        .unwrap();
+    foreign
+        .publish(&state(3, 2, 99, vec![(SlotRange(0, 9), Epoch(50))]))
+        .await;
+    // Wait until the victim has dropped datagrams from both for a while.
+    let stats = victim.seal_stats().expect("sealed gossip");
+    while stats.forged.load(std::sync::atomic::Ordering::Relaxed) < 20 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no forged datagram arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let view = victim.view();
+    assert_eq!(
+        view.owner_of(3),
+        Some((ShardId(1), Epoch(1))),
+        "slot owner unchanged"
+    );
+    assert!(
+        view.shard(ShardId(3)).is_none(),
+        "the outsiders are not members"
+    );
+    assert!(view.member("node-3-1").is_none() && view.member("node-3-2").is_none());
+    let counts = stats.counts();
+    assert!(counts.accepted > 0, "{counts:?}");
+    // The members' own gossip still flows both ways.
+    assert!(owner.seal_stats().unwrap().counts().accepted > 0);
+    for g in [plain, foreign, owner, victim] {
+        g.shutdown().await;
+    }
+}

@@ -10,15 +10,18 @@
 //! - [`keys`]: the key names and the one place where values are encoded and parsed.
 //! - [`view`]: the pure derivation of a [`ClusterView`] from member states.
 //! - [`Gossip`]: the running member (chitchat server plus a task that keeps the view current).
+//! - [`sealed`]: every datagram authenticated and encrypted with the cluster's gossip key.
 
 mod config;
 mod error;
 mod gossip;
 pub mod keys;
+pub mod sealed;
 pub mod view;
 
 pub use config::{GossipConfig, MemberKind};
 pub use error::{Error, Result};
 pub use gossip::{resolve_addr, Gossip};
 pub use keys::NodeState;
+pub use sealed::{GossipKey, SealCounts, SealStats};
 pub use view::{ClusterView, MemberView, ShardMember, ShardView};

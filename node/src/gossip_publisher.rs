@@ -35,6 +35,9 @@ pub async fn start(config: &Config) -> Result<Gossip> {
         config.peer_shards(),
     );
     gc.interval = Duration::from_millis(config.gossip_interval_ms);
+    gc.key = Some(unikv_gossip::GossipKey::new(
+        unikv_net::load_or_create_gossip_key(&config.tls_dir())?,
+    ));
     gc.validate().map_err(|e| Error::Config(e.to_string()))?;
     Gossip::start(gc)
         .await

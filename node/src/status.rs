@@ -54,6 +54,7 @@ pub fn raft_status(node: &Node) -> Value {
         "wall_clock_ms": unikv_types::wall_clock_ms(),
         "scans_served": node.scans_served.load(Relaxed),
         "chunks_held": node.store.descriptor().chunks.owned.len(),
+        "gossip_datagrams": node.gossip.seal_stats().map(|s| s.counts()),
     })
 }
 

@@ -61,13 +61,16 @@ pub async fn run(
     let listen = SocketAddr::new(config.gossip_listen()?.ip(), gossip_port);
     let advertise = advertise_addr(&config.advertise_host, gossip_port).await?;
     let name = format!("router-{http_port}-{:08x}", rand::random::<u32>());
-    let gossip_config = GossipConfig::new(
+    let mut gossip_config = GossipConfig::new(
         name.clone(),
         MemberKind::Router,
         listen,
         advertise,
         config.seeds(),
     );
+    gossip_config.key = Some(unikv_gossip::GossipKey::new(
+        unikv_net::load_or_create_gossip_key(&config.tls_dir)?,
+    ));
     let gossip = Gossip::start(gossip_config)
         .await
         .map_err(|e| Error::Gossip(e.to_string()))?;

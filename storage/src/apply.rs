@@ -119,7 +119,7 @@ fn apply_command(ov: &mut Overlay<'_>, meta: &mut SmMeta, cmd: &Command) -> Resu
                 return Ok(Err(dropped(*keyspace)));
             }
             // A shard key's write goes to its unit here; placement was the proposer's to
-            // check (it is fixed when the shard key is created).
+            // check (from its catalog; a part that moved away is refused below).
             // A range collection's write goes to the chunk holding the key here: its keys are
             // in the range prefix, its dedup table and statistics in the chunk's unit.
             let mut data_slot = None;

@@ -89,9 +89,14 @@ pub struct UnitMoves {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub forwards: BTreeMap<Keyspace, Forward>,
     /// The epoch of each unit held here that arrived by a move or stayed after an abort
-    /// (absent: 1).
+    /// (absent: 1). Epochs count the moves of one shard's part; parts from different
+    /// sources are told apart by `arrived`, never by comparing epochs.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub epochs: BTreeMap<Keyspace, Epoch>,
+    /// The hand-off (source, epoch) the unit held here — or last held, or dropped — arrived
+    /// by: its `In` again is answered from it, never installed twice.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub arrived: BTreeMap<Keyspace, Incoming>,
 }
 
 impl UnitMoves {
@@ -100,6 +105,7 @@ impl UnitMoves {
             && self.incoming.is_empty()
             && self.forwards.is_empty()
             && self.epochs.is_empty()
+            && self.arrived.is_empty()
     }
 
     /// The epoch of the unit of `ks` held here.
@@ -113,6 +119,7 @@ impl UnitMoves {
         self.incoming.remove(&ks);
         self.forwards.remove(&ks);
         self.epochs.remove(&ks);
+        self.arrived.remove(&ks);
     }
 }
 
@@ -179,6 +186,9 @@ impl ShardDescriptor {
         }
         if !self.units.is_empty() {
             what.push(format!("{} shard keys", self.units.len()));
+        }
+        if !self.unit_moves.outgoing.is_empty() || !self.unit_moves.incoming.is_empty() {
+            what.push("shard keys moving".to_string());
         }
         (!what.is_empty()).then(|| what.join(", "))
     }

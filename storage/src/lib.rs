@@ -17,6 +17,7 @@ pub mod dedup;
 pub mod descriptor;
 pub mod disk;
 pub mod error;
+pub mod keyspace_stats;
 pub mod log_cache;
 pub mod log_store;
 pub mod meta;
@@ -29,6 +30,7 @@ pub mod registry;
 pub mod snapshot;
 pub mod state_machine;
 pub mod unit_moves;
+pub mod unit_reads;
 pub mod usage;
 
 pub use chunk_map::{ChunkMap, ChunkState, OwnedChunk};

@@ -38,7 +38,7 @@ pub fn check_format(db: &Db) -> Result<u32> {
     }
     if found < FORMAT {
         let mut batch = WriteBatch::default();
-        for (ks, st) in crate::usage::count_keyspaces(db)? {
+        for (ks, st) in crate::keyspace_stats::count_keyspaces(db)? {
             batch.put_cf(db.cf(CF_STATS), keyspace_stats_key(ks), st.encode());
         }
         batch.put_cf(db.cf(CF_SM), KEY_FORMAT, encode("format", &FORMAT)?);

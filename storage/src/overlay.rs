@@ -14,8 +14,8 @@ use crate::db::{
     slot_bounds, split_key, split_keyspace, Db, CF_DEDUP, CF_KV, CF_STATS, KEYSPACE_MARK,
 };
 use crate::error::{decode, encode, Result};
+use crate::keyspace_stats::keyspace_stats;
 use crate::records::{DedupRecord, SlotStats};
-use crate::usage::keyspace_stats;
 
 /// Reads through the pending batch to the cache and the database, and accumulates per-slot
 /// statistics.

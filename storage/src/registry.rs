@@ -40,7 +40,15 @@ pub(crate) fn apply_registry(
         }
         RegistryCommand::Retire => match d.state {
             ShardState::Removed => ok,
-            ShardState::Inactive => remove(d),
+            // Drained already: the balancer removes it once no shard key is placed here
+            // either (the catalog is not this shard's to read while applying).
+            ShardState::Inactive => {
+                if !d.forget_when_drained {
+                    d.forget_when_drained = true;
+                    d.version += 1;
+                }
+                ok
+            }
             _ => {
                 if d.state != ShardState::Draining || !d.forget_when_drained {
                     d.state = ShardState::Draining;

@@ -138,9 +138,15 @@ impl Store {
         }
     }
 
-    /// Key count and bytes of every shard key stored here as a unit.
+    /// Key count and bytes of every shard key stored here as a unit (not one still
+    /// arriving: its source counts it until the hand-off).
     pub fn unit_stats(&self) -> Result<Vec<(Keyspace, SlotStats)>> {
-        let units = read_lock(&self.shared.meta).descriptor.units.clone();
+        let units = {
+            let m = read_lock(&self.shared.meta);
+            let mut units = m.descriptor.units.clone();
+            units.retain(|ks, _| !m.descriptor.unit_moves.incoming.contains_key(ks));
+            units
+        };
         let stats: std::collections::HashMap<Slot, SlotStats> =
             self.slot_stats()?.into_iter().collect();
         Ok(units

@@ -8,14 +8,13 @@
 //! shards a shard key's buckets go to is the catalog's (changed by the mover once `Done`
 //! committed); the shards only ever say what they hold.
 
-use unikv_types::{Keyspace, KvError, KvReply};
+use unikv_types::{KvError, KvReply};
 
 use crate::command::{CommandResult, UnitCommand};
 use crate::descriptor::{Forward, Incoming, Outgoing, ShardDescriptor};
 use crate::error::Result;
-use crate::moves::{export_slot, refused, SlotExport};
+use crate::moves::refused;
 use crate::overlay::Overlay;
-use crate::state_machine::Store;
 
 pub(crate) fn apply_unit(
     ov: &mut Overlay<'_>,
@@ -47,6 +46,8 @@ pub(crate) fn apply_unit(
                 ))
             } else if !d.units.contains_key(&ks) && d.unit_moves.forwards.contains_key(&ks) {
                 refused(format!("shard key {ks} already moved away from here"))
+            } else if d.dropped_keyspaces.contains(&ks) {
+                refused(format!("keyspace {ks} was deleted here"))
             } else if d.unit_for(ks).is_none() {
                 // A shard key nothing was written to here yet moves as an empty unit.
                 Err(KvError::Unavailable {
@@ -72,21 +73,22 @@ pub(crate) fn apply_unit(
                 source: *from,
                 epoch: *epoch,
             };
-            if d.unit_moves.incoming.get(&ks) == Some(&arriving) {
+            let same = d.unit_moves.arrived.get(&ks) == Some(&arriving);
+            if d.unit_moves.incoming.get(&ks) == Some(&arriving)
+                || (same && d.units.contains_key(&ks))
+            {
                 ok
             } else if d.units.contains_key(&ks) {
-                if d.unit_moves.epoch(ks) >= *epoch {
-                    ok
-                } else {
-                    refused(format!("shard key {ks} is already held here"))
-                }
-            } else if d
-                .unit_moves
-                .forwards
-                .get(&ks)
-                .is_some_and(|f| f.epoch >= *epoch)
-            {
-                refused(format!("shard key {ks} already moved on from here"))
+                // A part of this shard key is here already (from another source, or this
+                // shard's own): a shard holds one part of a key at most.
+                refused(format!(
+                    "shard key {ks} already has a part on shard {}",
+                    d.shard
+                ))
+            } else if same {
+                refused(format!(
+                    "shard key {ks}: the hand-off from {from} at {epoch} was received here already and has left or was dropped"
+                ))
             } else if d.dropped_keyspaces.contains(&ks) {
                 refused(format!("keyspace {ks} was deleted here"))
             } else {
@@ -101,8 +103,8 @@ pub(crate) fn apply_unit(
                         ov.install_slot(unit, &[], &pairs, dedup, *dedup_horizon_ms)?;
                         d.units.insert(ks, unit);
                         d.unit_moves.incoming.insert(ks, arriving);
+                        d.unit_moves.arrived.insert(ks, arriving);
                         d.unit_moves.epochs.insert(ks, *epoch);
-                        d.unit_moves.forwards.remove(&ks);
                         d.version += 1;
                         ok
                     }
@@ -160,7 +162,10 @@ pub(crate) fn apply_unit(
             let ks = *keyspace;
             match d.unit_moves.incoming.get(&ks).copied() {
                 Some(h) if h.epoch == *epoch => {
+                    // Serving it now: a note that it once left is void (kept until here, so
+                    // a dropped arrival leaves the note that refuses a fresh unit).
                     d.unit_moves.incoming.remove(&ks);
+                    d.unit_moves.forwards.remove(&ks);
                     d.version += 1;
                     ok
                 }
@@ -188,14 +193,4 @@ pub(crate) fn apply_unit(
         tracing::warn!(shard = %d.shard, command = ?c, error = %e, "shard key move step refused");
     }
     Ok(res)
-}
-
-impl Store {
-    /// The unit of shard key `ks` here and everything stored in it, for handing it off.
-    pub fn export_unit(&self, ks: Keyspace) -> Result<Option<SlotExport>> {
-        self.consistent(
-            |d| d.units.get(&ks).copied(),
-            |unit, db| unit.map(|u| export_slot(db, u)).transpose(),
-        )
-    }
 }

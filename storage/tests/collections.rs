@@ -8,10 +8,10 @@ use openraft::testing::log_id;
 use openraft::EntryPayload;
 use unikv_storage::apply::apply_entries_cached;
 use unikv_storage::db::{kv_key, CF_KV, CF_SM};
+use unikv_storage::keyspace_stats::keyspace_stats;
 use unikv_storage::meta::{FORMAT, KEY_FORMAT};
 use unikv_storage::moves::export_slot;
 use unikv_storage::raft_types::Entry;
-use unikv_storage::usage::keyspace_stats;
 use unikv_storage::{Command, MoveCommand, RegistryCommand, TypeConfig};
 use unikv_types::catalog::{
     catalog_slot, Catalog, CatalogChange, CatalogOp, CatalogOutcome, Sharding, CATALOG_KEY,

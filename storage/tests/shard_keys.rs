@@ -124,13 +124,18 @@ fn a_shard_is_removed_only_once_drained_and_empty_and_then_for_good() {
         z.apply(Command::Registry(RegistryCommand::Retire)),
         Ok(KvReply::Written)
     );
-    // `Retire` of a drained shard removes it at once.
+    // `Retire` of a drained shard marks it to go (the balancer removes it once no shard key
+    // is placed on it either).
     let mut y = Shard::with_ranges(4, vec![]);
     assert_eq!(
         y.apply(Command::Registry(RegistryCommand::Retire)),
         Ok(KvReply::Written)
     );
-    assert_eq!(y.meta.descriptor.state, ShardState::Removed);
+    let d = &y.meta.descriptor;
+    assert_eq!(
+        (d.state, d.forget_when_drained),
+        (ShardState::Inactive, true)
+    );
 }
 
 fn bucket_write(key: &str, v: &str, ks: Keyspace, client: Option<(&str, u64)>) -> Command {
@@ -309,4 +314,72 @@ fn a_shard_keys_unit_moves_with_at_most_one_shard_serving_it() {
         epoch: Epoch(2),
     });
     assert_eq!(dst.apply(stale).unwrap_err().code(), "move_refused");
+}
+
+#[test]
+fn a_second_part_of_a_shard_key_is_refused_and_a_dropped_arrival_leaves_the_note() {
+    // Shard 3 holds shard key USERS's part from shard 1 (received at epoch 2).
+    let mut t = Shard::with_ranges(3, vec![]);
+    t.apply(Command::Registry(RegistryCommand::SetState {
+        state: ShardState::Active,
+    }))
+    .unwrap();
+    let unit_in = |from: u64, epoch: u64, v: &str| {
+        Command::Unit(UnitCommand::In {
+            keyspace: USERS,
+            from: ShardId(from),
+            epoch: Epoch(epoch),
+            kv: vec![(format!("from-{from}"), v.to_string())],
+            dedup: vec![],
+            dedup_horizon_ms: 0,
+        })
+    };
+    assert_eq!(t.apply(unit_in(1, 2, "a")), Ok(KvReply::Written));
+    let activate = Command::Unit(UnitCommand::Activate {
+        keyspace: USERS,
+        epoch: Epoch(2),
+    });
+    assert_eq!(t.apply(activate), Ok(KvReply::Written));
+    assert_eq!(t.apply(unit_in(1, 2, "a")), Ok(KvReply::Written), "a retry");
+    // Shard 2's part of the same key, at its own epoch 2: refused, never taken for a retry
+    // (its source would then delete data nobody holds).
+    let e = t.apply(unit_in(2, 2, "b")).unwrap_err();
+    assert_eq!(e.code(), "move_refused", "{e}");
+    assert_eq!(unit_value(&t, USERS, "from-2"), None);
+
+    // Shard 3 hands its part to shard 4 (note: USERS went to 4), then gets one back that is
+    // aborted and dropped: the note must stay, so a write routed by a stale catalog is
+    // refused — never given a fresh, empty unit.
+    for step in [
+        UnitCommand::Out {
+            keyspace: USERS,
+            to: ShardId(4),
+            epoch: Epoch(3),
+        },
+        UnitCommand::Done {
+            keyspace: USERS,
+            epoch: Epoch(3),
+        },
+    ] {
+        assert_eq!(t.apply(Command::Unit(step)), Ok(KvReply::Written));
+    }
+    assert_eq!(t.apply(unit_in(4, 4, "c")), Ok(KvReply::Written));
+    let drop = Command::Unit(UnitCommand::Drop {
+        keyspace: USERS,
+        epoch: Epoch(4),
+    });
+    assert_eq!(t.apply(drop), Ok(KvReply::Written));
+    let e = t
+        .apply(bucket_write("k", "lost?", USERS, None))
+        .unwrap_err();
+    assert_eq!(e.code(), "wrong_shard", "{e}");
+    assert!(
+        !t.meta.descriptor.units.contains_key(&USERS),
+        "no fresh unit"
+    );
+    // The same hand-off arriving again after the drop is refused too.
+    assert_eq!(
+        t.apply(unit_in(4, 4, "c")).unwrap_err().code(),
+        "move_refused"
+    );
 }

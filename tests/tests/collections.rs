@@ -100,6 +100,14 @@ async fn collections_through_the_router_and_any_node() {
         assert_eq!(names(&r), want, "node {n}: {r}");
         assert_eq!(catalog_version(&r), v1, "node {n}");
     }
+    // The cluster gossips sealed (the catalog version above came by gossip): every node
+    // accepted authentic datagrams and dropped none as forged.
+    let r = call(&api, some_node, Method::GET, "/raft/status", Value::Null).await;
+    let g = r.field("gossip_datagrams").cloned().unwrap_or_default();
+    assert!(
+        g["accepted"].as_u64().unwrap_or(0) > 0 && g["forged"] == json!(0),
+        "gossip_datagrams: {r}"
+    );
     // `/config` shows the catalog the node last read.
     let r = call(&api, some_node, Method::GET, "/config", Value::Null).await;
     let catalog = r.field("catalog").cloned().unwrap_or_default();

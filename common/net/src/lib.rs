@@ -14,6 +14,7 @@
 mod error;
 mod frame;
 mod pool;
+pub mod secrets;
 mod serve;
 pub mod tls;
 mod transport;
@@ -25,6 +26,7 @@ pub use error::{Error, Result};
 pub use frame::{read_frame, write_frame, MAX_MESSAGE};
 /// The stream halves of [`Incoming`] and [`Transport::open`], for streaming protocols.
 pub use quinn::{RecvStream, SendStream};
+pub use secrets::load_or_create_gossip_key;
 pub use serve::{Handler, Incoming};
 pub use tls::ClusterTls;
 pub use transport::Transport;

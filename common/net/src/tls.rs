@@ -17,11 +17,9 @@
 
 use std::fmt;
 use std::fs;
-use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{IdleTimeout, TransportConfig, VarInt};
@@ -271,26 +269,12 @@ fn load_or_create_ca(dir: &Path) -> Result<(CertificateDer<'static>, KeyPair)> {
     let cert = ca_params().self_signed(&key).map_err(tls)?;
     let pem = format!("{}{}", cert.pem(), key.serialize_pem());
 
-    let tmp = dir.join(temp_name());
-    if let Err(e) = write_private(&tmp, pem.as_bytes()) {
-        let _ = fs::remove_file(&tmp);
-        return Err(e.into());
-    }
-    // hard_link fails if ca.pem exists, so the first creator wins atomically and nobody ever
-    // sees a partial file (the temp file was complete and synced before linking).
-    let linked = fs::hard_link(&tmp, &path);
-    let _ = fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => {
-            sync_dir(dir);
-            tracing::info!(path = %path.display(), "created cluster CA");
-            Ok((cert.der().clone(), key))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            tracing::debug!(path = %path.display(), "cluster CA created concurrently; loading it");
-            parse_ca(&fs::read(&path)?, &path)
-        }
-        Err(e) => Err(e.into()),
+    if crate::secrets::create_once(dir, CA_FILE, pem.as_bytes())? {
+        tracing::info!(path = %path.display(), "created cluster CA");
+        Ok((cert.der().clone(), key))
+    } else {
+        tracing::debug!(path = %path.display(), "cluster CA created concurrently; loading it");
+        parse_ca(&fs::read(&path)?, &path)
     }
 }
 
@@ -302,41 +286,6 @@ fn parse_ca(pem: &[u8], path: &Path) -> Result<(CertificateDer<'static>, KeyPair
     let key = KeyPair::try_from(&key)
         .map_err(|e| Error::Tls(format!("{}: bad CA key: {e}", path.display())))?;
     Ok((cert, key))
-}
-
-/// A name no other thread or process will pick: pid + time + per-process counter.
-fn temp_name() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!(".{CA_FILE}.{}.{nanos}.{n}.tmp", std::process::id())
-}
-
-/// Writes a new file readable only by the owner (it holds the CA key) and syncs it.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
-/// Best effort: make the new directory entry durable.
-fn sync_dir(dir: &Path) {
-    #[cfg(unix)]
-    if let Err(e) = fs::File::open(dir).and_then(|d| d.sync_all()) {
-        tracing::debug!(dir = %dir.display(), error = %e, "fsync of CA directory failed");
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
 }
 
 fn tls(e: impl fmt::Display) -> Error {

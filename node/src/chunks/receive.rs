@@ -63,6 +63,12 @@ impl Node {
             if f.target == q.target && f.epoch == q.epoch {
                 return Ok(ChunkStatus::Done);
             }
+            // Handed off later, or at that epoch elsewhere, and not held again here: the
+            // attempt asked about was aborted (the chunk cannot have come back here while
+            // the asking target holds it unactivated).
+            if !d.chunks.owned.contains_key(&q.id) && (f.epoch > q.epoch || f.target != q.target) {
+                return Ok(ChunkStatus::Aborted);
+            }
         }
         Ok(match d.chunks.owned.get(&q.id) {
             Some(c)

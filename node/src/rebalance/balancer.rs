@@ -74,12 +74,14 @@ async fn tick(rb: &Arc<Rebalancer>) {
     }
     // Drained and asked to go (`/removeshard?forget=true`): removed for good, once no shard
     // key is placed here either.
-    let placed_here = !node
-        .catalog
-        .current()
-        .shard_keys_on(node.shard())
-        .is_empty();
-    if d.state == ShardState::Inactive && d.forget_when_drained && !placed_here {
+    if d.state == ShardState::Inactive && d.forget_when_drained {
+        let placed_here = match node.read_catalog().await {
+            Ok(c) => !c.shard_keys_on(node.shard()).is_empty(),
+            Err(_) => true,
+        };
+        if placed_here {
+            return;
+        }
         if let Err(e) = node
             .propose(Command::Registry(RegistryCommand::SetState {
                 state: ShardState::Removed,

@@ -79,9 +79,23 @@ async fn round(node: &Arc<Node>) {
         .shard_keys_on(node.shard())
         .into_iter()
         .filter_map(|(c, k, on)| Some((cat.target(&c, Some(&k)).ok()?.keyspace, on)))
-        .find(|(ks, _)| !m.outgoing.contains_key(ks) && !m.incoming.contains_key(ks));
-    let Some((ks, on)) = next else {
+        // Not one whose part left already (its catalog change is pending, above).
+        .find(|(ks, _)| {
+            !m.outgoing.contains_key(ks)
+                && !m.incoming.contains_key(ks)
+                && (d.units.contains_key(ks) || !m.forwards.contains_key(ks))
+        });
+    let Some((ks, _)) = next else {
         return;
+    };
+    // Where it is now, from the catalog itself (another shard may have just moved a part).
+    let on = match node.read_catalog().await.map(|c| c.shard_key_of(ks)) {
+        Ok(Some((_, _, Placement::Shards(s)))) => s,
+        Ok(_) => return,
+        Err(e) => {
+            tracing::debug!(error = %e, "draining shard keys: no catalog");
+            return;
+        }
     };
     let view = node.gossip.view();
     let target = view

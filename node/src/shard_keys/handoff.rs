@@ -49,11 +49,13 @@ impl Node {
             }
         };
         let frozen_at = Instant::now();
-        let export = self
+        let Some(export) = self
             .store
             .export_unit(ks)
             .map_err(|e| KvError::Internal(e.to_string()))?
-            .unwrap_or_default();
+        else {
+            return Err(self.unavailable(format!("shard key {ks} left this shard meanwhile")));
+        };
         let kv: Vec<(String, String)> = export
             .collections_kv
             .into_iter()

@@ -55,9 +55,15 @@ impl Node {
         self.lead_barrier().await?;
         let d = self.store.descriptor();
         let m = &d.unit_moves;
-        if let Some(f) = m.forwards.get(&q.keyspace) {
+        let held = d.units.contains_key(&q.keyspace) && !m.incoming.contains_key(&q.keyspace);
+        if let Some(f) = m.forwards.get(&q.keyspace).filter(|_| !held) {
             if f.target == q.target && f.epoch == q.epoch {
                 return Ok(UnitStatus::Done);
+            }
+            // Handed off later, or at that epoch elsewhere: the attempt asked about was
+            // aborted (the part could not have come back here while the target holds it).
+            if f.epoch > q.epoch || f.target != q.target {
+                return Ok(UnitStatus::Aborted);
             }
         }
         let moving = m.outgoing.get(&q.keyspace);
