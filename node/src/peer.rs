@@ -15,6 +15,18 @@ use unikv_types::{KvError, NodeRef, ShardId};
 
 use crate::service::Node;
 
+/// How a hand-off (of a slot, a chunk or a shard key's part) ended, as its source tells the
+/// target that asks (`MOVE_STATUS`, `CHUNK_STATUS`, `UNIT_STATUS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum HandoffStatus {
+    /// The source let go: the target may serve.
+    Done,
+    /// Still handing off, or the source cannot tell: wait.
+    Pending,
+    /// The source kept it: the target drops its copy.
+    Aborted,
+}
+
 /// Longest single attempt.
 const PER_TRY: Duration = Duration::from_secs(3);
 /// Pause when the view names no member of the shard, or every member failed once.

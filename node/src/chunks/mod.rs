@@ -14,4 +14,4 @@ mod receive;
 mod serve;
 
 pub use balance::spawn;
-pub use messages::{ChunkActivate, ChunkIn, ChunkStatus, ChunkStatusRequest};
+pub use messages::{ChunkActivate, ChunkIn, ChunkStatusRequest};

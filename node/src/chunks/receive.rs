@@ -10,8 +10,9 @@ use std::time::Duration;
 use unikv_storage::{ChunkCommand, ChunkState, Command};
 use unikv_types::{rpc_kind, wall_clock_ms, ChunkId, Epoch, KvError, ShardId, ShardState};
 
-use super::messages::{ChunkActivate, ChunkIn, ChunkStatus, ChunkStatusRequest};
+use super::messages::{ChunkActivate, ChunkIn, ChunkStatusRequest};
 use crate::peer::call_shard;
+use crate::peer::HandoffStatus;
 use crate::service::Node;
 
 /// The task-set tag of an activation check.
@@ -56,18 +57,18 @@ impl Node {
     /// `CHUNK_STATUS`, answered by the source leader from state that includes every
     /// committed step. A source that no longer knows the chunk says `Pending`: only a source
     /// that holds it again may make the target drop its copy.
-    pub async fn chunk_status(&self, q: ChunkStatusRequest) -> Result<ChunkStatus, KvError> {
+    pub async fn chunk_status(&self, q: ChunkStatusRequest) -> Result<HandoffStatus, KvError> {
         self.lead_barrier().await?;
         let d = self.store.descriptor();
         if let Some(f) = d.chunks.forwards.get(&q.id) {
             if f.target == q.target && f.epoch == q.epoch {
-                return Ok(ChunkStatus::Done);
+                return Ok(HandoffStatus::Done);
             }
             // Handed off later, or at that epoch elsewhere, and not held again here: the
             // attempt asked about was aborted (the chunk cannot have come back here while
             // the asking target holds it unactivated).
             if !d.chunks.owned.contains_key(&q.id) && (f.epoch > q.epoch || f.target != q.target) {
-                return Ok(ChunkStatus::Aborted);
+                return Ok(HandoffStatus::Aborted);
             }
         }
         Ok(match d.chunks.owned.get(&q.id) {
@@ -78,10 +79,12 @@ impl Node {
                         epoch: q.epoch,
                     }) =>
             {
-                ChunkStatus::Pending
+                HandoffStatus::Pending
             }
-            Some(c) if c.state == ChunkState::Serving && c.epoch >= q.epoch => ChunkStatus::Aborted,
-            _ => ChunkStatus::Pending,
+            Some(c) if c.state == ChunkState::Serving && c.epoch >= q.epoch => {
+                HandoffStatus::Aborted
+            }
+            _ => HandoffStatus::Pending,
         })
     }
 
@@ -96,7 +99,7 @@ impl Node {
             epoch,
             target: self.shard(),
         };
-        let status = call_shard::<_, ChunkStatus>(
+        let status = call_shard::<_, HandoffStatus>(
             self,
             source,
             rpc_kind::CHUNK_STATUS,
@@ -105,9 +108,9 @@ impl Node {
         )
         .await;
         let step = match status {
-            Ok(ChunkStatus::Done) => Some(ChunkCommand::Activate { id, epoch }),
-            Ok(ChunkStatus::Aborted) => Some(ChunkCommand::Drop { id, epoch }),
-            Ok(ChunkStatus::Pending) | Err(_) => None,
+            Ok(HandoffStatus::Done) => Some(ChunkCommand::Activate { id, epoch }),
+            Ok(HandoffStatus::Aborted) => Some(ChunkCommand::Drop { id, epoch }),
+            Ok(HandoffStatus::Pending) | Err(_) => None,
         };
         if let Some(step) = step {
             if let Err(e) = self.propose(Command::Chunk(step)).await {

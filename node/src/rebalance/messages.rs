@@ -30,16 +30,6 @@ pub struct MoveStatusRequest {
     pub target: ShardId,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MoveStatus {
-    /// The source gave the slot up: the target may serve it.
-    Done,
-    /// The source is still handing it off.
-    Pending,
-    /// The source kept the slot: the target must drop its copy.
-    Aborted,
-}
-
 /// Activation nudge from the source once `Done` committed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ActivateRequest {

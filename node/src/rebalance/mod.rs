@@ -30,7 +30,8 @@ use tokio::sync::watch;
 use unikv_http::method_not_allowed;
 use unikv_types::KvError;
 
-pub use messages::{ActivateRequest, MoveIn, MoveStatus, MoveStatusRequest, ShardAdmin};
+use crate::peer::HandoffStatus;
+pub use messages::{ActivateRequest, MoveIn, MoveStatusRequest, ShardAdmin};
 pub use rebalancer::Rebalancer;
 
 impl Rebalancer {
@@ -45,7 +46,7 @@ impl Rebalancer {
     }
 
     /// `MOVE_STATUS` (source leader): how the hand-off the target asks about ended.
-    pub async fn move_status(&self, q: MoveStatusRequest) -> Result<MoveStatus, KvError> {
+    pub async fn move_status(&self, q: MoveStatusRequest) -> Result<HandoffStatus, KvError> {
         receive::handle_status(&self.node, q).await
     }
 

@@ -11,9 +11,10 @@ use std::time::Duration;
 use unikv_storage::{Command, Forward, Incoming, MoveCommand, Outgoing};
 use unikv_types::{rpc_kind, KvError, KvReply, Slot};
 
-use super::messages::{ActivateRequest, MoveIn, MoveStatus, MoveStatusRequest};
+use super::messages::{ActivateRequest, MoveIn, MoveStatusRequest};
 use super::rebalancer::{lock, Rebalancer};
 use crate::peer::call_shard;
+use crate::peer::HandoffStatus;
 use crate::service::Node;
 
 fn done(r: Result<KvReply, KvError>) -> Result<(), KvError> {
@@ -53,17 +54,17 @@ pub async fn handle_activate(node: &Node, a: ActivateRequest) -> Result<(), KvEr
 }
 
 /// Answered by the source leader from state that includes every committed step.
-pub async fn handle_status(node: &Node, q: MoveStatusRequest) -> Result<MoveStatus, KvError> {
+pub async fn handle_status(node: &Node, q: MoveStatusRequest) -> Result<HandoffStatus, KvError> {
     node.lead_barrier().await?;
     let d = node.store.descriptor();
     let (target, epoch) = (q.target, q.epoch);
     Ok(
         if d.forwards.get(&q.slot) == Some(&Forward { target, epoch }) {
-            MoveStatus::Done
+            HandoffStatus::Done
         } else if d.outgoing.get(&q.slot) == Some(&Outgoing { target, epoch }) {
-            MoveStatus::Pending
+            HandoffStatus::Pending
         } else {
-            MoveStatus::Aborted
+            HandoffStatus::Aborted
         },
     )
 }
@@ -81,7 +82,7 @@ pub fn spawn_activation_check(rb: Arc<Rebalancer>, slot: Slot, h: Incoming) {
             epoch: h.epoch,
             target: node.shard(),
         };
-        let status = call_shard::<_, MoveStatus>(
+        let status = call_shard::<_, HandoffStatus>(
             node,
             h.source,
             rpc_kind::MOVE_STATUS,
@@ -90,15 +91,15 @@ pub fn spawn_activation_check(rb: Arc<Rebalancer>, slot: Slot, h: Incoming) {
         )
         .await;
         let step = match status {
-            Ok(MoveStatus::Done) => Some(MoveCommand::Activate {
+            Ok(HandoffStatus::Done) => Some(MoveCommand::Activate {
                 slot,
                 epoch: h.epoch,
             }),
-            Ok(MoveStatus::Aborted) => Some(MoveCommand::Drop {
+            Ok(HandoffStatus::Aborted) => Some(MoveCommand::Drop {
                 slot,
                 epoch: h.epoch,
             }),
-            Ok(MoveStatus::Pending) | Err(_) => None,
+            Ok(HandoffStatus::Pending) | Err(_) => None,
         };
         if let Some(step) = step {
             if let Err(e) = node.propose(Command::Move(step)).await {

@@ -24,16 +24,6 @@ pub struct UnitStatusRequest {
     pub target: ShardId,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum UnitStatus {
-    /// The source let go: the target may serve.
-    Done,
-    /// Still handing off (or the source cannot tell): wait.
-    Pending,
-    /// The source kept it: the target drops its copy.
-    Aborted,
-}
-
 /// The source's nudge once `Done` committed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UnitActivate {

@@ -15,4 +15,4 @@ mod messages;
 mod receive;
 
 pub use drain::spawn;
-pub use messages::{UnitActivate, UnitIn, UnitStatus, UnitStatusRequest};
+pub use messages::{UnitActivate, UnitIn, UnitStatusRequest};

@@ -10,8 +10,8 @@ use std::time::Duration;
 use unikv_storage::{Command, UnitCommand};
 use unikv_types::{rpc_kind, Epoch, Keyspace, KvError, ShardId, ShardState};
 
-use super::messages::{UnitActivate, UnitIn, UnitStatus, UnitStatusRequest};
-use crate::peer::call_shard;
+use super::messages::{UnitActivate, UnitIn, UnitStatusRequest};
+use crate::peer::{call_shard, HandoffStatus};
 use crate::service::Node;
 
 /// The task-set tag of an arrival check.
@@ -51,28 +51,28 @@ impl Node {
 
     /// `UNIT_STATUS`, answered by the source leader from state that includes every committed
     /// step. Only a source that holds the unit again says `Aborted`.
-    pub async fn unit_status(&self, q: UnitStatusRequest) -> Result<UnitStatus, KvError> {
+    pub async fn unit_status(&self, q: UnitStatusRequest) -> Result<HandoffStatus, KvError> {
         self.lead_barrier().await?;
         let d = self.store.descriptor();
         let m = &d.unit_moves;
         let held = d.units.contains_key(&q.keyspace) && !m.incoming.contains_key(&q.keyspace);
         if let Some(f) = m.forwards.get(&q.keyspace).filter(|_| !held) {
             if f.target == q.target && f.epoch == q.epoch {
-                return Ok(UnitStatus::Done);
+                return Ok(HandoffStatus::Done);
             }
             // Handed off later, or at that epoch elsewhere: the attempt asked about was
             // aborted (the part could not have come back here while the target holds it).
             if f.epoch > q.epoch || f.target != q.target {
-                return Ok(UnitStatus::Aborted);
+                return Ok(HandoffStatus::Aborted);
             }
         }
         let moving = m.outgoing.get(&q.keyspace);
         Ok(match moving {
-            Some(h) if h.target == q.target && h.epoch == q.epoch => UnitStatus::Pending,
+            Some(h) if h.target == q.target && h.epoch == q.epoch => HandoffStatus::Pending,
             None if d.units.contains_key(&q.keyspace) && m.epoch(q.keyspace) >= q.epoch => {
-                UnitStatus::Aborted
+                HandoffStatus::Aborted
             }
-            _ => UnitStatus::Pending,
+            _ => HandoffStatus::Pending,
         })
     }
 
@@ -86,7 +86,7 @@ impl Node {
             epoch,
             target: self.shard(),
         };
-        let status = call_shard::<_, UnitStatus>(
+        let status = call_shard::<_, HandoffStatus>(
             self,
             source,
             rpc_kind::UNIT_STATUS,
@@ -95,15 +95,15 @@ impl Node {
         )
         .await;
         let step = match status {
-            Ok(UnitStatus::Done) => Some(UnitCommand::Activate {
+            Ok(HandoffStatus::Done) => Some(UnitCommand::Activate {
                 keyspace: ks,
                 epoch,
             }),
-            Ok(UnitStatus::Aborted) => Some(UnitCommand::Drop {
+            Ok(HandoffStatus::Aborted) => Some(UnitCommand::Drop {
                 keyspace: ks,
                 epoch,
             }),
-            Ok(UnitStatus::Pending) | Err(_) => None,
+            Ok(HandoffStatus::Pending) | Err(_) => None,
         };
         if let Some(step) = step {
             if let Err(e) = self.propose(Command::Unit(step)).await {
