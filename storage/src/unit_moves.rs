@@ -115,13 +115,9 @@ pub(crate) fn apply_unit(
             let ks = *keyspace;
             match d.unit_moves.outgoing.get(&ks).copied() {
                 Some(h) if h.epoch == *epoch => {
-                    if let Some(unit) = d.units.remove(&ks) {
-                        ov.delete_slot(unit)?;
-                    }
+                    delete_unit(ov, d, ks)?;
                     d.unit_moves.outgoing.remove(&ks);
-                    d.unit_moves.epochs.remove(&ks);
                     d.unit_moves.forwards.insert(ks, Forward::from(h));
-                    d.version += 1;
                     ok
                 }
                 _ if d
@@ -177,12 +173,8 @@ pub(crate) fn apply_unit(
             let ks = *keyspace;
             match d.unit_moves.incoming.get(&ks).copied() {
                 Some(h) if h.epoch == *epoch => {
-                    if let Some(unit) = d.units.remove(&ks) {
-                        ov.delete_slot(unit)?;
-                    }
+                    delete_unit(ov, d, ks)?;
                     d.unit_moves.incoming.remove(&ks);
-                    d.unit_moves.epochs.remove(&ks);
-                    d.version += 1;
                     ok
                 }
                 _ => ok,
@@ -193,4 +185,19 @@ pub(crate) fn apply_unit(
         tracing::warn!(shard = %d.shard, command = ?c, error = %e, "shard key move step refused");
     }
     Ok(res)
+}
+
+/// Deletes the unit of `ks` held here (data, dedup table, statistics) and its epoch; the
+/// caller records why (a hand-off done, an arrival dropped).
+fn delete_unit(
+    ov: &mut Overlay<'_>,
+    d: &mut ShardDescriptor,
+    ks: unikv_types::Keyspace,
+) -> Result<()> {
+    if let Some(unit) = d.units.remove(&ks) {
+        ov.delete_slot(unit)?;
+    }
+    d.unit_moves.epochs.remove(&ks);
+    d.version += 1;
+    Ok(())
 }
