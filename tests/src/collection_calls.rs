@@ -48,6 +48,26 @@ pub async fn value(api: &Api, node: u64, key: &str, collection: Option<&str>) ->
     kv(api, node, "get", &q).await
 }
 
+/// [`value`], asked again while the answer is `503 unavailable` (a shard electing a leader
+/// after a fault: the router gives up on a request after its deadline and the client
+/// retries), for at most `timeout`; any other answer is returned as it is.
+pub async fn value_once_served(
+    api: &Api,
+    node: u64,
+    key: &str,
+    collection: Option<&str>,
+    timeout: std::time::Duration,
+) -> Resp {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let r = value(api, node, key, collection).await;
+        if r.status != 503 || std::time::Instant::now() >= deadline {
+            return r;
+        }
+        tokio::time::sleep(crate::wait::POLL_INTERVAL).await;
+    }
+}
+
 pub fn catalog_version(r: &Resp) -> u64 {
     r.field("version")
         .or_else(|| r.field("catalog_version"))

@@ -6,7 +6,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 use unikv_tests::api::{Body, REQUEST_TIMEOUT};
-use unikv_tests::collection_calls::{call, catalog_version, kv, signal, value};
+use unikv_tests::collection_calls::{call, catalog_version, kv, signal, value_once_served};
 use unikv_tests::{
     assert_json_error, node_ref, wait_until_ok, Proc, Unified, ROUTER, UNIFIED_WAIT,
 };
@@ -445,8 +445,9 @@ async fn a_promote_whose_coordinator_is_killed_happens_once_or_not_at_all() {
         assert_eq!(catalog_version(&r), version + 1, "exactly one flip: {r}");
         let r = call(&api, ROUTER, Method::GET, &path, Value::Null).await;
         assert_eq!(r.str_field("sharding"), Some("custom"), "{r}");
+        // The victim's shard may still be electing a leader: a read answers 503 until then.
         for k in &keys {
-            let r = value(&api, ROUTER, k, Some(name.as_str())).await;
+            let r = value_once_served(&api, ROUTER, k, Some(name.as_str()), UNIFIED_WAIT).await;
             assert_eq!(r.str_field("value"), Some("v"), "{k}: {r}");
         }
     }
