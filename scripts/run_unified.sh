@@ -9,7 +9,9 @@
 #   scripts/run_unified.sh removeshard S [forget]  drain shard S (its slots move to the others;
 #                                       with forget, it is then removed from the cluster for good)
 # Shard S node N: HTTP (and gossip, UDP) port 80SN, QUIC port 180SN; router on 3000.
-# Logs: logs/unified_S_N.log, logs/router.log. Data: data/unikv_S_N, cluster CA data/tls.
+# Logs: logs/unified_S_N.log, logs/router.log. Data: data/unikv_S_N. Certificates: each process
+# gets its own directory data/certs/<node-S-N|router>, issued on its first start with
+# `unikv-node certs` from the cluster CA in data/ca (whose key no process is given).
 # Environment (for tests and side-by-side clusters): UNIKV_SHARDS (3), UNIKV_HTTP_BASE (8000),
 # UNIKV_RAFT_BASE (18000), UNIKV_ROUTER_PORT (3000), UNIKV_DATA (data), UNIKV_LOGS (logs),
 # UNIKV_HOST (localhost), UNIKV_NODE_ARGS / UNIKV_ROUTER_ARGS (extra flags; a flag given again
@@ -56,6 +58,17 @@ stop_pidfiles() {
   return 0
 }
 
+# Issues a process its certificate directory on first use: ensure_certs NAME (node S N | router).
+ensure_certs() {
+  local name=$1; shift
+  [ -f "$data/certs/$name/cert.pem" ] && return 0
+  if [ "$1" = node ]; then
+    "$UNIKV_BIN/unikv-node" certs --ca_dir "$data/ca" --out "$data/certs/$name" node --shard_id "$2" --node_id "$3" >/dev/null
+  else
+    "$UNIKV_BIN/unikv-node" certs --ca_dir "$data/ca" --out "$data/certs/$name" router --name router >/dev/null
+  fi
+}
+
 start_node() { # shard node
   local s=$1 n=$2 peers="" o
   for o in $(seq "$shards"); do
@@ -64,6 +77,7 @@ start_node() { # shard node
   done
   stop_pidfiles "$pids/unikv_${s}_${n}.pid"
   mkdir -p "$pids" "$logs"
+  ensure_certs "node-$s-$n" node "$s" "$n"
   # UNIKV_CLOCK_RATE (fault tests): run the node's clocks, monotonic included, at that rate.
   local clock=()
   if [ -n "${UNIKV_CLOCK_RATE:-}" ]; then
@@ -74,7 +88,7 @@ start_node() { # shard node
   # shellcheck disable=SC2086
   "${clock[@]}" "$UNIKV_BIN/unikv-node" --shard_id "$s" --node_id "$n" --port "$(http_port "$s" "$n")" \
     --raft_addr "$host:$(raft_port "$s" "$n")" --peer_shards "$peers" --initial_shards "$shards" \
-    --data_dir "$data/unikv_${s}_${n}" --tls_dir "$data/tls" --log_file "$logs/unified_${s}_${n}.log" \
+    --data_dir "$data/unikv_${s}_${n}" --tls_dir "$data/certs/node-$s-$n" --log_file "$logs/unified_${s}_${n}.log" \
     --worker_threads 1 ${UNIKV_NODE_ARGS:-} >>"$logs/unified_${s}_${n}.out" 2>&1 &
   echo $! >"$pids/unikv_${s}_${n}.pid"
 }
@@ -84,8 +98,9 @@ start_router() {
   for s in $(seq "$shards"); do ports="${ports:+$ports,}$(http_port "$s" 1)"; done
   stop_pidfiles "$pids/router.pid"
   mkdir -p "$pids" "$logs"
+  ensure_certs router router
   # shellcheck disable=SC2086
-  "$UNIKV_BIN/unikv-router" --shard_ports "$ports" --port "$router_port" --tls_dir "$data/tls" \
+  "$UNIKV_BIN/unikv-router" --shard_ports "$ports" --port "$router_port" --tls_dir "$data/certs/router" \
     --log_file "$logs/router.log" --worker_threads 1 ${UNIKV_ROUTER_ARGS:-} >>"$logs/router.out" 2>&1 &
   echo $! >"$pids/router.pid"
 }
@@ -145,5 +160,5 @@ removeshard)
   curl -sS "$host:$(http_port 1 1)/removeshard?shardID=${2:?shard}$forget"; echo
   ;;
 router) start_router ;;
-*) sed -n '2,17p' "$0"; exit 2 ;;
+*) sed -n '2,19p' "$0"; exit 2 ;;
 esac

@@ -4,6 +4,7 @@
 #   curl:         the scripts talk to the nodes' HTTP APIs.
 #   iptables:     the fault tests (nemesis) cut UDP links between nodes on loopback.
 #   faketime:     clock-rate faults run a node's clocks (monotonic included) fast or slow.
+#   iproute2:     `ip netns` / veth: a test stands in another host with a network namespace.
 #   /dev/fuse:    the power-cut test mounts a FUSE file system (the kernel's fuse module; no
 #                 user-space package is needed, the tests mount it themselves as root).
 set -euo pipefail
@@ -12,6 +13,7 @@ dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 command -v faketime >/dev/null 2>&1 || missing+=(faketime)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

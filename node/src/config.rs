@@ -36,8 +36,9 @@ pub struct Config {
     /// Data directory [default: data/unikv_<shard>_<node>].
     #[arg(long = "data_dir", alias = "data-dir")]
     pub data_dir: Option<PathBuf>,
-    /// Directory holding the cluster CA (`ca.pem`), shared by every node of the cluster; created
-    /// by the first node that needs it [default: data/tls].
+    /// This node's certificate directory, as `unikv-node certs` writes it (ca.pem, cert.pem,
+    /// key.pem, gossip.key). Without cert.pem: a local development CA shared by the nodes of
+    /// this machine, created by the first one, loopback only [default: data/tls].
     #[arg(long = "tls_dir", alias = "tls-dir")]
     pub tls_dir: Option<PathBuf>,
     /// UDP port for gossip [default: the HTTP port number]. Nodes named in --peer_shards are
@@ -115,6 +116,13 @@ pub struct Config {
     /// Largest accepted value, in bytes.
     #[arg(long = "max_value_bytes", alias = "max-value-bytes", default_value_t = 1024 * 1024)]
     pub max_value_bytes: usize,
+    /// Most HTTP connections served at once; beyond it new ones wait to be accepted.
+    #[arg(
+        long = "max_http_connections",
+        alias = "max-http-connections",
+        default_value_t = 1024
+    )]
+    pub max_http_connections: usize,
     /// How long a request may wait for a leader, a quorum or a forwarded answer.
     #[arg(
         long = "request_timeout_ms",
@@ -282,6 +290,13 @@ impl Config {
         }
     }
 
+    pub fn http_limits(&self) -> unikv_http::HttpLimits {
+        unikv_http::HttpLimits {
+            max_connections: self.max_http_connections,
+            ..Default::default()
+        }
+    }
+
     pub fn db_options(&self) -> unikv_storage::DbOptions {
         unikv_storage::DbOptions {
             memtable_mb: self.memtable_mb,
@@ -353,6 +368,9 @@ impl Config {
         }
         if self.election_max_ms <= self.election_min_ms {
             return bad("--election_max_ms must exceed --election_min_ms".into());
+        }
+        if self.max_http_connections == 0 {
+            return bad("--max_http_connections must be positive".into());
         }
         if self.max_key_bytes == 0 || self.max_value_bytes == 0 {
             return bad("--max_key_bytes and --max_value_bytes must be positive".into());

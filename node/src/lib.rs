@@ -9,6 +9,7 @@
 pub mod append_stream;
 pub mod bootstrap;
 pub mod catalog;
+pub mod certs;
 pub mod chunks;
 pub mod config;
 pub mod error;
@@ -31,12 +32,15 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use unikv_net::{ClusterTls, Transport};
+use unikv_net::{ClusterTls, Identity, Transport};
 use unikv_storage::NodeAddr;
 
 pub use config::Config;
 pub use error::{Error, Result};
 pub use service::Node;
+
+/// How long shutdown waits for HTTP requests in flight.
+const HTTP_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs a node until `shutdown` completes, then stops Raft, the RPC server and HTTP cleanly.
 pub async fn run(
@@ -59,11 +63,12 @@ pub async fn run(
         unikv_storage::open_with(&data_dir, config.shard(), &config.db_options())?;
     let vote_hold = vote_hold::VoteHold::for_start(&config, &mut log_store, started).await?;
     let store = sm.store();
-    let tls = ClusterTls::load_or_create(
+    let tls = ClusterTls::load(
         &config.tls_dir(),
-        &format!("node-{}-{}", config.shard_id, config.node_id),
+        &Identity::node(config.shard_id, config.node_id),
     )?;
     let quic_addr = config::resolve(&config.raft_addr).await?;
+    tls.check_exposure("node", &[quic_addr, http.local_addr()?])?;
     let transport = Transport::bind(quic_addr, &tls)?;
     let raft_config = Arc::new(config.raft_config()?);
     let network = raft_net::Network {
@@ -137,15 +142,12 @@ pub async fn run(
             unikv_http::browser::browser_guard,
         ));
     let mut rx = stop_rx.clone();
+    let http_limits = node.config.http_limits();
     let http_task = tokio::spawn(async move {
-        axum::serve(
-            http,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+        let stopped = async move {
             let _ = rx.wait_for(|s| *s).await;
-        })
-        .await
+        };
+        unikv_http::serve::serve(http, app, http_limits, stopped, HTTP_DRAIN).await
     });
 
     shutdown.await;
@@ -158,7 +160,7 @@ pub async fn run(
     let _ = shard_key_task.await;
     let _ = rebalance_task.await;
     let _ = publisher.await;
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), http_task).await;
+    let _ = tokio::time::timeout(HTTP_DRAIN * 2, http_task).await;
     if let Err(e) = node.raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
     }

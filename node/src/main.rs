@@ -1,5 +1,6 @@
 //! `unikv-node`: parses flags, sets up logging, builds the runtime `--worker_threads` asks
-//! for, binds the HTTP port and runs the node until SIGINT or SIGTERM.
+//! for, binds the HTTP port and runs the node until SIGINT or SIGTERM. `unikv-node certs …`
+//! issues certificates instead (`unikv_node::certs`).
 
 use anyhow::Context;
 use clap::Parser;
@@ -9,6 +10,11 @@ use unikv_node::Config;
 const DEFAULT_FILTER: &str = "info,openraft=warn,quinn=warn,chitchat=warn";
 
 fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("certs") {
+        let command = unikv_node::certs::CertsCommand::parse_from(std::env::args().skip(1));
+        println!("{}", command.run()?);
+        return Ok(());
+    }
     let config = Config::parse();
     let runtime =
         unikv_http::process::runtime(config.worker_threads).context("building the runtime")?;

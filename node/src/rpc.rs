@@ -8,7 +8,7 @@ use openraft::raft::{VoteRequest, VoteResponse};
 use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::Snapshot;
 use tokio::io::AsyncWriteExt;
-use unikv_net::{Handler, Incoming};
+use unikv_net::{CertRole, Handler, Incoming};
 use unikv_storage::raft_types::{SnapshotMeta, Vote};
 use unikv_storage::{SnapshotFile, TypeConfig};
 use unikv_types::{rpc_kind, KvError, KvReply, KvRequest};
@@ -28,6 +28,14 @@ pub struct RpcHandler {
 }
 
 impl Handler for RpcHandler {
+    /// Nodes may send anything; a router only client requests.
+    fn permits(&self, kind: u8, role: CertRole) -> bool {
+        match role {
+            CertRole::Node => true,
+            CertRole::Router => rpc_kind::router_may_send(kind),
+        }
+    }
+
     async fn handle(&self, kind: u8, incoming: Incoming) {
         let remote = incoming.remote;
         if let Err(e) = self.dispatch(kind, incoming).await {

@@ -225,7 +225,7 @@ async fn exchange(transport: &Transport, addr: &str, mut jobs: Vec<Job>) {
 
 #[cfg(test)]
 mod tests {
-    use unikv_net::{ClusterTls, Handler, Incoming};
+    use unikv_net::{CertRole, ClusterTls, Handler, Identity, Incoming};
     use unikv_types::KvOp;
 
     use super::*;
@@ -243,6 +243,10 @@ mod tests {
     }
 
     impl Handler for Echo {
+        fn permits(&self, kind: u8, role: CertRole) -> bool {
+            role == CertRole::Node || rpc_kind::router_may_send(kind)
+        }
+
         async fn handle(&self, kind: u8, mut inc: Incoming) {
             self.exchanges.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(self.delay).await;
@@ -287,8 +291,9 @@ mod tests {
 
     async fn echo_server(delay: Duration) -> (Arc<Echo>, String, Transport, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let server_tls = ClusterTls::load_or_create(dir.path(), "node-1-1").unwrap();
-        let client_tls = ClusterTls::load_or_create(dir.path(), "router").unwrap();
+        let server_tls = ClusterTls::development(dir.path(), &Identity::node(1, 1)).unwrap();
+        let client_tls =
+            ClusterTls::development(dir.path(), &Identity::router("router").unwrap()).unwrap();
         let server = Transport::bind("127.0.0.1:0".parse().unwrap(), &server_tls).unwrap();
         let addr = server.local_addr().unwrap().to_string();
         let echo = Arc::new(Echo {

@@ -63,8 +63,9 @@ pub struct Config {
         default_value = "127.0.0.1"
     )]
     pub advertise_host: String,
-    /// Directory holding the cluster CA (`ca.pem`) shared with the nodes; the router is a
-    /// mutual-TLS client and needs a certificate signed by it.
+    /// The router's certificate directory, as `unikv-node certs … router` writes it; or the
+    /// nodes' local development CA directory (loopback only). The router is a mutual-TLS
+    /// client of the nodes.
     #[arg(long = "tls_dir", alias = "tls-dir", default_value = "data/tls")]
     pub tls_dir: PathBuf,
     /// How long one client request may take, retries and redirects included.
@@ -84,6 +85,13 @@ pub struct Config {
     /// Largest accepted value, in bytes.
     #[arg(long = "max_value_bytes", alias = "max-value-bytes", default_value_t = 1024 * 1024)]
     pub max_value_bytes: usize,
+    /// Most HTTP connections served at once; beyond it new ones wait to be accepted.
+    #[arg(
+        long = "max_http_connections",
+        alias = "max-http-connections",
+        default_value_t = 1024
+    )]
+    pub max_http_connections: usize,
     /// Write logs to this file instead of stderr (filter with RUST_LOG).
     #[arg(long = "log_file", alias = "log-file")]
     pub log_file: Option<PathBuf>,
@@ -134,6 +142,13 @@ impl Config {
         }
     }
 
+    pub fn http_limits(&self) -> unikv_http::HttpLimits {
+        unikv_http::HttpLimits {
+            max_connections: self.max_http_connections,
+            ..Default::default()
+        }
+    }
+
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
     }
@@ -141,6 +156,9 @@ impl Config {
     /// Checks the flags before anything starts.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
+        if self.max_http_connections == 0 {
+            return bad("--max_http_connections must be positive".into());
+        }
         let seeds = self.seeds();
         if seeds.is_empty() {
             return bad("--shard_ports must name at least one node".into());

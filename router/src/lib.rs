@@ -25,11 +25,12 @@ pub mod view;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use unikv_gossip::{ClusterView, Gossip, GossipConfig, MemberKind};
-use unikv_net::{ClusterTls, Transport};
+use unikv_net::{ClusterTls, Identity, Transport};
 
 pub use config::Config;
 pub use error::{Error, Result};
@@ -54,7 +55,11 @@ pub async fn run(
     )
     .map_err(Error::Config)?;
     let http_port = http.local_addr()?.port();
-    let tls = ClusterTls::load_or_create(&config.tls_dir, &format!("router-{http_port}"))?;
+    let tls = ClusterTls::load(
+        &config.tls_dir,
+        &Identity::router(&format!("router-{http_port}"))?,
+    )?;
+    tls.check_exposure("router", &[http.local_addr()?])?;
     let transport = Transport::client(&tls)?;
 
     let gossip_port = config.gossip_port.unwrap_or(http_port);
@@ -115,24 +120,22 @@ pub async fn run(
         unikv_http::browser::browser_guard,
     ));
     let mut rx = stop_rx.clone();
+    let http_limits = config.http_limits();
     let http_task = tokio::spawn(async move {
-        axum::serve(
-            http,
-            api.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+        let stopped = async move {
             let _ = rx.wait_for(|s| *s).await;
-        })
-        .await
+        };
+        unikv_http::serve::serve(http, api, http_limits, stopped, Duration::from_secs(5)).await
     });
 
     shutdown.await;
     tracing::info!(name = %name, "shutting down");
     let _ = stop_tx.send(true);
-    match tokio::time::timeout(std::time::Duration::from_secs(5), http_task).await {
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server"),
-        Err(_) => tracing::warn!("http requests still running after 5 s; leaving them"),
-        _ => {}
+    if tokio::time::timeout(Duration::from_secs(10), http_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("http server still stopping after 10 s; leaving it");
     }
     let _ = view_task.await;
     gossip.shutdown().await;

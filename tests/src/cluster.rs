@@ -77,7 +77,11 @@ impl Node {
 pub struct Cluster {
     dir: Option<tempfile::TempDir>,
     root: PathBuf,
+    /// The local development CA's directory, shared by every node; or, for a cluster
+    /// exposed beyond loopback (`--http_host`), the folder of the nodes' own certificate
+    /// directories (`node-1-N`, issued with `unikv-node certs`).
     tls_dir: PathBuf,
+    issued: bool,
     bin: PathBuf,
     flags: Vec<(String, String)>,
     nodes: Vec<Node>,
@@ -119,6 +123,7 @@ impl Cluster {
         let data_root = data_root.map_or_else(|| root.clone(), Path::to_path_buf);
         let tls_dir = data_root.join("tls");
         fs::create_dir_all(&tls_dir).expect("create tls dir");
+        let issued = flags.iter().any(|(k, _)| *k == "--http_host");
 
         let mut all_flags: Vec<(String, String)> = DEFAULT_FLAGS
             .iter()
@@ -167,6 +172,7 @@ impl Cluster {
             dir: Some(dir),
             root,
             tls_dir,
+            issued,
             bin,
             flags: all_flags,
             nodes,
@@ -269,6 +275,32 @@ impl Cluster {
         }
     }
 
+    /// The `--tls_dir` of node `id`; issued certificates are made on first use.
+    fn node_tls_dir(&self, id: u64) -> PathBuf {
+        if !self.issued {
+            return self.tls_dir.clone();
+        }
+        let dir = self.tls_dir.join(format!("node-{SHARD_ID}-{id}"));
+        if !dir.join("cert.pem").exists() {
+            let out = Command::new(&self.bin)
+                .arg("certs")
+                .arg("--ca_dir")
+                .arg(self.tls_dir.join("ca"))
+                .arg("--out")
+                .arg(&dir)
+                .args(["node", "--shard_id", &SHARD_ID.to_string()])
+                .args(["--node_id", &id.to_string()])
+                .output()
+                .expect("run unikv-node certs");
+            assert!(
+                out.status.success(),
+                "unikv-node certs: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        dir
+    }
+
     fn spawn(&self, id: u64) {
         let node = self.node(id);
         let mut st = node.lock();
@@ -300,7 +332,7 @@ impl Cluster {
             .arg("--data_dir")
             .arg(&node.data_dir)
             .arg("--tls_dir")
-            .arg(&self.tls_dir)
+            .arg(self.node_tls_dir(id))
             .arg("--log_file")
             .arg(&log);
         for (k, v) in &self.flags {

@@ -10,6 +10,10 @@ use quinn::{ConnectionError, ReadError, ReadExactError, ReadToEndError, WriteErr
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The stream error code with which a server refuses a request the sender's certificate role
+/// may not make ([`Error::Refused`] on the sender's side).
+pub const REFUSED: u32 = 0x403;
+
 /// Everything that can go wrong in the transport.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -37,6 +41,9 @@ pub enum Error {
     /// The address could not be resolved.
     #[error("resolve: {0}")]
     Resolve(String),
+    /// The peer refused the request: this process's certificate role may not send its kind.
+    #[error("{0}: refused: this process's certificate role may not send this request (a router may send only KV, KV_BATCH and READ_INDEX)")]
+    Refused(String),
 }
 
 /// One failed exchange that carried several requests (the router's KV batches) fails each of
@@ -58,6 +65,7 @@ impl Clone for Error {
             Error::Stream(s) => Error::Stream(s.clone()),
             Error::TooLarge { limit } => Error::TooLarge { limit: *limit },
             Error::Resolve(s) => Error::Resolve(s.clone()),
+            Error::Refused(s) => Error::Refused(s.clone()),
         }
     }
 }
@@ -87,7 +95,7 @@ impl Error {
     /// other's certificate) is a configuration problem, not an unreachable peer.
     pub(crate) fn dial(addr: &str, e: ConnectionError) -> Error {
         if is_crypto(&e) {
-            return Error::Tls(format!("{addr}: {e}"));
+            return Error::handshake(addr, e);
         }
         Error::Connect {
             addr: addr.to_owned(),
@@ -101,7 +109,7 @@ impl Error {
     /// [`Error::Tls`]; anything else is a protocol error.
     pub(crate) fn lost(peer: Option<&str>, e: ConnectionError) -> Error {
         if is_crypto(&e) {
-            return Error::Tls(format!("{}{e}", prefix(peer)));
+            return Error::handshake(peer.unwrap_or("peer"), e);
         }
         match (peer, &e) {
             (
@@ -118,8 +126,41 @@ impl Error {
         }
     }
 
+    /// A TLS handshake with `peer` failed: [`Error::Tls`] saying what to do about it when the
+    /// alert tells (a certificate from another CA, a non-node serving, an expired one).
+    pub(crate) fn handshake(peer: &str, e: ConnectionError) -> Error {
+        const HINT: &str =
+            "copy the cluster's ca.pem, or issue certificates from its CA with `unikv-node certs`";
+        let (code, ours) = match &e {
+            ConnectionError::TransportError(t) => (u64::from(t.code), true),
+            ConnectionError::ConnectionClosed(c) => (u64::from(c.error_code), false),
+            _ => (0, false),
+        };
+        // QUIC carries a TLS alert as 0x100 + its code (RFC 9001, 4.8). Every cluster CA has
+        // the same subject, so another cluster's certificate mostly fails on its signature
+        // (decrypt_error, 51) rather than as an unknown issuer (unknown_ca, 48).
+        let cause = match (code.checked_sub(0x100), ours) {
+            (Some(48 | 51), true) => {
+                format!("the peer's certificate is from another cluster CA: {HINT}")
+            }
+            (Some(48 | 51), false) => {
+                format!("the peer refused our certificate as from another cluster CA: {HINT}")
+            }
+            (Some(42), true) => {
+                "the peer's certificate is not a unikv node's (only a node's certificate may serve)"
+                    .to_owned()
+            }
+            (Some(45), _) => format!("a certificate has expired or is not yet valid: {HINT}"),
+            _ => return Error::Tls(format!("{peer}: {e}")),
+        };
+        Error::Tls(format!("{peer}: handshake refused: {cause} ({e})"))
+    }
+
     pub(crate) fn write(peer: Option<&str>, e: WriteError) -> Error {
         match e {
+            WriteError::Stopped(code) if code.into_inner() == u64::from(REFUSED) => {
+                Error::Refused(peer.unwrap_or("peer").to_owned())
+            }
             WriteError::ConnectionLost(c) => Error::lost(peer, c),
             other => Error::Stream(format!("{}write: {other}", prefix(peer))),
         }
@@ -127,6 +168,9 @@ impl Error {
 
     pub(crate) fn read(peer: Option<&str>, e: ReadError) -> Error {
         match e {
+            ReadError::Reset(code) if code.into_inner() == u64::from(REFUSED) => {
+                Error::Refused(peer.unwrap_or("peer").to_owned())
+            }
             ReadError::ConnectionLost(c) => Error::lost(peer, c),
             other => Error::Stream(format!("{}read: {other}", prefix(peer))),
         }

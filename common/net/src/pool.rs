@@ -4,16 +4,59 @@
 //! dominate their latency: every request instead opens a stream on a cached connection. Each
 //! address has its own async lock, held while dialing, so a burst of callers to a peer that
 //! has no connection yet produces a single handshake that they all then share.
+//!
+//! A handshake the peer refused (or whose certificate we refused) is a configuration problem
+//! that redialing cannot fix, so it is not redialed in a loop: for a while (from 250 ms,
+//! doubling to 10 s) callers get the same error at once, and a single dial tries again after.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use quinn::Connection;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
-type Slot = Arc<tokio::sync::Mutex<Option<Connection>>>;
+const FIRST_PAUSE: Duration = Duration::from_millis(250);
+const MAX_PAUSE: Duration = Duration::from_secs(10);
+
+/// One peer address: its open connection, or the handshake refusal that holds redials back.
+#[derive(Default)]
+struct Peer {
+    conn: Option<Connection>,
+    refused: Option<Refusal>,
+}
+
+struct Refusal {
+    error: Error,
+    until: Instant,
+    pause: Duration,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Peer>>;
+
+impl Peer {
+    fn refuse(&mut self, addr: &str, error: &Error) {
+        if self
+            .refused
+            .as_ref()
+            .is_some_and(|r| r.until > Instant::now())
+        {
+            return;
+        }
+        let pause = self
+            .refused
+            .as_ref()
+            .map_or(FIRST_PAUSE, |r| (r.pause * 2).min(MAX_PAUSE));
+        tracing::warn!(peer = addr, %error, pause_ms = pause.as_millis() as u64, "handshake refused; pausing redials");
+        self.refused = Some(Refusal {
+            error: error.clone(),
+            until: Instant::now() + pause,
+            pause,
+        });
+    }
+}
 
 #[derive(Default)]
 pub(crate) struct Pool {
@@ -29,28 +72,57 @@ impl Pool {
         Fut: Future<Output = Result<Connection>>,
     {
         let slot = self.slot(addr);
-        let mut cached = slot.lock().await;
-        if let Some(conn) = cached.as_ref() {
+        let mut peer = slot.lock().await;
+        if let Some(conn) = peer.conn.as_ref() {
             if conn.close_reason().is_none() {
                 return Ok(conn.clone());
             }
             tracing::debug!(peer = addr, reason = ?conn.close_reason(), "cached connection closed; redialing");
         }
-        *cached = None;
-        let conn = dial().await?;
-        *cached = Some(conn.clone());
-        Ok(conn)
+        peer.conn = None;
+        if let Some(r) = &peer.refused {
+            if let Some(left) = r.until.checked_duration_since(Instant::now()) {
+                return Err(Error::Tls(format!(
+                    "{} (not redialed for another {} ms)",
+                    r.error,
+                    left.as_millis()
+                )));
+            }
+        }
+        match dial().await {
+            Ok(conn) => {
+                peer.refused = None;
+                peer.conn = Some(conn.clone());
+                Ok(conn)
+            }
+            Err(error @ Error::Tls(_)) => {
+                peer.refuse(addr, &error);
+                Err(error)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Holds redials to `addr` back after `error`, a TLS refusal noticed on a connection that
+    /// had looked established (a server checks the client's certificate after the client
+    /// considers the handshake done).
+    pub(crate) async fn refused(&self, addr: &str, error: &Error) {
+        let slot = self.slot(addr);
+        let mut peer = slot.lock().await;
+        peer.conn = None;
+        peer.refuse(addr, error);
     }
 
     /// Drops `conn` from the pool if it is still the cached connection for `addr`.
     pub(crate) async fn evict(&self, addr: &str, conn: &Connection) {
         let slot = self.slot(addr);
-        let mut cached = slot.lock().await;
-        if cached
+        let mut peer = slot.lock().await;
+        if peer
+            .conn
             .as_ref()
             .is_some_and(|c| c.stable_id() == conn.stable_id())
         {
-            *cached = None;
+            peer.conn = None;
         }
     }
 
@@ -60,7 +132,7 @@ impl Pool {
         slots
             .into_iter()
             .filter_map(|slot| match slot.try_lock() {
-                Ok(mut cached) => cached.take(),
+                Ok(mut peer) => peer.conn.take(),
                 // A dial is in progress; the endpoint is closing, so it will fail on its own.
                 Err(_) => None,
             })

@@ -1,5 +1,6 @@
-//! Secret files of the cluster directory (`--tls_dir`): written once, race-safe, readable by
-//! the owner only. The cluster CA (`tls`) and the gossip key live here.
+//! Secret files of the cluster's directories (a process's `--tls_dir`, the CA directory):
+//! written once (or replaced whole), race-safe, readable by the owner only. The CA, the
+//! certificates' keys (`pki`) and the gossip key live here.
 //!
 //! A secret is written to a temp file, synced, and hard-linked into place: the link fails if
 //! the file exists, so the first creator wins atomically and nobody ever sees a partial file.
@@ -14,6 +15,15 @@ use crate::error::{Error, Result};
 
 /// File name of the gossip key inside the cluster directory.
 pub const GOSSIP_KEY_FILE: &str = "gossip.key";
+/// The CA certificate(s): in a process's directory the trusted roots (several while a CA is
+/// being rotated); in local development the certificate and the CA key in one file.
+pub const CA_FILE: &str = "ca.pem";
+/// The CA's private key, only ever in the CA directory.
+pub const CA_KEY_FILE: &str = "ca.key";
+/// A process's own certificate.
+pub const CERT_FILE: &str = "cert.pem";
+/// A process's own private key.
+pub const KEY_FILE: &str = "key.pem";
 
 /// Writes `bytes` to `dir/name` unless the file exists. `Ok(true)`: this call created it.
 pub(crate) fn create_once(dir: &Path, name: &str, bytes: &[u8]) -> Result<bool> {
@@ -39,8 +49,17 @@ pub(crate) fn create_once(dir: &Path, name: &str, bytes: &[u8]) -> Result<bool> 
 /// The cluster's gossip key from `dir/gossip.key` (64 hex digits), created by the first
 /// process that needs it. Every node and router of a cluster must share it (copy it with
 /// `ca.pem` to each machine).
+///
+/// A directory with certificates issued by `unikv-node certs` gets the key with them: there
+/// it is never created (a new key would cut the process off from its cluster).
 pub fn load_or_create_gossip_key(dir: &Path) -> Result<[u8; 32]> {
     let path = dir.join(GOSSIP_KEY_FILE);
+    if !path.exists() && dir.join(CERT_FILE).exists() {
+        return Err(Error::Tls(format!(
+            "{} is missing: copy it from the CA directory (`unikv-node certs` writes it beside cert.pem)",
+            path.display()
+        )));
+    }
     if !path.exists() {
         let mut key = [0u8; 32];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
@@ -57,6 +76,29 @@ pub fn load_or_create_gossip_key(dir: &Path) -> Result<[u8; 32]> {
             path.display()
         ))
     })
+}
+
+/// Writes `bytes` to `dir/name`, replacing any earlier file whole (temp file, fsync, rename).
+pub(crate) fn replace(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let tmp = dir.join(temp_name(name));
+    if let Err(e) = write_private(&tmp, bytes).and_then(|()| fs::rename(&tmp, dir.join(name))) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e.into());
+    }
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Makes `dir` reachable by its owner only (0700).
+pub(crate) fn make_private_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
 }
 
 fn parse_key(hex: &str) -> Option<[u8; 32]> {

@@ -2,20 +2,23 @@
 //!
 //! Each connection and each stream gets its own task, so one slow handler (a snapshot
 //! install, a blocked write) never delays others. The first byte of a stream selects the
-//! request kind; the rest belongs to the handler through [`Incoming`].
+//! request kind; the rest belongs to the handler through [`Incoming`]. Before that, the
+//! handler is asked whether the sender's certificate role may send that kind at all; a stream
+//! it may not is reset with [`REFUSED`], which the caller sees as [`Error::Refused`].
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::{Connection, RecvStream, SendStream};
+use quinn::{Connection, RecvStream, SendStream, VarInt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, REFUSED};
 use crate::frame::{decode, encode, MAX_MESSAGE};
+use crate::identity::{peer_role, CertRole};
 use crate::transport::Transport;
 
 /// How long [`Transport::serve`] waits for in-flight handlers after shutdown.
@@ -26,6 +29,10 @@ pub trait Handler: Send + Sync + 'static {
     /// Handles one request stream of type `kind`. Usually reads the request with
     /// [`Incoming::read`] and answers with [`Incoming::reply`].
     fn handle(&self, kind: u8, incoming: Incoming) -> impl Future<Output = ()> + Send;
+
+    /// Whether a peer whose certificate has `role` may send requests of `kind`. Asked for
+    /// every stream before [`Handler::handle`].
+    fn permits(&self, kind: u8, role: CertRole) -> bool;
 }
 
 /// One incoming request stream, after its `kind` byte.
@@ -33,6 +40,8 @@ pub struct Incoming {
     pub send: SendStream,
     pub recv: RecvStream,
     pub remote: SocketAddr,
+    /// The role the sender's certificate names.
+    pub role: CertRole,
 }
 
 impl Incoming {
@@ -135,18 +144,28 @@ async fn serve_connection<H: Handler>(
             Ok(conn) => conn,
             Err(e) => {
                 // Includes peers whose certificate is not signed by the cluster CA.
+                let e = Error::handshake(&remote.to_string(), e);
                 tracing::warn!(peer = %remote, error = %e, "incoming handshake failed");
                 return;
             }
         },
     };
-    tracing::debug!(peer = %remote, "accepted connection");
-    accept_streams(&conn, remote, handler, &mut tasks).await;
+    let Some(role) = peer_role(&conn) else {
+        tracing::warn!(peer = %remote, "refused a connection: its certificate names no unikv role (issue it with `unikv-node certs`)");
+        conn.close(
+            VarInt::from_u32(REFUSED),
+            b"certificate names no unikv role",
+        );
+        return;
+    };
+    tracing::debug!(peer = %remote, %role, "accepted connection");
+    accept_streams(&conn, remote, role, handler, &mut tasks).await;
 }
 
 async fn accept_streams<H: Handler>(
     conn: &Connection,
     remote: SocketAddr,
+    role: CertRole,
     handler: Arc<H>,
     tasks: &mut Tasks,
 ) {
@@ -165,16 +184,17 @@ async fn accept_streams<H: Handler>(
         let alive = tasks.alive.clone();
         tokio::spawn(async move {
             let _alive = alive;
-            dispatch(&*handler, send, recv, remote).await;
+            dispatch(&*handler, send, recv, remote, role).await;
         });
     }
 }
 
 async fn dispatch<H: Handler>(
     handler: &H,
-    send: SendStream,
+    mut send: SendStream,
     mut recv: RecvStream,
     remote: SocketAddr,
+    role: CertRole,
 ) {
     let mut kind = [0u8; 1];
     if let Err(e) = recv.read_exact(&mut kind).await {
@@ -183,6 +203,22 @@ async fn dispatch<H: Handler>(
         return;
     }
     let kind = kind[0];
+    if !handler.permits(kind, role) {
+        tracing::warn!(peer = %remote, %role, kind, "refused a request its certificate's role may not send");
+        let _ = send.reset(VarInt::from_u32(REFUSED));
+        let _ = recv.stop(VarInt::from_u32(REFUSED));
+        return;
+    }
     tracing::trace!(peer = %remote, kind, "request");
-    handler.handle(kind, Incoming { send, recv, remote }).await;
+    handler
+        .handle(
+            kind,
+            Incoming {
+                send,
+                recv,
+                remote,
+                role,
+            },
+        )
+        .await;
 }

@@ -9,26 +9,31 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::tls::{Material, CA_FILE};
-use crate::{read_frame, write_frame, ClusterTls, Error, Handler, Incoming, Transport};
+use crate::pki::CA_FILE;
+use crate::tls::Material;
+use crate::{
+    read_frame, write_frame, CertRole, ClusterTls, Error, Handler, Identity, Incoming, Transport,
+};
 
-const ECHO: u8 = 1;
+pub(crate) const ECHO: u8 = 1;
 const SLOW: u8 = 2;
 const FRAMES: u8 = 3;
 const HUGE_FRAME: u8 = 4;
+/// Answered like [`ECHO`], but only to nodes.
+pub(crate) const NODES_ONLY: u8 = 5;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Ping {
-    n: u64,
+pub(crate) struct Ping {
+    pub(crate) n: u64,
     text: String,
     data: Vec<u8>,
 }
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
-struct Pong {
-    n: u64,
+pub(crate) struct Pong {
+    pub(crate) n: u64,
     text: String,
     len: usize,
 }
@@ -39,12 +44,16 @@ struct Chunk {
     bytes: Vec<u8>,
 }
 
-struct TestHandler;
+pub(crate) struct TestHandler;
 
 impl Handler for TestHandler {
+    fn permits(&self, kind: u8, role: CertRole) -> bool {
+        kind != NODES_ONLY || role == CertRole::Node
+    }
+
     async fn handle(&self, kind: u8, mut incoming: Incoming) {
         match kind {
-            ECHO | SLOW => {
+            ECHO | SLOW | NODES_ONLY => {
                 let ping: Ping = match incoming.read().await {
                     Ok(ping) => ping,
                     Err(e) => panic!("bad request: {e}"),
@@ -89,26 +98,34 @@ impl Handler for TestHandler {
     }
 }
 
-struct Server {
-    transport: Transport,
-    addr: SocketAddr,
+pub(crate) struct Server {
+    pub(crate) transport: Transport,
+    pub(crate) addr: SocketAddr,
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
 }
 
 impl Server {
-    async fn shutdown(self) {
+    pub(crate) async fn shutdown(self) {
         let _ = self.stop.send(());
         self.task.await.expect("serve task");
         self.transport.close().await;
     }
 }
 
+/// Local development TLS: "node-N" is node N of shard 1, any other name a router.
 fn tls(dir: &Path, name: &str) -> ClusterTls {
-    ClusterTls::load_or_create(dir, name).expect("cluster tls")
+    ClusterTls::development(dir, &identity(name)).expect("cluster tls")
 }
 
-fn start(tls: &ClusterTls, addr: SocketAddr) -> Server {
+fn identity(name: &str) -> Identity {
+    match name.strip_prefix("node-") {
+        Some(n) => Identity::node(1, n.parse().expect("node id")),
+        None => Identity::router(name).expect("router name"),
+    }
+}
+
+pub(crate) fn start(tls: &ClusterTls, addr: SocketAddr) -> Server {
     let transport = Transport::bind(addr, tls).expect("bind");
     let addr = transport.local_addr().expect("local addr");
     let (stop, stopped) = oneshot::channel::<()>();
@@ -128,11 +145,11 @@ fn start(tls: &ClusterTls, addr: SocketAddr) -> Server {
     }
 }
 
-fn localhost() -> SocketAddr {
+pub(crate) fn localhost() -> SocketAddr {
     "127.0.0.1:0".parse().expect("addr")
 }
 
-fn ping(n: u64) -> Ping {
+pub(crate) fn ping(n: u64) -> Ping {
     Ping {
         n,
         text: format!("ping {n}"),
@@ -203,7 +220,7 @@ fn ca_is_created_once_under_a_race() {
             let barrier = barrier.clone();
             std::thread::spawn(move || {
                 barrier.wait();
-                ClusterTls::load_or_create(&dir, &format!("node-{i}"))
+                ClusterTls::development(&dir, &Identity::node(1, i))
             })
         })
         .collect();
@@ -223,7 +240,7 @@ fn ca_is_created_once_under_a_race() {
     assert_eq!(entries, vec![CA_FILE]);
 
     // A later load reuses the same CA.
-    let again = ClusterTls::load_or_create(&dir, "late").expect("reload");
+    let again = ClusterTls::development(&dir, &identity("late")).expect("reload");
     assert_eq!(again.ca_cert_der(), loaded[0].ca_cert_der());
 }
 
@@ -231,7 +248,7 @@ fn ca_is_created_once_under_a_race() {
 fn garbage_ca_file_is_an_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join(CA_FILE), b"not a pem").expect("write");
-    let err = ClusterTls::load_or_create(dir.path(), "node").expect_err("must fail");
+    let err = ClusterTls::development(dir.path(), &identity("node")).expect_err("must fail");
     assert!(matches!(err, Error::Tls(_)), "{err}");
 }
 
@@ -257,11 +274,12 @@ async fn foreign_ca_is_rejected() {
     let foreign = tls(theirs.path(), "impostor");
     let impostor = ClusterTls {
         inner: Arc::new(Material {
-            ca_cert: server_tls.inner.ca_cert.clone(),
+            roots: server_tls.inner.roots.clone(),
             leaf_cert: foreign.inner.leaf_cert.clone(),
             leaf_key: foreign.inner.leaf_key.clone(),
-            common_name: "impostor".into(),
+            identity: identity("impostor"),
             reset_seed: foreign.inner.reset_seed,
+            development: true,
         }),
     };
     let impostor = Transport::client(&impostor).expect("client");

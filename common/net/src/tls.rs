@@ -1,32 +1,22 @@
-//! Cluster PKI: one CA per cluster directory, one fresh leaf certificate per process.
+//! The TLS configuration of a process: the trusted CA certificates, this process's own
+//! certificate and key (see `pki` for where they come from), and the quinn client and server
+//! configs built from them.
 //!
 //! Peers are addressed by IP and port, which change as nodes move, so identity is not a host
-//! name: a peer is trusted because its certificate is signed by the cluster CA. Every leaf
-//! therefore carries the same fixed subject alt name ([`SERVER_NAME`]) and is valid both as a
-//! server and as a client certificate, and both sides of every connection verify each other
-//! (mutual TLS) against the CA as their only root.
-//!
-//! The CA lives in `dir/ca.pem` (certificate and private key in one file) so any process with
-//! access to the directory can join the cluster. Leaves are never written to disk.
-//!
-//! rcgen (without its x509 parser) cannot read a certificate back into parameters, so the CA's
-//! subject and key usages are fixed constants here: the issuer used to sign leaves is rebuilt
-//! from [`ca_params`] plus the stored key. [`ClusterTls::load_or_create`] verifies the fresh
-//! leaf against the stored CA certificate, so a CA made by anything else fails loudly at start
-//! rather than at the first handshake.
+//! name: a peer is trusted because its certificate is signed by the cluster CA, and what it may
+//! do follows from the role its certificate names (`identity`). Both sides of every connection
+//! verify each other (mutual TLS) against the CA as their only root, and a client accepts
+//! only a node's certificate from a server.
 
 use std::fmt;
 use std::fs;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{IdleTimeout, TransportConfig, VarInt};
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
-};
 use rustls::client::danger::ServerCertVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
@@ -35,97 +25,169 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 
 use crate::error::{Error, Result};
-
-/// The name every leaf certificate carries and every client asks for.
-pub const SERVER_NAME: &str = "unikv.cluster";
+use crate::identity::{self, Identity, NODE_NAME};
+use crate::pki::{self, tls, Ca, CA_FILE, CERT_FILE, KEY_FILE};
 
 /// The ALPN protocol spoken on every connection.
 pub const ALPN: &[u8] = b"unikv/1";
 
-/// File name of the CA (certificate + key) inside the cluster directory.
-pub const CA_FILE: &str = "ca.pem";
-
-const CA_COMMON_NAME: &str = "unikv cluster CA";
-const ORGANIZATION: &str = "unikv";
-
-/// Cluster TLS material: the CA certificate plus this process's leaf certificate and key.
-/// Cheap to clone.
+/// TLS material of one process. Cheap to clone.
 #[derive(Clone)]
 pub struct ClusterTls {
     pub(crate) inner: Arc<Material>,
 }
 
 pub(crate) struct Material {
-    pub(crate) ca_cert: CertificateDer<'static>,
+    /// The trusted CA certificates (more than one while a CA is being rotated).
+    pub(crate) roots: Vec<CertificateDer<'static>>,
     pub(crate) leaf_cert: CertificateDer<'static>,
     /// PKCS#8 DER of the leaf key (kept as bytes because key types are deliberately not `Clone`).
     pub(crate) leaf_key: Vec<u8>,
-    pub(crate) common_name: String,
-    /// Secret derived from the CA key; seeds stateless-reset keys that survive restarts.
+    pub(crate) identity: Identity,
+    /// Seeds stateless-reset keys that survive restarts: derived from the certificate's key
+    /// (which persists), or in local development from the CA key.
     pub(crate) reset_seed: [u8; 32],
+    /// Running on a local development CA rather than issued certificates.
+    pub(crate) development: bool,
 }
 
 impl fmt::Debug for ClusterTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print key material.
         f.debug_struct("ClusterTls")
-            .field("common_name", &self.inner.common_name)
+            .field("identity", &self.inner.identity)
+            .field("development", &self.inner.development)
             .finish_non_exhaustive()
     }
 }
 
 impl ClusterTls {
-    /// Loads the cluster CA from `dir/ca.pem`, creating `dir` and the CA if absent, then issues
-    /// this process a fresh in-memory ECDSA P-256 leaf signed by the CA, with subject alt name
-    /// [`SERVER_NAME`] and `common_name` as its CN, usable as server and client certificate.
-    ///
-    /// Creation is race-safe across processes: the CA is written to a unique temporary file
-    /// and hard-linked into place, so `ca.pem` is either absent or complete, and exactly one
-    /// creator wins.
-    pub fn load_or_create(dir: &Path, common_name: &str) -> Result<ClusterTls> {
-        let (ca_cert, ca_key) = load_or_create_ca(dir)?;
-        let mut reset_seed = [0u8; 32];
-        reset_seed.copy_from_slice(
-            ring::digest::digest(&ring::digest::SHA256, &ca_key.serialize_der()).as_ref(),
-        );
-        let issuer = Issuer::new(ca_params(), ca_key);
+    /// What a process does at start: the certificates `unikv-node certs` put in `dir` when
+    /// `dir/cert.pem` exists ([`ClusterTls::certificates`]), otherwise the local development
+    /// CA ([`ClusterTls::development`]).
+    pub fn load(dir: &Path, identity: &Identity) -> Result<ClusterTls> {
+        if dir.join(CERT_FILE).exists() {
+            ClusterTls::certificates(dir, identity)
+        } else {
+            ClusterTls::development(dir, identity)
+        }
+    }
 
-        let leaf_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(tls)?;
-        let leaf = leaf_params(common_name)?
-            .signed_by(&leaf_key, &issuer)
-            .map_err(tls)?;
-
-        let material = Material {
-            ca_cert,
-            leaf_cert: leaf.der().clone(),
-            leaf_key: leaf_key.serialize_der(),
-            common_name: common_name.to_owned(),
-            reset_seed,
+    /// Issued certificates: the CA certificate(s) from `dir/ca.pem`, this process's own from
+    /// `dir/cert.pem` and `dir/key.pem`. Never reads a CA key: a `ca.pem` holding one is
+    /// refused. A node's certificate must name this very node; a router's must be a router's.
+    pub fn certificates(dir: &Path, identity: &Identity) -> Result<ClusterTls> {
+        let ca_path = dir.join(CA_FILE);
+        let ca_pem =
+            fs::read(&ca_path).map_err(|e| Error::Tls(format!("{}: {e}", ca_path.display())))?;
+        if pki::has_private_key(&ca_pem) {
+            return Err(Error::Tls(format!(
+                "{} holds the CA's private key: a process's directory must hold only the CA certificate, as `unikv-node certs` writes it; keep the CA key offline",
+                ca_path.display()
+            )));
+        }
+        let roots = pki::certificates(&ca_pem, &ca_path)?;
+        let cert_path = dir.join(CERT_FILE);
+        let leaf_cert = pki::certificates(&fs::read(&cert_path)?, &cert_path)?.remove(0);
+        let key_path = dir.join(KEY_FILE);
+        let key_pem =
+            fs::read(&key_path).map_err(|e| Error::Tls(format!("{}: {e}", key_path.display())))?;
+        let leaf_key = PrivatePkcs8KeyDer::from_pem_slice(&key_pem)
+            .map_err(|e| Error::Tls(format!("{}: no PKCS#8 key: {e}", key_path.display())))?
+            .secret_pkcs8_der()
+            .to_vec();
+        let issued_for = identity::role_of(&leaf_cert);
+        let fits = match identity {
+            Identity::Node { .. } => identity::names(&leaf_cert, &identity.own_name()),
+            Identity::Router { .. } => issued_for == Some(identity.role()),
         };
-        material.self_check()?;
+        if !fits {
+            let what = issued_for.map_or("no unikv role".to_owned(), |r| format!("a {r}'s"));
+            return Err(Error::Tls(format!(
+                "{} is not a certificate for {identity} (it is {what}): issue one with `unikv-node certs {}`",
+                cert_path.display(),
+                match identity {
+                    Identity::Node { shard, node } =>
+                        format!("node --shard_id {shard} --node_id {node} …"),
+                    Identity::Router { .. } => "router …".to_owned(),
+                }
+            )));
+        }
+        let material = Material {
+            reset_seed: digest(&leaf_key),
+            roots,
+            leaf_cert,
+            leaf_key,
+            identity: identity.clone(),
+            development: false,
+        };
+        material.self_check(&cert_path)?;
         Ok(ClusterTls {
             inner: Arc::new(material),
         })
     }
 
-    /// DER of the cluster CA certificate (the only trusted root).
+    /// Local development: the CA of `dir/ca.pem` (certificate and key, created by the first
+    /// process if absent), and a fresh in-memory certificate for `identity` signed by it.
+    /// Whoever can read `dir` can join as any role; [`ClusterTls::check_exposure`] keeps it
+    /// to loopback.
+    pub fn development(dir: &Path, identity: &Identity) -> Result<ClusterTls> {
+        let ca = Ca::development(dir)?;
+        let leaf = ca.issue(identity)?;
+        let material = Material {
+            roots: vec![ca.cert.clone()],
+            leaf_cert: leaf.der,
+            leaf_key: leaf.key.serialize_der(),
+            identity: identity.clone(),
+            reset_seed: digest(&ca.key_der()),
+            development: true,
+        };
+        material.self_check(&dir.join(CA_FILE))?;
+        Ok(ClusterTls {
+            inner: Arc::new(material),
+        })
+    }
+
+    /// Whether this process runs on the local development CA.
+    pub fn is_development(&self) -> bool {
+        self.inner.development
+    }
+
+    /// Refuses the local development CA when any of `listening` is beyond loopback: there,
+    /// anyone who obtained the directory could join as a node.
+    pub fn check_exposure(&self, what: &str, listening: &[SocketAddr]) -> Result<()> {
+        let exposed: Vec<String> = listening
+            .iter()
+            .filter(|a| !a.ip().is_loopback())
+            .map(ToString::to_string)
+            .collect();
+        if !self.is_development() || exposed.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Tls(format!(
+            "this {what} would listen on {} beyond loopback with the local development CA, which lets anyone holding its directory join as a node: issue certificates with `unikv-node certs` (see docs/ARCHITECTURE.md, Security) and give their directory as --tls_dir",
+            exposed.join(", ")
+        )))
+    }
+
+    /// Who this process's certificate says it is.
+    pub fn identity(&self) -> &Identity {
+        &self.inner.identity
+    }
+
+    /// DER of the first trusted CA certificate.
     pub fn ca_cert_der(&self) -> &[u8] {
-        self.inner.ca_cert.as_ref()
+        self.inner.roots[0].as_ref()
     }
 
     /// The stateless-reset key of an endpoint bound at `local`: the same after a restart at the
-    /// same address, and secret (derived from the CA key). A restarted node can therefore reset
+    /// same address, and secret (derived from the certificate's key, or the development CA's). A restarted node can therefore reset
     /// the connections peers still hold to its previous process, and they redial at once
     /// instead of waiting for the idle timeout.
     pub fn reset_key(&self, local: std::net::SocketAddr) -> ring::hmac::Key {
         let seed = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.inner.reset_seed);
         let tag = ring::hmac::sign(&seed, format!("unikv stateless reset {local}").as_bytes());
         ring::hmac::Key::new(ring::hmac::HMAC_SHA256, tag.as_ref())
-    }
-
-    /// The CN this process's leaf certificate was issued with.
-    pub fn common_name(&self) -> &str {
-        &self.inner.common_name
     }
 
     /// quinn server config: presents the leaf and requires a client certificate chaining to
@@ -173,26 +235,42 @@ impl Material {
 
     fn roots(&self) -> Result<Arc<RootCertStore>> {
         let mut roots = RootCertStore::empty();
-        roots.add(self.ca_cert.clone()).map_err(tls)?;
+        for root in &self.roots {
+            roots.add(root.clone()).map_err(tls)?;
+        }
         Ok(Arc::new(roots))
     }
 
-    /// Verifies the leaf against the CA exactly as peers will (as client and as server), so a
-    /// mismatched or foreign `ca.pem` is reported here instead of as handshake failures.
-    fn self_check(&self) -> Result<()> {
+    /// Verifies the leaf against the CA exactly as peers will (as client, and as server for a
+    /// node), so a certificate from another CA is reported at start instead of as handshake
+    /// failures.
+    fn self_check(&self, path: &Path) -> Result<()> {
         let provider = provider();
         let now = UnixTime::now();
         WebPkiClientVerifier::builder_with_provider(self.roots()?, provider.clone())
             .build()
             .map_err(tls)?
             .verify_client_cert(&self.leaf_cert, &[], now)
-            .map_err(|e| Error::Tls(format!("leaf does not verify against {CA_FILE}: {e}")))?;
-        let name = ServerName::try_from(SERVER_NAME).map_err(tls)?;
+            .map_err(|e| {
+                Error::Tls(format!(
+                    "{}: this process's certificate does not verify against the CA: {e}",
+                    path.display()
+                ))
+            })?;
+        if self.identity.role() != identity::CertRole::Node {
+            return Ok(());
+        }
+        let name = ServerName::try_from(NODE_NAME).map_err(tls)?;
         rustls::client::WebPkiServerVerifier::builder_with_provider(self.roots()?, provider)
             .build()
             .map_err(tls)?
             .verify_server_cert(&self.leaf_cert, &[], &name, &[], now)
-            .map_err(|e| Error::Tls(format!("leaf does not verify against {CA_FILE}: {e}")))?;
+            .map_err(|e| {
+                Error::Tls(format!(
+                    "{}: this node's certificate does not verify against the CA: {e}",
+                    path.display()
+                ))
+            })?;
         Ok(())
     }
 }
@@ -222,72 +300,8 @@ fn transport_config() -> Arc<TransportConfig> {
     Arc::new(t)
 }
 
-/// Parameters of the cluster CA. Also used to rebuild the issuer when loading an existing CA,
-/// so they must stay stable: leaves name the CA by this subject.
-fn ca_params() -> CertificateParams {
-    let mut params = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, ORGANIZATION);
-    dn.push(DnType::CommonName, CA_COMMON_NAME);
-    params.distinguished_name = dn;
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    params
-}
-
-fn leaf_params(common_name: &str) -> Result<CertificateParams> {
-    let mut params = CertificateParams::new(vec![SERVER_NAME.to_owned()]).map_err(tls)?;
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, ORGANIZATION);
-    dn.push(DnType::CommonName, common_name);
-    params.distinguished_name = dn;
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    params.use_authority_key_identifier_extension = true;
-    Ok(params)
-}
-
-/// Returns the CA certificate and key from `dir/ca.pem`, creating them if the file is absent.
-fn load_or_create_ca(dir: &Path) -> Result<(CertificateDer<'static>, KeyPair)> {
-    fs::create_dir_all(dir)?;
-    let path = dir.join(CA_FILE);
-    match fs::read(&path) {
-        Ok(pem) => return parse_ca(&pem, &path),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e.into()),
-    }
-
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(tls)?;
-    let cert = ca_params().self_signed(&key).map_err(tls)?;
-    let pem = format!("{}{}", cert.pem(), key.serialize_pem());
-
-    if crate::secrets::create_once(dir, CA_FILE, pem.as_bytes())? {
-        tracing::info!(path = %path.display(), "created cluster CA");
-        Ok((cert.der().clone(), key))
-    } else {
-        tracing::debug!(path = %path.display(), "cluster CA created concurrently; loading it");
-        parse_ca(&fs::read(&path)?, &path)
-    }
-}
-
-fn parse_ca(pem: &[u8], path: &Path) -> Result<(CertificateDer<'static>, KeyPair)> {
-    let cert = CertificateDer::from_pem_slice(pem)
-        .map_err(|e| Error::Tls(format!("{}: no CA certificate: {e}", path.display())))?;
-    let key = PrivatePkcs8KeyDer::from_pem_slice(pem)
-        .map_err(|e| Error::Tls(format!("{}: no PKCS#8 CA key: {e}", path.display())))?;
-    let key = KeyPair::try_from(&key)
-        .map_err(|e| Error::Tls(format!("{}: bad CA key: {e}", path.display())))?;
-    Ok((cert, key))
-}
-
-fn tls(e: impl fmt::Display) -> Error {
-    Error::Tls(e.to_string())
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    seed.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+    seed
 }

@@ -16,8 +16,9 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::frame::{decode, encode, MAX_MESSAGE};
+use crate::identity::NODE_NAME;
 use crate::pool::Pool;
-use crate::tls::{ClusterTls, SERVER_NAME};
+use crate::tls::ClusterTls;
 
 /// How long [`Transport::close`] waits for connections to finish closing.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -105,6 +106,7 @@ impl Transport {
         let result = bounded(addr, timeout, exchange).await;
         if let Err(e) = &result {
             tracing::debug!(peer = addr, kind, error = %e, "call failed");
+            self.note_refusal(addr, e).await;
         }
         result
     }
@@ -118,7 +120,19 @@ impl Transport {
         kind: u8,
         timeout: Duration,
     ) -> Result<(SendStream, RecvStream)> {
-        bounded(addr, timeout, self.open_stream(addr, kind)).await
+        let result = bounded(addr, timeout, self.open_stream(addr, kind)).await;
+        if let Err(e) = &result {
+            self.note_refusal(addr, e).await;
+        }
+        result
+    }
+
+    /// A TLS failure on what looked like an established connection is a refusal too (one
+    /// already holding redials back is left as it is).
+    async fn note_refusal(&self, addr: &str, e: &Error) {
+        if matches!(e, Error::Tls(_)) {
+            self.inner.pool.refused(addr, e).await;
+        }
     }
 
     /// Closes the endpoint and every connection, then waits (at most 2 s) for the peers to be
@@ -171,7 +185,7 @@ impl Transport {
         let connecting = self
             .inner
             .endpoint
-            .connect(target, SERVER_NAME)
+            .connect(target, NODE_NAME)
             .map_err(|e| connect_err(e.to_string()))?;
         let conn = connecting.await.map_err(|e| Error::dial(addr, e))?;
         tracing::debug!(peer = addr, remote = %target, "connected");

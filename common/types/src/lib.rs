@@ -72,4 +72,13 @@ pub mod rpc_kind {
     pub const UNIT_STATUS: u8 = 54;
     /// Source tells the target a shard key's hand-off is done.
     pub const UNIT_ACTIVATE: u8 = 55;
+
+    /// The kinds a router's certificate may send: client requests. Raft, move, membership
+    /// and every other kind need a node's certificate (docs/ARCHITECTURE.md, Security).
+    pub const ROUTER_KINDS: [u8; 3] = [KV, KV_BATCH, READ_INDEX];
+
+    /// Whether a router's certificate may send `kind`.
+    pub fn router_may_send(kind: u8) -> bool {
+        ROUTER_KINDS.contains(&kind)
+    }
 }
