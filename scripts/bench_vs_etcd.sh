@@ -5,8 +5,11 @@
 #   scripts/bench_vs_etcd.sh [WORKLOADS] [CONNS]   defaults: "put get mixed mixed95" "1 16 64"
 # Env: SECS (10 per cell), DIST (uniform|zipfian), OUT (JSON lines of every cell, default
 # $TMPDIR/unikv-bench-DATE.jsonl), BENCH_HTTP_BASE / BENCH_RAFT_BASE / BENCH_ROUTER_PORT.
-# Prints a progress line per cell, then a table with the ratio unikv/etcd per cell and the
-# WAL fsyncs per acknowledged write (from the nodes' /raft/status counters).
+# Prints a progress line per cell, then a table with the ratio unikv/etcd per cell, the WAL
+# fsyncs per acknowledged write (from the nodes' /raft/status counters) and the CPU time per
+# acknowledged write (or per operation for reads) of each system: user + system time of every
+# process of it (the 9 nodes and the router; the 3 etcd members, whose JSON gateway is built in)
+# from /proc before and after the cell — the load generator itself not counted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -41,6 +44,20 @@ scripts/run_unified.sh start >/dev/null
 etcd_leader=$(ETCDCTL_API=3 etcdctl --endpoints=127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793 endpoint status -w json \
   | python3 -c 'import json,sys; s=json.load(sys.stdin); print([e["Endpoint"] for e in s if e["Status"]["leader"]==e["Status"]["header"]["member_id"]][0])')
 router="127.0.0.1:$UNIKV_ROUTER_PORT"
+# User + system CPU ticks (1/CLK_TCK s) of the processes whose pid files are given.
+cpu_ticks() {
+  local f pid total=0 t
+  for f in "$@"; do
+    [ -f "$f" ] || continue
+    pid=$(cat "$f")
+    # Fields after the command name (which is in parentheses): utime is the 12th, stime the 13th.
+    t=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}') || t=0
+    total=$((total + ${t:-0}))
+  done
+  echo $total
+}
+unikv_cpu() { cpu_ticks "$UNIKV_DATA"/pids/*.pid; }
+etcd_cpu() { cpu_ticks "${ANCHOR_DIR:-${TMPDIR:-/tmp}/etcd-anchor}"/e*.pid; }
 # Sum of WAL fsyncs over the 9 nodes.
 fsyncs() {
   local s n total=0 v
@@ -57,31 +74,41 @@ for w in $workloads; do
   for c in $conns; do
     cells=$((cells + 1))
     printf '[%d/%d] %-8s %3s conns: unikv...' "$cells" "$total_cells" "$w" "$c" >&2
-    f0=$(fsyncs)
+    f0=$(fsyncs); c0=$(unikv_cpu)
     "$bench" --target "router=$router" --workload "$w" --conns "$c" --duration "$secs" --dist "$dist" --json \
       | tail -1 | python3 -c 'import json,sys; d=json.load(sys.stdin); print(json.dumps(d))' >>"$out"
-    f1=$(fsyncs)
-    echo "{\"fsyncs\": $((f1 - f0))}" >>"$out"
+    f1=$(fsyncs); c1=$(unikv_cpu)
+    echo "{\"fsyncs\": $((f1 - f0)), \"cpu_ticks\": $((c1 - c0))}" >>"$out"
     printf ' etcd...' >&2
+    e0=$(etcd_cpu)
     "$bench" --target "etcd=$etcd_leader" --workload "$w" --conns "$c" --duration "$secs" --dist "$dist" --json \
       | tail -1 >>"$out"
+    e1=$(etcd_cpu)
+    echo "{\"cpu_ticks\": $((e1 - e0))}" >>"$out"
     echo ' done' >&2
   done
 done
 echo "# $(date -u '+%F %H:%M') UTC, $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB; bench $secs s per cell, $dist keys; unikv via router vs etcd leader; JSON: $out"
-python3 - "$out" <<'PY'
+python3 - "$out" "$(getconf CLK_TCK)" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print("| workload | conns | unikv ops/s (p50 / p99 ms) | etcd ops/s (p50 / p99 ms) | ops/s ratio | p50 ratio | p99 ratio | fsyncs per write | errors u/e |")
-print("|---|---|---|---|---|---|---|---|---|")
-for i in range(0, len(rows), 3):
-    u, f, e = rows[i], rows[i + 1], rows[i + 2]
+tick_us = 1e6 / int(sys.argv[2])
+print("| workload | conns | unikv ops/s (p50 / p99 ms) | etcd ops/s (p50 / p99 ms) | ops/s ratio | p50 ratio | p99 ratio | fsyncs per write | CPU µs per write (or op) u / e | CPU ratio | errors u/e |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+def cpu_per(d, ticks):
+    # Writes acknowledged (warm-up included, like the CPU sampled around the whole run); for
+    # read-only cells the operations measured.
+    n = d["writes_acked_total"] or d["ops"]
+    return ticks * tick_us / n if n else float("nan")
+for i in range(0, len(rows), 4):
+    u, f, e, ec = rows[i], rows[i + 1], rows[i + 2], rows[i + 3]
     cell = lambda d: "%s (%.2f / %.2f)" % (format(round(d["ops_per_sec"]), ","), d["all"]["p50_ms"], d["all"]["p99_ms"])
     r = lambda a, b: a / b if b else float("nan")
     writes = u["writes_acked_total"]
     fpw = "%.2f" % (f["fsyncs"] / writes) if writes else "-"
-    print("| %s | %d | %s | %s | %.2f× | %.2f× | %.2f× | %s | %d / %d |" % (
+    cu, ce = cpu_per(u, f["cpu_ticks"]), cpu_per(e, ec["cpu_ticks"])
+    print("| %s | %d | %s | %s | %.2f× | %.2f× | %.2f× | %s | %.0f / %.0f | %.2f× | %d / %d |" % (
         u["workload"], u["conns"], cell(u), cell(e), r(u["ops_per_sec"], e["ops_per_sec"]),
         r(u["all"]["p50_ms"], e["all"]["p50_ms"]), r(u["all"]["p99_ms"], e["all"]["p99_ms"]), fpw,
-        u["errors"], e["errors"]))
+        cu, ce, r(cu, ce), u["errors"], e["errors"]))
 PY

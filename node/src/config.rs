@@ -139,6 +139,10 @@ pub struct Config {
         default_value_t = 30_000
     )]
     pub handoff_timeout_ms: u64,
+    /// Most megabytes per second this node's slot hand-offs send, paced before each slot is
+    /// frozen (0: unlimited).
+    #[arg(long = "move_rate_mb", alias = "move-rate-mb", default_value_t = 0.0)]
+    pub move_rate_mb: f64,
     /// A chunk of a range collection splits in two once it holds more than this many bytes
     /// (keys + values). Chunks are also what the balancer moves to even out bytes per shard.
     #[arg(
@@ -333,6 +337,12 @@ impl Config {
         let bad = |m: String| Err(Error::Config(m));
         if self.shard_id == 0 {
             return bad("--shard_id must be at least 1".into());
+        }
+        if !(self.move_rate_mb >= 0.0 && self.move_rate_mb.is_finite()) {
+            return bad(format!(
+                "--move_rate_mb must be 0 (unlimited) or a positive number of MB/s, got {}",
+                self.move_rate_mb
+            ));
         }
         if self.handoff_timeout_ms == 0 {
             return bad("--handoff_timeout_ms must be at least 1".into());

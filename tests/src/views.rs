@@ -184,6 +184,16 @@ pub struct RebalanceStatus {
     pub rate_bytes_per_s: f64,
     pub write_pause_ms: Option<WritePause>,
     pub cluster: RebalanceCluster,
+    /// Hand-offs running or planned here, and the bytes their slots hold.
+    pub left: Left,
+    /// Seconds until `left` is sent at the rate so far (none when nothing is left).
+    pub eta_s: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Left {
+    pub slots: usize,
+    pub bytes: u64,
 }
 
 impl RebalanceStatus {
@@ -192,11 +202,24 @@ impl RebalanceStatus {
     pub fn balanced_at(&self, expected: &BTreeMap<u64, usize>) -> Result<(), String> {
         let c = &self.cluster;
         let mut problems = Vec::new();
-        if c.pending_slots != 0 || self.moving != 0 || self.receiving != 0 || self.queued != 0 {
+        if c.pending_slots != 0
+            || self.moving != 0
+            || self.receiving != 0
+            || self.queued != 0
+            || self.left.slots != 0
+        {
             problems.push(format!(
-                "pending {} moving {} receiving {} queued {}",
-                c.pending_slots, self.moving, self.receiving, self.queued
+                "pending {} moving {} receiving {} queued {} left {} ({} bytes)",
+                c.pending_slots,
+                self.moving,
+                self.receiving,
+                self.queued,
+                self.left.slots,
+                self.left.bytes
             ));
+        }
+        if self.left.slots == 0 && self.eta_s.is_some() {
+            problems.push(format!("nothing left but an ETA of {:?} s", self.eta_s));
         }
         let shards: BTreeSet<u64> = expected
             .keys()

@@ -83,9 +83,13 @@ impl Error {
     /// True when the request certainly never reached the peer, so resending it cannot apply it
     /// twice: the address did not resolve or no connection could be established. (A connection
     /// lost mid-request is `Connect` too, but its reason starts with "connection lost".)
+    ///
+    /// A TLS refusal is never sent either: a server serves no stream of a connection whose
+    /// handshake it refused. Nor is a request refused for the sender's role, which the server
+    /// resets before reading it.
     pub fn not_sent(&self) -> bool {
         match self {
-            Error::Resolve(_) => true,
+            Error::Resolve(_) | Error::Tls(_) | Error::Refused(_) => true,
             Error::Connect { reason, .. } => !reason.starts_with("connection lost"),
             _ => false,
         }
@@ -95,7 +99,7 @@ impl Error {
     /// other's certificate) is a configuration problem, not an unreachable peer.
     pub(crate) fn dial(addr: &str, e: ConnectionError) -> Error {
         if is_crypto(&e) {
-            return Error::handshake(addr, e);
+            return Error::handshake(addr, e, false);
         }
         Error::Connect {
             addr: addr.to_owned(),
@@ -109,7 +113,7 @@ impl Error {
     /// [`Error::Tls`]; anything else is a protocol error.
     pub(crate) fn lost(peer: Option<&str>, e: ConnectionError) -> Error {
         if is_crypto(&e) {
-            return Error::handshake(peer.unwrap_or("peer"), e);
+            return Error::handshake(peer.unwrap_or("peer"), e, false);
         }
         match (peer, &e) {
             (
@@ -128,7 +132,8 @@ impl Error {
 
     /// A TLS handshake with `peer` failed: [`Error::Tls`] saying what to do about it when the
     /// alert tells (a certificate from another CA, a non-node serving, an expired one).
-    pub(crate) fn handshake(peer: &str, e: ConnectionError) -> Error {
+    /// `as_server`: this process accepted the connection (the peer is a client).
+    pub(crate) fn handshake(peer: &str, e: ConnectionError, as_server: bool) -> Error {
         const HINT: &str =
             "copy the cluster's ca.pem, or issue certificates from its CA with `unikv-node certs`";
         let (code, ours) = match &e {
@@ -146,7 +151,7 @@ impl Error {
             (Some(48 | 51), false) => {
                 format!("the peer refused our certificate as from another cluster CA: {HINT}")
             }
-            (Some(42), true) => {
+            (Some(42), true) if !as_server => {
                 "the peer's certificate is not a unikv node's (only a node's certificate may serve)"
                     .to_owned()
             }

@@ -31,6 +31,10 @@ use crate::secrets::{self, GOSSIP_KEY_FILE};
 pub use crate::secrets::{CA_FILE, CA_KEY_FILE, CERT_FILE, KEY_FILE};
 
 const CA_COMMON_NAME: &str = "unikv cluster CA";
+/// How long a CA is valid (CockroachDB's default too).
+const CA_DAYS: i64 = 10 * 365;
+/// How long a node's or router's certificate is valid.
+const LEAF_DAYS: i64 = 5 * 365;
 const ORGANIZATION: &str = "unikv";
 
 /// A certificate [`Ca::issue`] signed, with its key.
@@ -102,10 +106,13 @@ impl Ca {
     }
 
     /// The CA of a CA directory (`ca.pem` + `ca.key`), created on first use together with the
-    /// cluster's gossip key. The directory is made owner-only (0700).
+    /// cluster's gossip key. A directory made here is owner-only (0700); the key files are
+    /// 0600 wherever they are.
     fn load_or_create(ca_dir: &Path) -> Result<(Ca, Vec<u8>)> {
-        fs::create_dir_all(ca_dir)?;
-        secrets::make_private_dir(ca_dir)?;
+        if !ca_dir.exists() {
+            fs::create_dir_all(ca_dir)?;
+            secrets::make_private_dir(ca_dir)?;
+        }
         let cert_path = ca_dir.join(CA_FILE);
         let key_path = ca_dir.join(CA_KEY_FILE);
         if !key_path.exists() {
@@ -160,11 +167,21 @@ impl fmt::Display for Issued {
 /// key (rotation); the CA and gossip key are never replaced.
 pub fn issue_certificates(ca_dir: &Path, out: &Path, identity: &Identity) -> Result<Issued> {
     let (ca, ca_pem) = Ca::load_or_create(ca_dir)?;
+    let created = !out.exists();
+    fs::create_dir_all(out)?;
+    let same = fs::canonicalize(out)? == fs::canonicalize(ca_dir)?;
+    if same || out.join(CA_KEY_FILE).exists() {
+        return Err(Error::Tls(format!(
+            "{}: a process's directory must not hold the CA key: give --out another directory than --ca_dir",
+            out.display()
+        )));
+    }
+    if created {
+        secrets::make_private_dir(out)?;
+    }
     let gossip_key = fs::read(ca_dir.join(GOSSIP_KEY_FILE))?;
     let leaf = ca.issue(identity)?;
     let key_pem = leaf.key.serialize_pem();
-    fs::create_dir_all(out)?;
-    secrets::make_private_dir(out)?;
     let files = [
         (CA_FILE, ca_pem.as_slice()),
         (CERT_FILE, leaf.pem.as_bytes()),
@@ -220,6 +237,7 @@ fn read_soon(path: &Path) -> Result<Vec<u8>> {
 /// so they must stay stable: leaves name the CA by this subject.
 fn ca_params() -> CertificateParams {
     let mut params = CertificateParams::default();
+    set_validity(&mut params, CA_DAYS);
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, ORGANIZATION);
     dn.push(DnType::CommonName, CA_COMMON_NAME);
@@ -235,6 +253,7 @@ fn ca_params() -> CertificateParams {
 
 fn leaf_params(identity: &Identity) -> Result<CertificateParams> {
     let mut params = CertificateParams::new(identity.alt_names()).map_err(tls)?;
+    set_validity(&mut params, LEAF_DAYS);
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, ORGANIZATION);
     dn.push(DnType::OrganizationalUnitName, identity.role().as_str());
@@ -248,6 +267,13 @@ fn leaf_params(identity: &Identity) -> Result<CertificateParams> {
     ];
     params.use_authority_key_identifier_extension = true;
     Ok(params)
+}
+
+/// Valid from an hour ago (clocks of other machines may lag) for `days`.
+fn set_validity(params: &mut CertificateParams, days: i64) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(days);
 }
 
 /// The CA from its certificate PEM and its key PEM (the same text in local development).

@@ -106,10 +106,11 @@ impl Pool {
     /// Holds redials to `addr` back after `error`, a TLS refusal noticed on a connection that
     /// had looked established (a server checks the client's certificate after the client
     /// considers the handshake done).
+    /// A connection that is still open is kept: the refusal was another's (the refused one
+    /// is closed by it, and `get` redials past it once the pause is over).
     pub(crate) async fn refused(&self, addr: &str, error: &Error) {
         let slot = self.slot(addr);
         let mut peer = slot.lock().await;
-        peer.conn = None;
         peer.refuse(addr, error);
     }
 

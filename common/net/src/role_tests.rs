@@ -146,6 +146,12 @@ fn certs_keep_the_ca_key_out_of_every_process_directory() {
         }
     }
 
+    // The CA's own directory is no process's directory.
+    let e = issue_certificates(&ca, &ca, &node(1, 3))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("must not hold the CA key"), "{e}");
+
     // With the CA directory gone entirely, the process still loads what it was given.
     fs::remove_dir_all(&ca).unwrap();
     let tls = ClusterTls::load(&out, &node(1, 2)).unwrap();

@@ -144,7 +144,7 @@ async fn serve_connection<H: Handler>(
             Ok(conn) => conn,
             Err(e) => {
                 // Includes peers whose certificate is not signed by the cluster CA.
-                let e = Error::handshake(&remote.to_string(), e);
+                let e = Error::handshake(&remote.to_string(), e, true);
                 tracing::warn!(peer = %remote, error = %e, "incoming handshake failed");
                 return;
             }

@@ -524,6 +524,10 @@ pub async fn rebalance_status(State(rb): State<Arc<Rebalancer>>) -> Response {
     let view = node.gossip.view();
     let shares = Shares::new(&view, &d);
     let r = &*rb;
+    let (left_slots, left_bytes) = r.left();
+    let rate = r.rate();
+    // Left to send from here: the hand-offs running and those planned; at the rate so far.
+    let eta_s = (left_slots > 0 && rate > 0.0).then(|| (left_bytes as f64 / rate).ceil());
     ok(json!({
         "shard": node.shard().0,
         "state": d.state.as_str(),
@@ -534,7 +538,10 @@ pub async fn rebalance_status(State(rb): State<Arc<Rebalancer>>) -> Response {
         "moved_slots": r.moved_slots.load(Relaxed),
         "moved_bytes": r.moved_bytes.load(Relaxed),
         "aborted": r.aborted.load(Relaxed),
-        "rate_bytes_per_s": r.rate().round(),
+        "rate_bytes_per_s": rate.round(),
+        "move_rate_limit_bytes_per_s": r.throttle.bytes_per_s(),
+        "left": {"slots": left_slots, "bytes": left_bytes},
+        "eta_s": eta_s,
         "write_pause_ms": r.pause_percentiles().map(|(p50, p99, max)| json!({"p50": p50, "p99": p99, "max": max})),
         "cluster": {
             "pending_slots": shares.pending(),

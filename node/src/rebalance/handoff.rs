@@ -68,7 +68,14 @@ async fn run(
     let node = &rb.node;
     let (h, frozen_at) = match handoff {
         Some(h) => (h, None),
-        None => (start(node, slot, to).await?, Some(Instant::now())),
+        None => {
+            // Paced before the freeze, never during it.
+            let waited = rb.throttle.pace(slot_bytes(node, slot)).await;
+            if !waited.is_zero() {
+                tracing::debug!(shard = %node.shard(), slot, waited_ms = waited.as_millis() as u64, "move paced by --move_rate_mb");
+            }
+            (start(node, slot, to).await?, Some(Instant::now()))
+        }
     };
     let export = node
         .store
@@ -145,6 +152,15 @@ async fn run(
         rb.record_pause(t.elapsed());
     }
     Ok(h.epoch)
+}
+
+/// The bytes `slot` holds here, as its statistics count them (0 if unknown).
+fn slot_bytes(node: &Node, slot: Slot) -> u64 {
+    node.store
+        .slot_stats()
+        .ok()
+        .and_then(|all| all.into_iter().find(|(s, _)| *s == slot))
+        .map_or(0, |(_, s)| s.bytes)
 }
 
 /// Commits `Out` for `slot` (freezing it) at the next epoch.

@@ -20,6 +20,7 @@ mod messages;
 mod planner;
 mod rebalancer;
 mod receive;
+mod throttle;
 
 use std::sync::Arc;
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use unikv_types::{ShardId, Slot};
 
+use super::throttle::Throttle;
 use crate::service::Node;
 
 /// The rebalancing work of this node: the node it acts for and the in-memory bookkeeping of its
@@ -29,12 +30,13 @@ pub struct Rebalancer {
     /// Write pause of recent hand-offs started here: from `Out` applied to the target's
     /// `Activate` acknowledged (the newest 4096).
     pub(super) pauses: Mutex<VecDeque<Duration>>,
+    /// `--move_rate_mb`: paces the hand-offs started here.
+    pub(super) throttle: Throttle,
 }
 
 impl Rebalancer {
     pub fn new(node: Arc<Node>) -> Self {
         Rebalancer {
-            node,
             running: Default::default(),
             activating: Default::default(),
             queue: Default::default(),
@@ -44,6 +46,8 @@ impl Rebalancer {
             aborted: Default::default(),
             first_move: Default::default(),
             pauses: Default::default(),
+            throttle: Throttle::new(node.config.move_rate_mb),
+            node,
         }
     }
 
@@ -61,6 +65,21 @@ impl Rebalancer {
             Some(t) => self.moved_bytes.load(Relaxed) as f64 / t.elapsed().as_secs_f64().max(0.001),
             None => 0.0,
         }
+    }
+
+    /// Slots still to hand off from here (running and planned) and the bytes they hold.
+    pub fn left(&self) -> (usize, u64) {
+        let mut slots: HashSet<Slot> = lock(&self.running).iter().copied().collect();
+        slots.extend(lock(&self.queue).iter().map(|(s, _)| *s));
+        let bytes = match self.node.store.slot_stats() {
+            Ok(all) => all
+                .into_iter()
+                .filter(|(s, _)| slots.contains(s))
+                .map(|(_, st)| st.bytes)
+                .sum(),
+            Err(_) => 0,
+        };
+        (slots.len(), bytes)
     }
 
     pub(super) fn record_pause(&self, d: Duration) {
