@@ -68,6 +68,9 @@ fsyncs() {
   done; done
   echo $total
 }
+# Background CPU with no load (heartbeats, gossip, leases), for reading the per-write figures.
+i0=$(unikv_cpu); j0=$(etcd_cpu); sleep 5; i1=$(unikv_cpu); j1=$(etcd_cpu)
+idle="idle CPU: unikv $(( (i1 - i0) * 1000 / 5 / $(getconf CLK_TCK) )) ms/s, etcd $(( (j1 - j0) * 1000 / 5 / $(getconf CLK_TCK) )) ms/s"
 : >"$out"
 cells=0; total_cells=$(( $(wc -w <<<"$workloads") * $(wc -w <<<"$conns") ))
 for w in $workloads; do
@@ -88,7 +91,7 @@ for w in $workloads; do
     echo ' done' >&2
   done
 done
-echo "# $(date -u '+%F %H:%M') UTC, $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB; bench $secs s per cell, $dist keys; unikv via router vs etcd leader; JSON: $out"
+echo "# $(date -u '+%F %H:%M') UTC, $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB; bench $secs s per cell, $dist keys; unikv via router vs etcd leader; $idle; JSON: $out"
 python3 - "$out" "$(getconf CLK_TCK)" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]

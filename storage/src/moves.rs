@@ -219,6 +219,15 @@ pub fn export_slot(db: &Db, slot: Slot) -> Result<SlotExport> {
     Ok(out)
 }
 
+/// Key count and bytes of one slot (zero if it holds nothing).
+pub fn slot_stat(db: &Db, slot: Slot) -> Result<SlotStats> {
+    Ok(db
+        .raw()
+        .get_cf(db.cf(CF_STATS), slot.to_be_bytes())?
+        .map(|v| SlotStats::decode(&v))
+        .unwrap_or_default())
+}
+
 /// Key count and bytes of every slot that holds data.
 pub fn slot_stats(db: &Db) -> Result<Vec<(Slot, SlotStats)>> {
     let mut out = Vec::new();

@@ -174,6 +174,11 @@ impl Store {
         crate::moves::export_slot(&self.shared.db, slot)
     }
 
+    /// Key count and bytes of one slot (zero if it holds nothing).
+    pub fn slot_stat(&self, slot: Slot) -> Result<SlotStats> {
+        crate::moves::slot_stat(&self.shared.db, slot)
+    }
+
     /// Key count and bytes of every slot that holds data.
     pub fn slot_stats(&self) -> Result<Vec<(Slot, SlotStats)>> {
         crate::moves::slot_stats(&self.shared.db)

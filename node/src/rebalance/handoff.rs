@@ -156,11 +156,7 @@ async fn run(
 
 /// The bytes `slot` holds here, as its statistics count them (0 if unknown).
 fn slot_bytes(node: &Node, slot: Slot) -> u64 {
-    node.store
-        .slot_stats()
-        .ok()
-        .and_then(|all| all.into_iter().find(|(s, _)| *s == slot))
-        .map_or(0, |(_, s)| s.bytes)
+    node.store.slot_stat(slot).map_or(0, |s| s.bytes)
 }
 
 /// Commits `Out` for `slot` (freezing it) at the next epoch.
