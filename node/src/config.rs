@@ -139,6 +139,10 @@ pub struct Config {
         default_value_t = 30_000
     )]
     pub handoff_timeout_ms: u64,
+    /// Slot hand-offs a shard leader runs at once while rebalancing (each frozen slot waits
+    /// only for its own hand-off).
+    #[arg(long = "parallel_moves", alias = "parallel-moves", default_value_t = 8)]
+    pub parallel_moves: usize,
     /// Most megabytes per second this node's slot hand-offs send, paced before each slot is
     /// frozen (0: unlimited).
     #[arg(long = "move_rate_mb", alias = "move-rate-mb", default_value_t = 0.0)]
@@ -337,6 +341,9 @@ impl Config {
         let bad = |m: String| Err(Error::Config(m));
         if self.shard_id == 0 {
             return bad("--shard_id must be at least 1".into());
+        }
+        if self.parallel_moves == 0 {
+            return bad("--parallel_moves must be at least 1".into());
         }
         if !(self.move_rate_mb >= 0.0 && self.move_rate_mb.is_finite()) {
             return bad(format!(

@@ -13,8 +13,6 @@ use unikv_types::ShardState;
 use super::rebalancer::{lock, Rebalancer};
 use super::{handoff, planner, receive};
 
-/// Hand-offs a shard leader runs at once. Each frozen slot waits only for its own hand-off.
-pub const PARALLEL_MOVES: usize = 8;
 /// How often the balancer and the resume/activation loops look at the state.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -51,7 +49,7 @@ async fn tick(rb: &Arc<Rebalancer>) {
         handoff::spawn(rb.clone(), *slot, Some(*h), h.target);
     }
     // Start planned moves up to the parallelism limit.
-    while rb.running() < PARALLEL_MOVES {
+    while rb.running() < node.config.parallel_moves {
         let next = lock(&rb.queue).pop_front();
         let Some((slot, to)) = next else { break };
         handoff::spawn(rb.clone(), slot, None, to);
