@@ -5,12 +5,18 @@
 
 use reqwest::Method;
 use serde_json::{json, Value};
-use unikv_tests::api::{Body, REQUEST_TIMEOUT};
+use unikv_tests::api::{Api, Body, Resp, REQUEST_TIMEOUT};
 use unikv_tests::collection_calls::{call, catalog_version, kv, signal, value_once_served};
 use unikv_tests::{
     assert_json_error, node_ref, wait_until_ok, Proc, Unified, ROUTER, UNIFIED_WAIT,
 };
 use unikv_types::catalog::catalog_slot;
+
+/// `POST /collections/{collection}/sharding/promote_to_custom` through the router.
+async fn promote(api: &Api, collection: &str, body: Value) -> Resp {
+    let path = format!("/collections/{collection}/sharding/promote_to_custom");
+    call(api, ROUTER, Method::POST, &path, body).await
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn promote_to_custom_moves_no_byte_and_has_no_way_back() {
@@ -78,14 +84,7 @@ async fn promote_to_custom_moves_no_byte_and_has_no_way_back() {
     let before = written(30).await;
     let version =
         catalog_version(&call(&api, ROUTER, Method::GET, "/collections", Value::Null).await);
-    let r = call(
-        &api,
-        ROUTER,
-        Method::POST,
-        "/collections/users/sharding/promote_to_custom",
-        json!({"default_shard_key": "default"}),
-    )
-    .await;
+    let r = promote(&api, "users", json!({"default_shard_key": "default"})).await;
     assert!(r.is_ok_true(), "{r}");
     assert_eq!(catalog_version(&r), version + 1, "one commit: {r}");
     assert_eq!(r.field("collection").unwrap()["sharding"], "custom", "{r}");
@@ -117,14 +116,7 @@ async fn promote_to_custom_moves_no_byte_and_has_no_way_back() {
     );
 
     // No second time, no way back; new shard keys can be created.
-    let r = call(
-        &api,
-        ROUTER,
-        Method::POST,
-        "/collections/users/sharding/promote_to_custom",
-        Value::Null,
-    )
-    .await;
+    let r = promote(&api, "users", Value::Null).await;
     assert_json_error("promote twice", &r, 409, "already_custom");
     let r = call(
         &api,
@@ -205,14 +197,7 @@ async fn promote_to_custom_moves_no_byte_and_has_no_way_back() {
         Err("no move in flight yet")
     })
     .await;
-    let r = call(
-        &api,
-        ROUTER,
-        Method::POST,
-        "/collections/orders/sharding/promote_to_custom",
-        Value::Null,
-    )
-    .await;
+    let r = promote(&api, "orders", Value::Null).await;
     assert_json_error("promote during a move", &r, 409, "move_in_progress");
     for p in &three {
         signal(&u, *p, "-CONT");
@@ -237,14 +222,7 @@ async fn promote_to_custom_moves_no_byte_and_has_no_way_back() {
     for p in two {
         signal(&u, p, "-STOP");
     }
-    let r = call(
-        &api,
-        ROUTER,
-        Method::POST,
-        "/collections/orders/sharding/promote_to_custom",
-        Value::Null,
-    )
-    .await;
+    let r = promote(&api, "orders", Value::Null).await;
     for p in two {
         signal(&u, p, "-CONT");
     }
@@ -264,14 +242,7 @@ async fn promote_to_custom_moves_no_byte_and_has_no_way_back() {
     );
     // Once every shard is back, the promote goes through (no fence was left behind).
     let r = wait_until_ok(UNIFIED_WAIT, "the promote of orders", || async {
-        let r = call(
-            &api,
-            ROUTER,
-            Method::POST,
-            "/collections/orders/sharding/promote_to_custom",
-            Value::Null,
-        )
-        .await;
+        let r = promote(&api, "orders", Value::Null).await;
         if r.is_ok_true() {
             Ok(r)
         } else {
@@ -290,14 +261,7 @@ async fn promote_to_custom_moves_no_byte_and_has_no_way_back() {
         .is_ok_true());
     // (The balancer may be evening out the slot the test moved: a promote waits for that.)
     let r = wait_until_ok(UNIFIED_WAIT, "the promote of default", || async {
-        let r = call(
-            &api,
-            ROUTER,
-            Method::POST,
-            "/collections/default/sharding/promote_to_custom",
-            Value::Null,
-        )
-        .await;
+        let r = promote(&api, "default", Value::Null).await;
         match r.code() {
             None if r.is_ok_true() => Ok(r),
             Some("move_in_progress") => Err(r.to_string()),
@@ -349,14 +313,7 @@ async fn promote_to_custom_moves_no_byte_and_has_no_way_back() {
         Some("after"),
         "the default shard key's value is another"
     );
-    let r = call(
-        &api,
-        ROUTER,
-        Method::POST,
-        "/collections/default/sharding/promote_to_custom",
-        Value::Null,
-    )
-    .await;
+    let r = promote(&api, "default", Value::Null).await;
     assert_json_error("a second promote of default", &r, 409, "already_custom");
 }
 
