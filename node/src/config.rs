@@ -216,6 +216,12 @@ pub struct Config {
     /// 0 turns it off.
     #[arg(long = "ballast_mb", alias = "ballast-mb")]
     pub ballast_mb: Option<usize>,
+    /// Free space, in MiB, below which this node counts its disk as full before any write
+    /// fails (a leader then refuses writes with 507): the room RocksDB needs to resume. It
+    /// matters most when a shard's nodes share one disk. Default: `--memtable_mb` (128 at most); 0 waits
+    /// for "no space left on device".
+    #[arg(long = "disk_reserve_mb", alias = "disk-reserve-mb")]
+    pub disk_reserve_mb: Option<usize>,
     /// RocksDB block cache (shared by all column families), in MiB.
     #[arg(
         long = "block_cache_mb",
@@ -313,6 +319,7 @@ impl Config {
             ballast_mb: self
                 .ballast_mb
                 .unwrap_or(2 * self.memtable_mb.saturating_add(4)),
+            reserve_mb: self.disk_reserve_mb,
         }
     }
 
@@ -362,6 +369,9 @@ impl Config {
         }
         if self.node_id == 0 {
             return bad("--node_id must be at least 1".into());
+        }
+        if self.disk_reserve_mb.is_some_and(|b| b > 1_048_576) {
+            return bad("--disk_reserve_mb must be at most 1048576 (1 TiB)".into());
         }
         if self.ballast_mb.is_some_and(|b| b > 1_048_576) {
             return bad("--ballast_mb must be at most 1048576 (1 TiB)".into());

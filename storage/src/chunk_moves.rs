@@ -114,6 +114,7 @@ pub(crate) fn apply_chunk(
             kv,
             dedup,
             dedup_horizon_ms,
+            version,
             now_ms,
         } => {
             let arriving = ChunkState::Incoming {
@@ -144,7 +145,7 @@ pub(crate) fn apply_chunk(
                                 hi: hi.clone(),
                                 epoch: *epoch,
                                 unit,
-                                version: 1,
+                                version: version + 1,
                                 updated_ms: *now_ms,
                                 state: arriving,
                             },

@@ -143,6 +143,10 @@ pub enum ChunkCommand {
         kv: Vec<(String, String)>,
         dedup: Vec<(String, DedupRecord)>,
         dedup_horizon_ms: u64,
+        /// The chunk's version at the source (0 in entries of earlier versions): it is one
+        /// more here.
+        #[serde(default)]
+        version: u64,
         now_ms: u64,
     },
     /// Source: the target installed the chunk; delete it here, keep a forwarding note.
@@ -455,6 +459,7 @@ mod tests {
                 kv: vec![("m1".into(), "v".into())],
                 dedup: vec![],
                 dedup_horizon_ms: 0,
+                version: 3,
                 now_ms: 10,
             }),
             Command::Registry(RegistryCommand::DropKeyspace {

@@ -64,6 +64,9 @@ pub struct DbOptions {
     pub unsafe_skip_fsync: bool,
     /// Space reserved next to the database for a full disk (`disk`), in MiB; 0: none.
     pub ballast_mb: usize,
+    /// Writes are refused once less than this is free (MiB; `None`: twice the largest
+    /// memtable, half the room kept for resuming; 0: only at ENOSPC).
+    pub reserve_mb: Option<usize>,
 }
 
 impl Default for DbOptions {
@@ -73,6 +76,7 @@ impl Default for DbOptions {
             block_cache_mb: 64,
             unsafe_skip_fsync: false,
             ballast_mb: 0,
+            reserve_mb: None,
         }
     }
 }
@@ -140,7 +144,13 @@ impl Db {
         let ballast = path
             .parent()
             .map(|p| (p.join("ballast"), (memory.ballast_mb as u64) << 20));
-        let disk = DiskState::new(path, 4 * write_buffer as u64, ballast);
+        // Writes are taken again with twice the reserve free at least, so that 507s do not
+        // flap around it.
+        let reserve = memory
+            .reserve_mb
+            .map_or(2 * write_buffer as u64, |m| (m as u64) << 20);
+        let headroom = (4 * write_buffer as u64).max(2 * reserve);
+        let disk = DiskState::new(path, headroom, reserve, ballast);
         let syncer = spawn_syncer(db.clone(), stats.clone(), disk.clone(), skip_fsync);
         disk::spawn_watcher(Arc::downgrade(&db), disk.clone(), !skip_fsync);
         Ok(Self {

@@ -7,7 +7,9 @@
 //! after a failed WAL, flush or MANIFEST write and resumes by itself once the file system has
 //! room for a memtable again (it polls every 5 s); held work then completes and the watcher
 //! below clears the mark once a synced probe write succeeds and there is headroom, so 507s do
-//! not flap on the last few megabytes.
+//! not flap on the last few megabytes. The watcher also marks the disk full *before* ENOSPC
+//! when less than a reserve (`--disk_reserve_mb`, half that headroom by default) is free, so a shard whose nodes share one file system
+//! stops taking writes while every node still has room to resume.
 //!
 //! A ballast file (`--ballast_mb`, reserved with `fallocate`, next to the database) is let go
 //! at the first ENOSPC: RocksDB then has room to resume and the held work — entries the
@@ -42,6 +44,8 @@ pub struct DiskState {
     /// Free bytes the file system must have before writes are taken again (besides the
     /// ballast's).
     headroom: u64,
+    /// Below this much free space the disk counts as full before any ENOSPC (0: never).
+    reserve: u64,
     ballast: Option<Ballast>,
 }
 
@@ -73,7 +77,12 @@ pub struct DiskReport {
 impl DiskState {
     /// The state of the database in `dir`; `ballast` (path, bytes) is reserved now if it
     /// can be (a file system that cannot `fallocate`, or one already full, goes without).
-    pub fn new(dir: &Path, headroom: u64, ballast: Option<(PathBuf, u64)>) -> Arc<DiskState> {
+    pub fn new(
+        dir: &Path,
+        headroom: u64,
+        reserve: u64,
+        ballast: Option<(PathBuf, u64)>,
+    ) -> Arc<DiskState> {
         let d = Arc::new(DiskState {
             full: AtomicBool::new(false),
             detail: Mutex::new(None),
@@ -82,6 +91,7 @@ impl DiskState {
             recoveries: AtomicU64::new(0),
             dir: dir.to_path_buf(),
             headroom,
+            reserve,
             ballast: ballast
                 .filter(|(_, bytes)| *bytes > 0)
                 .map(|(path, bytes)| Ballast { path, bytes }),
@@ -149,10 +159,27 @@ impl DiskState {
     /// Records an ENOSPC met by `what`; the first one of an episode is logged.
     pub fn mark_full(&self, what: &str, error: &dyn std::fmt::Display) {
         self.enospc_seen.fetch_add(1, Ordering::Relaxed);
+        self.set_full(format!("{what}: {error}"));
+    }
+
+    /// Marks the disk full before ENOSPC when the file system has less than the reserve free
+    /// (`--disk_reserve_mb`, by default half the headroom: TiKV's reserve space, in effect). It matters most where the shard's
+    /// nodes share one file system: there the ballast one node lets go at its ENOSPC would be
+    /// written full again by a leader that met none, and then no node could resume.
+    fn check_low_space(&self) {
+        let low = self.reserve;
+        if let Some(free) = self.free_bytes().filter(|f| *f < low) {
+            self.set_full(format!(
+                "free space {free} bytes is below the {low} bytes kept in reserve (--disk_reserve_mb)"
+            ));
+        }
+    }
+
+    fn set_full(&self, reason: String) {
         let mut d = self.detail.lock().unwrap_or_else(|p| p.into_inner());
         if !self.full.swap(true, Ordering::SeqCst) {
-            tracing::error!(dir = %self.dir.display(), what, %error, "disk full: writes are refused (507) until space returns; nothing acknowledged is lost");
-            *d = Some((Instant::now(), format!("{what}: {error}")));
+            tracing::error!(dir = %self.dir.display(), %reason, "disk full: writes are refused (507) until space returns; nothing acknowledged is lost");
+            *d = Some((Instant::now(), reason));
             self.release_ballast();
         }
     }
@@ -250,6 +277,8 @@ pub fn spawn_watcher(db: Weak<DB>, disk: Arc<DiskState>, fsync: bool) {
             if disk.is_full() {
                 let Some(db) = db.upgrade() else { return };
                 disk.try_clear(|| sync_write(&db, fsync).is_ok());
+            } else {
+                disk.check_low_space();
             }
         })
         .expect("spawning the disk-watch thread");
@@ -262,7 +291,7 @@ mod tests {
     #[test]
     fn the_mark_stays_while_work_is_held_or_the_probe_fails() {
         let dir = tempfile::tempdir().unwrap();
-        let d = DiskState::new(dir.path(), 0, None);
+        let d = DiskState::new(dir.path(), 0, 0, None);
         assert!(!d.try_clear(|| true), "nothing to clear");
         d.mark_full("test", &"No space left on device");
         assert!(d.is_full());
@@ -279,9 +308,30 @@ mod tests {
     }
 
     #[test]
+    fn low_space_marks_the_disk_full_before_enospc() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ballast");
+        let roomy = DiskState::new(dir.path(), 0, 0, None);
+        roomy.check_low_space();
+        assert!(!roomy.is_full(), "no reserve: never low");
+        let d = DiskState::new(
+            dir.path(),
+            u64::MAX,
+            u64::MAX,
+            Some((path.clone(), 1 << 20)),
+        );
+        d.check_low_space();
+        let r = d.report();
+        assert!(r.full, "less free than the reserve");
+        assert_eq!(r.enospc_seen, 0, "no ENOSPC met");
+        assert!(r.reason.unwrap().contains("free space"));
+        assert!(!path.exists(), "the ballast is let go as for ENOSPC");
+    }
+
+    #[test]
     fn headroom_is_required_before_clearing() {
         let dir = tempfile::tempdir().unwrap();
-        let d = DiskState::new(dir.path(), u64::MAX, None);
+        let d = DiskState::new(dir.path(), u64::MAX, 0, None);
         d.mark_full("test", &"x");
         assert!(!d.try_clear(|| true));
         assert!(d.free_bytes().is_some_and(|f| f > 0));
@@ -291,7 +341,7 @@ mod tests {
     fn the_ballast_is_reserved_let_go_when_full_and_reserved_again() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ballast");
-        let d = DiskState::new(dir.path(), 0, Some((path.clone(), 1 << 20)));
+        let d = DiskState::new(dir.path(), 0, 0, Some((path.clone(), 1 << 20)));
         let reserved = |p: &Path| {
             use std::os::unix::fs::MetadataExt;
             std::fs::metadata(p).map(|m| m.blocks() * 512).unwrap_or(0)

@@ -71,6 +71,7 @@ impl Shard {
                     sharding: Sharding::Range,
                 },
                 expected_version: None,
+                commit_by_ms: None,
             }),
             client: None,
             max_value_bytes: None,
@@ -230,6 +231,7 @@ async fn range_chunks_split_scan_and_move_with_their_dedup_tables() {
         kv: export.kv,
         dedup: export.dedup,
         dedup_horizon_ms: export.dedup_horizon_ms,
+        version: held.version,
         now_ms: 7,
     }))
     .await;
@@ -258,6 +260,39 @@ async fn range_chunks_split_scan_and_move_with_their_dedup_tables() {
     assert_eq!(b.get(&last), OwnedRead::Value(Some(format!("v{}+", n - 1))));
     let moved = b.chunks();
     assert_eq!((moved.len(), moved[0].count), (1, right.count));
+    // The version goes on from the source's: one more for the arrival, one for the activation.
+    assert_eq!(moved[0].version, held.version + 2, "a move is a change");
+    // A page is bounded by bytes too: it ends with the item that reaches the bound.
+    let scan = |max_bytes| {
+        b.store
+            .scan_range(
+                EVENTS,
+                &ScanRange {
+                    start: split_at.clone(),
+                    end: None,
+                    reverse: false,
+                    limit: 1000,
+                    max_bytes,
+                },
+            )
+            .unwrap()
+            .unwrap()
+    };
+    let whole = scan(1 << 30);
+    let item = |i: usize| (whole.items[i].0.len() + whole.items[i].1.len()) as u64;
+    let page = scan(item(0) + item(1) - 1);
+    assert_eq!(
+        page.items,
+        whole.items[..2].to_vec(),
+        "two items reach the bound"
+    );
+    assert_eq!(page.resume, Some(format!("{}\0", whole.items[1].0)));
+    let page = scan(item(0) + item(1));
+    assert_eq!(
+        page.items.len(),
+        2,
+        "the item reaching the bound ends the page"
+    );
     // Each shard's scan covers what it holds and says where the rest goes on.
     let page = a
         .store

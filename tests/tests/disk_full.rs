@@ -1,13 +1,15 @@
 //! Disk full, for real: three `unikv-node` processes with their data dirs on small tmpfs
 //! mounts; under eight writers, a test fills a file system to the last byte, so ENOSPC hits
-//! RocksDB's WAL (the Raft log and the applies) while writes are in flight — no free-space
-//! pre-check involved. The node must refuse new writes with 507 `insufficient_storage`, keep
-//! serving reads, lose nothing acknowledged, and take writes again once space returns,
-//! without a restart (same process).
+//! RocksDB's WAL (the Raft log and the applies) while writes are in flight. The node must
+//! refuse new writes with 507 `insufficient_storage`, keep serving reads, lose nothing
+//! acknowledged, and take writes again once space returns, without a restart (same process).
 //!
-//! Two cases: only the leader's disk fills (its followers still commit; its ballast lets it
-//! catch up and serve reads), and one file system under the whole shard (the one-machine
-//! case: nothing can commit until space returns).
+//! Three cases: only the leader's disk fills (its followers still commit; its ballast lets
+//! it catch up and serve reads), only a follower's, both with no free-space reserve (ENOSPC
+//! is what stops writes); and one file system under the whole shard (the one-machine case:
+//! nothing can commit until space returns), with the default reserve. Without a reserve
+//! there, the ballast a follower let go at its ENOSPC was written full by a leader that had
+//! met none yet, until no node had the room RocksDB needs to resume, and reads stalled.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,8 +26,15 @@ const VALUE_BYTES: usize = 2048;
 const LEAVE: u64 = 256 << 10;
 
 /// Small memtables (2 MiB per column family: RocksDB resumes once that much is free), a
-/// ballast of 12 MiB.
+/// ballast of 12 MiB; the default reserve (4 MiB: writes refused below that much free).
 const FLAGS: &[(&str, &str)] = &[("--memtable_mb", "4"), ("--ballast_mb", "12")];
+/// The same without a reserve, for a node alone on its disk: writes are refused only once
+/// ENOSPC was met, which is the path these tests are about.
+const FLAGS_NO_RESERVE: &[(&str, &str)] = &[
+    ("--memtable_mb", "4"),
+    ("--ballast_mb", "12"),
+    ("--disk_reserve_mb", "0"),
+];
 
 /// Writers putting unique keys to one node, recording every acknowledged write and every 507.
 struct Load {
@@ -161,7 +170,7 @@ async fn shard_on_own_disks(prefix: &str) -> (tempfile::TempDir, Vec<Tmpfs>, Clu
     let base = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
     let root = base.path().join("root");
     let disks = mount_per_node(&root, 64 << 20);
-    let c = Cluster::start_on(FLAGS, Some(&root)).await;
+    let c = Cluster::start_on(FLAGS_NO_RESERVE, Some(&root)).await;
     (base, disks, c)
 }
 
@@ -282,6 +291,13 @@ async fn one_full_disk_under_the_whole_shard_loses_nothing_and_resumes() {
         let st = c.status(id).await.unwrap();
         eprintln!("[full1] node {id} ({}): disk {:?}", st.role, st.disk);
         assert_ne!(st.role, "Shutdown", "Raft keeps running on node {id}");
+        if id == leader {
+            assert!(
+                st.disk.full,
+                "the refusing leader's disk is full: {:?}",
+                st.disk
+            );
+        }
     }
     assert_all_read_back(&api, leader, &snapshot, "while the disk is full").await;
     eprintln!(

@@ -135,6 +135,7 @@ impl Node {
             kv: export.kv,
             dedup: export.dedup,
             dedup_horizon_ms: export.dedup_horizon_ms,
+            version: held.version,
         };
         let give_up_at = Instant::now() + self.config.handoff_timeout();
         match deliver(self, to, rpc_kind::CHUNK_IN, &msg, give_up_at).await? {

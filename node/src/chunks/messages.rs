@@ -16,6 +16,9 @@ pub struct ChunkIn {
     pub kv: Vec<(String, String)>,
     pub dedup: Vec<(String, DedupRecord)>,
     pub dedup_horizon_ms: u64,
+    /// The chunk's version at the source: the target's is one more (it grows with a move).
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// The target asks the source how a hand-off ended.

@@ -38,6 +38,7 @@ impl Node {
             kv: m.kv,
             dedup: m.dedup,
             dedup_horizon_ms: m.dedup_horizon_ms,
+            version: m.version,
             now_ms: wall_clock_ms(),
         }))
         .await

@@ -116,6 +116,7 @@ impl Shard {
             KvOp::Catalog(CatalogOp {
                 change,
                 expected_version,
+                commit_by_ms: None,
             }),
             None,
         )
