@@ -17,6 +17,7 @@ fn state(shard: u64, node: u64, dv: u64, slots: Vec<(SlotRange, Epoch)>) -> Node
         initial_shards: None,
         keys: 0,
         bytes: 0,
+        chunks: 0,
         tags: Vec::new(),
         catalog_version: 0,
         slots,

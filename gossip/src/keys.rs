@@ -43,6 +43,8 @@ pub const SLOTS: &str = "slots";
 pub const KEYS: &str = "keys";
 /// Bytes stored by the shard (decimal). Absent means 0.
 pub const BYTES: &str = "bytes";
+/// Range chunks held by the shard (decimal). Absent means 0 (nodes of earlier versions).
+pub const CHUNKS: &str = "chunks";
 /// Registry tags, `name=value` pairs joined by `,` (names and values never contain `,` or `=`).
 pub const TAGS: &str = "tags";
 /// The catalog version the node has applied, published by members of the shard that holds
@@ -85,6 +87,8 @@ pub struct NodeState {
     pub keys: u64,
     /// Bytes (keys + values) stored by its shard, as of its last report.
     pub bytes: u64,
+    /// Range chunks its shard holds (arriving ones not counted).
+    pub chunks: u64,
     /// Registry tags of its shard (e.g. datacenter=us-east), sorted by name.
     pub tags: Vec<(String, String)>,
     /// The catalog version it has applied, if its shard holds the catalog (else 0).
@@ -310,6 +314,7 @@ pub fn encode_node_state(state: &NodeState) -> Vec<(String, String)> {
     );
     push(KEYS, state.keys.to_string());
     push(BYTES, state.bytes.to_string());
+    push(CHUNKS, state.chunks.to_string());
     push(
         TAGS,
         state
@@ -401,6 +406,11 @@ pub fn decode_node_state(keys: &BTreeMap<String, String>) -> Result<NodeState, K
             .map(|v| parse_u64(BYTES, v))
             .transpose()?
             .unwrap_or(0),
+        chunks: keys
+            .get(CHUNKS)
+            .map(|v| parse_u64(CHUNKS, v))
+            .transpose()?
+            .unwrap_or(0),
         tags: decode_tags(keys.get(TAGS).map(String::as_str).unwrap_or(""))?,
         catalog_version: keys
             .get(CATALOG_VERSION)
@@ -429,6 +439,7 @@ mod tests {
             initial_shards: Some(3),
             keys: 42,
             bytes: 4096,
+            chunks: 0,
             tags: vec![("datacenter".into(), "us-east".into())],
             catalog_version: 5,
             slots: vec![

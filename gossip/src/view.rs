@@ -65,6 +65,8 @@ pub struct ShardView {
     /// Keys and bytes stored, as last reported by the leader (else the ownership source).
     pub keys: u64,
     pub bytes: u64,
+    /// Range chunks held (from the same member as `keys`).
+    pub chunks: u64,
     /// Registry tags (from the highest descriptor_version member).
     pub tags: Vec<(String, String)>,
 }
@@ -319,6 +321,7 @@ fn derive_shard(id: ShardId, entries: &[(&MemberView, &NodeState)]) -> ShardView
         },
         keys: stats_source.map(|ns| ns.keys).unwrap_or(0),
         bytes: stats_source.map(|ns| ns.bytes).unwrap_or(0),
+        chunks: stats_source.map(|ns| ns.chunks).unwrap_or(0),
         tags: owner.map(|(_, ns)| ns.tags.clone()).unwrap_or_default(),
     }
 }
@@ -343,6 +346,7 @@ mod tests {
             initial_shards: None,
             keys: 0,
             bytes: 0,
+            chunks: 0,
             tags: Vec::new(),
             catalog_version: 0,
             slots: vec![],

@@ -166,6 +166,7 @@ mod tests {
             state: unikv_types::ShardState::Active,
             keys: 0,
             bytes: 0,
+            chunks: 0,
             tags: Vec::new(),
         }
     }

@@ -82,9 +82,19 @@ pub fn current_state(node: &Node, totals: (u64, u64), catalog_version: u64) -> N
             .collect(),
         keys: totals.0,
         bytes: totals.1,
+        chunks: chunks_served(&d),
         tags: d.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         catalog_version,
     }
+}
+
+/// The range chunks a shard holds (arriving ones are not its yet).
+pub fn chunks_served(d: &unikv_storage::ShardDescriptor) -> u64 {
+    d.chunks
+        .owned
+        .values()
+        .filter(|c| !matches!(c.state, unikv_storage::ChunkState::Incoming { .. }))
+        .count() as u64
 }
 
 const STATS_EVERY: Duration = Duration::from_secs(1);

@@ -84,7 +84,7 @@ pub fn cluster_config(node: &Node) -> Value {
             s.term,
             members,
             &s.slots,
-            s.descriptor_version,
+            (s.descriptor_version, s.chunks),
         ));
     }
     let (own_json, own_version) = own_shard(node, &view);
@@ -94,12 +94,17 @@ pub fn cluster_config(node: &Node) -> Value {
     // The catalog this node last read (seed 000's metadata version and collections), and the
     // newest version gossip reports (GET /collections reads it afresh).
     let catalog = node.catalog.current();
+    let chunks: u64 = shards
+        .iter()
+        .filter_map(|s| s["chunk_count"].as_u64())
+        .sum();
     json!({
         "version": version,
         "shards": shards,
         "catalog": {
             "version": catalog.version,
             "collections": catalog.list().len(),
+            "chunks": chunks,
             "gossiped_version": view.catalog_version(),
         },
     })
@@ -139,7 +144,7 @@ fn own_shard(node: &Node, view: &unikv_gossip::ClusterView) -> (Value, u64) {
         m.current_term,
         members,
         &slots,
-        d.version,
+        (d.version, crate::gossip_publisher::chunks_served(&d)),
     );
     (v, d.version)
 }
@@ -151,7 +156,7 @@ fn shard_json(
     term: u64,
     members: Vec<Value>,
     slots: &[(SlotRange, Epoch)],
-    descriptor_version: u64,
+    (descriptor_version, chunk_count): (u64, u64),
 ) -> Value {
     let count: usize = slots.iter().map(|(r, _)| r.len()).sum();
     let mut merged: Vec<[u16; 2]> = Vec::new();
@@ -175,5 +180,6 @@ fn shard_json(
         "slot_count": count,
         "epochs": epochs,
         "descriptor_version": descriptor_version,
+        "chunk_count": chunk_count,
     })
 }

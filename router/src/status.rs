@@ -105,6 +105,7 @@ fn shard(s: &ShardView) -> Value {
         "descriptor_version": s.descriptor_version,
         "keys": s.keys,
         "bytes": s.bytes,
+        "chunk_count": s.chunks,
         "tags": s.tags.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
     })
 }

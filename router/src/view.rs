@@ -75,6 +75,7 @@ pub(crate) mod tests {
             slots: Vec::new(),
             keys: 0,
             bytes: 0,
+            chunks: 0,
             tags: Vec::new(),
             catalog_version: 0,
         }

@@ -187,6 +187,27 @@ async fn custom_collections_keep_a_shard_keys_data_on_its_shards() {
         }
     }
     assert_eq!(served, 1, "exactly one of shards 2 and 3 holds user-7");
+    // Append and delete work under a shard key too (the key is gone again after).
+    let extra = |val: Option<&'static str>| {
+        let mut q = vec![
+            ("collection", "tenants"),
+            ("shard_key", "acme"),
+            ("key", "extra"),
+        ];
+        q.extend(val.map(|v| ("val", v)));
+        q
+    };
+    assert!(kv(&api, ROUTER, "put", &extra(Some("a")))
+        .await
+        .is_ok_true());
+    let r = kv(&api, ROUTER, "append", &extra(Some("+b"))).await;
+    assert_eq!(r.field("previous"), Some(&json!("a")), "{r}");
+    let r = kv(&api, ROUTER, "get", &extra(None)).await;
+    assert_eq!(r.str_field("value"), Some("a+b"), "{r}");
+    let r = kv(&api, ROUTER, "delete", &extra(None)).await;
+    assert_eq!(r.field("deleted"), Some(&json!(true)), "{r}");
+    let r = kv(&api, ROUTER, "get", &extra(None)).await;
+    assert_json_error("a deleted key under acme", &r, 404, "not_found");
     let stats = wait_until_ok(UNIFIED_WAIT, "per-shard statistics of acme", || async {
         let st = shard_key_stats(&u, acme).await;
         let total: u64 = st.iter().map(|(_, k)| k).sum();

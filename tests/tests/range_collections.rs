@@ -76,14 +76,11 @@ async fn scan_all(api: &Api, bounds: &[(&str, &str)], limit: usize) -> Result<Ve
 
 /// The chunks of `events` as the router lists them.
 async fn chunks(api: &Api) -> Vec<Value> {
-    let r = call(
-        api,
-        ROUTER,
-        Method::GET,
-        "/collections/events/chunks",
-        Value::Null,
-    )
-    .await;
+    chunks_listed(api, "/collections/events/chunks").await
+}
+
+async fn chunks_listed(api: &Api, path: &str) -> Vec<Value> {
+    let r = call(api, ROUTER, Method::GET, path, Value::Null).await;
     assert_eq!(r.status, 200, "{r}");
     r.field("chunks")
         .and_then(Value::as_array)
@@ -381,6 +378,47 @@ async fn range_collections_split_spread_scan_and_move() {
         (0..KEYS).map(key).collect()
     }
 
+    // Every chunk says its size and version; `?shard=S` lists exactly that shard's; `/config`
+    // counts them and `/stats` names their collection.
+    let c = chunks(&api).await;
+    for ch in &c {
+        let n = |f: &str| ch[f].as_u64().unwrap_or_else(|| panic!("{f} of {ch}"));
+        assert!(n("count") == 0 || n("size") > n("count"), "{ch}");
+        assert!(n("version") >= 1 && n("updated_at") > 0, "{ch}");
+    }
+    wait_until_ok(Duration::from_secs(30), "per-shard chunk lists", || async {
+        let all = chunks(&api).await;
+        for shard in 1..=3u64 {
+            let one =
+                chunks_listed(&api, &format!("/collections/events/chunks?shard={shard}")).await;
+            let want: Vec<&Value> = all.iter().filter(|c| c["shard"] == shard).collect();
+            if one.iter().collect::<Vec<_>>() != want {
+                return Err(format!("shard {shard}: {one:?} against {want:?}"));
+            }
+        }
+        let cfg = api
+            .get_path(node_ref(1, 1), "/config", &[])
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        let counted = cfg.field("catalog").map(|c| c["chunks"].clone());
+        if counted != Some(json!(all.len())) {
+            return Err(format!("/config counts {counted:?}, {} listed", all.len()));
+        }
+        Ok(())
+    })
+    .await;
+    let st = api.get_path(node_ref(1, 1), "/stats", &[]).await.unwrap();
+    let own = st.field("shards").and_then(Value::as_array).unwrap()[0].clone();
+    assert_eq!(own["chunks"][0]["collection"], "events", "{own}");
+    let before_split = c
+        .iter()
+        .find(|ch| {
+            ch["min"].as_str() <= Some("e10001x")
+                && ch["max"].as_str().is_none_or(|m| m > "e10001x")
+        })
+        .unwrap_or_else(|| panic!("no chunk holds e10001x: {c:?}"))
+        .clone();
+
     // An explicit split, then a move of the new chunk to another shard.
     let r = call(
         &api,
@@ -397,6 +435,11 @@ async fn range_collections_split_spread_scan_and_move() {
         .find(|c| c["min"] == "e10001x")
         .unwrap_or_else(|| panic!("no chunk at e10001x: {c:?}"))
         .clone();
+    let left = c.iter().find(|x| x["id"] == before_split["id"]).unwrap();
+    assert!(
+        left["version"].as_u64() > before_split["version"].as_u64(),
+        "a split is a change of the chunk split: {before_split} -> {left}"
+    );
     let from = new["shard"].as_u64().unwrap();
     let to = if from == 1 { 2 } else { 1 };
     let r = call(
@@ -411,6 +454,11 @@ async fn range_collections_split_spread_scan_and_move() {
     let c = chunks(&api).await;
     let moved = c.iter().find(|x| x["id"] == new["id"]).unwrap();
     assert_eq!(moved["shard"].as_u64(), Some(to), "{moved}");
+    assert!(
+        moved["version"].as_u64() > new["version"].as_u64()
+            && moved["updated_at"].as_u64() >= new["updated_at"].as_u64(),
+        "a move is a change of the chunk: {new} -> {moved}"
+    );
     let r = call(
         &api,
         ROUTER,

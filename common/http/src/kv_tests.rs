@@ -200,6 +200,15 @@ async fn the_body_limit_follows_the_service_limits() {
     let over = format!("key=k&val={}", "v".repeat(64 * 1024 + 20));
     let (s, b) = send(addr, "POST", "/put", Some((form, &over))).await;
     assert_eq!((s, &b["code"]), (413, &json!("body_too_large")));
+    // `curl -d '{"key":...}'` sends JSON labelled as a form: it is read as JSON.
+    let (s, b) = send(
+        addr,
+        "POST",
+        "/put",
+        Some((form, r#" {"key":"k","val":"v"}"#)),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
 }
 
 #[tokio::test]

@@ -33,8 +33,13 @@ impl Params {
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
+            // `curl -d '{...}'` labels a JSON body as a form: an object is never a useful form
+            // body, so it is read as the JSON it is.
+            let looks_json = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
             let is_json = ctype.starts_with("application/json")
-                || (ctype.is_empty() && bytes.first().is_some_and(|b| *b == b'{'));
+                || (looks_json
+                    && (ctype.is_empty()
+                        || ctype.starts_with("application/x-www-form-urlencoded")));
             if is_json {
                 map.extend(json_fields(&bytes)?);
             } else {

@@ -452,13 +452,27 @@ pub async fn stats(State(rb): State<Arc<Rebalancer>>, req: Request) -> Result<Re
                 "tags": s.tags.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
                 "slot_count": s.slots.iter().map(|(r, _)| r.len()).sum::<usize>(),
                 "keys": s.keys, "bytes": s.bytes, "descriptor_version": s.descriptor_version,
+                "chunk_count": s.chunks,
             })
         })
         .collect();
     let mut own = json!({
         "id": node.shard().0, "state": d.state.as_str(), "tags": d.tags,
         "slot_count": d.slot_count(), "keys": keys, "bytes": bytes, "descriptor_version": d.version,
+        "chunk_count": crate::gossip_publisher::chunks_served(&d),
     });
+    // Keyspace ids with the collection names this node's catalog copy has for them.
+    let catalog = node.catalog.current();
+    let names: std::collections::BTreeMap<u32, String> = catalog
+        .list()
+        .into_iter()
+        .map(|c| (c.id.0, c.name))
+        .collect();
+    let name = |ks: u32| match ks {
+        0 => Some("default".to_string()),
+        _ if unikv_types::Keyspace(ks) == unikv_types::Keyspace::SYSTEM => Some("_system".into()),
+        _ => names.get(&ks).cloned(),
+    };
     if p.optional("slots")
         .is_some_and(|v| v != "0" && v != "false")
     {
@@ -480,7 +494,7 @@ pub async fn stats(State(rb): State<Arc<Rebalancer>>, req: Request) -> Result<Re
         .unit_stats()
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
         .into_iter()
-        .map(|(ks, s)| json!({"keyspace": ks.0, "keys": s.keys, "bytes": s.bytes}))
+        .map(|(ks, s)| json!({"keyspace": ks.0, "collection": name(ks.0), "keys": s.keys, "bytes": s.bytes}))
         .collect();
     own["shard_keys"] = Value::Array(units);
     // Chunks of range collections held here, by keyspace id.
@@ -495,7 +509,7 @@ pub async fn stats(State(rb): State<Arc<Rebalancer>>, req: Request) -> Result<Re
     }
     own["chunks"] = ranges
         .iter()
-        .map(|(ks, (n, k, b))| json!({"keyspace": ks, "chunks": n, "keys": k, "bytes": b}))
+        .map(|(ks, (n, k, b))| json!({"keyspace": ks, "collection": name(*ks), "chunks": n, "keys": k, "bytes": b}))
         .collect();
     // Hash collections' keys here (the system keyspace, with the catalog, included).
     own["collections"] = node
@@ -503,7 +517,7 @@ pub async fn stats(State(rb): State<Arc<Rebalancer>>, req: Request) -> Result<Re
         .hash_collection_totals()
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
         .into_iter()
-        .map(|(ks, s)| json!({"keyspace": ks.0, "keys": s.keys, "bytes": s.bytes}))
+        .map(|(ks, s)| json!({"keyspace": ks.0, "collection": name(ks.0), "keys": s.keys, "bytes": s.bytes}))
         .collect();
     shards.push(own);
     shards.sort_by_key(|s| s["id"].as_u64());

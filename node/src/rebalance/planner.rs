@@ -151,6 +151,7 @@ mod tests {
             state,
             keys: 0,
             bytes: 0,
+            chunks: 0,
             tags: Vec::new(),
         }
     }
