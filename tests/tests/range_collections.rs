@@ -268,6 +268,19 @@ async fn range_collections_split_spread_scan_and_move() {
     .await;
     let total: u64 = listed.iter().map(|c| c["count"].as_u64().unwrap()).sum();
     assert_eq!(total, KEYS as u64, "chunk counts add up: {listed:?}");
+    // Balanced by bytes: a shard stops giving chunks away once the gap to the lightest is
+    // under half `--chunk_max_bytes` or no chunk of its own fits half the gap, so what is
+    // left is at most about two chunks (plus the little hash data beside them).
+    let mut bytes: BTreeMap<u64, u64> = BTreeMap::new();
+    for c in &listed {
+        *bytes.entry(c["shard"].as_u64().unwrap()).or_default() += c["size"].as_u64().unwrap();
+    }
+    let (lo, hi) = (bytes.values().min().unwrap(), bytes.values().max().unwrap());
+    println!("[figure] range bytes per shard once settled: {bytes:?}");
+    assert!(
+        hi - lo <= 2 * 16384 + 8192 + 4096,
+        "range bytes per shard not even: {bytes:?}"
+    );
 
     // Full scans: every key once, in order, page after page; bounds and reverse exact.
     let all: Vec<String> = (0..KEYS).map(key).collect();
