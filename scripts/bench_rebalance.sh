@@ -4,6 +4,8 @@
 # starts shard 4 and /addshard's it, and measures the total rebalance time, the data moved (MB/s)
 # and the write pause per moved slot (p50/p99 from each source leader's /rebalance/status).
 #   scripts/bench_rebalance.sh [KEYS]      (default 1000000)
+# PERF_SECS=N profiles every process for N seconds from the /addshard on (perf; PERF_CALLS=1
+# adds call graphs; the report goes to PERF_OUT, default /tmp/unikv-rebalance-perf.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -24,6 +26,12 @@ THREADS=2 MODE=load KEYS=$keys wrk -t2 -c64 -d${secs}s --timeout 10s -s tools/be
 echo "loaded in $(python3 -c "print(round($(date +%s.%N) - $t0, 1))") s"
 curl -s "$(node 1)/stats" | python3 -c 'import json,sys; s=json.load(sys.stdin); print("before:", [(x["id"], x["slot_count"], x["keys"], x["bytes"]) for x in s["shards"]])'
 start=$(date +%s.%N)
+if [ -n "${PERF_SECS:-}" ]; then
+  # A CPU profile of every node and the router while the move runs (PERF_SECS seconds).
+  perf record -F 499 ${PERF_CALLS:+--call-graph dwarf} -o "$work/perf.data" \
+    -p "$(pgrep -d, -f -- "$UNIKV_DATA")" -- sleep "$PERF_SECS" >/dev/null 2>&1 &
+  perf_pid=$!
+fi
 scripts/run_unified.sh addshard 4
 while :; do
   done=$(curl -s "$(node 1)/rebalance/status" | python3 -c 'import json,sys; c=json.load(sys.stdin)["cluster"]; print(int(c["pending_slots"] == 0 and c["targets"].get("4", 0) > 0))')
@@ -43,3 +51,10 @@ print("rebalance 3->4: %.1f s total, %d slots, %.1f MB moved, %.2f MB/s" % (tota
 for r in rows:
     print("  shard %d moved %d slots; write pause per slot ms: %s" % (r["shard"], r["moved_slots"], r["write_pause_ms"]))
 ' "$total"
+if [ -n "${PERF_SECS:-}" ]; then
+  wait "$perf_pid" || true
+  out=${PERF_OUT:-/tmp/unikv-rebalance-perf.txt}
+  perf report -i "$work/perf.data" --stdio --no-children --sort comm,dso,sym 2>&1 \
+    | grep -v -e '^#' -e '^$' | sed -n 1,80p > "$out" || true
+  echo "profile (self time, top 80 symbols) in $out"
+fi
