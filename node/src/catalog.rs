@@ -222,7 +222,6 @@ pub fn spawn_janitor(
                     let op = CatalogOp {
                         change: CatalogChange::Forget { id: d.id },
                         expected_version: None,
-                        commit_by_ms: None,
                     };
                     match node.change_catalog(op).await {
                         Ok(_) => {

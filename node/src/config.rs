@@ -218,7 +218,7 @@ pub struct Config {
     pub ballast_mb: Option<usize>,
     /// Free space, in MiB, below which this node counts its disk as full before any write
     /// fails (a leader then refuses writes with 507): the room RocksDB needs to resume. It
-    /// matters most when a shard's nodes share one disk. Default: `--memtable_mb` (128 at most); 0 waits
+    /// matters most when a shard's nodes share one disk. Default: two memtable write buffers (`--memtable_mb` rounded down to even, 128 at most); 0 waits
     /// for "no space left on device".
     #[arg(long = "disk_reserve_mb", alias = "disk-reserve-mb")]
     pub disk_reserve_mb: Option<usize>,

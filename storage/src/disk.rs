@@ -191,10 +191,11 @@ impl DiskState {
         Held(self)
     }
 
-    /// Free bytes of the data dir's file system (as root may use them), if it can be read.
+    /// Free bytes of the data dir's file system that any process may use (`f_bavail`: ext4
+    /// keeps 5 % for root, and a node not run as root meets ENOSPC when this reaches 0).
     pub fn free_bytes(&self) -> Option<u64> {
         let s = nix::sys::statvfs::statvfs(&self.dir).ok()?;
-        Some((s.blocks_free() as u64).saturating_mul(s.fragment_size() as u64))
+        Some((s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64))
     }
 
     pub fn report(&self) -> DiskReport {
@@ -230,9 +231,16 @@ impl DiskState {
         if self.free_bytes().is_some_and(|f| f < needed) || !probe() {
             return false;
         }
-        if let Err(e) = self.reserve_ballast() {
-            tracing::debug!(error = %e, "ballast not reserved yet");
-            return false;
+        match self.reserve_ballast() {
+            Ok(()) => {}
+            // A file system that cannot fallocate never will: go on without the ballast.
+            Err(e) if e.raw_os_error() == Some(nix::libc::EOPNOTSUPP) => {
+                tracing::warn!(error = %e, "no ballast on this file system");
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "ballast not reserved yet");
+                return false;
+            }
         }
         let mut d = self.detail.lock().unwrap_or_else(|p| p.into_inner());
         self.full.store(false, Ordering::SeqCst);
@@ -277,7 +285,8 @@ pub fn spawn_watcher(db: Weak<DB>, disk: Arc<DiskState>, fsync: bool) {
             if disk.is_full() {
                 let Some(db) = db.upgrade() else { return };
                 disk.try_clear(|| sync_write(&db, fsync).is_ok());
-            } else {
+            } else if db.strong_count() > 0 {
+                // (Not for a store being dropped: its ballast may soon be a new store's.)
                 disk.check_low_space();
             }
         })

@@ -4,7 +4,6 @@
 //! How dedup records expire is in `dedup`.
 
 use serde::{Deserialize, Serialize};
-use unikv_types::catalog::CatalogOp;
 use unikv_types::{Keyspace, KvOp, KvReply};
 use xxhash_rust::xxh3::Xxh3;
 
@@ -73,14 +72,7 @@ pub fn request_digest(keyspace: Keyspace, key: &str, op: &KvOp) -> u64 {
     part(op.name().as_bytes());
     match op {
         KvOp::Put { value } | KvOp::Append { value } => part(value.as_bytes()),
-        KvOp::Catalog(c) => {
-            // The commit deadline is the coordinator's, not the client's: a retry has another.
-            let c = CatalogOp {
-                commit_by_ms: None,
-                ..c.clone()
-            };
-            part(&serde_json::to_vec(&c).unwrap_or_default())
-        }
+        KvOp::Catalog(c) => part(&serde_json::to_vec(c).unwrap_or_default()),
         KvOp::MoveChunk { id, to } => {
             part(&id.0.to_be_bytes());
             part(&to.0.to_be_bytes());
@@ -140,18 +132,5 @@ mod tests {
             request_digest(Keyspace(16), "k", &put("v")),
             request_digest(Keyspace(17), "k", &put("v"))
         );
-        // A promote's commit deadline is the coordinator's: a retry with another is the same
-        // request.
-        let promote = |by: Option<u64>| {
-            KvOp::Catalog(CatalogOp {
-                change: unikv_types::catalog::CatalogChange::Promote {
-                    collection: "users".into(),
-                    default_shard_key: "default".into(),
-                },
-                expected_version: Some(3),
-                commit_by_ms: by,
-            })
-        };
-        assert_eq!(dg("c", &promote(None)), dg("c", &promote(Some(17))));
     }
 }

@@ -153,7 +153,6 @@ fn catalog_changes_compare_and_set_the_version() {
             KvOp::Catalog(CatalogOp {
                 change: create("x"),
                 expected_version: None,
-                commit_by_ms: None,
             }),
             None,
         )

@@ -71,7 +71,6 @@ impl Shard {
                     sharding: Sharding::Range,
                 },
                 expected_version: None,
-                commit_by_ms: None,
             }),
             client: None,
             max_value_bytes: None,

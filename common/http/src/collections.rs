@@ -316,7 +316,6 @@ async fn create_key<S: CatalogService>(
             shards,
         },
         expected_version: body_version(&body)?,
-        commit_by_ms: None,
     };
     let reply = s.change_catalog(op).await?;
     let k = reply
@@ -359,7 +358,6 @@ async fn remove_key<S: CatalogService>(
             key,
         },
         expected_version: body_version(&body)?,
-        commit_by_ms: None,
     };
     let reply = s.change_catalog(op).await?;
     let dropped = match id {
@@ -409,7 +407,6 @@ async fn sharding<S: CatalogService>(
             default_shard_key: key,
         },
         expected_version: body_version(&body)?,
-        commit_by_ms: None,
     };
     let reply = s.change_catalog(op).await?;
     Ok(ok(json!({
@@ -555,7 +552,6 @@ async fn create<S: CatalogService>(
             sharding,
         },
         expected_version: expected_version(&p)?,
-        commit_by_ms: None,
     };
     let reply = s.change_catalog(op).await?;
     let collection = reply.collection.as_ref().map(collection_json);
@@ -572,7 +568,6 @@ async fn remove<S: CatalogService>(
     let op = CatalogOp {
         change: CatalogChange::Delete { name },
         expected_version: expected_version(&p)?,
-        commit_by_ms: None,
     };
     let reply = s.change_catalog(op).await?;
     let dropped = match &reply.outcome {

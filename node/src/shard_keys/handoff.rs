@@ -141,7 +141,6 @@ impl Node {
                 to,
             },
             expected_version: None,
-            commit_by_ms: None,
         };
         self.change_catalog(op).await.map(|_| ())
     }

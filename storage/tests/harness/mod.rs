@@ -116,7 +116,6 @@ impl Shard {
             KvOp::Catalog(CatalogOp {
                 change,
                 expected_version,
-                commit_by_ms: None,
             }),
             None,
         )

@@ -42,16 +42,6 @@ impl Catalog {
     /// Applies `op` at time `now_ms` (the proposing leader's clock). On an error nothing
     /// changed.
     pub fn apply(&mut self, op: &CatalogOp, now_ms: u64) -> Result<CatalogOutcome, CatalogError> {
-        if let Some(by) = op.commit_by_ms.filter(|by| now_ms > *by) {
-            return Err(refused(
-                503,
-                "unavailable",
-                format!(
-                    "the change reached its commit {} ms after its deadline (the promote's fences may have ended): nothing was changed, try again",
-                    now_ms - by
-                ),
-            ));
-        }
         if let Some(v) = op.expected_version.filter(|v| *v != self.version) {
             return Err(refused(
                 409,

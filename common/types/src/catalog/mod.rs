@@ -247,11 +247,6 @@ pub struct CatalogOp {
     pub change: CatalogChange,
     /// Applied only if the catalog is still at this version (`None`: whatever it is).
     pub expected_version: Option<u64>,
-    /// Applied only if the entry's leader clock is at most this (ms since the epoch): set by a
-    /// promote's coordinator to well before its fences end, so the flip never commits after a
-    /// shard may have started a move again. Not part of the request (a retry recomputes it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub commit_by_ms: Option<u64>,
 }
 
 /// What a change did.

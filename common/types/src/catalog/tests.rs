@@ -6,7 +6,6 @@ fn op(change: CatalogChange, expected_version: Option<u64>) -> CatalogOp {
     CatalogOp {
         change,
         expected_version,
-        commit_by_ms: None,
     }
 }
 
@@ -200,23 +199,6 @@ fn shard_keys_and_the_one_way_promote() {
         "bad_shard_key"
     );
     let v = c.version;
-    // A commit that comes after its deadline (the fences may have ended) changes nothing.
-    let late = CatalogOp {
-        commit_by_ms: Some(4),
-        ..op(promote("default"), Some(v))
-    };
-    let e = c.apply(&late, 5).unwrap_err();
-    assert_eq!((e.code(), e.http_status()), ("unavailable", 503));
-    assert_eq!(c.version, v, "nothing changed");
-    let in_time = CatalogOp {
-        commit_by_ms: Some(5),
-        ..op(promote("default"), Some(v))
-    };
-    assert_eq!(
-        c.clone().apply(&in_time, 5),
-        Ok(CatalogOutcome::Promoted),
-        "at the deadline it commits"
-    );
     assert_eq!(
         c.apply(&op(promote("default"), Some(v)), 5),
         Ok(CatalogOutcome::Promoted)
