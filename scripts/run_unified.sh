@@ -127,7 +127,7 @@ router_ready() {
   curl -sf "$host:$router_port/status" | python3 -c '
 import json, sys
 s = json.load(sys.stdin)
-ok = s["unowned_slots"] == 0 and s["shards"] and all(x["leader"] for x in s["shards"])
+ok = s["unowned_slots"] == 0 and s["shards"] and all(x["leader"] and x["state"] == "active" for x in s["shards"])
 sys.exit(0 if ok else 1)'
 }
 
@@ -138,7 +138,7 @@ start)
   for s in $(seq "$shards"); do for n in 1 2 3; do start_node "$s" "$n"; done; done
   for s in $(seq "$shards"); do join_shard "$s"; done
   start_router
-  wait_for 90 "the router to see every slot owned and every leader" router_ready
+  wait_for 90 "the router to see every slot owned, every leader and every shard active" router_ready
   echo "unikv ready: router on $host:$router_port, shards 1-$shards on HTTP ports $(http_port 1 1)..$(http_port "$shards" 3)"
   ;;
 stop)
