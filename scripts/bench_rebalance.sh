@@ -6,6 +6,10 @@
 #   scripts/bench_rebalance.sh [KEYS]      (default 1000000)
 # PERF_SECS=N profiles every process for N seconds from the /addshard on (perf; PERF_CALLS=1
 # adds call graphs; the report goes to PERF_OUT, default /tmp/unikv-rebalance-perf.txt).
+# FG_CONN=N (e.g. 16) runs a foreground put load of N connections through the router for
+# FG_SECS seconds (default 15) before the /addshard and again from the /addshard on, and prints
+# both latency lines (the second covers the first FG_SECS seconds of the rebalance).
+# UNIKV_NODE_ARGS="--move_rate_mb 20 ..." passes flags to every node (as run_unified.sh does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -25,7 +29,13 @@ secs=${LOAD_SECS:-$(( keys / 4000 + 20 ))}
 THREADS=2 MODE=load KEYS=$keys wrk -t2 -c64 -d${secs}s --timeout 10s -s tools/bench/unikv_kv.lua "http://127.0.0.1:$UNIKV_ROUTER_PORT" | grep RESULT
 echo "loaded in $(python3 -c "print(round($(date +%s.%N) - $t0, 1))") s"
 curl -s "$(node 1)/stats" | python3 -c 'import json,sys; s=json.load(sys.stdin); print("before:", [(x["id"], x["slot_count"], x["keys"], x["bytes"]) for x in s["shards"]])'
+fg() {  # fg LABEL: the foreground put load, one latency line
+  MODE=put KEYS=$keys wrk -t2 -c"$FG_CONN" -d"${FG_SECS:-15}"s --timeout 10s -s tools/bench/unikv_kv.lua \
+    "http://127.0.0.1:$UNIKV_ROUTER_PORT" | grep RESULT | sed "s/^RESULT/foreground $1:/"
+}
+if [ -n "${FG_CONN:-}" ]; then fg before; fi
 start=$(date +%s.%N)
+if [ -n "${FG_CONN:-}" ]; then fg during > "$work/fg_during.txt" & fg_pid=$!; fi
 if [ -n "${PERF_SECS:-}" ]; then
   # A CPU profile of every node and the router while the move runs (PERF_SECS seconds).
   perf record -F 499 ${PERF_CALLS:+--call-graph dwarf} -o "$work/perf.data" \
@@ -39,6 +49,7 @@ while :; do
   sleep 0.2
 done
 total=$(python3 -c "print($(date +%s.%N) - $start)")
+if [ -n "${FG_CONN:-}" ]; then wait "$fg_pid" || true; cat "$work/fg_during.txt"; fi
 sleep 2
 curl -s "$(node 1)/stats" | python3 -c 'import json,sys; s=json.load(sys.stdin); print("after: ", [(x["id"], x["slot_count"], x["keys"], x["bytes"]) for x in s["shards"]])'
 for s in 1 2 3; do for n in 1 2 3; do curl -s "127.0.0.1:$((UNIKV_HTTP_BASE + 10 * s + n))/rebalance/status"; echo; done; done | python3 -c '

@@ -143,10 +143,18 @@ pub struct Config {
     /// only for its own hand-off).
     #[arg(long = "parallel_moves", alias = "parallel-moves", default_value_t = 8)]
     pub parallel_moves: usize,
-    /// Most megabytes per second this node's slot hand-offs send, paced before each slot is
-    /// frozen (0: unlimited).
+    /// Most megabytes per second this node's slot hand-offs send, paced before each piece of
+    /// a copy (never while a slot is frozen; 0: unlimited).
     #[arg(long = "move_rate_mb", alias = "move-rate-mb", default_value_t = 0.0)]
     pub move_rate_mb: f64,
+    /// A slot moves in pieces of about this many KiB (one message and one Raft entry each):
+    /// what bounds the memory and the log entries of a move, whatever the slot's size.
+    #[arg(
+        long = "move_piece_kb",
+        alias = "move-piece-kb",
+        default_value_t = 1024
+    )]
+    pub move_piece_kb: u64,
     /// A chunk of a range collection splits in two once it holds more than this many bytes
     /// (keys + values). Chunks are also what the balancer moves to even out bytes per shard.
     #[arg(
@@ -339,6 +347,11 @@ impl Config {
             .div_f64(self.lease_drift_margin.max(1.0))
     }
 
+    /// `--move_piece_kb` in bytes.
+    pub fn move_piece_bytes(&self) -> u64 {
+        self.move_piece_kb * 1024
+    }
+
     pub fn handoff_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.handoff_timeout_ms)
     }
@@ -356,6 +369,12 @@ impl Config {
             return bad(format!(
                 "--move_rate_mb must be 0 (unlimited) or a positive number of MB/s, got {}",
                 self.move_rate_mb
+            ));
+        }
+        if !(16..=65_536).contains(&self.move_piece_kb) {
+            return bad(format!(
+                "--move_piece_kb must be 16..=65536, got {}",
+                self.move_piece_kb
             ));
         }
         if self.handoff_timeout_ms == 0 {

@@ -119,8 +119,8 @@ fn forget(hint: Option<NodeRef>, target: &NodeRef) -> Option<NodeRef> {
 pub enum Delivery {
     /// The target committed it.
     Taken,
-    /// The target refused it (its message): the source aborts.
-    Refused(String),
+    /// The target refused it (its code and message): the source aborts.
+    Refused { code: String, message: String },
     /// No confirmation before the deadline (the last error): the source aborts.
     TimedOut(KvError),
 }
@@ -156,7 +156,9 @@ pub async fn deliver<M: Serialize>(
         };
         match res {
             Ok(()) => return Ok(Delivery::Taken),
-            Err(KvError::BadRequest { message, .. }) => return Ok(Delivery::Refused(message)),
+            Err(KvError::BadRequest { code, message }) => {
+                return Ok(Delivery::Refused { code, message })
+            }
             Err(e) if Instant::now() >= give_up_at => return Ok(Delivery::TimedOut(e)),
             Err(_) => tokio::time::sleep(DELIVERY_PAUSE).await,
         }

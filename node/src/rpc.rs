@@ -116,6 +116,10 @@ impl RpcHandler {
                 let req: AdminRequest = inc.read().await?;
                 inc.reply(&node.admin(req, true).await).await
             }
+            rpc_kind::MOVE_STAGE => {
+                let req = inc.read().await?;
+                inc.reply(&self.rebalancer.move_stage(req).await).await
+            }
             rpc_kind::MOVE_IN => {
                 let req = inc.read().await?;
                 inc.reply(&self.rebalancer.move_in(req).await).await

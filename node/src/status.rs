@@ -46,6 +46,7 @@ pub fn raft_status(node: &Node) -> Value {
         "wal_fsyncs": sync.fsyncs.load(Relaxed),
         "synced_appends": sync.synced_appends.load(Relaxed),
         "wal_fsync_micros": sync.fsync_micros.load(Relaxed),
+        "largest_log_entry_bytes": sync.largest_entry_bytes.load(Relaxed),
         "initial_shards": node.config.initial_shards(),
         "claim_problem": node.claim_problem(),
         "corruption": node.store.corruption(),

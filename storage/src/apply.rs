@@ -22,6 +22,7 @@ use crate::overlay::Overlay;
 use crate::raft_types::{Entry, StoredMembership};
 use crate::records::request_digest;
 use crate::registry::apply_registry;
+use crate::slot_copy::CopyTracker;
 
 /// Applies `entries` in order, updating `meta`, and writes everything as one batch. Returns one
 /// result per entry. (A cold cache: tests and one-off callers.)
@@ -36,17 +37,26 @@ pub fn apply_entries_cached(
     cache: &mut ApplyCache,
     entries: &[Entry],
 ) -> Result<Vec<CommandResult>> {
-    apply_entries_with(db, meta, cache, entries, &mut |_| {})
+    apply_entries_with(
+        db,
+        meta,
+        cache,
+        entries,
+        &mut |_| {},
+        &CopyTracker::default(),
+    )
 }
 
 /// [`apply_entries_cached`], calling `before_write` with the slots whose data the group
-/// deletes or replaces just before its batch reaches RocksDB.
+/// deletes or replaces just before its batch reaches RocksDB, and telling `copies` which keys
+/// it wrote once it is there.
 pub fn apply_entries_with(
     db: &Db,
     meta: &mut SmMeta,
     cache: &mut ApplyCache,
     entries: &[Entry],
     before_write: &mut dyn FnMut(&[Slot]),
+    copies: &CopyTracker,
 ) -> Result<Vec<CommandResult>> {
     let mut ov = Overlay::new(db, cache);
     let mut out = Vec::with_capacity(entries.len());
@@ -79,7 +89,7 @@ pub fn apply_entries_with(
     } else {
         meta.write_applied_to(db, &mut ov.batch)?;
     }
-    ov.commit(before_write)?;
+    ov.commit(before_write, copies)?;
     Ok(out)
 }
 

@@ -58,6 +58,51 @@ pub enum Command {
     Registry(RegistryCommand),
 }
 
+impl Command {
+    /// About how many bytes the entry holds in memory (its keys and values and a little
+    /// for the rest): what bounds the in-memory log tail by size.
+    pub fn approx_bytes(&self) -> usize {
+        const PER_ITEM: usize = 48;
+        let pairs = |kv: &[(String, String)]| -> usize {
+            kv.iter().map(|(k, v)| k.len() + v.len() + PER_ITEM).sum()
+        };
+        let in_collections = |kv: &[(Keyspace, String, String)]| -> usize {
+            kv.iter()
+                .map(|(_, k, v)| k.len() + v.len() + PER_ITEM)
+                .sum()
+        };
+        let dedup = |d: &[(String, DedupRecord)]| d.len() * (PER_ITEM * 2);
+        PER_ITEM * 4
+            + match self {
+                Command::Kv { key, op, .. } => {
+                    key.len()
+                        + match op {
+                            KvOp::Put { value } | KvOp::Append { value } => value.len(),
+                            _ => 0,
+                        }
+                }
+                Command::Move(MoveCommand::In {
+                    kv,
+                    dedup: d,
+                    collections_kv,
+                    deleted,
+                    ..
+                }) => {
+                    pairs(kv) + dedup(d) + in_collections(collections_kv) + deleted.len() * PER_ITEM
+                }
+                Command::Move(MoveCommand::Stage {
+                    kv,
+                    collections_kv,
+                    deleted,
+                    ..
+                }) => pairs(kv) + in_collections(collections_kv) + deleted.len() * PER_ITEM,
+                Command::Chunk(ChunkCommand::In { kv, dedup: d, .. })
+                | Command::Unit(UnitCommand::In { kv, dedup: d, .. }) => pairs(kv) + dedup(d),
+                _ => 0,
+            }
+    }
+}
+
 /// What the proposing leader's clock said, written into the entry so every replica decides
 /// expiry alike (replicas never read their own clock while applying).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,7 +140,35 @@ pub enum MoveCommand {
         /// The slot's pairs of collections other than `default`, with their keyspace.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         collections_kv: Vec<(Keyspace, String, String)>,
+        /// The copy staged here before the freeze that `kv`, `collections_kv` and `deleted`
+        /// complete (absent: they are the whole slot).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        staged: Option<Staged>,
+        /// With `staged`: keys deleted since the copy read them.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        deleted: Vec<(Keyspace, String)>,
     },
+    /// Target: piece `part` of copy `copy` of `slot`, sent by `from` while it still serves the
+    /// slot (or, after a source leader change, while frozen) ahead of the hand-off at
+    /// `epoch`: stored, not served. Part 0 replaces whatever was staged or received for the
+    /// slot at an older epoch; a part arrives once, in order.
+    Stage {
+        slot: Slot,
+        from: ShardId,
+        epoch: Epoch,
+        copy: u64,
+        part: u32,
+        /// Whether the pairs may already be staged (written keys sent again); pieces of the
+        /// first scan hold keys not staged yet.
+        overwrite: bool,
+        kv: Vec<(String, String)>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        collections_kv: Vec<(Keyspace, String, String)>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        deleted: Vec<(Keyspace, String)>,
+    },
+    /// Target: the source gave up copy `copy` of `slot` before its hand-off: delete it.
+    Unstage { slot: Slot, copy: u64 },
     /// Source: the target installed the slot; delete the data, keep a forwarding note.
     Done { slot: Slot, epoch: Epoch },
     /// Source: give up a hand-off the target has not confirmed; the slot serves writes again.
@@ -104,6 +177,13 @@ pub enum MoveCommand {
     Activate { slot: Slot, epoch: Epoch },
     /// Target: the source aborted; drop what was received.
     Drop { slot: Slot, epoch: Epoch },
+}
+
+/// The staged copy an `In` completes: its id and how many pieces the target must hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Staged {
+    pub copy: u64,
+    pub parts: u32,
 }
 
 /// Splitting a chunk of a range collection, and the steps of moving one between shards: the
@@ -263,6 +343,25 @@ impl fmt::Display for MoveCommand {
                     "move-in slot={slot} from={from} epoch={epoch} keys={}",
                     kv.len()
                 )
+            }
+            MoveCommand::Stage {
+                slot,
+                from,
+                epoch,
+                copy,
+                part,
+                kv,
+                collections_kv,
+                deleted,
+                ..
+            } => write!(
+                f,
+                "move-stage slot={slot} from={from} epoch={epoch} copy={copy:x} part={part} keys={} deleted={}",
+                kv.len() + collections_kv.len(),
+                deleted.len()
+            ),
+            MoveCommand::Unstage { slot, copy } => {
+                write!(f, "move-unstage slot={slot} copy={copy:x}")
             }
             MoveCommand::Done { slot, epoch } => write!(f, "move-done slot={slot} epoch={epoch}"),
             MoveCommand::Abort { slot, epoch } => write!(f, "move-abort slot={slot} epoch={epoch}"),
@@ -482,7 +581,21 @@ mod tests {
                 )],
                 dedup_horizon_ms: 3,
                 collections_kv: vec![(Keyspace(16), "a".into(), "c".into())],
+                staged: Some(Staged { copy: 77, parts: 3 }),
+                deleted: vec![(Keyspace(16), "gone".into())],
             }),
+            Command::Move(MoveCommand::Stage {
+                slot: 9,
+                from: ShardId(2),
+                epoch: Epoch(4),
+                copy: 77,
+                part: 2,
+                overwrite: true,
+                kv: vec![("a".into(), "b".into())],
+                collections_kv: vec![(Keyspace(16), "a".into(), "c".into())],
+                deleted: vec![(Keyspace::DEFAULT, "x".into())],
+            }),
+            Command::Move(MoveCommand::Unstage { slot: 9, copy: 77 }),
             Command::Move(MoveCommand::Done {
                 slot: 9,
                 epoch: Epoch(4),

@@ -81,7 +81,7 @@ impl Default for DbOptions {
     }
 }
 
-/// Counters that show how well group commit batches.
+/// Counters that show how well group commit batches, and how large log entries get.
 #[derive(Default, Debug)]
 pub struct SyncStats {
     /// WAL fsyncs performed.
@@ -90,6 +90,8 @@ pub struct SyncStats {
     pub synced_appends: std::sync::atomic::AtomicU64,
     /// Time spent in those fsyncs, in microseconds.
     pub fsync_micros: std::sync::atomic::AtomicU64,
+    /// The largest Raft log entry written since the process started, encoded, in bytes.
+    pub largest_entry_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Db {

@@ -48,6 +48,11 @@ pub struct ShardDescriptor {
     /// Slots received but not yet serving (waiting for the source to confirm the hand-off).
     #[serde(default)]
     pub incoming: BTreeMap<Slot, Incoming>,
+    /// Slots whose data is arriving in pieces while their source still serves them (the
+    /// copy phase of a move): stored, never served, replaced by `incoming` when the final
+    /// `In` commits.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub staging: BTreeMap<Slot, Staging>,
     /// Where slots this shard gave away went, and at which epoch: the forwarding notes.
     #[serde(default)]
     pub forwards: BTreeMap<Slot, Forward>,
@@ -238,6 +243,16 @@ pub struct Incoming {
     #[serde(alias = "peer")]
     pub source: ShardId,
     pub epoch: Epoch,
+}
+
+/// A slot whose copy is arriving in pieces: from which shard, for which hand-off epoch, which
+/// copy (a source starts a new one after a leader change) and how many pieces are in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Staging {
+    pub source: ShardId,
+    pub epoch: Epoch,
+    pub copy: u64,
+    pub parts: u32,
 }
 
 /// Where a slot this shard gave away went, and its epoch there.

@@ -27,6 +27,7 @@ pub mod raft_types;
 pub mod range_reads;
 pub mod records;
 pub mod registry;
+pub mod slot_copy;
 pub mod snapshot;
 pub mod state_machine;
 pub mod unit_moves;
@@ -35,17 +36,19 @@ pub mod usage;
 
 pub use chunk_map::{ChunkMap, ChunkState, OwnedChunk};
 pub use command::{
-    ChunkCommand, Command, CommandResult, LeaderClock, MoveCommand, RegistryCommand, UnitCommand,
+    ChunkCommand, Command, CommandResult, LeaderClock, MoveCommand, RegistryCommand, Staged,
+    UnitCommand,
 };
 pub use db::{Db, DbOptions};
-pub use descriptor::{Forward, Incoming, Outgoing, OwnedRange, ShardDescriptor};
+pub use descriptor::{Forward, Incoming, Outgoing, OwnedRange, ShardDescriptor, Staging};
 pub use error::{Error, Result};
 pub use log_store::LogStore;
 pub use moves::SlotExport;
 pub use raft_types::{NodeAddr, TypeConfig};
 pub use records::{DedupRecord, SlotStats};
+pub use slot_copy::Piece;
 pub use snapshot::{Snapshot, SnapshotFile};
-pub use state_machine::{OwnedRead, StateMachine, Store};
+pub use state_machine::{OwnedRead, SlotCopy, StateMachine, Store};
 
 /// Opens (or creates) the storage of one replica under `dir`: the RocksDB and the snapshot folder.
 pub fn open(

@@ -15,18 +15,53 @@ use crate::raft_types::Entry;
 
 /// How many of the newest entries are kept (a few MB with 256-byte values).
 pub const DEFAULT_CAPACITY: usize = 8192;
+/// Most bytes the kept entries may hold (slot moves write entries of up to a piece each).
+pub const DEFAULT_MAX_BYTES: usize = 64 * 1024 * 1024;
 
 #[derive(Debug)]
 pub struct LogCache {
     entries: VecDeque<Entry>,
     capacity: usize,
+    /// Sum of the kept entries' [`entry_bytes`].
+    bytes: usize,
+    max_bytes: usize,
+}
+
+/// About how many bytes an entry holds in memory.
+fn entry_bytes(e: &Entry) -> usize {
+    match &e.payload {
+        openraft::EntryPayload::Normal(c) => c.approx_bytes(),
+        _ => 256,
+    }
 }
 
 impl LogCache {
     pub fn new(capacity: usize) -> LogCache {
+        LogCache::with_max_bytes(capacity, DEFAULT_MAX_BYTES)
+    }
+
+    /// A cache of at most `capacity` entries holding at most `max_bytes` (the newest entry is
+    /// kept whatever its size).
+    pub fn with_max_bytes(capacity: usize, max_bytes: usize) -> LogCache {
         LogCache {
             entries: VecDeque::new(),
             capacity: capacity.max(1),
+            bytes: 0,
+            max_bytes,
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(e) = self.entries.pop_front() {
+            self.bytes -= entry_bytes(&e);
+        }
+    }
+
+    fn truncate(&mut self, len: usize) {
+        while self.entries.len() > len {
+            if let Some(e) = self.entries.pop_back() {
+                self.bytes -= entry_bytes(&e);
+            }
         }
     }
 
@@ -46,13 +81,18 @@ impl LogCache {
         };
         match (self.first_index(), self.last_index()) {
             (Some(first), Some(last)) if first_new >= first && first_new <= last + 1 => {
-                self.entries.truncate((first_new - first) as usize);
+                self.truncate((first_new - first) as usize);
             }
-            _ => self.entries.clear(),
+            _ => self.truncate(0),
         }
-        self.entries.extend(new.iter().cloned());
-        while self.entries.len() > self.capacity {
-            self.entries.pop_front();
+        for e in new {
+            self.bytes += entry_bytes(e);
+            self.entries.push_back(e.clone());
+        }
+        while self.entries.len() > self.capacity
+            || (self.bytes > self.max_bytes && self.entries.len() > 1)
+        {
+            self.pop_front();
         }
     }
 
@@ -60,9 +100,9 @@ impl LogCache {
     pub fn truncate_after(&mut self, last_kept: Option<u64>) {
         match (last_kept, self.first_index()) {
             (Some(last), Some(first)) if last >= first => {
-                self.entries.truncate((last - first + 1) as usize)
+                self.truncate((last - first + 1) as usize)
             }
-            _ => self.entries.clear(),
+            _ => self.truncate(0),
         }
     }
 
@@ -73,7 +113,7 @@ impl LogCache {
             .front()
             .is_some_and(|e| e.log_id().index() <= upto)
         {
-            self.entries.pop_front();
+            self.pop_front();
         }
     }
 
@@ -142,5 +182,23 @@ mod tests {
         assert_eq!(indexes(c.get(3, None)), None);
         c.truncate_after(None);
         assert_eq!(indexes(c.get(10, None)), None);
+    }
+
+    #[test]
+    fn bounded_by_bytes_too() {
+        // Blank entries count 256 bytes: 1000 bytes hold three of them.
+        let mut c = LogCache::with_max_bytes(100, 1000);
+        c.append(&(1..=10).map(|i| entry(1, i)).collect::<Vec<_>>());
+        assert_eq!(indexes(c.get(8, None)), Some(vec![8, 9, 10]));
+        assert_eq!(indexes(c.get(7, None)), None);
+        assert_eq!(c.bytes, 768);
+        c.truncate_after(Some(8));
+        assert_eq!(c.bytes, 256);
+        c.purge(8);
+        assert_eq!(c.bytes, 0);
+        // The newest entry stays even when it alone is over the bound.
+        let mut small = LogCache::with_max_bytes(100, 10);
+        small.append(&[entry(1, 1), entry(1, 2)]);
+        assert_eq!(indexes(small.get(2, None)), Some(vec![2]));
     }
 }

@@ -274,13 +274,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut b = WriteBatch::default();
         let cf = self.db.cf(CF_LOG);
         let entries: Vec<Entry> = entries.into_iter().collect();
+        let mut largest = 0;
         for entry in &entries {
-            b.put_cf(
-                cf,
-                index_key(entry.log_id.index()),
-                encode("log entry", entry)?,
-            );
+            let bytes = encode("log entry", entry)?;
+            largest = largest.max(bytes.len() as u64);
+            b.put_cf(cf, index_key(entry.log_id.index()), bytes);
         }
+        self.db
+            .sync_stats()
+            .largest_entry_bytes
+            .fetch_max(largest, std::sync::atomic::Ordering::Relaxed);
         // Written now so the entries are readable on return; durable when the callback runs.
         // The cache is updated under its lock after the write, so a reader never sees an entry
         // in the cache that RocksDB does not have yet — except held ones (disk full), which

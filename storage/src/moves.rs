@@ -15,7 +15,7 @@ use unikv_types::{Keyspace, KvError, KvReply, Slot};
 
 use crate::command::{CommandResult, MoveCommand};
 use crate::db::{slot_bounds, split_key, split_keyspace, Db, CF_DEDUP, CF_KV, CF_STATS};
-use crate::descriptor::{Incoming, Outgoing, ShardDescriptor};
+use crate::descriptor::{Incoming, Outgoing, ShardDescriptor, Staging};
 use crate::error::{decode, Result};
 use crate::overlay::Overlay;
 use crate::records::{DedupRecord, SlotStats};
@@ -83,6 +83,8 @@ pub(crate) fn apply_move(
             dedup,
             dedup_horizon_ms,
             collections_kv,
+            staged,
+            deleted,
         } => {
             let h = Incoming {
                 source: *from,
@@ -90,14 +92,27 @@ pub(crate) fn apply_move(
             };
             if d.incoming.get(slot) == Some(&h) || d.owns(*slot).is_some_and(|e| e >= *epoch) {
                 ok
-            } else if let Some(e) = d.owns(*slot) {
-                refused(format!("slot {slot} is already owned here at epoch {e}"))
-            } else if d.forwards.get(slot).is_some_and(|f| f.epoch >= *epoch) {
-                refused(format!(
-                    "slot {slot} already moved on from here at a newer epoch"
-                ))
-            } else if d.incoming.get(slot).is_some_and(|i| i.epoch > *epoch) {
-                refused(format!("slot {slot} is being received at a newer epoch"))
+            } else if let Some(why) = not_receivable(d, *slot, *epoch) {
+                refused(why)
+            } else if let Some(sg) = staged {
+                let want = Staging {
+                    source: *from,
+                    epoch: *epoch,
+                    copy: sg.copy,
+                    parts: sg.parts,
+                };
+                if d.staging.get(slot) != Some(&want) {
+                    copy_missing(*slot, d.staging.get(slot), &want)
+                } else {
+                    // The last writes since the copy read the slot, then its dedup table.
+                    let (pairs, deleted) = kept(d, kv, collections_kv, deleted);
+                    ov.stage_pairs(*slot, &pairs, &deleted, true)?;
+                    ov.install_dedup(*slot, dedup, *dedup_horizon_ms)?;
+                    d.staging.remove(slot);
+                    d.incoming.insert(*slot, h);
+                    d.version += 1;
+                    ok
+                }
             } else {
                 // A collection deleted here meanwhile stays deleted.
                 let collections_kv: Vec<_> = collections_kv
@@ -106,11 +121,83 @@ pub(crate) fn apply_move(
                     .cloned()
                     .collect();
                 ov.install_slot(*slot, kv, &collections_kv, dedup, *dedup_horizon_ms)?;
+                d.staging.remove(slot);
                 d.incoming.insert(*slot, h);
                 d.version += 1;
                 ok
             }
         }
+        MoveCommand::Stage {
+            slot,
+            from,
+            epoch,
+            copy,
+            part,
+            overwrite,
+            kv,
+            collections_kv,
+            deleted,
+        } => {
+            let this = Staging {
+                source: *from,
+                epoch: *epoch,
+                copy: *copy,
+                parts: *part,
+            };
+            let same =
+                |s: &Staging| (s.source, s.epoch, s.copy) == (this.source, this.epoch, this.copy);
+            if d.incoming.get(slot)
+                == Some(&Incoming {
+                    source: *from,
+                    epoch: *epoch,
+                })
+            {
+                // The final `In` of this hand-off committed already (a resumed source asks).
+                Err(KvError::BadRequest {
+                    code: ALREADY_RECEIVED.into(),
+                    message: format!("slot {slot} was already received at epoch {epoch}"),
+                })
+            } else if let Some(why) = not_receivable(d, *slot, *epoch) {
+                refused(why)
+            } else {
+                match d.staging.get(slot).copied() {
+                    Some(s) if same(&s) && *part < s.parts => ok,
+                    Some(s) if same(&s) && *part == s.parts => {
+                        let (pairs, deleted) = kept(d, kv, collections_kv, deleted);
+                        ov.stage_pairs(*slot, &pairs, &deleted, *overwrite)?;
+                        d.staging.insert(
+                            *slot,
+                            Staging {
+                                parts: s.parts + 1,
+                                ..s
+                            },
+                        );
+                        d.version += 1;
+                        ok
+                    }
+                    _ if *part == 0 => {
+                        // A new copy: whatever an older one (or an aborted hand-off) left goes.
+                        ov.delete_slot(*slot)?;
+                        d.incoming.remove(slot);
+                        let (pairs, deleted) = kept(d, kv, collections_kv, deleted);
+                        ov.stage_pairs(*slot, &pairs, &deleted, *overwrite)?;
+                        d.staging.insert(*slot, Staging { parts: 1, ..this });
+                        d.version += 1;
+                        ok
+                    }
+                    cur => copy_missing(*slot, cur.as_ref(), &this),
+                }
+            }
+        }
+        MoveCommand::Unstage { slot, copy } => match d.staging.get(slot).copied() {
+            Some(s) if s.copy == *copy => {
+                ov.delete_slot(*slot)?;
+                d.staging.remove(slot);
+                d.version += 1;
+                ok
+            }
+            _ => ok,
+        },
         MoveCommand::Done { slot, epoch } => match d.outgoing.get(slot).copied() {
             Some(h) if h.epoch == *epoch => {
                 ov.delete_slot(*slot)?;
@@ -158,10 +245,81 @@ pub(crate) fn apply_move(
             _ => ok,
         },
     };
-    if let (Err(e), MoveCommand::Out { .. } | MoveCommand::In { .. }) = (&res, m) {
+    if let (Err(e), MoveCommand::Out { .. } | MoveCommand::In { .. } | MoveCommand::Stage { .. }) =
+        (&res, m)
+    {
         tracing::warn!(shard = %d.shard, command = %m, error = %e, "slot move step refused");
     }
     Ok(res)
+}
+
+/// The code of a `Stage` refused because the hand-off's final `In` already committed here.
+pub const ALREADY_RECEIVED: &str = "already_received";
+/// The code of a `Stage` or `In` refused because the copy it continues is not staged here.
+pub const COPY_MISSING: &str = "copy_missing";
+
+/// Why `slot` cannot be received at `epoch` here (it is owned, moved on, or arriving at a
+/// newer epoch), if it cannot.
+fn not_receivable(d: &ShardDescriptor, slot: Slot, epoch: unikv_types::Epoch) -> Option<String> {
+    if let Some(e) = d.owns(slot) {
+        Some(format!("slot {slot} is already owned here at epoch {e}"))
+    } else if d.forwards.get(&slot).is_some_and(|f| f.epoch >= epoch) {
+        Some(format!(
+            "slot {slot} already moved on from here at a newer epoch"
+        ))
+    } else if d.incoming.get(&slot).is_some_and(|i| i.epoch > epoch)
+        || d.staging.get(&slot).is_some_and(|s| s.epoch > epoch)
+    {
+        Some(format!("slot {slot} is being received at a newer epoch"))
+    } else {
+        None
+    }
+}
+
+fn copy_missing(slot: Slot, cur: Option<&Staging>, want: &Staging) -> CommandResult {
+    Err(KvError::BadRequest {
+        code: COPY_MISSING.into(),
+        message: match cur {
+            Some(c) => format!(
+                "slot {slot}: copy {:x} part {} does not follow what is staged here (copy {:x} from shard {} at epoch {}, {} parts)",
+                want.copy, want.parts, c.copy, c.source, c.epoch, c.parts
+            ),
+            None => format!(
+                "slot {slot}: copy {:x} part {} does not follow what is staged here (nothing)",
+                want.copy, want.parts
+            ),
+        },
+    })
+}
+
+/// A piece's pairs of every collection (keyspace, key, value) and its deleted keys.
+type Kept<'p> = (Vec<(Keyspace, &'p str, &'p str)>, Vec<(Keyspace, &'p str)>);
+
+/// Pairs (every collection, with its keyspace) and deleted keys of a piece, without those of
+/// collections deleted here meanwhile.
+fn kept<'p>(
+    d: &ShardDescriptor,
+    kv: &'p [(String, String)],
+    collections_kv: &'p [(Keyspace, String, String)],
+    deleted: &'p [(Keyspace, String)],
+) -> Kept<'p> {
+    let live = |ks: &Keyspace| !d.dropped_keyspaces.contains(ks);
+    let pairs = kv
+        .iter()
+        .map(|(k, v)| (Keyspace::DEFAULT, k.as_str(), v.as_str()))
+        .chain(
+            collections_kv
+                .iter()
+                .map(|(ks, k, v)| (*ks, k.as_str(), v.as_str())),
+        )
+        .filter(|(ks, _, _)| live(ks))
+        .collect();
+    let deleted = deleted
+        .iter()
+        .filter(|(ks, _)| live(ks))
+        .map(|(ks, k)| (*ks, k.as_str()))
+        .collect();
+    (pairs, deleted)
 }
 
 /// Everything stored for `slot`, for handing it off.
@@ -209,14 +367,35 @@ pub fn export_slot(db: &Db, slot: Slot) -> Result<SlotExport> {
             }
         }
     }
-    for (client, v) in scan(CF_DEDUP)? {
+    (out.dedup, out.dedup_horizon_ms) = dedup_of_slot(db, slot)?;
+    Ok(out)
+}
+
+/// `slot`'s dedup table (client id → record) and horizon.
+pub fn dedup_of_slot(db: &Db, slot: Slot) -> Result<(Vec<(String, DedupRecord)>, u64)> {
+    let (lo, hi) = slot_bounds(slot);
+    let mut ro = ReadOptions::default();
+    ro.set_iterate_upper_bound(hi);
+    let (mut dedup, mut horizon) = (Vec::new(), 0);
+    for item in db.raw().iterator_cf_opt(
+        db.cf(CF_DEDUP),
+        ro,
+        IteratorMode::From(&lo, Direction::Forward),
+    ) {
+        let (k, v) = item?;
+        let Some((_, client)) = split_key(&k) else {
+            continue;
+        };
         if client.is_empty() {
-            out.dedup_horizon_ms = <[u8; 8]>::try_from(&v[..]).map_or(0, u64::from_be_bytes);
+            horizon = <[u8; 8]>::try_from(&v[..]).map_or(0, u64::from_be_bytes);
         } else {
-            out.dedup.push((text(&client), decode("dedup record", &v)?));
+            dedup.push((
+                String::from_utf8_lossy(client).into_owned(),
+                decode("dedup record", &v)?,
+            ));
         }
     }
-    Ok(out)
+    Ok((dedup, horizon))
 }
 
 /// Key count and bytes of one slot (zero if it holds nothing).

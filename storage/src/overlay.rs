@@ -16,6 +16,7 @@ use crate::db::{
 use crate::error::{decode, encode, Result};
 use crate::keyspace_stats::keyspace_stats;
 use crate::records::{DedupRecord, SlotStats};
+use crate::slot_copy::CopyTracker;
 
 /// Reads through the pending batch to the cache and the database, and accumulates per-slot
 /// statistics.
@@ -263,6 +264,36 @@ impl<'a> Overlay<'a> {
         Ok(())
     }
 
+    /// Writes pairs and deletes keys of a copy arriving for `slot` (not served here), keeping
+    /// its statistics exact. Without `overwrite` the pairs are known not to be stored yet
+    /// (pieces of the first scan), so nothing is read back.
+    pub(crate) fn stage_pairs(
+        &mut self,
+        slot: Slot,
+        pairs: &[(Keyspace, &str, &str)],
+        deleted: &[(Keyspace, &str)],
+        overwrite: bool,
+    ) -> Result<()> {
+        for (ks, k, v) in pairs {
+            let key = kv_key_in(slot, *ks, k.as_bytes());
+            let old = if overwrite { self.get_kv(&key)? } else { None };
+            let (keys, bytes) = match old {
+                Some(o) => (0, v.len() as i64 - o.len() as i64),
+                None => (1, (k.len() + v.len()) as i64),
+            };
+            self.put_kv(key, v.as_bytes().to_vec());
+            self.count_in(slot, *ks, keys, bytes);
+        }
+        for (ks, k) in deleted {
+            let key = kv_key_in(slot, *ks, k.as_bytes());
+            if let Some(o) = self.get_kv(&key)? {
+                self.delete_kv(key);
+                self.count_in(slot, *ks, -1, -((k.len() + o.len()) as i64));
+            }
+        }
+        Ok(())
+    }
+
     /// Writes dedup records and a horizon received (or copied) for `slot`.
     pub(crate) fn install_dedup(
         &mut self,
@@ -411,10 +442,16 @@ impl<'a> Overlay<'a> {
 
     /// Writes the batch, then tells the cache what is now in RocksDB. `before_write` is told
     /// first which slots the batch deletes or replaces (so readers can stop trusting them).
-    pub(crate) fn commit(self, before_write: &mut dyn FnMut(&[Slot])) -> Result<()> {
+    /// `copies` then records the `kv` keys written in slots being copied elsewhere.
+    pub(crate) fn commit(
+        self,
+        before_write: &mut dyn FnMut(&[Slot]),
+        copies: &CopyTracker,
+    ) -> Result<()> {
         let Overlay {
             db,
             cache,
+            kv,
             dedup,
             replaced,
             new_stats,
@@ -424,6 +461,7 @@ impl<'a> Overlay<'a> {
         } = self;
         before_write(&replaced);
         db.write(batch)?;
+        copies.record(kv.keys());
         for slot in replaced {
             cache.forget_slot(slot);
         }

@@ -20,7 +20,8 @@ use crate::descriptor::ShardDescriptor;
 use crate::error::{blocking, Error, Result};
 use crate::meta::SmMeta;
 use crate::raft_types::{Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
-use crate::records::SlotStats;
+use crate::records::{DedupRecord, SlotStats};
+use crate::slot_copy::{CopyTracker, Piece};
 use crate::snapshot::{
     file_name, index_of, read_snapshot, sync_dir, verify_snapshot, write_snapshot, Record,
     Snapshot, SnapshotFile, SnapshotHeader,
@@ -39,6 +40,8 @@ struct Shared {
     /// Statistics and dedup records apply would otherwise read back (only apply and snapshot
     /// install touch it).
     cache: Mutex<ApplyCache>,
+    /// Slots being copied to another shard from this replica, and the keys written since.
+    copies: CopyTracker,
     snap_dir: PathBuf,
     /// The latest snapshot on disk.
     current: Mutex<Option<(SnapshotMeta, PathBuf)>>,
@@ -48,6 +51,32 @@ impl Shared {
     /// Notes `e` if it is a sign of corruption (see [`Db::note`]); returns `e`.
     fn note(&self, e: Error) -> Error {
         self.db.note(e)
+    }
+}
+
+/// The record of the writes to a slot being copied from this replica (see
+/// [`Store::start_copy`]).
+#[derive(Debug)]
+pub struct SlotCopy {
+    shared: Arc<Shared>,
+    slot: Slot,
+}
+
+impl SlotCopy {
+    /// The raw keys written since the last call (sorted); an error if the record is lost.
+    pub fn take(&self) -> Result<Vec<Vec<u8>>> {
+        self.shared.copies.take(self.slot)
+    }
+
+    /// How many keys, and how many bytes of keys, were written since the last `take`.
+    pub fn pending(&self) -> (usize, usize) {
+        self.shared.copies.pending(self.slot)
+    }
+}
+
+impl Drop for SlotCopy {
+    fn drop(&mut self) {
+        self.shared.copies.stop(self.slot);
     }
 }
 
@@ -174,6 +203,37 @@ impl Store {
         crate::moves::export_slot(&self.shared.db, slot)
     }
 
+    /// Starts recording the writes to `slot` for a copy of it to another shard (see
+    /// `slot_copy`); `None` if a copy of it runs already. Recording stops when the handle
+    /// is dropped.
+    pub fn start_copy(&self, slot: Slot) -> Option<SlotCopy> {
+        self.shared.copies.start(slot).then(|| SlotCopy {
+            shared: self.shared.clone(),
+            slot,
+        })
+    }
+
+    /// The next piece (about `max_bytes`) of `slot`'s pairs after raw key `after`, and where
+    /// to continue (`None`: done).
+    pub fn copy_piece(
+        &self,
+        slot: Slot,
+        after: Option<&[u8]>,
+        max_bytes: u64,
+    ) -> Result<(Piece, Option<Vec<u8>>)> {
+        crate::slot_copy::scan_piece(&self.shared.db, slot, after, max_bytes)
+    }
+
+    /// The current values (or absence) of raw keys of `slot`, in pieces of about `max_bytes`.
+    pub fn read_keys(&self, slot: Slot, keys: &[Vec<u8>], max_bytes: u64) -> Result<Vec<Piece>> {
+        crate::slot_copy::read_keys(&self.shared.db, slot, keys, max_bytes)
+    }
+
+    /// `slot`'s dedup table and horizon (for the final step of a copy).
+    pub fn export_dedup(&self, slot: Slot) -> Result<(Vec<(String, DedupRecord)>, u64)> {
+        crate::moves::dedup_of_slot(&self.shared.db, slot)
+    }
+
     /// Key count and bytes of one slot (zero if it holds nothing).
     pub fn slot_stat(&self, slot: Slot) -> Result<SlotStats> {
         crate::moves::slot_stat(&self.shared.db, slot)
@@ -251,6 +311,7 @@ impl StateMachine {
                 meta: RwLock::new(meta),
                 generation: AtomicU64::new(0),
                 cache: Mutex::new(ApplyCache::default()),
+                copies: CopyTracker::default(),
                 snap_dir: snap_dir.to_path_buf(),
                 current: Mutex::new(current),
             }),
@@ -404,7 +465,7 @@ fn apply_group(
 ) -> Result<(SmMeta, Vec<CommandResult>)> {
     let mut meta = base.clone();
     let mut cache = lock(&shared.cache);
-    let results = apply_entries_with(&shared.db, &mut meta, &mut cache, group, &mut |slots| {
+    let mut hide = |slots: &[Slot]| {
         if slots.is_empty() {
             return;
         }
@@ -417,7 +478,15 @@ fn apply_group(
             // A chunk whose data goes: its unit is among the slots.
             d.chunks.owned.retain(|_, c| !slots.contains(&c.unit));
         })
-    })?;
+    };
+    let results = apply_entries_with(
+        &shared.db,
+        &mut meta,
+        &mut cache,
+        group,
+        &mut hide,
+        &shared.copies,
+    )?;
     Ok((meta, results))
 }
 
@@ -433,8 +502,10 @@ fn hide_slots(shared: &Shared, narrow: impl FnOnce(&mut ShardDescriptor)) {
 /// Replaces the state with the snapshot's (one synced batch); `Err` leaves it to be retried.
 fn install_once(shared: &Shared, meta: &SnapshotMeta, snapshot: &SnapshotFile) -> Result<SmMeta> {
     let db = &shared.db;
-    // Whatever happens below, the cached state no longer describes the database.
+    // Whatever happens below, the cached state no longer describes the database, and a
+    // copy running here no longer knows every write since it started.
     lock(&shared.cache).clear();
+    shared.copies.lose_all();
     let mut batch = WriteBatch::default();
     // Slot keys start with a big-endian u16 below 0x4000, so [0, 0xff) covers them all;
     // the dedup expiry index is 0xff ++ age (ms, far below 2^56), so [0, 0xffff) there.

@@ -81,6 +81,8 @@ fn the_same_key_in_two_collections_holds_two_values() {
         dedup: export.dedup.clone(),
         dedup_horizon_ms: 0,
         collections_kv: export.collections_kv.clone(),
+        staged: None,
+        deleted: Vec::new(),
     }));
     assert_eq!(r, Ok(KvReply::Written));
     assert_eq!(t.get(Keyspace::DEFAULT, "k").as_deref(), Some("flat"));
@@ -235,6 +237,8 @@ fn a_hash_collection_keeps_its_own_totals_through_writes_moves_and_drops() {
         dedup: export.dedup.clone(),
         dedup_horizon_ms: 0,
         collections_kv: export.collections_kv.clone(),
+        staged: None,
+        deleted: Vec::new(),
     }));
     assert_eq!(r, Ok(KvReply::Written));
     assert_eq!(totals(&t, USERS), (in_slot.len() as u64, moved_bytes));

@@ -277,6 +277,8 @@ fn the_horizon_moves_with_its_slot() {
             dedup: export.dedup,
             dedup_horizon_ms: export.dedup_horizon_ms,
             collections_kv: Vec::new(),
+            staged: None,
+            deleted: Vec::new(),
         })),
         Ok(KvReply::Written)
     );

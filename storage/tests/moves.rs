@@ -143,6 +143,8 @@ fn a_slot_moves_with_its_data_and_dedup_table() {
         dedup,
         dedup_horizon_ms: 0,
         collections_kv: Vec::new(),
+        staged: None,
+        deleted: Vec::new(),
     };
     assert_eq!(dst.mv(inn.clone()), Ok(KvReply::Written));
     assert_eq!(dst.mv(inn.clone()), Ok(KvReply::Written), "idempotent");
@@ -208,6 +210,8 @@ fn a_slot_moves_with_its_data_and_dedup_table() {
             dedup,
             dedup_horizon_ms: 0,
             collections_kv: Vec::new(),
+            staged: None,
+            deleted: Vec::new(),
         }),
         Ok(KvReply::Written)
     );
@@ -247,6 +251,8 @@ fn an_aborted_move_leaves_the_source_serving_and_the_target_empty() {
             dedup,
             dedup_horizon_ms: 0,
             collections_kv: Vec::new(),
+            staged: None,
+            deleted: Vec::new(),
         }),
         Ok(KvReply::Written)
     );
@@ -352,6 +358,8 @@ fn refused_steps() {
             dedup,
             dedup_horizon_ms: 0,
             collections_kv: Vec::new(),
+            staged: None,
+            deleted: Vec::new(),
         })
         .is_err());
 }

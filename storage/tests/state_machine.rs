@@ -321,6 +321,8 @@ async fn reads_never_see_a_handed_off_slot_owned_but_empty() {
             dedup: vec![],
             dedup_horizon_ms: 0,
             collections_kv: Vec::new(),
+            staged: None,
+            deleted: Vec::new(),
         };
         apply(&mut sm, index + 2, vec![Command::Move(back)]).await;
         apply(

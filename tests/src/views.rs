@@ -172,8 +172,14 @@ pub struct RebalanceStatus {
     pub shard: u64,
     pub state: String,
     pub leader: bool,
+    /// Slots of this shard being copied to another while they serve.
+    #[serde(default)]
+    pub copying: usize,
     /// Slots of this shard being handed off (frozen for writes).
     pub moving: usize,
+    /// Copies of slots arriving here, not served.
+    #[serde(default)]
+    pub staging: usize,
     /// Slots received and not yet served.
     pub receiving: usize,
     /// Planned hand-offs not started yet.

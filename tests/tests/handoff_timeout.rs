@@ -1,8 +1,9 @@
 //! A hand-off that cannot finish is bounded: the target shard is alive in gossip (one member
-//! still runs) but has lost its quorum, so it can never commit the slot. The source aborts after
-//! `--handoff_timeout_ms`, answers `/moveslot` with the reason, and serves the slot's writes
-//! again — before, it retried for as long as gossip called the target reachable, with the slot
-//! frozen the whole time.
+//! still runs) but has lost its quorum, so it can never commit the slot. The source gives up
+//! after `--handoff_timeout_ms` (a piece of the copy not taken in time; a frozen tail is bounded
+//! the same way and then aborted), answers `/moveslot` with the reason, and serves the slot's
+//! writes — before, it retried for as long as gossip called the target reachable, with the
+//! slot frozen the whole time.
 
 use std::time::{Duration, Instant};
 

@@ -188,8 +188,8 @@ async fn add_shard_killing_a_leader(victim: Victim) {
             .map_err(|e| format!("{e:#}"))?;
         let own = st.cluster.slot_counts.get(&shard).copied().unwrap_or(0);
         let (in_flight, progress) = match victim {
-            Victim::Source => (st.moving > 0, st.moved_slots > 0),
-            Victim::Target => (st.receiving > 0, own > 0),
+            Victim::Source => (st.copying + st.moving > 0, st.moved_slots > 0),
+            Victim::Target => (st.staging + st.receiving > 0, own > 0),
         };
         if st.leader && progress && first_progress.get().is_none() {
             first_progress.set(Some(Instant::now()));
@@ -210,8 +210,9 @@ async fn add_shard_killing_a_leader(victim: Victim) {
     let killed_at = t0.elapsed();
     println!(
         "[figure] killed {victim:?} leader {shard}/{leader} {killed_at:?} after addshard began: \
-         it had moved {} slots, was moving {}, receiving {}, queued {}, owned {own}",
-        seen.moved_slots, seen.moving, seen.receiving, seen.queued
+         it had moved {} slots, was copying {}, moving {}, staging {}, receiving {}, queued {}, \
+         owned {own}",
+        seen.moved_slots, seen.copying, seen.moving, seen.staging, seen.receiving, seen.queued
     );
     match victim {
         Victim::Source => assert!(

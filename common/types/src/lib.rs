@@ -55,6 +55,8 @@ pub mod rpc_kind {
     pub const MOVE_ACTIVATE: u8 = 32;
     /// Registry change or explicit move for a shard's leader.
     pub const SHARD_ADMIN: u8 = 33;
+    /// A piece of a slot's copy from the source shard's leader to the target's.
+    pub const MOVE_STAGE: u8 = 34;
     /// Drop a deleted collection's data (the catalog shard's leader → every shard's leader).
     pub const DROP_KEYSPACE: u8 = 40;
     /// Set or release a promote's fence on slot moves (the catalog shard's leader → every

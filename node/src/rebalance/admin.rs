@@ -17,7 +17,7 @@ use unikv_types::{rpc_kind, KvError, ShardId, ShardState, Slot, SLOT_COUNT};
 use super::handoff;
 use super::messages::ShardAdmin;
 use super::planner::Shares;
-use super::rebalancer::Rebalancer;
+use super::rebalancer::{lock, Rebalancer};
 use crate::peer::call_shard;
 use crate::service::Node;
 
@@ -546,7 +546,9 @@ pub async fn rebalance_status(State(rb): State<Arc<Rebalancer>>) -> Response {
         "shard": node.shard().0,
         "state": d.state.as_str(),
         "leader": node.is_leader(),
+        "copying": lock(&r.copies).len(),
         "moving": d.outgoing.len(),
+        "staging": d.staging.len(),
         "receiving": d.incoming.len(),
         "queued": r.queued(),
         "moved_slots": r.moved_slots.load(Relaxed),

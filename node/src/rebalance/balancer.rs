@@ -44,6 +44,11 @@ async fn tick(rb: &Arc<Rebalancer>) {
     for (slot, h) in &d.incoming {
         receive::spawn_activation_check(rb.clone(), *slot, *h);
     }
+    // Copies staged here whose source went quiet.
+    lock(&rb.staged_seen).retain(|slot, _| d.staging.contains_key(slot));
+    for (slot, s) in &d.staging {
+        receive::spawn_staging_check(rb.clone(), *slot, *s);
+    }
     // Source side: resume hand-offs in the descriptor (e.g. after a leader change).
     for (slot, h) in &d.outgoing {
         handoff::spawn(rb.clone(), *slot, Some(*h), h.target);

@@ -1,6 +1,7 @@
-//! The source side of a slot move, run by the source shard's leader:
-//! `Out` (freeze) → send the slot's data and dedup table to the target leader, which commits
-//! `In` → `Done` (delete here, forwarding note) → nudge the target to `Activate`.
+//! The source side of a slot move, run by the source shard's leader: copy the slot to the
+//! target while it serves (`copy`) → `Out` (freeze) → send what was written since and the
+//! dedup table to the target leader, which commits `In` → `Done` (delete here, forwarding
+//! note) → nudge the target to `Activate`.
 //! If the target refuses, or has not taken the slot within `--handoff_timeout_ms` (whether
 //! gossip calls it reachable or not), `Abort` unfreezes the slot here instead.
 
@@ -8,9 +9,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use unikv_storage::{Command, MoveCommand, Outgoing};
+use unikv_storage::{Command, MoveCommand, Outgoing, Piece};
 use unikv_types::{rpc_kind, Epoch, KvError, ShardId, Slot};
 
+use super::copy::{Copied, CopyRun};
 use super::messages::{ActivateRequest, MoveIn};
 use super::rebalancer::{lock, Rebalancer};
 use crate::peer::{call_shard, deliver, Delivery};
@@ -66,46 +68,81 @@ async fn run(
     to: ShardId,
 ) -> Result<Epoch, KvError> {
     let node = &rb.node;
-    let (h, frozen_at) = match handoff {
-        Some(h) => (h, None),
-        None => {
-            // Paced before the freeze, never during it.
-            let waited = rb.throttle.pace(slot_bytes(node, slot)).await;
-            if !waited.is_zero() {
-                tracing::debug!(shard = %node.shard(), slot, waited_ms = waited.as_millis() as u64, "move paced by --move_rate_mb");
+    let (h, frozen_at, copy, tail) = match handoff {
+        Some(h) => {
+            // Resumed after a leader change: frozen already, so the copy is final as read.
+            let mut copy = CopyRun::new(rb, slot, h.target, h.epoch);
+            copy.freeze(Instant::now() + node.config.handoff_timeout());
+            match copy.scan().await {
+                Ok(Copied::AlreadyIn) => return finish(rb, slot, h, None, copy.bytes).await,
+                Ok(Copied::Staged(_)) => (h, None, copy, Piece::default()),
+                Err(e) => return Err(abort_after(rb, slot, h, e).await),
             }
-            (start(node, slot, to).await?, Some(Instant::now()))
+        }
+        None => {
+            // Copy while the slot serves, recording what is written meanwhile.
+            let epoch = next_epoch(node, slot)?;
+            let Some(writes) = node.store.start_copy(slot) else {
+                return Err(KvError::BadRequest {
+                    code: "slot_moving".into(),
+                    message: format!("slot {slot} is already being copied"),
+                });
+            };
+            let mut copy = CopyRun::new(rb, slot, to, epoch);
+            if copy.scan().await? == Copied::AlreadyIn {
+                return Err(KvError::Internal(format!(
+                    "slot {slot}: shard {to} holds a hand-off at epoch {epoch} that was never started"
+                )));
+            }
+            copy.catch_up(&writes).await?;
+            // Freeze, then send what was written since the last round.
+            let h = start(node, slot, to, epoch).await?;
+            let frozen_at = Instant::now();
+            copy.freeze(frozen_at + node.config.handoff_timeout());
+            let tail = match writes.take() {
+                Ok(keys) => copy.read(keys).await,
+                Err(e) => Err(KvError::Internal(e.to_string())),
+            };
+            drop(writes);
+            let mut tail = match tail {
+                Ok(t) => t,
+                Err(e) => return Err(abort_after(rb, slot, h, e).await),
+            };
+            // A tail larger than a piece goes as pieces first; the `In` then carries none.
+            let last = if tail.len() == 1 {
+                tail.pop().unwrap_or_default()
+            } else {
+                Piece::default()
+            };
+            for piece in tail {
+                if let Err(e) = copy.send(piece, true).await {
+                    return Err(abort_after(rb, slot, h, e).await);
+                }
+            }
+            (h, Some(frozen_at), copy, last)
         }
     };
-    let export = node
-        .store
-        .export_slot(slot)
-        .map_err(|e| KvError::Internal(e.to_string()))?;
-    let bytes: u64 = export
-        .kv
-        .iter()
-        .map(|(k, v)| (k.len() + v.len()) as u64)
-        .chain(
-            export
-                .collections_kv
-                .iter()
-                .map(|(_, k, v)| (k.len() + v.len()) as u64),
-        )
-        .sum();
+    let (dedup, dedup_horizon_ms) = match node.store.export_dedup(slot) {
+        Ok(d) => d,
+        Err(e) => return Err(abort_after(rb, slot, h, KvError::Internal(e.to_string())).await),
+    };
+    let bytes = copy.bytes + tail.bytes;
     let msg = MoveIn {
         slot,
         from: node.shard(),
         epoch: h.epoch,
-        kv: export.kv,
-        dedup: export.dedup,
-        dedup_horizon_ms: export.dedup_horizon_ms,
-        collections_kv: export.collections_kv,
+        kv: tail.kv,
+        dedup,
+        dedup_horizon_ms,
+        collections_kv: tail.collections_kv,
+        staged: Some(copy.staged()),
+        deleted: tail.deleted,
     };
     // The slot is frozen from here until `Done`: bounded, whatever gossip says of the target.
     let give_up_at = Instant::now() + node.config.handoff_timeout();
     match deliver(node, h.target, rpc_kind::MOVE_IN, &msg, give_up_at).await? {
         Delivery::Taken => {}
-        Delivery::Refused(message) => {
+        Delivery::Refused { message, .. } => {
             tracing::warn!(shard = %node.shard(), slot, to = %h.target, %message, "target refused the slot; aborting");
             abort(rb, slot, h.epoch).await?;
             return Err(KvError::BadRequest {
@@ -127,6 +164,19 @@ async fn run(
             });
         }
     }
+    drop(copy);
+    finish(rb, slot, h, frozen_at, bytes).await
+}
+
+/// The target holds the slot: commit `Done` here, then nudge the target to serve it.
+async fn finish(
+    rb: &Rebalancer,
+    slot: Slot,
+    h: Outgoing,
+    frozen_at: Option<Instant>,
+    bytes: u64,
+) -> Result<Epoch, KvError> {
+    let node = &rb.node;
     node.propose(Command::Move(MoveCommand::Done {
         slot,
         epoch: h.epoch,
@@ -154,24 +204,46 @@ async fn run(
     Ok(h.epoch)
 }
 
-/// The bytes `slot` holds here, as its statistics count them (0 if unknown).
-fn slot_bytes(node: &Node, slot: Slot) -> u64 {
-    node.store.slot_stat(slot).map_or(0, |s| s.bytes)
+/// A frozen hand-off failed before its `In` was sent or taken: unfreeze the slot (if this
+/// node still leads; otherwise the next leader resumes it) and return `e`.
+async fn abort_after(rb: &Rebalancer, slot: Slot, h: Outgoing, e: KvError) -> KvError {
+    if rb.node.is_leader() {
+        tracing::warn!(shard = %rb.node.shard(), slot, to = %h.target, error = %e, "frozen copy failed; aborting");
+        if let Err(a) = abort(rb, slot, h.epoch).await {
+            return a;
+        }
+    }
+    e
 }
 
-/// Commits `Out` for `slot` (freezing it) at the next epoch.
-async fn start(node: &Node, slot: Slot, to: ShardId) -> Result<Outgoing, KvError> {
+/// The epoch `slot` will have at its next owner (it must be owned here, and moves not fenced:
+/// `Out` would refuse after the whole copy).
+fn next_epoch(node: &Node, slot: Slot) -> Result<Epoch, KvError> {
     let d = node.store.descriptor();
-    let Some(current) = d.owns(slot) else {
-        return Err(KvError::BadRequest {
+    let now = unikv_types::wall_clock_ms();
+    if let Some(f) = d.fence.filter(|f| f.until_ms > now) {
+        return Err(KvError::Refused {
+            status: 409,
+            code: "moves_fenced".into(),
+            message: format!(
+                "slot moves wait while a collection is promoted (fence {} for {} ms more)",
+                f.token,
+                f.until_ms - now
+            ),
+        });
+    }
+    match d.owns(slot) {
+        Some(current) => Ok(Epoch(current.0 + 1)),
+        None => Err(KvError::BadRequest {
             code: "not_owner".into(),
             message: format!("slot {slot} is not owned by shard {}", node.shard()),
-        });
-    };
-    let h = Outgoing {
-        target: to,
-        epoch: Epoch(current.0 + 1),
-    };
+        }),
+    }
+}
+
+/// Commits `Out` for `slot` (freezing it) towards `to` at `epoch`.
+async fn start(node: &Node, slot: Slot, to: ShardId, epoch: Epoch) -> Result<Outgoing, KvError> {
+    let h = Outgoing { target: to, epoch };
     node.propose(Command::Move(MoveCommand::Out {
         now_ms: Some(unikv_types::wall_clock_ms()),
         slot,

@@ -1,8 +1,8 @@
-//! The messages shard leaders exchange to move a slot (`MOVE_IN`, `MOVE_STATUS`,
-//! `MOVE_ACTIVATE`) and to run a registry change on the shard it concerns (`SHARD_ADMIN`).
+//! The messages shard leaders exchange to move a slot (`MOVE_STAGE`, `MOVE_IN`,
+//! `MOVE_STATUS`, `MOVE_ACTIVATE`) and to run a registry change on the shard it concerns (`SHARD_ADMIN`).
 
 use serde::{Deserialize, Serialize};
-use unikv_storage::DedupRecord;
+use unikv_storage::{DedupRecord, Staged};
 use unikv_types::{Epoch, Keyspace, ShardId, ShardState, Slot};
 
 /// A slot's data sent from the source leader to the target leader.
@@ -20,14 +20,41 @@ pub struct MoveIn {
     /// which have none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub collections_kv: Vec<(Keyspace, String, String)>,
+    /// The copy staged at the target that these pairs complete (absent: they are the
+    /// whole slot, as older senders send it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staged: Option<Staged>,
+    /// With `staged`: keys deleted since the copy read them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deleted: Vec<(Keyspace, String)>,
 }
 
-/// The target asks the source how a hand-off ended.
+/// One piece of a slot's copy (`MOVE_STAGE`), from the source leader to the target leader,
+/// which commits it as a `Stage` entry (see `MoveCommand::Stage`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MoveStage {
+    pub slot: Slot,
+    pub from: ShardId,
+    pub epoch: Epoch,
+    pub copy: u64,
+    pub part: u32,
+    pub overwrite: bool,
+    pub kv: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub collections_kv: Vec<(Keyspace, String, String)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deleted: Vec<(Keyspace, String)>,
+}
+
+/// The target asks the source how a hand-off ended, or (with `copy`) whether a copy staged
+/// there is still wanted.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MoveStatusRequest {
     pub slot: Slot,
     pub epoch: Epoch,
     pub target: ShardId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy: Option<u64>,
 }
 
 /// Activation nudge from the source once `Done` committed.

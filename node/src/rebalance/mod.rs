@@ -1,5 +1,5 @@
 //! Online resharding on the node: the balancer that decides which slots this shard gives away
-//! (`balancer`, `planner`), the source side of a hand-off (`handoff`), the target side
+//! (`balancer`, `planner`), the source side of a hand-off (`copy`, `handoff`), the target side
 //! (`receive`) and the registry/admin operations behind `/addshard`, `/removeshard`,
 //! `/moveslot`, `/shard/tags`, `/stats` and `/rebalance/status` (`admin`); calls to other
 //! shards' leaders go through `crate::peer`.
@@ -15,6 +15,7 @@
 
 mod admin;
 mod balancer;
+mod copy;
 mod handoff;
 mod messages;
 mod planner;
@@ -32,7 +33,7 @@ use unikv_http::method_not_allowed;
 use unikv_types::KvError;
 
 use crate::peer::HandoffStatus;
-pub use messages::{ActivateRequest, MoveIn, MoveStatusRequest, ShardAdmin};
+pub use messages::{ActivateRequest, MoveIn, MoveStage, MoveStatusRequest, ShardAdmin};
 pub use rebalancer::Rebalancer;
 
 impl Rebalancer {
@@ -41,14 +42,19 @@ impl Rebalancer {
         balancer::spawn(self.clone(), shutdown)
     }
 
+    /// `MOVE_STAGE` (target leader): store a piece of a slot's copy, not served.
+    pub async fn move_stage(&self, m: MoveStage) -> Result<(), KvError> {
+        receive::handle_stage(self, m).await
+    }
+
     /// `MOVE_IN` (target leader): store a slot sent by its source, not served yet.
     pub async fn move_in(&self, m: MoveIn) -> Result<(), KvError> {
-        receive::handle_move_in(&self.node, m).await
+        receive::handle_move_in(self, m).await
     }
 
     /// `MOVE_STATUS` (source leader): how the hand-off the target asks about ended.
     pub async fn move_status(&self, q: MoveStatusRequest) -> Result<HandoffStatus, KvError> {
-        receive::handle_status(&self.node, q).await
+        receive::handle_status(self, q).await
     }
 
     /// `MOVE_ACTIVATE` (target leader): the source let go; serve the slot.

@@ -1,7 +1,7 @@
 //! The state of this node's rebalancing: which hand-offs and activation checks run, the planned
 //! moves, and what was moved. Every part of `rebalance` works on it; it knows nothing of them.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,6 +19,10 @@ pub struct Rebalancer {
     pub(super) running: Mutex<HashSet<Slot>>,
     /// Incoming slots with an activation check running.
     pub(super) activating: Mutex<HashSet<Slot>>,
+    /// Copies this node sends (slot → copy id), while it sends them.
+    pub(super) copies: Mutex<HashMap<Slot, u64>>,
+    /// When a piece of a copy staged here last arrived (target side).
+    pub(super) staged_seen: Mutex<HashMap<Slot, Instant>>,
     /// Planned moves not yet started.
     pub(super) queue: Mutex<VecDeque<(Slot, ShardId)>>,
     /// Slots whose hand-off finished and which the gossip view may not show at the target yet.
@@ -39,6 +43,8 @@ impl Rebalancer {
         Rebalancer {
             running: Default::default(),
             activating: Default::default(),
+            copies: Default::default(),
+            staged_seen: Default::default(),
             queue: Default::default(),
             settling: Default::default(),
             moved_slots: Default::default(),

@@ -1,17 +1,20 @@
 //! The target side of a slot move, and the source's answers to the target:
-//! - `MOVE_IN` (target leader): commit `In`: the data is stored, not yet served;
+//! - `MOVE_STAGE` (target leader): commit `Stage`: a piece of a copy, stored, not served;
+//! - `MOVE_IN` (target leader): commit `In`: the data is complete, not yet served;
 //! - `MOVE_STATUS` (source leader, after a read barrier): Done / Pending / Aborted;
 //! - `MOVE_ACTIVATE` (target leader): the source's nudge after `Done`: commit `Activate`;
 //! - the activation check (target leader): for each received slot, ask the source and commit
-//!   `Activate` or `Drop` accordingly.
+//!   `Activate` or `Drop` accordingly;
+//! - the staging check (target leader): for a copy no piece arrived for in a while, ask the
+//!   source and commit `Unstage` if it gave the copy up.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use unikv_storage::{Command, Forward, Incoming, MoveCommand, Outgoing};
+use unikv_storage::{Command, Forward, Incoming, MoveCommand, Outgoing, Staging};
 use unikv_types::{rpc_kind, KvError, KvReply, Slot};
 
-use super::messages::{ActivateRequest, MoveIn, MoveStatusRequest};
+use super::messages::{ActivateRequest, MoveIn, MoveStage, MoveStatusRequest};
 use super::rebalancer::{lock, Rebalancer};
 use crate::peer::call_shard;
 use crate::peer::HandoffStatus;
@@ -21,7 +24,12 @@ fn done(r: Result<KvReply, KvError>) -> Result<(), KvError> {
     r.map(|_| ())
 }
 
-pub async fn handle_move_in(node: &Node, m: MoveIn) -> Result<(), KvError> {
+/// How long a target waits without a piece before asking the source whether a copy it
+/// staged is still wanted.
+const STAGING_QUIET: Duration = Duration::from_secs(5);
+
+/// Refuses slots while this shard is not active.
+fn takes_slots(node: &Node) -> Result<(), KvError> {
     let state = node.store.descriptor().state;
     if state != unikv_types::ShardState::Active {
         return Err(KvError::BadRequest {
@@ -29,6 +37,13 @@ pub async fn handle_move_in(node: &Node, m: MoveIn) -> Result<(), KvError> {
             message: format!("shard {} is {state} and takes no slots", node.shard()),
         });
     }
+    Ok(())
+}
+
+pub async fn handle_move_in(rb: &Rebalancer, m: MoveIn) -> Result<(), KvError> {
+    let node = &rb.node;
+    takes_slots(node)?;
+    lock(&rb.staged_seen).remove(&m.slot);
     done(
         node.propose(Command::Move(MoveCommand::In {
             slot: m.slot,
@@ -38,6 +53,29 @@ pub async fn handle_move_in(node: &Node, m: MoveIn) -> Result<(), KvError> {
             dedup: m.dedup,
             dedup_horizon_ms: m.dedup_horizon_ms,
             collections_kv: m.collections_kv,
+            staged: m.staged,
+            deleted: m.deleted,
+        }))
+        .await,
+    )
+}
+
+/// `MOVE_STAGE`: commit one piece of a copy.
+pub async fn handle_stage(rb: &Rebalancer, m: MoveStage) -> Result<(), KvError> {
+    let node = &rb.node;
+    takes_slots(node)?;
+    lock(&rb.staged_seen).insert(m.slot, Instant::now());
+    done(
+        node.propose(Command::Move(MoveCommand::Stage {
+            slot: m.slot,
+            from: m.from,
+            epoch: m.epoch,
+            copy: m.copy,
+            part: m.part,
+            overwrite: m.overwrite,
+            kv: m.kv,
+            collections_kv: m.collections_kv,
+            deleted: m.deleted,
         }))
         .await,
     )
@@ -53,11 +91,26 @@ pub async fn handle_activate(node: &Node, a: ActivateRequest) -> Result<(), KvEr
     )
 }
 
-/// Answered by the source leader from state that includes every committed step.
-pub async fn handle_status(node: &Node, q: MoveStatusRequest) -> Result<HandoffStatus, KvError> {
+/// Answered by the source leader from state that includes every committed step. Asked about
+/// a copy (`copy`): Pending while this leader runs it or the slot is frozen towards the
+/// asking target (a hand-off that completes or replaces the copy), else Aborted.
+pub async fn handle_status(
+    rb: &Rebalancer,
+    q: MoveStatusRequest,
+) -> Result<HandoffStatus, KvError> {
+    let node = &rb.node;
     node.lead_barrier().await?;
     let d = node.store.descriptor();
     let (target, epoch) = (q.target, q.epoch);
+    if let Some(copy) = q.copy {
+        let running = lock(&rb.copies).get(&q.slot) == Some(&copy);
+        let frozen = d.outgoing.get(&q.slot) == Some(&Outgoing { target, epoch });
+        return Ok(if running || frozen {
+            HandoffStatus::Pending
+        } else {
+            HandoffStatus::Aborted
+        });
+    }
     Ok(
         if d.forwards.get(&q.slot) == Some(&Forward { target, epoch }) {
             HandoffStatus::Done
@@ -81,6 +134,7 @@ pub fn spawn_activation_check(rb: Arc<Rebalancer>, slot: Slot, h: Incoming) {
             slot,
             epoch: h.epoch,
             target: node.shard(),
+            copy: None,
         };
         let status = call_shard::<_, HandoffStatus>(
             node,
@@ -109,6 +163,48 @@ pub fn spawn_activation_check(rb: Arc<Rebalancer>, slot: Slot, h: Incoming) {
             // Pending (or the source is unreachable): look again a little later.
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        lock(&rb.activating).remove(&slot);
+    });
+}
+
+/// Asks the source whether a copy staged here and quiet for `STAGING_QUIET` is still wanted,
+/// and drops it if not (its source lost leadership or gave up before freezing).
+pub fn spawn_staging_check(rb: Arc<Rebalancer>, slot: Slot, s: Staging) {
+    {
+        let mut seen = lock(&rb.staged_seen);
+        let last = seen.entry(slot).or_insert_with(Instant::now);
+        if last.elapsed() < STAGING_QUIET {
+            return;
+        }
+    }
+    if !lock(&rb.activating).insert(slot) {
+        return;
+    }
+    tokio::spawn(async move {
+        let node = &rb.node;
+        let q = MoveStatusRequest {
+            slot,
+            epoch: s.epoch,
+            target: node.shard(),
+            copy: Some(s.copy),
+        };
+        let status = call_shard::<_, HandoffStatus>(
+            node,
+            s.source,
+            rpc_kind::MOVE_STATUS,
+            &q,
+            Duration::from_secs(3),
+        )
+        .await;
+        if matches!(status, Ok(HandoffStatus::Aborted)) {
+            tracing::info!(shard = %node.shard(), slot, from = %s.source, copy = format!("{:x}", s.copy), "dropping a copy its source gave up");
+            let step = MoveCommand::Unstage { slot, copy: s.copy };
+            if let Err(e) = node.propose(Command::Move(step)).await {
+                tracing::debug!(slot, error = %e, "unstage not committed");
+            }
+        }
+        // Asked again only after another quiet stretch.
+        lock(&rb.staged_seen).insert(slot, Instant::now());
         lock(&rb.activating).remove(&slot);
     });
 }

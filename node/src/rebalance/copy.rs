@@ -1,0 +1,190 @@
+//! The copy phase of a slot move, on the source leader: the slot's pairs go to the target's
+//! leader in pieces of about `--move_piece_kb` (`MOVE_STAGE`; one `Stage` entry each there)
+//! while the slot keeps serving, then the keys written meanwhile, in rounds, until what is
+//! left is small; `handoff` then freezes the slot and sends only that rest. A hand-off
+//! resumed by a new leader (its slot frozen already) copies the same way, with nothing
+//! written meanwhile.
+//!
+//! Each copy has its own random id, so the target can tell its pieces from those of an
+//! earlier copy; while it runs, this leader answers `MOVE_STATUS` for it with "Pending"
+//! (see `receive::handle_status`), and once it is gone the target drops what it staged.
+
+use std::time::Instant;
+
+use unikv_storage::moves::ALREADY_RECEIVED;
+use unikv_storage::{Piece, SlotCopy, Staged};
+use unikv_types::{rpc_kind, Epoch, KvError, ShardId, Slot};
+
+use super::messages::MoveStage;
+use super::rebalancer::{lock, Rebalancer};
+use crate::peer::{deliver, Delivery};
+
+/// Rounds of sending the keys written during the copy before the slot is frozen anyway.
+const CATCH_UP_ROUNDS: usize = 4;
+/// Written keys few enough to send while frozen.
+const SMALL_TAIL_KEYS: usize = 512;
+const SMALL_TAIL_BYTES: usize = 64 * 1024;
+
+/// How a copy ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Copied {
+    /// Staged at the target; the `In` that completes it names this.
+    Staged(Staged),
+    /// The target had already committed this hand-off's `In` (a resumed hand-off).
+    AlreadyIn,
+}
+
+/// One copy of a slot to a target, piece by piece.
+pub(super) struct CopyRun<'a> {
+    rb: &'a Rebalancer,
+    slot: Slot,
+    to: ShardId,
+    epoch: Epoch,
+    copy: u64,
+    /// Pieces the target has taken.
+    parts: u32,
+    /// Bytes (keys and values) sent.
+    pub bytes: u64,
+    /// Set while the slot is frozen: no piece may be sent after it.
+    deadline: Option<Instant>,
+}
+
+impl<'a> CopyRun<'a> {
+    pub fn new(rb: &'a Rebalancer, slot: Slot, to: ShardId, epoch: Epoch) -> Self {
+        let copy = rand::random::<u64>();
+        lock(&rb.copies).insert(slot, copy);
+        CopyRun {
+            rb,
+            slot,
+            to,
+            epoch,
+            copy,
+            parts: 0,
+            bytes: 0,
+            deadline: None,
+        }
+    }
+
+    /// From now on the slot is frozen: every piece must be taken before `deadline`.
+    pub fn freeze(&mut self, deadline: Instant) {
+        self.deadline = Some(deadline);
+    }
+
+    /// What the completing `In` names.
+    pub fn staged(&self) -> Staged {
+        Staged {
+            copy: self.copy,
+            parts: self.parts,
+        }
+    }
+
+    /// Sends every pair of the slot (paced by `--move_rate_mb` unless frozen).
+    pub async fn scan(&mut self) -> Result<Copied, KvError> {
+        let store = self.rb.node.store.clone();
+        let (slot, max) = (self.slot, self.rb.node.config.move_piece_bytes());
+        let mut cursor: Option<Vec<u8>> = None;
+        loop {
+            let from = cursor.take();
+            let store = store.clone();
+            let (piece, next) =
+                blocking(move || store.copy_piece(slot, from.as_deref(), max)).await?;
+            if self.send(piece, false).await? {
+                return Ok(Copied::AlreadyIn);
+            }
+            match next {
+                Some(c) => cursor = Some(c),
+                None => return Ok(Copied::Staged(self.staged())),
+            }
+        }
+    }
+
+    /// Sends the current values of the keys written since the scan started, in rounds, until
+    /// few are left (or after `CATCH_UP_ROUNDS`).
+    pub async fn catch_up(&mut self, writes: &SlotCopy) -> Result<(), KvError> {
+        for _ in 0..CATCH_UP_ROUNDS {
+            let (keys, bytes) = writes.pending();
+            if keys <= SMALL_TAIL_KEYS && bytes <= SMALL_TAIL_BYTES {
+                break;
+            }
+            let keys = writes.take().map_err(internal)?;
+            for piece in self.read(keys).await? {
+                self.send(piece, true).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The current values (or absence) of raw keys of the slot, in pieces.
+    pub async fn read(&self, keys: Vec<Vec<u8>>) -> Result<Vec<Piece>, KvError> {
+        let store = self.rb.node.store.clone();
+        let (slot, max) = (self.slot, self.rb.node.config.move_piece_bytes());
+        blocking(move || store.read_keys(slot, &keys, max)).await
+    }
+
+    /// Sends one piece; true if the target answered that it holds the hand-off already.
+    pub async fn send(&mut self, piece: Piece, overwrite: bool) -> Result<bool, KvError> {
+        let node = &self.rb.node;
+        if self.deadline.is_none() {
+            let waited = self.rb.throttle.pace(piece.bytes).await;
+            if !waited.is_zero() {
+                tracing::debug!(shard = %node.shard(), slot = self.slot, waited_ms = waited.as_millis() as u64, "copy paced by --move_rate_mb");
+            }
+        }
+        let bytes = piece.bytes;
+        let msg = MoveStage {
+            slot: self.slot,
+            from: node.shard(),
+            epoch: self.epoch,
+            copy: self.copy,
+            part: self.parts,
+            overwrite,
+            kv: piece.kv,
+            collections_kv: piece.collections_kv,
+            deleted: piece.deleted,
+        };
+        let per_piece = Instant::now() + node.config.handoff_timeout();
+        let give_up_at = self.deadline.map_or(per_piece, |d| d.min(per_piece));
+        match deliver(node, self.to, rpc_kind::MOVE_STAGE, &msg, give_up_at).await? {
+            Delivery::Taken => {
+                self.parts += 1;
+                self.bytes += bytes;
+                Ok(false)
+            }
+            Delivery::Refused { code, .. } if code == ALREADY_RECEIVED => Ok(true),
+            Delivery::Refused { message, .. } => Err(KvError::BadRequest {
+                code: "move_refused".into(),
+                message,
+            }),
+            Delivery::TimedOut(e) => Err(KvError::Unavailable {
+                shard: self.to,
+                reason: format!(
+                    "slot {}: shard {} took no piece of the copy within {} ms ({e})",
+                    self.slot, self.to, node.config.handoff_timeout_ms
+                ),
+            }),
+        }
+    }
+}
+
+impl Drop for CopyRun<'_> {
+    fn drop(&mut self) {
+        let mut copies = lock(&self.rb.copies);
+        if copies.get(&self.slot) == Some(&self.copy) {
+            copies.remove(&self.slot);
+        }
+    }
+}
+
+fn internal(e: unikv_storage::Error) -> KvError {
+    KvError::Internal(e.to_string())
+}
+
+/// Runs a RocksDB read off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> unikv_storage::Result<T> + Send + 'static,
+) -> Result<T, KvError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| KvError::Internal(format!("copy task failed: {e}")))?
+        .map_err(internal)
+}
