@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 . scripts/env.sh
 keys=${1:-1000000}
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
-cargo build --release -p unikv-node -p unikv-router
+[ -n "${UNIKV_NO_BUILD:-}" ] || cargo build --release -p unikv-node -p unikv-router
 work=$(mktemp -d /tmp/unikv-rebalance.XXXXXX)
 export UNIKV_DATA="$work/data" UNIKV_LOGS="$work/logs" UNIKV_NO_BUILD=1 UNIKV_HOST=127.0.0.1
 export UNIKV_HTTP_BASE=${BENCH_HTTP_BASE:-28000} UNIKV_RAFT_BASE=${BENCH_RAFT_BASE:-29000} UNIKV_ROUTER_PORT=${BENCH_ROUTER_PORT:-28999}
@@ -65,7 +65,10 @@ for r in rows:
 if [ -n "${PERF_SECS:-}" ]; then
   wait "$perf_pid" || true
   out=${PERF_OUT:-/tmp/unikv-rebalance-perf.txt}
-  perf report -i "$work/perf.data" --stdio --no-children --sort comm,dso,sym 2>&1 \
-    | grep -v -e '^#' -e '^$' | sed -n 1,80p > "$out" || true
-  echo "profile (self time, top 80 symbols) in $out"
+  # With call graphs, the callers of each symbol (up to 4000 lines); without, the top 80.
+  lines=80; [ -n "${PERF_CALLS:-}" ] && lines=4000
+  perf report -i "$work/perf.data" --stdio --no-children --sort comm,dso,sym \
+    ${PERF_CALLS:+-G --percent-limit 0.5} 2>&1 \
+    | grep -v -e '^#' -e '^$' | sed -n "1,${lines}p" > "$out" || true
+  echo "profile (self time, top $lines lines) in $out"
 fi

@@ -54,14 +54,20 @@ pub fn role_of(s: ServerState) -> Role {
     }
 }
 
+/// Least time between two publications of this node's state.
+const MIN_REPUBLISH: Duration = Duration::from_millis(30);
+
+/// Role, leader and term from Raft's metrics.
+fn raft_summary(node: &Node) -> (Role, Option<unikv_types::NodeId>, u64) {
+    let m = node.raft.metrics();
+    let m = m.borrow_watched();
+    (role_of(m.state), m.current_leader, m.current_term)
+}
+
 /// What this node would publish now; `totals` is the shard's (keys, bytes), `catalog_version`
 /// the catalog version it applied (0 unless its shard holds the catalog).
 pub fn current_state(node: &Node, totals: (u64, u64), catalog_version: u64) -> NodeState {
-    let (role, leader, term) = {
-        let m = node.raft.metrics();
-        let m = m.borrow_watched();
-        (role_of(m.state), m.current_leader, m.current_term)
-    };
+    let (role, leader, term) = raft_summary(node);
     let d = node.store.descriptor();
     NodeState {
         shard: node.shard(),
@@ -99,11 +105,14 @@ pub fn chunks_served(d: &unikv_storage::ShardDescriptor) -> u64 {
 
 const STATS_EVERY: Duration = Duration::from_secs(1);
 
-/// The shard's stored keys and bytes, from the per-slot statistics.
+/// The shard's stored keys and bytes, from the per-slot statistics: slots whose copy is
+/// arriving (staged or received, not served yet) are still their source's.
 pub fn shard_totals(node: &Node) -> (u64, u64) {
+    let d = node.store.descriptor();
     match node.store.slot_stats() {
         Ok(stats) => stats
             .iter()
+            .filter(|(slot, _)| !d.staging.contains_key(slot) && !d.incoming.contains_key(slot))
             .fold((0, 0), |(k, b), (_, s)| (k + s.keys, b + s.bytes)),
         Err(e) => {
             tracing::warn!(error = %e, "reading slot statistics");
@@ -125,6 +134,9 @@ pub fn spawn_publisher(
         let mut catalog_version = 0;
         let mut totals_at = tokio::time::Instant::now() - STATS_EVERY;
         let mut tick = tokio::time::interval(STATS_EVERY);
+        // What the last look saw: Raft's metrics change with every commit, so the state is
+        // built (a copy of the descriptor) only when one of these changed.
+        let mut seen = None;
         loop {
             // Key and byte totals change with every write: refresh them (and the catalog
             // version) at most once a period.
@@ -133,10 +145,26 @@ pub fn spawn_publisher(
                 catalog_version = node.applied_catalog_version().unwrap_or(0);
                 totals_at = tokio::time::Instant::now();
             }
-            let state = current_state(&node, totals, catalog_version);
-            if last.as_ref() != Some(&state) {
-                node.gossip.publish(&state).await;
-                last = Some(state);
+            let now_seen = Some((
+                raft_summary(&node),
+                node.store.descriptor_version(),
+                totals,
+                catalog_version,
+            ));
+            if seen != now_seen {
+                seen = now_seen;
+                let state = current_state(&node, totals, catalog_version);
+                if last.as_ref() != Some(&state) {
+                    node.gossip.publish(&state).await;
+                    last = Some(state);
+                    // A burst of changes (a rebalance commits several steps per slot) goes
+                    // out as one publication.
+                    tokio::select! {
+                        _ = tokio::time::sleep(MIN_REPUBLISH) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    continue;
+                }
             }
             tokio::select! {
                 r = metrics.changed() => if r.is_err() { return },

@@ -28,7 +28,7 @@ pub struct LogCache {
 }
 
 /// About how many bytes an entry holds in memory.
-fn entry_bytes(e: &Entry) -> usize {
+pub(crate) fn entry_bytes(e: &Entry) -> usize {
     match &e.payload {
         openraft::EntryPayload::Normal(c) => c.approx_bytes(),
         _ => 256,
@@ -75,7 +75,9 @@ impl LogCache {
 
     /// Records entries just written to the log. They replace any cached entries at or after
     /// their first index (the log was overwritten from there), and a gap restarts the cache.
-    pub fn append(&mut self, new: &[Entry]) {
+    /// Entries from `keep_from` on are never dropped for size: held appends (a full disk)
+    /// can be read only from here until they are written.
+    pub fn append(&mut self, new: &[Entry], keep_from: Option<u64>) {
         let Some(first_new) = new.first().map(|e| e.log_id().index()) else {
             return;
         };
@@ -89,8 +91,11 @@ impl LogCache {
             self.bytes += entry_bytes(e);
             self.entries.push_back(e.clone());
         }
+        let pinned = keep_from.unwrap_or(u64::MAX);
         while self.entries.len() > self.capacity
-            || (self.bytes > self.max_bytes && self.entries.len() > 1)
+            || (self.bytes > self.max_bytes
+                && self.entries.len() > 1
+                && self.first_index().is_some_and(|i| i < pinned))
         {
             self.pop_front();
         }
@@ -151,11 +156,11 @@ mod tests {
     #[test]
     fn serves_ranges_it_holds_and_only_those() {
         let mut c = LogCache::new(4);
-        c.append(&[entry(1, 1), entry(1, 2), entry(1, 3)]);
+        c.append(&[entry(1, 1), entry(1, 2), entry(1, 3)], None);
         assert_eq!(indexes(c.get(1, Some(3))), Some(vec![1, 2, 3]));
         assert_eq!(indexes(c.get(2, None)), Some(vec![2, 3]));
         assert_eq!(indexes(c.get(3, Some(4))), None);
-        c.append(&[entry(1, 4), entry(1, 5)]);
+        c.append(&[entry(1, 4), entry(1, 5)], None);
         // Capacity 4: entry 1 fell out.
         assert_eq!(indexes(c.get(1, Some(2))), None);
         assert_eq!(indexes(c.get(2, None)), Some(vec![2, 3, 4, 5]));
@@ -164,20 +169,20 @@ mod tests {
     #[test]
     fn overwrite_truncate_purge_and_gap() {
         let mut c = LogCache::new(16);
-        c.append(&[entry(1, 1), entry(1, 2), entry(1, 3)]);
+        c.append(&[entry(1, 1), entry(1, 2), entry(1, 3)], None);
         // A new leader overwrote index 2 onwards.
-        c.append(&[entry(2, 2)]);
+        c.append(&[entry(2, 2)], None);
         let got = c.get(1, None).unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!(got[1].log_id().leader_id.term, 2);
         c.truncate_after(Some(1));
         assert_eq!(indexes(c.get(1, None)), Some(vec![1]));
-        c.append(&[entry(2, 2), entry(2, 3)]);
+        c.append(&[entry(2, 2), entry(2, 3)], None);
         c.purge(2);
         assert_eq!(indexes(c.get(3, None)), Some(vec![3]));
         assert_eq!(indexes(c.get(2, None)), None);
         // A gap (e.g. after a snapshot install) restarts the cache.
-        c.append(&[entry(3, 10)]);
+        c.append(&[entry(3, 10)], None);
         assert_eq!(indexes(c.get(10, None)), Some(vec![10]));
         assert_eq!(indexes(c.get(3, None)), None);
         c.truncate_after(None);
@@ -188,7 +193,7 @@ mod tests {
     fn bounded_by_bytes_too() {
         // Blank entries count 256 bytes: 1000 bytes hold three of them.
         let mut c = LogCache::with_max_bytes(100, 1000);
-        c.append(&(1..=10).map(|i| entry(1, i)).collect::<Vec<_>>());
+        c.append(&(1..=10).map(|i| entry(1, i)).collect::<Vec<_>>(), None);
         assert_eq!(indexes(c.get(8, None)), Some(vec![8, 9, 10]));
         assert_eq!(indexes(c.get(7, None)), None);
         assert_eq!(c.bytes, 768);
@@ -198,7 +203,10 @@ mod tests {
         assert_eq!(c.bytes, 0);
         // The newest entry stays even when it alone is over the bound.
         let mut small = LogCache::with_max_bytes(100, 10);
-        small.append(&[entry(1, 1), entry(1, 2)]);
+        small.append(&[entry(1, 1), entry(1, 2)], None);
         assert_eq!(indexes(small.get(2, None)), Some(vec![2]));
+        // Held entries (from index 3 here) stay, over the bound or not.
+        small.append(&[entry(1, 3), entry(1, 4)], Some(3));
+        assert_eq!(indexes(small.get(3, None)), Some(vec![3, 4]));
     }
 }

@@ -36,6 +36,8 @@ const KEY_PURGED: &[u8] = b"last_purged";
 /// At most this many entries are held for a full disk; an append past it waits for room
 /// (they must stay in the log cache, the only place they can be read from until written).
 const MAX_HELD_ENTRIES: usize = log_cache::DEFAULT_CAPACITY / 2;
+/// And at most about this many bytes (slot moves write entries of up to a piece each).
+const MAX_HELD_BYTES: usize = log_cache::DEFAULT_MAX_BYTES / 2;
 
 #[derive(Clone, Debug)]
 pub struct LogStore {
@@ -73,8 +75,17 @@ impl HeldAppends {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn held_entries(&self) -> usize {
-        self.lock().items.iter().map(|(e, _)| e.len()).sum()
+    /// Entries held, and about how many bytes they hold.
+    fn held(&self) -> (usize, usize) {
+        let q = self.lock();
+        let entries = q.items.iter().map(|(e, _)| e.len()).sum();
+        let bytes = q
+            .items
+            .iter()
+            .flat_map(|(e, _)| e.iter())
+            .map(log_cache::entry_bytes)
+            .sum();
+        (entries, bytes)
     }
 }
 
@@ -288,7 +299,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // The cache is updated under its lock after the write, so a reader never sees an entry
         // in the cache that RocksDB does not have yet — except held ones (disk full), which
         // only the cache has until the held writer gets them in.
-        if self.held.held_entries() >= MAX_HELD_ENTRIES {
+        let (held_entries, held_bytes) = self.held.held();
+        if held_entries >= MAX_HELD_ENTRIES || held_bytes >= MAX_HELD_BYTES {
             self.drained().await;
         }
         let mut cache = self.cache();
@@ -297,7 +309,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             match self.db.write(b) {
                 Ok(()) => {
                     drop(held);
-                    cache.append(&entries);
+                    cache.append(&entries, None);
                     drop(cache);
                     self.db.sync_then(move |res| callback.io_completed(res));
                     return Ok(());
@@ -306,7 +318,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Err(e) => return Err(e.into()),
             }
         }
-        cache.append(&entries);
+        let first_held = held
+            .items
+            .front()
+            .and_then(|(e, _)| e.first())
+            .or(entries.first())
+            .map(|e| e.log_id.index());
+        cache.append(&entries, first_held);
         held.items.push_back((entries, callback));
         if !held.writer {
             held.writer = true;

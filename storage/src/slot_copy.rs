@@ -10,7 +10,8 @@
 //! tombstones ([`read_keys`]) make the copy exact.
 //!
 //! A replica that installs a snapshot changed its data without applying entries: its trackers
-//! are marked lost and every copy running on it starts over.
+//! are marked lost and every copy running on it starts over. So is a copy whose slot gets more
+//! than 32 MiB of distinct keys written while it runs (the record stays bounded).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -62,9 +63,15 @@ impl CopyTracker {
             let Some((slot, _)) = split_key(k) else {
                 continue;
             };
-            if let Some(w) = m.get_mut(&slot) {
+            if let Some(w) = m.get_mut(&slot).filter(|w| !w.lost) {
                 if w.keys.insert(k.clone()) {
                     w.bytes += k.len();
+                }
+                if w.bytes > MAX_RECORD_BYTES {
+                    // Too many writes to keep up with: the copy starts over later.
+                    w.lost = true;
+                    w.keys = HashSet::new();
+                    w.bytes = 0;
                 }
             }
         }
@@ -84,7 +91,7 @@ impl CopyTracker {
         let mut m = lock(&self.slots);
         let w = m.get_mut(&slot).ok_or_else(|| lost(slot, "not tracked"))?;
         if w.lost {
-            return Err(lost(slot, "this replica installed a snapshot meanwhile"));
+            return Err(lost(slot, LOST_WHY));
         }
         w.bytes = 0;
         let mut keys: Vec<Vec<u8>> = std::mem::take(&mut w.keys).into_iter().collect();
@@ -92,13 +99,22 @@ impl CopyTracker {
         Ok(keys)
     }
 
-    /// How many keys (and their bytes) were written in `slot` since the last `take`.
-    pub(crate) fn pending(&self, slot: Slot) -> (usize, usize) {
-        lock(&self.slots)
-            .get(&slot)
-            .map_or((0, 0), |w| (w.keys.len(), w.bytes))
+    /// How many keys (and their bytes) were written in `slot` since the last `take`; an
+    /// error if the copy is lost.
+    pub(crate) fn pending(&self, slot: Slot) -> Result<(usize, usize)> {
+        match lock(&self.slots).get(&slot) {
+            None => Err(lost(slot, "not tracked")),
+            Some(w) if w.lost => Err(lost(slot, LOST_WHY)),
+            Some(w) => Ok((w.keys.len(), w.bytes)),
+        }
     }
 }
+
+/// Most bytes of keys a copy's record holds before it gives up (and the copy starts over).
+const MAX_RECORD_BYTES: usize = 32 << 20;
+
+const LOST_WHY: &str =
+    "this replica installed a snapshot, or more than 32 MiB of keys were written meanwhile";
 
 fn lost(slot: Slot, why: &str) -> Error {
     Error::CopyLost {
@@ -181,21 +197,17 @@ pub fn scan_piece(
     Ok((piece, None))
 }
 
-/// The current values (or absence) of raw `kv` keys of `slot`, in pieces of about
-/// `max_bytes`.
-pub fn read_keys(db: &Db, slot: Slot, keys: &[Vec<u8>], max_bytes: u64) -> Result<Vec<Piece>> {
-    let mut out = vec![Piece::default()];
-    for k in keys {
+/// The current values (or absence) of the first raw `kv` keys of `slot` in `keys`, as one
+/// piece of about `max_bytes` (at least one key), and how many keys it took.
+pub fn read_piece(db: &Db, slot: Slot, keys: &[Vec<u8>], max_bytes: u64) -> Result<(Piece, usize)> {
+    let mut piece = Piece::default();
+    for (i, k) in keys.iter().enumerate() {
         let v = db.raw().get_cf(db.cf(CF_KV), k)?;
         let (ks, key) = user_key(slot, k)?;
-        let last = out.last_mut().expect("never empty");
-        last.push(ks, key, v.as_deref());
-        if last.bytes >= max_bytes {
-            out.push(Piece::default());
+        piece.push(ks, key, v.as_deref());
+        if piece.bytes >= max_bytes {
+            return Ok((piece, i + 1));
         }
     }
-    if out.len() > 1 && out.last().is_some_and(Piece::is_empty) {
-        out.pop();
-    }
-    Ok(out)
+    Ok((piece, keys.len()))
 }

@@ -68,8 +68,9 @@ impl SlotCopy {
         self.shared.copies.take(self.slot)
     }
 
-    /// How many keys, and how many bytes of keys, were written since the last `take`.
-    pub fn pending(&self) -> (usize, usize) {
+    /// How many keys, and how many bytes of keys, were written since the last `take`; an
+    /// error if the record is lost.
+    pub fn pending(&self) -> Result<(usize, usize)> {
         self.shared.copies.pending(self.slot)
     }
 }
@@ -224,9 +225,15 @@ impl Store {
         crate::slot_copy::scan_piece(&self.shared.db, slot, after, max_bytes)
     }
 
-    /// The current values (or absence) of raw keys of `slot`, in pieces of about `max_bytes`.
-    pub fn read_keys(&self, slot: Slot, keys: &[Vec<u8>], max_bytes: u64) -> Result<Vec<Piece>> {
-        crate::slot_copy::read_keys(&self.shared.db, slot, keys, max_bytes)
+    /// The current values (or absence) of the first raw keys of `slot` in `keys`, as one
+    /// piece of about `max_bytes`, and how many keys it took.
+    pub fn read_piece(
+        &self,
+        slot: Slot,
+        keys: &[Vec<u8>],
+        max_bytes: u64,
+    ) -> Result<(Piece, usize)> {
+        crate::slot_copy::read_piece(&self.shared.db, slot, keys, max_bytes)
     }
 
     /// `slot`'s dedup table and horizon (for the final step of a copy).
@@ -247,6 +254,11 @@ impl Store {
     /// What damaged data this replica found, if any (it then serves nothing).
     pub fn corruption(&self) -> Option<String> {
         self.shared.db.corruption()
+    }
+
+    /// The published descriptor's version (it grows with every change), without a copy.
+    pub fn descriptor_version(&self) -> u64 {
+        read_lock(&self.shared.meta).descriptor.version
     }
 
     pub fn descriptor(&self) -> ShardDescriptor {
@@ -537,6 +549,8 @@ fn install_once(shared: &Shared, meta: &SnapshotMeta, snapshot: &SnapshotFile) -
     // The batch replaces every slot's data: nothing is served until it is published.
     hide_slots(shared, |d| d.ranges.clear());
     db.write_sync(batch)?;
+    // And a copy started while the batch was written.
+    shared.copies.lose_all();
     let path = shared.snap_dir.join(file_name(meta));
     if snapshot.path != path {
         std::fs::rename(&snapshot.path, &path)?;

@@ -12,7 +12,7 @@ use unikv_storage::apply_cache::ApplyCache;
 use unikv_storage::meta::SmMeta;
 use unikv_storage::moves::{export_slot, slot_stats, ALREADY_RECEIVED, COPY_MISSING};
 use unikv_storage::raft_types::Entry;
-use unikv_storage::slot_copy::{read_keys, scan_piece};
+use unikv_storage::slot_copy::{read_piece, scan_piece};
 use unikv_storage::{
     Command, CommandResult, Db, MoveCommand, Piece, Staged, StateMachine, TypeConfig,
 };
@@ -102,7 +102,7 @@ async fn writes_during_a_copy_are_recorded_and_read_back_current() {
     )
     .await;
     assert_eq!(
-        copy.pending().0,
+        copy.pending().unwrap().0,
         3,
         "three keys of slot 5 written, slot 6 not recorded"
     );
@@ -124,18 +124,21 @@ async fn writes_during_a_copy_are_recorded_and_read_back_current() {
     );
     // The recorded keys, read now: the new value, the tombstone, the new key.
     let keys = copy.take().unwrap();
-    assert_eq!(copy.pending(), (0, 0), "taken");
-    let tail = store.read_keys(5, &keys, 1 << 20).unwrap();
-    assert_eq!(tail.len(), 1);
+    assert_eq!(copy.pending().unwrap(), (0, 0), "taken");
+    let (tail, used) = store.read_piece(5, &keys, 1 << 20).unwrap();
+    assert_eq!(used, 3);
     assert_eq!(
-        tail[0].kv,
+        tail.kv,
         vec![("a".into(), "a1".into()), ("z".into(), "z1".into())]
     );
-    assert_eq!(tail[0].deleted, vec![(Default::default(), "b".to_string())]);
+    assert_eq!(tail.deleted, vec![(Default::default(), "b".to_string())]);
+    // A small piece takes as few keys as fill it (at least one).
+    let (one, used) = store.read_piece(5, &keys, 1).unwrap();
+    assert_eq!((one.kv.len(), used), (1, 1));
     drop(copy);
     let again = store.start_copy(5).expect("released when dropped");
     apply(&mut sm, &mut next, vec![put(5, "c", "c1")]).await;
-    assert_eq!(again.pending().0, 1);
+    assert_eq!(again.pending().unwrap().0, 1);
 
     // A snapshot installed on this replica replaces data behind the record's back.
     let snap = sm.build_snapshot().await.unwrap();
@@ -150,6 +153,7 @@ async fn writes_during_a_copy_are_recorded_and_read_back_current() {
         ),
         "a copy whose record may miss writes must start over"
     );
+    assert!(again.pending().is_err(), "known lost before the freeze");
 }
 
 /// A shard applying commands directly (as `tests/moves.rs` does).
@@ -305,7 +309,7 @@ fn a_staged_copy_completed_by_the_tail_equals_the_source() {
         .iter()
         .map(|k| unikv_storage::db::kv_key(5, k.as_bytes()))
         .collect();
-    let tail = read_keys(&src.db, 5, &written, 1 << 20).unwrap().remove(0);
+    let (tail, _) = read_piece(&src.db, 5, &written, 1 << 20).unwrap();
     let export = export_slot(&src.db, 5).unwrap();
     let inn = |parts: u32| MoveCommand::In {
         slot: 5,

@@ -65,9 +65,15 @@ impl<'a> CopyRun<'a> {
         }
     }
 
-    /// From now on the slot is frozen: every piece must be taken before `deadline`.
+    /// From now on the slot is frozen: every piece (and the `In`) must be taken before
+    /// `deadline`.
     pub fn freeze(&mut self, deadline: Instant) {
         self.deadline = Some(deadline);
+    }
+
+    /// The deadline of a frozen copy (`None` while the slot serves).
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
     }
 
     /// What the completing `In` names.
@@ -99,26 +105,38 @@ impl<'a> CopyRun<'a> {
     }
 
     /// Sends the current values of the keys written since the scan started, in rounds, until
-    /// few are left (or after `CATCH_UP_ROUNDS`).
+    /// few are left (or after `CATCH_UP_ROUNDS`); an error if the record of writes is lost
+    /// (before any freeze).
     pub async fn catch_up(&mut self, writes: &SlotCopy) -> Result<(), KvError> {
         for _ in 0..CATCH_UP_ROUNDS {
-            let (keys, bytes) = writes.pending();
+            let (keys, bytes) = writes.pending().map_err(internal)?;
             if keys <= SMALL_TAIL_KEYS && bytes <= SMALL_TAIL_BYTES {
                 break;
             }
             let keys = writes.take().map_err(internal)?;
-            for piece in self.read(keys).await? {
-                self.send(piece, true).await?;
-            }
+            let last = self.send_keys(keys).await?;
+            self.send(last, true).await?;
         }
+        writes.pending().map_err(internal)?;
         Ok(())
     }
 
-    /// The current values (or absence) of raw keys of the slot, in pieces.
-    pub async fn read(&self, keys: Vec<Vec<u8>>) -> Result<Vec<Piece>, KvError> {
+    /// Sends the current values (or absence) of raw keys of the slot as pieces, read one at
+    /// a time, all but the last; returns the last (it may go in the `In`).
+    pub async fn send_keys(&mut self, keys: Vec<Vec<u8>>) -> Result<Piece, KvError> {
         let store = self.rb.node.store.clone();
         let (slot, max) = (self.slot, self.rb.node.config.move_piece_bytes());
-        blocking(move || store.read_keys(slot, &keys, max)).await
+        let keys = std::sync::Arc::new(keys);
+        let mut at = 0;
+        loop {
+            let (store, keys2) = (store.clone(), keys.clone());
+            let (piece, used) = blocking(move || store.read_piece(slot, &keys2[at..], max)).await?;
+            at += used;
+            if at >= keys.len() {
+                return Ok(piece);
+            }
+            self.send(piece, true).await?;
+        }
     }
 
     /// Sends one piece; true if the target answered that it holds the hand-off already.

@@ -99,27 +99,16 @@ async fn run(
             let h = start(node, slot, to, epoch).await?;
             let frozen_at = Instant::now();
             copy.freeze(frozen_at + node.config.handoff_timeout());
+            // A tail larger than a piece goes as pieces first; the `In` carries the last.
             let tail = match writes.take() {
-                Ok(keys) => copy.read(keys).await,
+                Ok(keys) => copy.send_keys(keys).await,
                 Err(e) => Err(KvError::Internal(e.to_string())),
             };
             drop(writes);
-            let mut tail = match tail {
-                Ok(t) => t,
+            match tail {
+                Ok(last) => (h, Some(frozen_at), copy, last),
                 Err(e) => return Err(abort_after(rb, slot, h, e).await),
-            };
-            // A tail larger than a piece goes as pieces first; the `In` then carries none.
-            let last = if tail.len() == 1 {
-                tail.pop().unwrap_or_default()
-            } else {
-                Piece::default()
-            };
-            for piece in tail {
-                if let Err(e) = copy.send(piece, true).await {
-                    return Err(abort_after(rb, slot, h, e).await);
-                }
             }
-            (h, Some(frozen_at), copy, last)
         }
     };
     let (dedup, dedup_horizon_ms) = match node.store.export_dedup(slot) {
@@ -138,8 +127,11 @@ async fn run(
         staged: Some(copy.staged()),
         deleted: tail.deleted,
     };
-    // The slot is frozen from here until `Done`: bounded, whatever gossip says of the target.
-    let give_up_at = Instant::now() + node.config.handoff_timeout();
+    // The slot is frozen until `Done`: bounded from the freeze on, whatever gossip says of
+    // the target.
+    let give_up_at = copy
+        .deadline()
+        .unwrap_or_else(|| Instant::now() + node.config.handoff_timeout());
     match deliver(node, h.target, rpc_kind::MOVE_IN, &msg, give_up_at).await? {
         Delivery::Taken => {}
         Delivery::Refused { message, .. } => {
