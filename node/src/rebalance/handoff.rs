@@ -79,6 +79,19 @@ async fn run(
                 Err(e) => return Err(abort_after(rb, slot, h, e).await),
             }
         }
+        None if slot_bytes(node, slot) <= SMALL_SLOT_BYTES => {
+            // Small: frozen and sent whole in the `In` (a copy first would cost more commits
+            // than the freeze it saves).
+            let epoch = next_epoch(node, slot)?;
+            // Paced before the freeze, never during it.
+            rb.throttle.pace(slot_bytes(node, slot)).await;
+            let h = start(node, slot, to, epoch).await?;
+            let frozen_at = Instant::now();
+            return match node.store.export_slot(slot) {
+                Ok(export) => hand_whole(rb, slot, h, frozen_at, export).await,
+                Err(e) => Err(abort_after(rb, slot, h, KvError::Internal(e.to_string())).await),
+            };
+        }
         None => {
             // Copy while the slot serves, recording what is written meanwhile.
             let epoch = next_epoch(node, slot)?;
@@ -116,6 +129,8 @@ async fn run(
         Err(e) => return Err(abort_after(rb, slot, h, KvError::Internal(e.to_string())).await),
     };
     let bytes = copy.bytes + tail.bytes;
+    let (staged, deadline) = (copy.staged(), copy.deadline());
+    drop(copy);
     let msg = MoveIn {
         slot,
         from: node.shard(),
@@ -124,14 +139,62 @@ async fn run(
         dedup,
         dedup_horizon_ms,
         collections_kv: tail.collections_kv,
-        staged: Some(copy.staged()),
+        staged: Some(staged),
         deleted: tail.deleted,
     };
+    send_in(rb, h, frozen_at, msg, bytes, deadline).await
+}
+
+/// Hands off a small slot whole: its `In` carries every pair and the dedup table.
+async fn hand_whole(
+    rb: &Rebalancer,
+    slot: Slot,
+    h: Outgoing,
+    frozen_at: Instant,
+    export: unikv_storage::SlotExport,
+) -> Result<Epoch, KvError> {
+    let node = &rb.node;
+    let bytes: u64 = export
+        .kv
+        .iter()
+        .map(|(k, v)| (k.len() + v.len()) as u64)
+        .chain(
+            export
+                .collections_kv
+                .iter()
+                .map(|(_, k, v)| (k.len() + v.len()) as u64),
+        )
+        .sum();
+    let msg = MoveIn {
+        slot,
+        from: node.shard(),
+        epoch: h.epoch,
+        kv: export.kv,
+        dedup: export.dedup,
+        dedup_horizon_ms: export.dedup_horizon_ms,
+        collections_kv: export.collections_kv,
+        staged: None,
+        deleted: Vec::new(),
+    };
+    let deadline = frozen_at + node.config.handoff_timeout();
+    send_in(rb, h, Some(frozen_at), msg, bytes, Some(deadline)).await
+}
+
+/// Sends the `In` of a frozen hand-off (aborting if the target refuses it or does not take
+/// it by `deadline`), then finishes it.
+async fn send_in(
+    rb: &Rebalancer,
+    h: Outgoing,
+    frozen_at: Option<Instant>,
+    msg: MoveIn,
+    bytes: u64,
+    deadline: Option<Instant>,
+) -> Result<Epoch, KvError> {
+    let node = &rb.node;
+    let slot = msg.slot;
     // The slot is frozen until `Done`: bounded from the freeze on, whatever gossip says of
     // the target.
-    let give_up_at = copy
-        .deadline()
-        .unwrap_or_else(|| Instant::now() + node.config.handoff_timeout());
+    let give_up_at = deadline.unwrap_or_else(|| Instant::now() + node.config.handoff_timeout());
     match deliver(node, h.target, rpc_kind::MOVE_IN, &msg, give_up_at).await? {
         Delivery::Taken => {}
         Delivery::Refused { message, .. } => {
@@ -156,7 +219,6 @@ async fn run(
             });
         }
     }
-    drop(copy);
     finish(rb, slot, h, frozen_at, bytes).await
 }
 
@@ -206,6 +268,14 @@ async fn abort_after(rb: &Rebalancer, slot: Slot, h: Outgoing, e: KvError) -> Kv
         }
     }
     e
+}
+
+/// Slots holding at most this many bytes move frozen, in one `In`.
+const SMALL_SLOT_BYTES: u64 = 64 * 1024;
+
+/// The bytes `slot` holds here, as its statistics count them (0 if unknown).
+fn slot_bytes(node: &Node, slot: Slot) -> u64 {
+    node.store.slot_stat(slot).map_or(0, |s| s.bytes)
 }
 
 /// The epoch `slot` will have at its next owner (it must be owned here, and moves not fenced:
