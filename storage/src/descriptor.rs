@@ -137,6 +137,21 @@ pub struct Fence {
     pub until_ms: u64,
 }
 
+impl Fence {
+    /// The answer to a slot move this fence holds back at `now_ms`.
+    pub fn refusal(&self, now_ms: u64) -> KvError {
+        KvError::Refused {
+            status: 409,
+            code: "moves_fenced".into(),
+            message: format!(
+                "slot moves wait while a collection is promoted (fence {} for {} ms more)",
+                self.token,
+                self.until_ms.saturating_sub(now_ms)
+            ),
+        }
+    }
+}
+
 /// The first local unit number; hash slots are all below it.
 pub const UNIT_BASE: Slot = 0x8000;
 /// Unit numbers stay below this (keys starting 0xFF are the dedup expiry index's).

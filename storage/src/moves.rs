@@ -48,15 +48,7 @@ pub(crate) fn apply_move(
             };
             let now = clock_ms.max(now_ms.unwrap_or(0));
             if let Some(f) = d.fence.filter(|f| f.until_ms > now) {
-                return Ok(Err(KvError::Refused {
-                    status: 409,
-                    code: "moves_fenced".into(),
-                    message: format!(
-                        "slot moves wait while a collection is promoted (fence {} for {} ms more)",
-                        f.token,
-                        f.until_ms - now
-                    ),
-                }));
+                return Ok(Err(f.refusal(now)));
             }
             match (d.owns(*slot), d.outgoing.get(slot)) {
                 (_, Some(cur)) if *cur == h => ok,

@@ -2,21 +2,20 @@
 //! a copy (through the state machine, as the node runs it), the pieces it reads, and the
 //! target's `Stage` / `In` / `Unstage` steps with their refusals and statistics.
 
+mod harness;
+
 use futures::stream;
 use openraft::entry::RaftEntry;
 use openraft::storage::RaftStateMachine;
 use openraft::testing::log_id;
 use openraft::{EntryPayload, RaftSnapshotBuilder};
-use unikv_storage::apply::apply_entries_cached;
-use unikv_storage::apply_cache::ApplyCache;
-use unikv_storage::meta::SmMeta;
-use unikv_storage::moves::{export_slot, slot_stats, ALREADY_RECEIVED, COPY_MISSING};
+use unikv_storage::moves::{export_slot, ALREADY_RECEIVED, COPY_MISSING};
 use unikv_storage::raft_types::Entry;
 use unikv_storage::slot_copy::{read_piece, scan_piece};
-use unikv_storage::{
-    Command, CommandResult, Db, MoveCommand, Piece, Staged, StateMachine, TypeConfig,
-};
+use unikv_storage::{Command, CommandResult, MoveCommand, Piece, Staged, StateMachine, TypeConfig};
 use unikv_types::{ClientSeq, Epoch, KvError, KvOp, KvReply, NodeId, ShardId, SlotRange};
+
+use harness::Shard;
 
 fn entry(index: u64, cmd: Command) -> Entry {
     Entry::new(
@@ -156,57 +155,14 @@ async fn writes_during_a_copy_are_recorded_and_read_back_current() {
     assert!(again.pending().is_err(), "known lost before the freeze");
 }
 
-/// A shard applying commands directly (as `tests/moves.rs` does).
-struct Shard {
-    _dir: tempfile::TempDir,
-    db: Db,
-    meta: SmMeta,
-    cache: ApplyCache,
-    next: u64,
-}
-
-impl Shard {
-    fn new(id: u64, owned: Option<(u16, u16)>) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path()).unwrap();
-        let meta = SmMeta::load(&db, ShardId(id)).unwrap();
-        let mut s = Shard {
-            _dir: dir,
-            db,
-            meta,
-            cache: ApplyCache::default(),
-            next: 1,
-        };
-        assert_eq!(s.apply(bootstrap(id, owned)), Ok(KvReply::Written));
-        s
-    }
-
-    fn apply(&mut self, cmd: Command) -> CommandResult {
-        self.next += 1;
-        let e = entry(self.next, cmd);
-        apply_entries_cached(&self.db, &mut self.meta, &mut self.cache, &[e])
-            .unwrap()
-            .remove(0)
-    }
-
-    fn mv(&mut self, m: MoveCommand) -> CommandResult {
-        self.apply(Command::Move(m))
-    }
-
-    fn stats(&mut self, slot: u16) -> (u64, u64) {
-        let stored = slot_stats(&self.db)
-            .unwrap()
-            .into_iter()
-            .find(|(s, _)| *s == slot)
-            .map_or((0, 0), |(_, st)| (st.keys, st.bytes));
-        let cached = self.cache.stats(&self.db, slot).unwrap();
-        assert_eq!(
-            (cached.keys, cached.bytes),
-            stored,
-            "cache and RocksDB differ"
-        );
-        stored
-    }
+/// A shard applying commands directly (the storage tests' harness), owning `owned`.
+fn shard(id: u64, owned: Option<(u16, u16)>) -> Shard {
+    Shard::with_ranges(
+        id,
+        owned
+            .map(|(lo, hi)| vec![SlotRange(lo, hi)])
+            .unwrap_or_default(),
+    )
 }
 
 fn stage(copy: u64, part: u32, overwrite: bool, p: &Piece) -> MoveCommand {
@@ -232,8 +188,8 @@ fn code(r: CommandResult) -> String {
 
 #[test]
 fn a_staged_copy_completed_by_the_tail_equals_the_source() {
-    let mut src = Shard::new(1, Some((0, 99)));
-    let mut dst = Shard::new(2, None);
+    let mut src = shard(1, Some((0, 99)));
+    let mut dst = shard(2, None);
     for (k, v) in [("a", "1"), ("b", "22"), ("c", "333"), ("d", "4444")] {
         assert_eq!(src.apply(put(5, k, v)), Ok(KvReply::Written));
     }
@@ -284,7 +240,7 @@ fn a_staged_copy_completed_by_the_tail_equals_the_source() {
     for (i, p) in pieces.iter().enumerate().skip(3) {
         assert_eq!(dst.mv(stage(7, i as u32, false, p)), Ok(KvReply::Written));
     }
-    assert_eq!(dst.stats(5), src.stats(5));
+    assert_eq!(dst.slot_totals(5), src.slot_totals(5));
     assert_eq!(dst.meta.descriptor.owns(5), None, "staged, not served");
     assert!(matches!(
         dst.apply(put(5, "a", "x")),
@@ -331,7 +287,7 @@ fn a_staged_copy_completed_by_the_tail_equals_the_source() {
         export,
         "identical, dedup table included"
     );
-    assert_eq!(dst.stats(5), src.stats(5));
+    assert_eq!(dst.slot_totals(5), src.slot_totals(5));
     // A resumed source's copy learns the hand-off is in.
     assert_eq!(
         code(dst.mv(stage(9, 0, false, &pieces[0]))),
@@ -371,26 +327,26 @@ fn a_staged_copy_completed_by_the_tail_equals_the_source() {
 
 #[test]
 fn a_copy_given_up_is_dropped_and_a_new_copy_replaces_an_old_one() {
-    let mut src = Shard::new(1, Some((0, 99)));
-    let mut dst = Shard::new(2, None);
+    let mut src = shard(1, Some((0, 99)));
+    let mut dst = shard(2, None);
     for k in ["a", "b", "c"] {
         src.apply(put(5, k, "v")).unwrap();
     }
     let (all, _) = scan_piece(&src.db, 5, None, 1 << 20).unwrap();
     assert_eq!(dst.mv(stage(1, 0, false, &all)), Ok(KvReply::Written));
-    assert_eq!(dst.stats(5), (3, 6));
+    assert_eq!(dst.slot_totals(5), (3, 6));
 
     // Unstage of another copy changes nothing; of this one, deletes it all.
     assert_eq!(
         dst.mv(MoveCommand::Unstage { slot: 5, copy: 2 }),
         Ok(KvReply::Written)
     );
-    assert_eq!(dst.stats(5), (3, 6));
+    assert_eq!(dst.slot_totals(5), (3, 6));
     assert_eq!(
         dst.mv(MoveCommand::Unstage { slot: 5, copy: 1 }),
         Ok(KvReply::Written)
     );
-    assert_eq!(dst.stats(5), (0, 0));
+    assert_eq!(dst.slot_totals(5), (0, 0));
     assert!(export_slot(&dst.db, 5).unwrap().kv.is_empty());
     assert!(dst.meta.descriptor.staging.is_empty());
 
@@ -401,7 +357,7 @@ fn a_copy_given_up_is_dropped_and_a_new_copy_replaces_an_old_one() {
         ..Piece::default()
     };
     assert_eq!(dst.mv(stage(4, 0, false, &one)), Ok(KvReply::Written));
-    assert_eq!(dst.stats(5), (1, 2));
+    assert_eq!(dst.slot_totals(5), (1, 2));
     assert_eq!(dst.meta.descriptor.staging[&5].copy, 4);
     // Overwriting pieces keep the statistics exact.
     let over = Piece {
@@ -410,13 +366,13 @@ fn a_copy_given_up_is_dropped_and_a_new_copy_replaces_an_old_one() {
         ..Piece::default()
     };
     assert_eq!(dst.mv(stage(4, 1, true, &over)), Ok(KvReply::Written));
-    assert_eq!(dst.stats(5), (2, 9));
+    assert_eq!(dst.slot_totals(5), (2, 9));
     let del = Piece {
         deleted: vec![(Default::default(), "x".into())],
         ..Piece::default()
     };
     assert_eq!(dst.mv(stage(4, 2, true, &del)), Ok(KvReply::Written));
-    assert_eq!(dst.stats(5), (1, 2));
+    assert_eq!(dst.slot_totals(5), (1, 2));
     // A shard owning the slot refuses pieces of it.
     assert!(src.mv(stage(5, 0, false, &all)).is_err());
 }

@@ -195,23 +195,15 @@ async fn a_slot_copied_while_written_keeps_every_write() {
     u.assert_running(&u.procs());
 }
 
-/// Peak resident memory of a process since the last [`reset_peak`], in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
+/// A memory figure of a process from `/proc/PID/status`, in KiB: `VmRSS` (now) or `VmHWM`
+/// (the peak since the last [`reset_peak`]).
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
 /// Resets a process's peak resident memory to its current (Linux `clear_refs` 5; root).
@@ -275,12 +267,12 @@ async fn a_large_slot_moves_in_bounded_pieces() {
         u.pid(Proc::Node(from, src_leader)).expect("pid"),
         u.pid(Proc::Node(to, dst_leader)).expect("pid"),
     ];
-    let before: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect();
+    let before: Vec<u64> = pids.iter().map(|p| status_kib(*p, "VmRSS")).collect();
     for p in pids {
         reset_peak(p);
     }
     let took = move_slot(&u, slot, from, to).await;
-    let peaks: Vec<u64> = pids.iter().map(|p| peak_rss_kib(*p)).collect();
+    let peaks: Vec<u64> = pids.iter().map(|p| status_kib(*p, "VmHWM")).collect();
     let entries = largest_entries(&u, to).await;
     let mib = |k: u64| k / 1024;
     println!(

@@ -284,15 +284,7 @@ fn next_epoch(node: &Node, slot: Slot) -> Result<Epoch, KvError> {
     let d = node.store.descriptor();
     let now = unikv_types::wall_clock_ms();
     if let Some(f) = d.fence.filter(|f| f.until_ms > now) {
-        return Err(KvError::Refused {
-            status: 409,
-            code: "moves_fenced".into(),
-            message: format!(
-                "slot moves wait while a collection is promoted (fence {} for {} ms more)",
-                f.token,
-                f.until_ms - now
-            ),
-        });
+        return Err(f.refusal(now));
     }
     match d.owns(slot) {
         Some(current) => Ok(Epoch(current.0 + 1)),

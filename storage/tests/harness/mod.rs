@@ -11,7 +11,7 @@ use unikv_storage::db::CF_KV;
 use unikv_storage::meta::SmMeta;
 use unikv_storage::moves::slot_stats;
 use unikv_storage::raft_types::Entry;
-use unikv_storage::{Command, CommandResult, Db, LeaderClock, TypeConfig};
+use unikv_storage::{Command, CommandResult, Db, LeaderClock, MoveCommand, TypeConfig};
 use unikv_types::catalog::{CatalogChange, CatalogOp, CATALOG_KEY};
 use unikv_types::{ClientSeq, Epoch, Keyspace, KvOp, KvReply, NodeId, ShardId, SlotRange};
 
@@ -96,6 +96,26 @@ impl Shard {
             )
             .unwrap();
         v.map(|b| String::from_utf8(b).unwrap())
+    }
+
+    pub fn mv(&mut self, m: MoveCommand) -> CommandResult {
+        self.apply(Command::Move(m))
+    }
+
+    /// Keys and bytes of `slot` as stored, checked against the apply cache's copy.
+    pub fn slot_totals(&mut self, slot: u16) -> (u64, u64) {
+        let stored = slot_stats(&self.db)
+            .unwrap()
+            .into_iter()
+            .find(|(s, _)| *s == slot)
+            .map_or((0, 0), |(_, st)| (st.keys, st.bytes));
+        let cached = self.cache.stats(&self.db, slot).unwrap();
+        assert_eq!(
+            (cached.keys, cached.bytes),
+            stored,
+            "cache and RocksDB differ"
+        );
+        stored
     }
 
     pub fn totals(&self) -> (u64, u64) {
