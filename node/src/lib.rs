@@ -13,6 +13,7 @@ pub mod certs;
 pub mod chunks;
 pub mod config;
 pub mod error;
+pub mod failpoints;
 pub mod gossip_publisher;
 pub mod http;
 pub mod membership;

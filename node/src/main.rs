@@ -16,6 +16,8 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let config = Config::parse();
+    // Fault-injection points named by FAILPOINTS (fault tests only; none by default).
+    let _failpoints = fail::FailScenario::setup();
     let runtime =
         unikv_http::process::runtime(config.worker_threads).context("building the runtime")?;
     runtime.block_on(serve(config))

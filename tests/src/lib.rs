@@ -15,6 +15,7 @@ pub mod machine;
 pub mod nemesis;
 pub mod ports;
 pub mod reshard_checks;
+pub mod slot_writers;
 pub mod tmpfs;
 pub mod unified;
 pub mod unified_env;

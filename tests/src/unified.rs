@@ -112,6 +112,8 @@ pub struct Unified {
     /// Script invocations so far (names the script output files).
     /// Nodes whose clocks run at another rate from their next start (`UNIKV_CLOCK_RATE`).
     clock_rates: Mutex<BTreeMap<(u64, u64), f64>>,
+    /// `FAILPOINTS` for every node start (empty: none).
+    failpoints: String,
     runs: AtomicUsize,
     _slot: OwnedSemaphorePermit,
 }
@@ -132,6 +134,17 @@ impl Unified {
 
     /// Like [`Unified::start_with`] with `shards` shards (`UNIKV_SHARDS`, 1..=[`MAX_SHARDS`]).
     pub async fn start_shards(shards: u64, node_args: &[&str], router_args: &[&str]) -> Unified {
+        Unified::start_failpoints(shards, node_args, router_args, "").await
+    }
+
+    /// Like [`Unified::start_shards`] with every node started (and restarted) with
+    /// `FAILPOINTS=failpoints` (the node's fault-injection points, `unikv_node::failpoints`).
+    pub async fn start_failpoints(
+        shards: u64,
+        node_args: &[&str],
+        router_args: &[&str],
+        failpoints: &str,
+    ) -> Unified {
         assert!(
             (1..=MAX_SHARDS).contains(&shards),
             "a test cluster has 1..={MAX_SHARDS} shards, not {shards}"
@@ -185,6 +198,7 @@ impl Unified {
             pids: Mutex::new(BTreeSet::new()),
             runs: AtomicUsize::new(0),
             clock_rates: Mutex::new(BTreeMap::new()),
+            failpoints: failpoints.to_string(),
             _slot: slot,
         };
         eprintln!(
@@ -271,6 +285,7 @@ impl Unified {
             ("UNIKV_NO_BUILD", "1".to_string()),
             ("UNIKV_NODE_ARGS", self.node_args.clone()),
             ("UNIKV_ROUTER_ARGS", self.router_args.clone()),
+            ("FAILPOINTS", self.failpoints.clone()),
         ]
     }
 

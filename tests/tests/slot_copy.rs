@@ -6,11 +6,9 @@
 //! - a slot holding ~100 MB (one hash tag) moves with the target's largest Raft entry near
 //!   `--move_piece_kb` and bounded memory growth on both leaders.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use unikv_tests::slot_writers::{filler, SlotWriters};
 use unikv_tests::unified::NODES_PER_SHARD;
 use unikv_tests::{
     assert_no_failures, node_ref, put_all, unique, Body, Method, Proc, Unified, ROUTER,
@@ -64,14 +62,7 @@ async fn a_slot_copied_while_written_keeps_every_write() {
         Unified::start_shards(2, &["--move_rate_mb", "0.5", "--move_piece_kb", "16"], &[]).await;
     let api = u.api();
     let tag = unique("copy");
-    let filler: Vec<(String, String)> = (0..1500)
-        .map(|i| {
-            (
-                format!("{{{tag}}}f{i:05}"),
-                format!("{i:05}{}", "x".repeat(995)),
-            )
-        })
-        .collect();
+    let filler = filler(&tag, 1500, 1000);
     let slot = key_slot(filler[0].0.as_bytes());
     assert_no_failures("filler puts", &put_all(&api, &[ROUTER], &filler, 16).await);
     let from = u
@@ -83,47 +74,15 @@ async fn a_slot_copied_while_written_keeps_every_write() {
 
     // Writers run through the router until told to stop; each notes what was acknowledged
     // and when.
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked: Arc<Mutex<Vec<(Instant, String, String)>>> = Arc::default();
-    let unsure: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
-    let mut tasks = Vec::new();
-    for w in 0..APPENDERS + PUTTERS {
-        let (api, stop, acked, unsure) = (api.clone(), stop.clone(), acked.clone(), unsure.clone());
-        let tag = tag.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut n = 0u64;
-            while !stop.load(Relaxed) {
-                n += 1;
-                let (key, token) = if w < APPENDERS {
-                    (format!("{{{tag}}}append{w}"), format!("w{w}n{n};"))
-                } else {
-                    (format!("{{{tag}}}put{w}-{n}"), format!("v{w}-{n}"))
-                };
-                let r = if w < APPENDERS {
-                    api.append(ROUTER, &key, &token).await
-                } else {
-                    api.put(ROUTER, &key, &token).await
-                };
-                match r {
-                    Ok(r) if r.is_ok() => acked.lock().unwrap().push((Instant::now(), key, token)),
-                    _ => unsure.lock().unwrap().push((key, token)),
-                }
-            }
-        }));
-    }
+    let writers = SlotWriters::start(&api, &tag, APPENDERS, PUTTERS);
     // Let the writers get going, then move the slot.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
     let took = move_slot(&u, slot, from, to).await;
     let ended = Instant::now();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-
-    let acked = acked.lock().unwrap().clone();
-    let unsure = unsure.lock().unwrap().clone();
+    let written = writers.stop().await;
+    let (acked, unsure) = (&written.acked, &written.unsure);
     let during = acked
         .iter()
         .filter(|(t, _, _)| *t >= started && *t <= ended)
@@ -152,39 +111,7 @@ async fn a_slot_copied_while_written_keeps_every_write() {
     );
 
     // Every acknowledged write is there (read from the new owner), appended tokens once each.
-    let mut problems = Vec::new();
-    let mut appended: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (_, k, t) in &acked {
-        if k.contains("}append") {
-            appended.entry(k.clone()).or_default().push(t.clone());
-        } else {
-            match api.get_value(node_ref(to, 1), k).await {
-                Ok(Some(v)) if &v == t => {}
-                other => problems.push(format!("{k}: acknowledged {t:?}, read {other:?}")),
-            }
-        }
-    }
-    for (k, tokens) in &appended {
-        let value = api
-            .get_value(node_ref(to, 1), k)
-            .await
-            .expect("get")
-            .unwrap_or_default();
-        let stored: Vec<&str> = value.split_terminator(';').collect();
-        for t in tokens {
-            let t = t.trim_end_matches(';');
-            let times = stored.iter().filter(|s| **s == t).count();
-            if times != 1 {
-                problems.push(format!("{k}: acknowledged token {t} stored {times} times"));
-            }
-        }
-        for s in &stored {
-            let seen = stored.iter().filter(|x| *x == s).count();
-            if seen > 1 {
-                problems.push(format!("{k}: token {s} stored {seen} times"));
-            }
-        }
-    }
+    let mut problems = written.problems(&api, node_ref(to, 1)).await;
     for (k, v) in filler.iter().step_by(50) {
         match api.get_value(node_ref(to, 1), k).await {
             Ok(Some(got)) if &got == v => {}

@@ -112,6 +112,7 @@ async fn run(
             let h = start(node, slot, to, epoch).await?;
             let frozen_at = Instant::now();
             copy.freeze(frozen_at + node.config.handoff_timeout());
+            crate::failpoints::hold("move_frozen").await;
             // A tail larger than a piece goes as pieces first; the `In` carries the last.
             let tail = match writes.take() {
                 Ok(keys) => copy.send_keys(keys).await,

@@ -82,6 +82,7 @@ pub async fn handle_stage(rb: &Rebalancer, m: MoveStage) -> Result<(), KvError> 
 }
 
 pub async fn handle_activate(node: &Node, a: ActivateRequest) -> Result<(), KvError> {
+    crate::failpoints::hold("move_activate").await;
     done(
         node.propose(Command::Move(MoveCommand::Activate {
             slot: a.slot,
@@ -156,6 +157,9 @@ pub fn spawn_activation_check(rb: Arc<Rebalancer>, slot: Slot, h: Incoming) {
             Ok(HandoffStatus::Pending) | Err(_) => None,
         };
         if let Some(step) = step {
+            if matches!(step, MoveCommand::Activate { .. }) {
+                crate::failpoints::hold("move_activate").await;
+            }
             if let Err(e) = node.propose(Command::Move(step)).await {
                 tracing::debug!(slot, error = %e, "activation step not committed");
             }
