@@ -155,6 +155,15 @@ pub struct Config {
         default_value_t = 1024
     )]
     pub move_piece_kb: u64,
+    /// Slots holding at most this many KiB move frozen, sent whole in one `In` (a copy first
+    /// would cost more commits than the freeze it saves); larger ones are copied while they
+    /// serve. 0: every slot is copied first (the nemesis runs so).
+    #[arg(
+        long = "move_copy_min_kb",
+        alias = "move-copy-min-kb",
+        default_value_t = 64
+    )]
+    pub move_copy_min_kb: u64,
     /// A chunk of a range collection splits in two once it holds more than this many bytes
     /// (keys + values). Chunks are also what the balancer moves to even out bytes per shard.
     #[arg(
@@ -345,6 +354,11 @@ impl Config {
     pub fn lease_age(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.election_max_ms)
             .div_f64(self.lease_drift_margin.max(1.0))
+    }
+
+    /// `--move_copy_min_kb` in bytes.
+    pub fn move_copy_min_bytes(&self) -> u64 {
+        self.move_copy_min_kb.saturating_mul(1024)
     }
 
     /// `--move_piece_kb` in bytes.

@@ -79,7 +79,9 @@ async fn run(
                 Err(e) => return Err(abort_after(rb, slot, h, e).await),
             }
         }
-        None if slot_bytes(node, slot) <= SMALL_SLOT_BYTES => {
+        None if slot_bytes(node, slot) <= node.config.move_copy_min_bytes()
+            && node.config.move_copy_min_kb > 0 =>
+        {
             // Small: frozen and sent whole in the `In` (a copy first would cost more commits
             // than the freeze it saves).
             let epoch = next_epoch(node, slot)?;
@@ -270,9 +272,6 @@ async fn abort_after(rb: &Rebalancer, slot: Slot, h: Outgoing, e: KvError) -> Kv
     }
     e
 }
-
-/// Slots holding at most this many bytes move frozen, in one `In`.
-const SMALL_SLOT_BYTES: u64 = 64 * 1024;
 
 /// The bytes `slot` holds here, as its statistics count them (0 if unknown).
 fn slot_bytes(node: &Node, slot: Slot) -> u64 {

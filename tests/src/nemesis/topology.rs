@@ -87,7 +87,10 @@ impl Topology {
             }
             Kind::Shard => Topology::Shard(Cluster::start_with(flags).await, None),
             Kind::Unified => {
-                let args: Vec<&str> = flags.iter().flat_map(|(k, v)| [*k, *v]).collect();
+                // Every move copies first (the protocol larger slots take), however few keys
+                // the nemesis' slots hold.
+                let mut args = vec!["--move_copy_min_kb", "0"];
+                args.extend(flags.iter().flat_map(|(k, v)| [*k, *v]));
                 Topology::Unified(Unified::start_with(&args, &[]).await)
             }
         }
