@@ -164,6 +164,22 @@ pub struct Config {
         default_value_t = 64
     )]
     pub move_copy_min_kb: u64,
+    /// The balancer keeps every active shard's bytes within this percentage of the mean (or
+    /// `--balance_min_kb`, whichever is larger).
+    #[arg(
+        long = "balance_tolerance_pct",
+        alias = "balance-tolerance-pct",
+        default_value_t = 10
+    )]
+    pub balance_tolerance_pct: u64,
+    /// The least the balancer's bound on bytes per shard is, in KiB (64 MiB): below it, bytes
+    /// are not worth a move and slot counts alone decide.
+    #[arg(
+        long = "balance_min_kb",
+        alias = "balance-min-kb",
+        default_value_t = 65_536
+    )]
+    pub balance_min_kb: u64,
     /// A chunk of a range collection splits in two once it holds more than this many bytes
     /// (keys + values). Chunks are also what the balancer moves to even out bytes per shard.
     #[arg(
@@ -383,6 +399,12 @@ impl Config {
             return bad(format!(
                 "--move_rate_mb must be 0 (unlimited) or a positive number of MB/s, got {}",
                 self.move_rate_mb
+            ));
+        }
+        if !(1..=100).contains(&self.balance_tolerance_pct) {
+            return bad(format!(
+                "--balance_tolerance_pct must be 1..=100, got {}",
+                self.balance_tolerance_pct
             ));
         }
         if !(16..=65_536).contains(&self.move_piece_kb) {

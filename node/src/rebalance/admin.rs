@@ -536,7 +536,9 @@ pub async fn rebalance_status(State(rb): State<Arc<Rebalancer>>) -> Response {
     let node = &rb.node;
     let d = node.store.descriptor();
     let view = node.gossip.view();
-    let shares = Shares::new(&view, &d);
+    let shares = Shares::with_slot_bytes(&view, &d, &rb.slot_bytes());
+    let bound = shares.bound(rb.tolerance());
+    let (phase, reason) = shares.phase(bound);
     let r = &*rb;
     let (left_slots, left_bytes) = r.left();
     let rate = r.rate();
@@ -562,7 +564,12 @@ pub async fn rebalance_status(State(rb): State<Arc<Rebalancer>>) -> Response {
         "cluster": {
             "pending_slots": shares.pending(),
             "targets": shares.targets().iter().map(|(k, v)| (k.0.to_string(), *v)).collect::<std::collections::BTreeMap<_, _>>(),
-            "slot_counts": shares.shards.iter().map(|(k, (c, _))| (k.0.to_string(), *c)).collect::<std::collections::BTreeMap<_, _>>(),
+            "slot_counts": shares.shards.iter().map(|(k, l)| (k.0.to_string(), l.slots)).collect::<std::collections::BTreeMap<_, _>>(),
+            "bytes": shares.shards.iter().map(|(k, l)| (k.0.to_string(), l.bytes)).collect::<std::collections::BTreeMap<_, _>>(),
+            "bound": bound,
+            "phase": phase,
+            "reason": reason,
         },
+        "last_plan": lock(&r.last_plan).as_ref().map(|(at_ms, p)| json!({"at_ms": at_ms, "plan": p})),
     }))
 }

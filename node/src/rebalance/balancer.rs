@@ -15,6 +15,8 @@ use super::{handoff, planner, receive};
 
 /// How often the balancer and the resume/activation loops look at the state.
 const TICK: Duration = Duration::from_millis(100);
+/// How long a shard's published bytes may lag its ownership (totals go out every second).
+const TOTALS_LAG: Duration = Duration::from_millis(2500);
 
 /// Runs the rebalancing loops until shutdown: resume hand-offs left in the descriptor, start
 /// planned ones, check incoming slots, finish drains, and plan when settled.
@@ -103,20 +105,26 @@ async fn tick(rb: &Arc<Rebalancer>) {
         return;
     }
     let view = node.gossip.view();
-    let plan = planner::plan(&view, &d);
-    if !plan.is_empty() {
-        tracing::info!(shard = %node.shard(), slots = plan.len(), "rebalance: moving surplus slots");
-        lock(&rb.queue).extend(plan);
+    let Some(plan) = planner::plan(&view, &d, &rb.slot_bytes(), rb.tolerance()) else {
+        return;
+    };
+    if !plan.slots.is_empty() {
+        let bytes: u64 = plan.moves.iter().map(|m| m.bytes).sum();
+        tracing::info!(shard = %node.shard(), phase = ?plan.phase, slots = plan.slots.len(), bytes, reason = %plan.reason, "rebalance: moving slots");
+        lock(&rb.queue).extend(plan.slots.iter().copied());
     }
+    *lock(&rb.last_plan) = Some((unikv_types::wall_clock_ms(), plan));
 }
 
-/// Whether every finished hand-off is visible in the gossip view (or old enough to stop
-/// waiting), so the next plan starts from an up-to-date picture.
+/// Whether every finished hand-off is visible in the gossip view, and its bytes in the
+/// shards' totals (published every second), or old enough to stop waiting — so the next plan
+/// starts from an up-to-date picture.
 fn settled(rb: &Rebalancer) -> bool {
     let view = rb.node.gossip.view();
     let mut settling = lock(&rb.settling);
     settling.retain(|(slot, to, at)| {
-        at.elapsed() < Duration::from_secs(10) && view.owner_of(*slot).map(|(s, _)| s) != Some(*to)
+        let shown = view.owner_of(*slot).map(|(s, _)| s) == Some(*to) && at.elapsed() >= TOTALS_LAG;
+        at.elapsed() < Duration::from_secs(10) && !shown
     });
     settling.is_empty()
 }

@@ -34,6 +34,8 @@ pub struct Rebalancer {
     /// Write pause of recent hand-offs started here: from `Out` applied to the target's
     /// `Activate` acknowledged (the newest 4096).
     pub(super) pauses: Mutex<VecDeque<Duration>>,
+    /// The last plan made here, with its reasons, and when (ms since the Unix epoch).
+    pub(super) last_plan: Mutex<Option<(u64, super::planner::Plan)>>,
     /// `--move_rate_mb`: paces the hand-offs started here.
     pub(super) throttle: Throttle,
 }
@@ -52,8 +54,34 @@ impl Rebalancer {
             aborted: Default::default(),
             first_move: Default::default(),
             pauses: Default::default(),
+            last_plan: Default::default(),
             throttle: Throttle::new(node.config.move_rate_mb),
             node,
+        }
+    }
+
+    /// `--balance_tolerance_pct` and `--balance_min_kb`.
+    pub fn tolerance(&self) -> super::planner::Tolerance {
+        let c = &self.node.config;
+        super::planner::Tolerance {
+            pct: c.balance_tolerance_pct,
+            min_bytes: c.balance_min_kb.saturating_mul(1024),
+        }
+    }
+
+    /// This shard's bytes per slot (served slots; arriving ones are not counted).
+    pub fn slot_bytes(&self) -> std::collections::HashMap<Slot, u64> {
+        let d = self.node.store.descriptor();
+        match self.node.store.slot_stats() {
+            Ok(all) => all
+                .into_iter()
+                .filter(|(s, _)| !d.staging.contains_key(s) && !d.incoming.contains_key(s))
+                .map(|(s, st)| (s, st.bytes))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading slot statistics");
+                Default::default()
+            }
         }
     }
 
