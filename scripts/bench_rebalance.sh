@@ -10,6 +10,7 @@
 # FG_SECS seconds (default 15) before the /addshard and again from the /addshard on, and prints
 # both latency lines (the second covers the first FG_SECS seconds of the rebalance).
 # UNIKV_NODE_ARGS="--move_rate_mb 20 ..." passes flags to every node (as run_unified.sh does).
+# BENCH_LOGS=DIR keeps the processes' logs there (the cluster's directory is removed at exit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -19,7 +20,11 @@ command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk 
 work=$(mktemp -d /tmp/unikv-rebalance.XXXXXX)
 export UNIKV_DATA="$work/data" UNIKV_LOGS="$work/logs" UNIKV_NO_BUILD=1 UNIKV_HOST=127.0.0.1
 export UNIKV_HTTP_BASE=${BENCH_HTTP_BASE:-28000} UNIKV_RAFT_BASE=${BENCH_RAFT_BASE:-29000} UNIKV_ROUTER_PORT=${BENCH_ROUTER_PORT:-28999}
-cleanup() { scripts/run_unified.sh stop >/dev/null 2>&1 || true; rm -rf "$work"; }
+cleanup() {
+  scripts/run_unified.sh stop >/dev/null 2>&1 || true
+  if [ -n "${BENCH_LOGS:-}" ]; then mkdir -p "$BENCH_LOGS" && cp -r "$work/logs/." "$BENCH_LOGS/"; fi
+  rm -rf "$work"
+}
 trap cleanup EXIT
 node() { echo "127.0.0.1:$((UNIKV_HTTP_BASE + 10 * $1 + 1))"; }
 scripts/run_unified.sh start

@@ -116,9 +116,9 @@ fn forget(hint: Option<NodeRef>, target: &NodeRef) -> Option<NodeRef> {
 }
 
 /// How handing a unit's data to the target's leader ended.
-pub enum Delivery {
-    /// The target committed it.
-    Taken,
+pub enum Delivery<R = ()> {
+    /// The target committed it (its answer).
+    Taken(R),
     /// The target refused it (its code and message): the source aborts.
     Refused { code: String, message: String },
     /// No confirmation before the deadline (the last error): the source aborts.
@@ -132,13 +132,13 @@ const DELIVERY_PAUSE: Duration = Duration::from_millis(200);
 /// refused, or `give_up_at` passes — the unit stays frozen meanwhile, so the bound holds
 /// whatever gossip says of the target. A retry never stores a second copy (the target's step
 /// is idempotent per epoch). `Err` if this node stops leading (the next leader resumes).
-pub async fn deliver<M: Serialize>(
+pub async fn deliver<M: Serialize, R: DeserializeOwned>(
     node: &Node,
     to: ShardId,
     kind: u8,
     msg: &M,
     give_up_at: Instant,
-) -> Result<Delivery, KvError> {
+) -> Result<Delivery<R>, KvError> {
     loop {
         if !node.is_leader() {
             return Err(
@@ -152,10 +152,10 @@ pub async fn deliver<M: Serialize>(
                 reason: "no answer in time".into(),
             })
         } else {
-            call_shard::<_, ()>(node, to, kind, msg, left.min(Duration::from_secs(5))).await
+            call_shard::<_, R>(node, to, kind, msg, left.min(Duration::from_secs(5))).await
         };
         match res {
-            Ok(()) => return Ok(Delivery::Taken),
+            Ok(r) => return Ok(Delivery::Taken(r)),
             Err(KvError::BadRequest { code, message }) => {
                 return Ok(Delivery::Refused { code, message })
             }

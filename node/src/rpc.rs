@@ -124,6 +124,14 @@ impl RpcHandler {
                 let req = inc.read().await?;
                 inc.reply(&self.rebalancer.move_in(req).await).await
             }
+            rpc_kind::MOVE_IN_MANY => {
+                let req = inc.read().await?;
+                inc.reply(&self.rebalancer.move_in_many(req).await).await
+            }
+            rpc_kind::MOVE_ACTIVATE_MANY => {
+                let req = inc.read().await?;
+                inc.reply(&self.rebalancer.activate_many(req).await).await
+            }
             rpc_kind::MOVE_STATUS => {
                 let req = inc.read().await?;
                 inc.reply(&self.rebalancer.move_status(req).await).await

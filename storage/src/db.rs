@@ -49,6 +49,8 @@ pub struct Db {
     corruption: Arc<std::sync::Mutex<Option<String>>>,
     /// Whether the data dir ran out of space (see `disk`).
     disk: Arc<DiskState>,
+    /// Every slot's statistics in memory (see `stats_view`).
+    stats_view: Arc<crate::stats_view::StatsView>,
 }
 
 /// RocksDB's memory bounds (the node's `--memtable_mb` and `--block_cache_mb`): memtables of
@@ -162,7 +164,13 @@ impl Db {
             skip_fsync,
             corruption: Arc::default(),
             disk,
+            stats_view: Arc::default(),
         })
+    }
+
+    /// Every slot's statistics, kept current by apply.
+    pub fn stats_view(&self) -> &crate::stats_view::StatsView {
+        &self.stats_view
     }
 
     pub fn raw(&self) -> &DB {

@@ -30,6 +30,7 @@ pub mod registry;
 pub mod slot_copy;
 pub mod snapshot;
 pub mod state_machine;
+pub mod stats_view;
 pub mod unit_moves;
 pub mod unit_reads;
 pub mod usage;

@@ -461,6 +461,7 @@ impl<'a> Overlay<'a> {
         } = self;
         before_write(&replaced);
         db.write(batch)?;
+        db.stats_view().note(&new_stats);
         copies.record(kv.keys());
         for slot in replaced {
             cache.forget_slot(slot);

@@ -549,6 +549,7 @@ fn install_once(shared: &Shared, meta: &SnapshotMeta, snapshot: &SnapshotFile) -
     // The batch replaces every slot's data: nothing is served until it is published.
     hide_slots(shared, |d| d.ranges.clear());
     db.write_sync(batch)?;
+    db.stats_view().forget();
     // And a copy started while the batch was written.
     shared.copies.lose_all();
     let path = shared.snap_dir.join(file_name(meta));

@@ -6,9 +6,11 @@ use openraft::testing::log_id;
 use openraft::EntryPayload;
 use unikv_storage::apply::apply_entries_cached;
 use unikv_storage::apply_cache::ApplyCache;
+use unikv_storage::db::CF_STATS;
 use unikv_storage::meta::SmMeta;
 use unikv_storage::moves::{export_slot, slot_stats, SlotExport};
 use unikv_storage::raft_types::Entry;
+use unikv_storage::records::SlotStats;
 use unikv_storage::{Command, CommandResult, Db, MoveCommand, RegistryCommand, TypeConfig};
 use unikv_types::{ClientSeq, Epoch, KvError, KvOp, KvReply, NodeId, ShardId, SlotRange};
 
@@ -88,6 +90,20 @@ impl Shard {
             .map(|(_, st)| (st.keys, st.bytes))
             .unwrap_or((0, 0));
         let cached = self.cache.stats(&self.db, slot).unwrap();
+        // What RocksDB holds: the truth both in-memory views (apply's cache, and the
+        // readers' `stats_view` behind `slot_stats`) must follow.
+        let raw = self
+            .db
+            .raw()
+            .get_cf(self.db.cf(CF_STATS), slot.to_be_bytes())
+            .unwrap()
+            .map(|v| SlotStats::decode(&v))
+            .unwrap_or_default();
+        assert_eq!(
+            (raw.keys, raw.bytes),
+            stored,
+            "statistics of slot {slot} read by slot_stats differ from RocksDB"
+        );
         assert_eq!(
             (cached.keys, cached.bytes),
             stored,

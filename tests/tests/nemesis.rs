@@ -27,11 +27,12 @@ fn seconds() -> u64 {
 
 async fn run(kind: Kind) {
     for i in 0..setting("UNIKV_NEMESIS_RUNS", 2) {
-        run_one(kind, (i % 2 == 0).then_some(1.4)).await;
+        // Runs alternate clock skew, and (unified) the two slot-move protocols.
+        run_one(kind, (i % 2 == 0).then_some(1.4), i % 2 == 0).await;
     }
 }
 
-async fn run_one(kind: Kind, clock_rate: Option<f64>) {
+async fn run_one(kind: Kind, clock_rate: Option<f64>, copy_first: bool) {
     // A fresh seed per run, printed so a failure can be replayed with the nemesis binary.
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -41,6 +42,7 @@ async fn run_one(kind: Kind, clock_rate: Option<f64>) {
     // Every fault kind (moves and reshards apply to the unified cluster only).
     config.faults = FaultKind::ALL.to_vec();
     config.clock_rate = clock_rate;
+    config.copy_first = copy_first;
     let r = run_once(&config).await.expect("nemesis run");
     eprintln!("[nemesis] {kind} seed {seed}: {}", r.summary());
     assert!(

@@ -161,9 +161,12 @@ enum Victim {
 }
 
 /// Adds shard 4 under load and kill -9s the `victim` leader mid-move, restarting it
-/// [`DOWN_FOR`] later; then every final check of the plain growth test.
-async fn add_shard_killing_a_leader(victim: Victim) {
-    let u = Unified::start().await;
+/// [`DOWN_FOR`] later; then every final check of the plain growth test. `node_args`: e.g.
+/// `--move_batch_slots 16`, so the kill lands with a batch of slots in flight (a new source
+/// leader resumes each frozen slot alone; a target leader may die with part of a batch
+/// committed).
+async fn add_shard_killing_a_leader(victim: Victim, node_args: &[&str]) {
+    let u = Unified::start_with(node_args, &[]).await;
     let before = u.agreed_configs().await.remove(0).1;
     let surplus = (before.shard(1).expect("shard 1").slot_count - QUARTER) as u64;
     let traffic = Traffic::start(&u, 1_000).await;
@@ -261,12 +264,22 @@ async fn add_shard_killing_a_leader(victim: Victim) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn source_leader_killed_mid_move() {
-    add_shard_killing_a_leader(Victim::Source).await;
+    add_shard_killing_a_leader(Victim::Source, &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn target_leader_killed_mid_move() {
-    add_shard_killing_a_leader(Victim::Target).await;
+    add_shard_killing_a_leader(Victim::Target, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn source_leader_killed_mid_batch() {
+    add_shard_killing_a_leader(Victim::Source, &["--move_batch_slots", "16"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn target_leader_killed_mid_batch() {
+    add_shard_killing_a_leader(Victim::Target, &["--move_batch_slots", "16"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

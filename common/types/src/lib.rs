@@ -57,6 +57,11 @@ pub mod rpc_kind {
     pub const SHARD_ADMIN: u8 = 33;
     /// A piece of a slot's copy from the source shard's leader to the target's.
     pub const MOVE_STAGE: u8 = 34;
+    /// Several small slots' data in one exchange: `Vec` of `MOVE_IN`'s message in, one
+    /// result per slot out, in the same order.
+    pub const MOVE_IN_MANY: u8 = 35;
+    /// Source tells the target several hand-offs are done: one result per slot, in order.
+    pub const MOVE_ACTIVATE_MANY: u8 = 36;
     /// Drop a deleted collection's data (the catalog shard's leader → every shard's leader).
     pub const DROP_KEYSPACE: u8 = 40;
     /// Set or release a promote's fence on slot moves (the catalog shard's leader → every

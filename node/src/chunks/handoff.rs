@@ -139,7 +139,7 @@ impl Node {
         };
         let give_up_at = Instant::now() + self.config.handoff_timeout();
         match deliver(self, to, rpc_kind::CHUNK_IN, &msg, give_up_at).await? {
-            Delivery::Taken => {}
+            Delivery::Taken(()) => {}
             Delivery::Refused { message, .. } => {
                 tracing::warn!(shard = %self.shard(), chunk = %id, to = %to, %message, "target refused the chunk; aborting");
                 self.propose(Command::Chunk(ChunkCommand::Abort { id, epoch }))

@@ -56,11 +56,7 @@ async fn tick(rb: &Arc<Rebalancer>) {
         handoff::spawn(rb.clone(), *slot, Some(*h), h.target);
     }
     // Start planned moves up to the parallelism limit.
-    while rb.running() < node.config.parallel_moves {
-        let next = lock(&rb.queue).pop_front();
-        let Some((slot, to)) = next else { break };
-        handoff::spawn(rb.clone(), slot, None, to);
-    }
+    while rb.workers() < node.config.parallel_moves && handoff::spawn_next(rb) {}
     // A drained shard becomes inactive.
     if d.state == ShardState::Draining
         && d.slot_count() == 0

@@ -163,7 +163,7 @@ impl<'a> CopyRun<'a> {
         let per_piece = Instant::now() + node.config.handoff_timeout();
         let give_up_at = self.deadline.map_or(per_piece, |d| d.min(per_piece));
         match deliver(node, self.to, rpc_kind::MOVE_STAGE, &msg, give_up_at).await? {
-            Delivery::Taken => {
+            Delivery::Taken(()) => {
                 self.parts += 1;
                 self.bytes += bytes;
                 Ok(false)

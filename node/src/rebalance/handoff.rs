@@ -18,33 +18,127 @@ use super::rebalancer::{lock, Rebalancer};
 use crate::peer::{call_shard, deliver, Delivery};
 use crate::service::Node;
 
+/// What one hand-off task does next: one slot (resumed after a leader change, or planned),
+/// or several small slots planned for one target (`batch`).
+enum Work {
+    One {
+        slot: Slot,
+        handoff: Option<Outgoing>,
+        to: ShardId,
+    },
+    Batch {
+        slots: Vec<Slot>,
+        to: ShardId,
+    },
+}
+
 /// Starts a hand-off task for `slot` unless one runs already. `handoff` is the hand-off
 /// already committed (resume) or `None` to start one towards `to`.
 pub fn spawn(rb: Arc<Rebalancer>, slot: Slot, handoff: Option<Outgoing>, to: ShardId) {
     if !lock(&rb.running).insert(slot) {
         return;
     }
-    tokio::spawn(async move {
-        let node = &rb.node;
-        let (mut slot, mut handoff, mut to) = (slot, handoff, to);
-        loop {
-            let res = run(&rb, slot, handoff, to).await;
-            if let Err(e) = &res {
-                tracing::warn!(shard = %node.shard(), slot, to = %to, error = %e, "slot hand-off stopped");
-            }
-            lock(&rb.running).remove(&slot);
-            // Keep this worker busy with the next planned move instead of waiting for a tick.
-            if res.is_err() || !node.is_leader() {
-                return;
-            }
-            let next = lock(&rb.queue).pop_front();
-            let Some((s, t)) = next else { return };
-            if !lock(&rb.running).insert(s) {
-                return;
-            }
-            (slot, handoff, to) = (s, None, t);
+    start_worker(rb, Work::One { slot, handoff, to });
+}
+
+/// Starts a hand-off task for the next planned move; false when none is queued.
+pub fn spawn_next(rb: &Arc<Rebalancer>) -> bool {
+    match take_work(rb) {
+        Some(work) => {
+            start_worker(rb.clone(), work);
+            true
         }
+        None => false,
+    }
+}
+
+fn start_worker(rb: Arc<Rebalancer>, work: Work) {
+    rb.workers.fetch_add(1, Relaxed);
+    tokio::spawn(async move {
+        let mut work = work;
+        loop {
+            let ok = match work {
+                Work::One { slot, handoff, to } => {
+                    let res = run(&rb, slot, handoff, to).await;
+                    if let Err(e) = &res {
+                        tracing::warn!(shard = %rb.node.shard(), slot, to = %to, error = %e, "slot hand-off stopped");
+                    }
+                    lock(&rb.running).remove(&slot);
+                    res.is_ok()
+                }
+                Work::Batch { slots, to } => {
+                    let res = super::batch::run(&rb, &slots, to).await;
+                    if let Err(e) = &res {
+                        tracing::warn!(shard = %rb.node.shard(), slots = slots.len(), to = %to, error = %e, "slot hand-off stopped");
+                    }
+                    let mut running = lock(&rb.running);
+                    for s in &slots {
+                        running.remove(s);
+                    }
+                    res.is_ok()
+                }
+            };
+            // Keep this worker busy with the next planned move instead of waiting for a tick.
+            let next = if ok && rb.node.is_leader() {
+                take_work(&rb)
+            } else {
+                None
+            };
+            match next {
+                Some(w) => work = w,
+                None => break,
+            }
+        }
+        rb.workers.fetch_sub(1, Relaxed);
     });
+}
+
+/// Takes the next planned move off the queue and marks its slots running: the first queued
+/// slot not running yet and, if it is small, further queued small slots for the same target,
+/// up to `--move_batch_slots` slots and `--move_piece_kb` of data.
+fn take_work(rb: &Rebalancer) -> Option<Work> {
+    let node = &rb.node;
+    let c = &node.config;
+    let mut queue = lock(&rb.queue);
+    let mut running = lock(&rb.running);
+    let (slot, to) = loop {
+        let (slot, to) = queue.pop_front()?;
+        if running.insert(slot) {
+            break (slot, to);
+        }
+    };
+    let small = |bytes: u64| c.move_copy_min_kb > 0 && bytes <= c.move_copy_min_bytes();
+    let mut bytes = slot_bytes(node, slot);
+    if c.move_batch_slots <= 1 || !small(bytes) {
+        return Some(Work::One {
+            slot,
+            handoff: None,
+            to,
+        });
+    }
+    let mut slots = vec![slot];
+    queue.retain(|&(s, t)| {
+        if slots.len() >= c.move_batch_slots || t != to || running.contains(&s) {
+            return true;
+        }
+        let b = slot_bytes(node, s);
+        if !small(b) || bytes + b > c.move_piece_bytes() {
+            return true;
+        }
+        bytes += b;
+        slots.push(s);
+        running.insert(s);
+        false
+    });
+    Some(if slots.len() == 1 {
+        Work::One {
+            slot,
+            handoff: None,
+            to,
+        }
+    } else {
+        Work::Batch { slots, to }
+    })
 }
 
 /// Moves `slot` to `to` and waits until the hand-off is done (or refused); used by
@@ -156,7 +250,18 @@ async fn hand_whole(
     frozen_at: Instant,
     export: unikv_storage::SlotExport,
 ) -> Result<Epoch, KvError> {
-    let node = &rb.node;
+    let (msg, bytes) = whole_in(&rb.node, slot, h, export);
+    let deadline = frozen_at + rb.node.config.handoff_timeout();
+    send_in(rb, h, Some(frozen_at), msg, bytes, Some(deadline)).await
+}
+
+/// The `In` of a slot sent whole (every pair and the dedup table), and the bytes it carries.
+pub(super) fn whole_in(
+    node: &Node,
+    slot: Slot,
+    h: Outgoing,
+    export: unikv_storage::SlotExport,
+) -> (MoveIn, u64) {
     let bytes: u64 = export
         .kv
         .iter()
@@ -179,8 +284,7 @@ async fn hand_whole(
         staged: None,
         deleted: Vec::new(),
     };
-    let deadline = frozen_at + node.config.handoff_timeout();
-    send_in(rb, h, Some(frozen_at), msg, bytes, Some(deadline)).await
+    (msg, bytes)
 }
 
 /// Sends the `In` of a frozen hand-off (aborting if the target refuses it or does not take
@@ -199,7 +303,7 @@ async fn send_in(
     // the target.
     let give_up_at = deadline.unwrap_or_else(|| Instant::now() + node.config.handoff_timeout());
     match deliver(node, h.target, rpc_kind::MOVE_IN, &msg, give_up_at).await? {
-        Delivery::Taken => {}
+        Delivery::Taken(()) => {}
         Delivery::Refused { message, .. } => {
             tracing::warn!(shard = %node.shard(), slot, to = %h.target, %message, "target refused the slot; aborting");
             abort(rb, slot, h.epoch).await?;
@@ -263,7 +367,7 @@ async fn finish(
 
 /// A frozen hand-off failed before its `In` was sent or taken: unfreeze the slot (if this
 /// node still leads; otherwise the next leader resumes it) and return `e`.
-async fn abort_after(rb: &Rebalancer, slot: Slot, h: Outgoing, e: KvError) -> KvError {
+pub(super) async fn abort_after(rb: &Rebalancer, slot: Slot, h: Outgoing, e: KvError) -> KvError {
     if rb.node.is_leader() {
         tracing::warn!(shard = %rb.node.shard(), slot, to = %h.target, error = %e, "frozen copy failed; aborting");
         if let Err(a) = abort(rb, slot, h.epoch).await {
@@ -274,13 +378,13 @@ async fn abort_after(rb: &Rebalancer, slot: Slot, h: Outgoing, e: KvError) -> Kv
 }
 
 /// The bytes `slot` holds here, as its statistics count them (0 if unknown).
-fn slot_bytes(node: &Node, slot: Slot) -> u64 {
+pub(super) fn slot_bytes(node: &Node, slot: Slot) -> u64 {
     node.store.slot_stat(slot).map_or(0, |s| s.bytes)
 }
 
 /// The epoch `slot` will have at its next owner (it must be owned here, and moves not fenced:
 /// `Out` would refuse after the whole copy).
-fn next_epoch(node: &Node, slot: Slot) -> Result<Epoch, KvError> {
+pub(super) fn next_epoch(node: &Node, slot: Slot) -> Result<Epoch, KvError> {
     let d = node.store.descriptor();
     let now = unikv_types::wall_clock_ms();
     if let Some(f) = d.fence.filter(|f| f.until_ms > now) {
@@ -296,7 +400,12 @@ fn next_epoch(node: &Node, slot: Slot) -> Result<Epoch, KvError> {
 }
 
 /// Commits `Out` for `slot` (freezing it) towards `to` at `epoch`.
-async fn start(node: &Node, slot: Slot, to: ShardId, epoch: Epoch) -> Result<Outgoing, KvError> {
+pub(super) async fn start(
+    node: &Node,
+    slot: Slot,
+    to: ShardId,
+    epoch: Epoch,
+) -> Result<Outgoing, KvError> {
     let h = Outgoing { target: to, epoch };
     node.propose(Command::Move(MoveCommand::Out {
         now_ms: Some(unikv_types::wall_clock_ms()),
@@ -308,7 +417,7 @@ async fn start(node: &Node, slot: Slot, to: ShardId, epoch: Epoch) -> Result<Out
     Ok(h)
 }
 
-async fn abort(rb: &Rebalancer, slot: Slot, epoch: Epoch) -> Result<(), KvError> {
+pub(super) async fn abort(rb: &Rebalancer, slot: Slot, epoch: Epoch) -> Result<(), KvError> {
     rb.node
         .propose(Command::Move(MoveCommand::Abort { slot, epoch }))
         .await?;

@@ -15,6 +15,7 @@
 
 mod admin;
 mod balancer;
+mod batch;
 mod copy;
 mod handoff;
 mod messages;
@@ -50,6 +51,20 @@ impl Rebalancer {
     /// `MOVE_IN` (target leader): store a slot sent by its source, not served yet.
     pub async fn move_in(&self, m: MoveIn) -> Result<(), KvError> {
         receive::handle_move_in(self, m).await
+    }
+
+    /// `MOVE_IN_MANY` (target leader): several small slots, each committed as its own `In`
+    /// (together); one result per slot.
+    pub async fn move_in_many(&self, ms: Vec<MoveIn>) -> Result<Vec<Result<(), KvError>>, KvError> {
+        receive::handle_move_in_many(self, ms).await
+    }
+
+    /// `MOVE_ACTIVATE_MANY` (target leader): the source let go of several slots.
+    pub async fn activate_many(
+        &self,
+        batch: Vec<ActivateRequest>,
+    ) -> Result<Vec<Result<(), KvError>>, KvError> {
+        receive::handle_activate_many(&self.node, batch).await
     }
 
     /// `MOVE_STATUS` (source leader): how the hand-off the target asks about ended.

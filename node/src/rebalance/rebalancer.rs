@@ -2,7 +2,7 @@
 //! moves, and what was moved. Every part of `rebalance` works on it; it knows nothing of them.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,8 @@ pub struct Rebalancer {
     pub node: Arc<Node>,
     /// Slots with a hand-off task running on this node.
     pub(super) running: Mutex<HashSet<Slot>>,
+    /// Hand-off tasks running on this node (one may move several slots).
+    pub(super) workers: AtomicUsize,
     /// Incoming slots with an activation check running.
     pub(super) activating: Mutex<HashSet<Slot>>,
     /// Copies this node sends (slot → copy id), while it sends them.
@@ -44,6 +46,7 @@ impl Rebalancer {
     pub fn new(node: Arc<Node>) -> Self {
         Rebalancer {
             running: Default::default(),
+            workers: Default::default(),
             activating: Default::default(),
             copies: Default::default(),
             staged_seen: Default::default(),
@@ -87,6 +90,11 @@ impl Rebalancer {
 
     pub fn queued(&self) -> usize {
         lock(&self.queue).len()
+    }
+
+    /// Hand-off tasks running (`--parallel_moves` bounds the planned ones).
+    pub fn workers(&self) -> usize {
+        self.workers.load(Relaxed)
     }
 
     pub fn running(&self) -> usize {

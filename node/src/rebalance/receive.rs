@@ -1,8 +1,10 @@
 //! The target side of a slot move, and the source's answers to the target:
 //! - `MOVE_STAGE` (target leader): commit `Stage`: a piece of a copy, stored, not served;
-//! - `MOVE_IN` (target leader): commit `In`: the data is complete, not yet served;
+//! - `MOVE_IN` (target leader): commit `In`: the data is complete, not yet served
+//!   (`MOVE_IN_MANY`: several small slots, one `In` each, proposed together);
 //! - `MOVE_STATUS` (source leader, after a read barrier): Done / Pending / Aborted;
-//! - `MOVE_ACTIVATE` (target leader): the source's nudge after `Done`: commit `Activate`;
+//! - `MOVE_ACTIVATE` (target leader): the source's nudge after `Done`: commit `Activate`
+//!   (`MOVE_ACTIVATE_MANY`: for several slots);
 //! - the activation check (target leader): for each received slot, ask the source and commit
 //!   `Activate` or `Drop` accordingly;
 //! - the staging check (target leader): for a copy no piece arrived for in a while, ask the
@@ -41,22 +43,50 @@ fn takes_slots(node: &Node) -> Result<(), KvError> {
 }
 
 pub async fn handle_move_in(rb: &Rebalancer, m: MoveIn) -> Result<(), KvError> {
-    let node = &rb.node;
-    takes_slots(node)?;
+    takes_slots(&rb.node)?;
+    commit_in(rb, m).await
+}
+
+/// `MOVE_IN_MANY`: each slot's `In` proposed at once, so they commit and apply together.
+pub async fn handle_move_in_many(
+    rb: &Rebalancer,
+    ms: Vec<MoveIn>,
+) -> Result<Vec<Result<(), KvError>>, KvError> {
+    takes_slots(&rb.node)?;
+    batch_bound(ms.len())?;
+    Ok(futures::future::join_all(ms.into_iter().map(|m| commit_in(rb, m))).await)
+}
+
+/// Refuses a batch larger than any sender makes.
+fn batch_bound(len: usize) -> Result<(), KvError> {
+    if len > crate::config::MAX_MOVE_BATCH {
+        return Err(KvError::BadRequest {
+            code: "batch_too_large".into(),
+            message: format!(
+                "{len} slots in one hand-off (at most {})",
+                crate::config::MAX_MOVE_BATCH
+            ),
+        });
+    }
+    Ok(())
+}
+
+async fn commit_in(rb: &Rebalancer, m: MoveIn) -> Result<(), KvError> {
     lock(&rb.staged_seen).remove(&m.slot);
     done(
-        node.propose(Command::Move(MoveCommand::In {
-            slot: m.slot,
-            from: m.from,
-            epoch: m.epoch,
-            kv: m.kv,
-            dedup: m.dedup,
-            dedup_horizon_ms: m.dedup_horizon_ms,
-            collections_kv: m.collections_kv,
-            staged: m.staged,
-            deleted: m.deleted,
-        }))
-        .await,
+        rb.node
+            .propose(Command::Move(MoveCommand::In {
+                slot: m.slot,
+                from: m.from,
+                epoch: m.epoch,
+                kv: m.kv,
+                dedup: m.dedup,
+                dedup_horizon_ms: m.dedup_horizon_ms,
+                collections_kv: m.collections_kv,
+                staged: m.staged,
+                deleted: m.deleted,
+            }))
+            .await,
     )
 }
 
@@ -90,6 +120,15 @@ pub async fn handle_activate(node: &Node, a: ActivateRequest) -> Result<(), KvEr
         }))
         .await,
     )
+}
+
+/// `MOVE_ACTIVATE_MANY`: each slot's `Activate` proposed at once.
+pub async fn handle_activate_many(
+    node: &Node,
+    batch: Vec<ActivateRequest>,
+) -> Result<Vec<Result<(), KvError>>, KvError> {
+    batch_bound(batch.len())?;
+    Ok(futures::future::join_all(batch.into_iter().map(|a| handle_activate(node, a))).await)
 }
 
 /// Answered by the source leader from state that includes every committed step. Asked about

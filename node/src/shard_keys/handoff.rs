@@ -74,7 +74,7 @@ impl Node {
         };
         let give_up_at = Instant::now() + self.config.handoff_timeout();
         let refusal = match deliver(self, to, rpc_kind::UNIT_IN, &msg, give_up_at).await? {
-            Delivery::Taken => None,
+            Delivery::Taken(()) => None,
             Delivery::Refused { message, .. } => Some(KvError::BadRequest {
                 code: "move_refused".into(),
                 message,

@@ -72,6 +72,8 @@ async fn main() -> anyhow::Result<()> {
         config.faults = args.faults.clone();
         config.clients = args.clients;
         config.keys = args.keys;
+        // Unified runs alternate the two slot-move protocols (copy first; small slots batched).
+        config.copy_first = (i / args.topology.len() as u64).is_multiple_of(2);
         config.clock_rate = args
             .clock_rate
             .or(args.alternate_clock_rate.filter(|_| (i / 2) % 2 == 1));

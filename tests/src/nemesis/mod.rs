@@ -42,6 +42,9 @@ pub struct RunConfig {
     /// (monotonic included) at this rate, so whichever node leads, a follower's clock runs at
     /// another rate (1.4: within the lease's drift margin; 2: beyond it).
     pub clock_rate: Option<f64>,
+    /// Unified cluster: every slot move copies first (`--move_copy_min_kb 0`); false: small
+    /// slots frozen and handed off up to 16 per target at once (`--move_batch_slots 16`).
+    pub copy_first: bool,
     /// Extra node flags (e.g. `--lease_reads false`) — single shard only.
     pub node_flags: Vec<(String, String)>,
     pub seed: u64,
@@ -61,6 +64,7 @@ impl RunConfig {
             hold_ms: (1500, 4000),
             op_timeout: Duration::from_secs(3),
             clock_rate: None,
+            copy_first: true,
             node_flags: Vec::new(),
             seed,
             out_dir,
@@ -118,7 +122,15 @@ pub async fn run_once(config: &RunConfig) -> anyhow::Result<RunResult> {
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     let power_cuts = config.faults.contains(&FaultKind::PowerCut);
-    let topo = Topology::start(config.topology, power_cuts, &flags).await;
+    let topo = Topology::start(config.topology, power_cuts, config.copy_first, &flags).await;
+    if config.topology == Kind::Unified {
+        let moves = if config.copy_first {
+            "every slot copied first"
+        } else {
+            "small slots frozen, batched per target"
+        };
+        eprintln!("[nemesis] slot moves: {moves}");
+    }
     if let Some(rate) = config.clock_rate {
         topo.set_clock_rate(rate).await;
         eprintln!("[nemesis] clocks of nodes 2 and 3 of every shard run at x{rate}");

@@ -77,8 +77,15 @@ pub enum Topology {
 
 impl Topology {
     /// Starts the cluster with extra node `flags`; `power_cuts` puts a single shard's data on
-    /// a [`PowerFs`] (the unified cluster takes no power cuts yet).
-    pub async fn start(kind: Kind, power_cuts: bool, flags: &[(&str, &str)]) -> Topology {
+    /// a [`PowerFs`] (the unified cluster takes no power cuts yet). `copy_first`: every slot
+    /// move of the unified cluster copies first; otherwise small slots move frozen, up to 16
+    /// per hand-off (`--move_batch_slots 16`).
+    pub async fn start(
+        kind: Kind,
+        power_cuts: bool,
+        copy_first: bool,
+        flags: &[(&str, &str)],
+    ) -> Topology {
         match kind {
             Kind::Shard if power_cuts => {
                 let fs = PowerFs::mount();
@@ -88,8 +95,12 @@ impl Topology {
             Kind::Shard => Topology::Shard(Cluster::start_with(flags).await, None),
             Kind::Unified => {
                 // Every move copies first (the protocol larger slots take), however few keys
-                // the nemesis' slots hold.
-                let mut args = vec!["--move_copy_min_kb", "0"];
+                // the nemesis' slots hold — or the small-slot batches.
+                let mut args = if copy_first {
+                    vec!["--move_copy_min_kb", "0"]
+                } else {
+                    vec!["--move_batch_slots", "16"]
+                };
                 args.extend(flags.iter().flat_map(|(k, v)| [*k, *v]));
                 Topology::Unified(Unified::start_with(&args, &[]).await)
             }
