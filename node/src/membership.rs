@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use openraft::errors::{ClientWriteError, RaftError};
+use openraft::errors::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
@@ -199,22 +199,30 @@ impl Node {
             ));
         }
         if voters == [node_id] {
-            return Err(AdminError::new(
-                400,
-                "last_voter",
-                "cannot remove the last voter of a shard",
-            ));
+            return Err(last_voter());
         }
         let change = if voters.contains(&node_id) {
             ChangeMembers::RemoveVoters(BTreeSet::from([node_id]))
         } else {
             ChangeMembers::RemoveNodes(BTreeSet::from([node_id]))
         };
+        // The voters read above come from Raft's metrics, published after a change commits:
+        // right after another leave they may still list a voter that is gone, and Raft itself
+        // then refuses the change as leaving no voter — the same refusal as above.
         self.raft
             .change_membership(change, false)
             .await
-            .map_err(|e| AdminError::new(503, "membership_change_failed", e.to_string()))?;
+            .map_err(|e| match e {
+                RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::EmptyMembership(_),
+                )) => last_voter(),
+                e => AdminError::new(503, "membership_change_failed", e.to_string()),
+            })?;
         tracing::info!(shard = %self.shard(), node = %node_id, "member left");
         Ok(self.admin_reply(false))
     }
+}
+
+fn last_voter() -> AdminError {
+    AdminError::new(400, "last_voter", "cannot remove the last voter of a shard")
 }

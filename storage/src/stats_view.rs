@@ -11,11 +11,8 @@
 
 use std::sync::Mutex;
 
-use rocksdb::IteratorMode;
 use unikv_types::Slot;
 
-use crate::db::{Db, CF_STATS};
-use crate::descriptor::UNIT_END;
 use crate::error::Result;
 use crate::records::SlotStats;
 
@@ -56,8 +53,13 @@ impl StatsView {
         v.stats = None;
     }
 
-    /// Runs `f` on every slot's statistics, loading them from RocksDB if needed.
-    pub fn with<T>(&self, db: &Db, f: impl FnOnce(&[SlotStats]) -> T) -> Result<T> {
+    /// Runs `f` on every slot's statistics (indexed by slot), loading them with `load` first
+    /// if needed.
+    pub fn with<T>(
+        &self,
+        load: impl FnOnce() -> Result<Vec<SlotStats>>,
+        f: impl FnOnce(&[SlotStats]) -> T,
+    ) -> Result<T> {
         let generation = {
             let v = self.lock();
             if let Some(all) = &v.stats {
@@ -65,15 +67,7 @@ impl StatsView {
             }
             v.generation
         };
-        let mut all = vec![SlotStats::default(); usize::from(UNIT_END)];
-        for item in db.raw().iterator_cf(db.cf(CF_STATS), IteratorMode::Start) {
-            let (k, v) = item?;
-            if let Ok(b) = <[u8; 2]>::try_from(&k[..]) {
-                if let Some(s) = all.get_mut(usize::from(u16::from_be_bytes(b))) {
-                    *s = SlotStats::decode(&v);
-                }
-            }
-        }
+        let all = load()?;
         let out = f(&all);
         let mut v = self.lock();
         if v.generation == generation {

@@ -15,9 +15,9 @@ use futures::future::join_all;
 use unikv_storage::{Command, MoveCommand, Outgoing};
 use unikv_types::{rpc_kind, KvError, ShardId, Slot};
 
-use super::handoff::{abort, abort_after, next_epoch, slot_bytes, start, whole_in};
 use super::messages::{ActivateRequest, MoveIn};
 use super::rebalancer::{lock, Rebalancer};
+use super::steps::{abort, abort_after, next_epoch, slot_bytes, start, whole_in};
 use crate::peer::{call_shard, deliver, Delivery};
 
 /// Hands `slots` (each small enough to go whole) to `to`. `Err` only when the whole batch

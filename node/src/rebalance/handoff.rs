@@ -15,8 +15,8 @@ use unikv_types::{rpc_kind, Epoch, KvError, ShardId, Slot};
 use super::copy::{Copied, CopyRun};
 use super::messages::{ActivateRequest, MoveIn};
 use super::rebalancer::{lock, Rebalancer};
+use super::steps::{abort, abort_after, next_epoch, slot_bytes, start, whole_in};
 use crate::peer::{call_shard, deliver, Delivery};
-use crate::service::Node;
 
 /// What one hand-off task does next: one slot (resumed after a leader change, or planned),
 /// or several small slots planned for one target (`batch`).
@@ -255,38 +255,6 @@ async fn hand_whole(
     send_in(rb, h, Some(frozen_at), msg, bytes, Some(deadline)).await
 }
 
-/// The `In` of a slot sent whole (every pair and the dedup table), and the bytes it carries.
-pub(super) fn whole_in(
-    node: &Node,
-    slot: Slot,
-    h: Outgoing,
-    export: unikv_storage::SlotExport,
-) -> (MoveIn, u64) {
-    let bytes: u64 = export
-        .kv
-        .iter()
-        .map(|(k, v)| (k.len() + v.len()) as u64)
-        .chain(
-            export
-                .collections_kv
-                .iter()
-                .map(|(_, k, v)| (k.len() + v.len()) as u64),
-        )
-        .sum();
-    let msg = MoveIn {
-        slot,
-        from: node.shard(),
-        epoch: h.epoch,
-        kv: export.kv,
-        dedup: export.dedup,
-        dedup_horizon_ms: export.dedup_horizon_ms,
-        collections_kv: export.collections_kv,
-        staged: None,
-        deleted: Vec::new(),
-    };
-    (msg, bytes)
-}
-
 /// Sends the `In` of a frozen hand-off (aborting if the target refuses it or does not take
 /// it by `deadline`), then finishes it.
 async fn send_in(
@@ -363,64 +331,4 @@ async fn finish(
         rb.record_pause(t.elapsed());
     }
     Ok(h.epoch)
-}
-
-/// A frozen hand-off failed before its `In` was sent or taken: unfreeze the slot (if this
-/// node still leads; otherwise the next leader resumes it) and return `e`.
-pub(super) async fn abort_after(rb: &Rebalancer, slot: Slot, h: Outgoing, e: KvError) -> KvError {
-    if rb.node.is_leader() {
-        tracing::warn!(shard = %rb.node.shard(), slot, to = %h.target, error = %e, "frozen copy failed; aborting");
-        if let Err(a) = abort(rb, slot, h.epoch).await {
-            return a;
-        }
-    }
-    e
-}
-
-/// The bytes `slot` holds here, as its statistics count them (0 if unknown).
-pub(super) fn slot_bytes(node: &Node, slot: Slot) -> u64 {
-    node.store.slot_stat(slot).map_or(0, |s| s.bytes)
-}
-
-/// The epoch `slot` will have at its next owner (it must be owned here, and moves not fenced:
-/// `Out` would refuse after the whole copy).
-pub(super) fn next_epoch(node: &Node, slot: Slot) -> Result<Epoch, KvError> {
-    let d = node.store.descriptor();
-    let now = unikv_types::wall_clock_ms();
-    if let Some(f) = d.fence.filter(|f| f.until_ms > now) {
-        return Err(f.refusal(now));
-    }
-    match d.owns(slot) {
-        Some(current) => Ok(Epoch(current.0 + 1)),
-        None => Err(KvError::BadRequest {
-            code: "not_owner".into(),
-            message: format!("slot {slot} is not owned by shard {}", node.shard()),
-        }),
-    }
-}
-
-/// Commits `Out` for `slot` (freezing it) towards `to` at `epoch`.
-pub(super) async fn start(
-    node: &Node,
-    slot: Slot,
-    to: ShardId,
-    epoch: Epoch,
-) -> Result<Outgoing, KvError> {
-    let h = Outgoing { target: to, epoch };
-    node.propose(Command::Move(MoveCommand::Out {
-        now_ms: Some(unikv_types::wall_clock_ms()),
-        slot,
-        to,
-        epoch: h.epoch,
-    }))
-    .await?;
-    Ok(h)
-}
-
-pub(super) async fn abort(rb: &Rebalancer, slot: Slot, epoch: Epoch) -> Result<(), KvError> {
-    rb.node
-        .propose(Command::Move(MoveCommand::Abort { slot, epoch }))
-        .await?;
-    rb.aborted.fetch_add(1, Relaxed);
-    Ok(())
 }

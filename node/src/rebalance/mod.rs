@@ -22,6 +22,7 @@ mod messages;
 mod planner;
 mod rebalancer;
 mod receive;
+mod steps;
 mod throttle;
 
 use std::sync::Arc;
