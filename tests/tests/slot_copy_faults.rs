@@ -40,7 +40,18 @@ async fn setup() -> Setup {
     let failpoints = format!("move_frozen=return({HOLD_MS});move_activate=return({HOLD_MS})");
     let u = Unified::start_failpoints(2, NODE_ARGS, &[], &failpoints).await;
     let api = u.api();
-    let tag = unique("kills");
+    // A slot of shard 1 (the lower half): moved to shard 2 it is that shard's lowest slot,
+    // which its balancer, evening the slot counts again, never picks first (it gives back its
+    // highest). A slot of shard 2 moved to shard 1 would be shard 1's highest and could be
+    // moved back by the balancer before the test reads where the hand-off left it.
+    let map = u.agreed_slot_map().await;
+    let tag = loop {
+        let tag = unique("kills");
+        let probe = filler(&tag, 1, 1);
+        if map.owner(key_slot(probe[0].0.as_bytes())) == Some(1) {
+            break tag;
+        }
+    };
     let filler = filler(&tag, 1500, 1000);
     let slot = key_slot(filler[0].0.as_bytes());
     assert_no_failures("filler puts", &put_all(&api, &[ROUTER], &filler, 16).await);
