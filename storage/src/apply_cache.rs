@@ -36,6 +36,20 @@ pub struct ApplyCache {
     age_floor: u64,
 }
 
+/// Every slot's (and unit's) statistics as RocksDB holds them, indexed by slot.
+pub fn stored_stats(db: &Db) -> Result<Vec<SlotStats>> {
+    let mut all = vec![SlotStats::default(); usize::from(UNIT_END)];
+    for item in db.raw().iterator_cf(db.cf(CF_STATS), IteratorMode::Start) {
+        let (k, v) = item?;
+        if let Ok(b) = <[u8; 2]>::try_from(&k[..]) {
+            if let Some(s) = all.get_mut(usize::from(u16::from_be_bytes(b))) {
+                *s = SlotStats::decode(&v);
+            }
+        }
+    }
+    Ok(all)
+}
+
 fn entry_bytes(key: &[u8], rec: &DedupRecord) -> usize {
     key.len() + rec.approx_bytes()
 }
@@ -55,15 +69,7 @@ impl ApplyCache {
     pub fn stats(&mut self, db: &Db, slot: Slot) -> Result<SlotStats> {
         if self.stats.is_none() {
             // Hash slots and the units of shard keys (see `descriptor::UNIT_BASE`).
-            let mut all = vec![SlotStats::default(); usize::from(UNIT_END)];
-            for item in db.raw().iterator_cf(db.cf(CF_STATS), IteratorMode::Start) {
-                let (k, v) = item?;
-                if let Ok(b) = <[u8; 2]>::try_from(&k[..]) {
-                    if let Some(s) = all.get_mut(u16::from_be_bytes(b) as usize) {
-                        *s = SlotStats::decode(&v);
-                    }
-                }
-            }
+            let all = stored_stats(db)?;
             self.stats = Some(all);
         }
         Ok(self

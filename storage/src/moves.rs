@@ -14,7 +14,7 @@ use rocksdb::{Direction, IteratorMode, ReadOptions};
 use unikv_types::{Keyspace, KvError, KvReply, Slot};
 
 use crate::command::{CommandResult, MoveCommand};
-use crate::db::{slot_bounds, split_key, split_keyspace, Db, CF_DEDUP, CF_KV, CF_STATS};
+use crate::db::{slot_bounds, split_key, split_keyspace, Db, CF_DEDUP, CF_KV};
 use crate::descriptor::{Incoming, Outgoing, ShardDescriptor, Staging};
 use crate::error::{decode, Result};
 use crate::overlay::Overlay;
@@ -393,7 +393,7 @@ pub fn dedup_of_slot(db: &Db, slot: Slot) -> Result<(Vec<(String, DedupRecord)>,
 /// Key count and bytes of one slot (zero if it holds nothing).
 pub fn slot_stat(db: &Db, slot: Slot) -> Result<SlotStats> {
     db.stats_view().with(
-        || stored_stats(db),
+        || crate::apply_cache::stored_stats(db),
         |all| all.get(usize::from(slot)).copied().unwrap_or_default(),
     )
 }
@@ -401,7 +401,7 @@ pub fn slot_stat(db: &Db, slot: Slot) -> Result<SlotStats> {
 /// Key count and bytes of every slot that holds data.
 pub fn slot_stats(db: &Db) -> Result<Vec<(Slot, SlotStats)>> {
     db.stats_view().with(
-        || stored_stats(db),
+        || crate::apply_cache::stored_stats(db),
         |all| {
             all.iter()
                 .enumerate()
@@ -410,18 +410,4 @@ pub fn slot_stats(db: &Db) -> Result<Vec<(Slot, SlotStats)>> {
                 .collect()
         },
     )
-}
-
-/// Every slot's (and unit's) statistics as RocksDB holds them, indexed by slot.
-fn stored_stats(db: &Db) -> Result<Vec<SlotStats>> {
-    let mut all = vec![SlotStats::default(); usize::from(crate::descriptor::UNIT_END)];
-    for item in db.raw().iterator_cf(db.cf(CF_STATS), IteratorMode::Start) {
-        let (k, v) = item?;
-        if let Ok(b) = <[u8; 2]>::try_from(&k[..]) {
-            if let Some(s) = all.get_mut(usize::from(u16::from_be_bytes(b))) {
-                *s = SlotStats::decode(&v);
-            }
-        }
-    }
-    Ok(all)
 }
