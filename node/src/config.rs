@@ -168,8 +168,8 @@ pub struct Config {
     )]
     pub move_copy_min_kb: u64,
     /// Small slots (see `--move_copy_min_kb`) planned for the same target hand off together,
-    /// up to this many and `--move_piece_kb` of data per hand-off: one freeze, one message
-    /// and one activation for all of them. 1 (default): one slot per hand-off. Batches move
+    /// up to this many and `--move_piece_kb` of data per hand-off: one freeze and one message
+    /// for all of them. 1 (default): one slot per hand-off. Batches move
     /// many small slots ~3x faster but freeze each slot longer (docs/benchmarks.md): for
     /// draining or filling a shard fast, not under a latency-sensitive load.
     #[arg(

@@ -105,14 +105,15 @@ pub fn chunks_served(d: &unikv_storage::ShardDescriptor) -> u64 {
 
 const STATS_EVERY: Duration = Duration::from_secs(1);
 
-/// The shard's stored keys and bytes, from the per-slot statistics: slots whose copy is
-/// arriving (staged or received, not served yet) are still their source's.
+/// The shard's stored keys and bytes, from the per-slot statistics: a slot counts where it
+/// is served — not while its copy is staged here, nor while it is frozen leaving (its
+/// target may serve it already).
 pub fn shard_totals(node: &Node) -> (u64, u64) {
     let d = node.store.descriptor();
     match node.store.slot_stats() {
         Ok(stats) => stats
             .iter()
-            .filter(|(slot, _)| !d.staging.contains_key(slot) && !d.incoming.contains_key(slot))
+            .filter(|(slot, _)| !d.staging.contains_key(slot) && !d.outgoing.contains_key(slot))
             .fold((0, 0), |(k, b), (_, s)| (k + s.keys, b + s.bytes)),
         Err(e) => {
             tracing::warn!(error = %e, "reading slot statistics");

@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod failpoints;
 pub mod gossip_publisher;
+pub mod handed;
 pub mod http;
 pub mod membership;
 pub mod peer;
@@ -96,6 +97,7 @@ pub async fn run(
         claim_problem: Default::default(),
         catalog: Default::default(),
         chunk_tasks: Default::default(),
+        handed: Default::default(),
         scans_served: Default::default(),
         started,
     });

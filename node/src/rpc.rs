@@ -128,17 +128,13 @@ impl RpcHandler {
                 let req = inc.read().await?;
                 inc.reply(&self.rebalancer.move_in_many(req).await).await
             }
-            rpc_kind::MOVE_ACTIVATE_MANY => {
-                let req = inc.read().await?;
-                inc.reply(&self.rebalancer.activate_many(req).await).await
-            }
             rpc_kind::MOVE_STATUS => {
                 let req = inc.read().await?;
                 inc.reply(&self.rebalancer.move_status(req).await).await
             }
-            rpc_kind::MOVE_ACTIVATE => {
+            rpc_kind::MOVE_REFUSE => {
                 let req = inc.read().await?;
-                inc.reply(&self.rebalancer.activate(req).await).await
+                inc.reply(&self.rebalancer.refuse(req).await).await
             }
             rpc_kind::FENCE => {
                 let req = inc.read().await?;

@@ -47,6 +47,8 @@ pub struct Node {
     pub catalog: unikv_http::catalog_cache::CatalogCache,
     /// Chunk moves and activation checks in flight on this node, by chunk (see `chunks`).
     pub chunk_tasks: std::sync::Mutex<std::collections::HashSet<(u8, u64)>>,
+    /// Slots this leader handed off that their target serves already (see `handed`).
+    pub handed: crate::handed::Handed,
     /// Scan pages of range collections this node has served (`/raft/status`).
     pub scans_served: std::sync::atomic::AtomicU64,
     /// When the process started, by its monotonic clock (`uptime_ms` in `/raft/status`: with
@@ -223,6 +225,24 @@ impl Node {
                     owner: None,
                     ..
                 }) if home != Home::Range => return Err(self.wrong_shard(slot, shard)),
+                // A slot frozen for its hand-off: on to the target once it serves the slot,
+                // else wait for the hand-off to end (woken by it, not by a poll).
+                Err(KvError::Unavailable { .. })
+                    if home == Home::Slot
+                        && !req.forwarded
+                        && Instant::now() + LEADER_POLL < deadline
+                        && self.store.is_outgoing(slot) =>
+                {
+                    if let Some(e) = self.handed_to(slot) {
+                        return Err(e);
+                    }
+                    let again =
+                        || self.handed.owner(slot).is_some() || !self.store.is_outgoing(slot);
+                    self.handed.wait(LEADER_POLL, again).await;
+                    if let Some(e) = self.handed_to(slot) {
+                        return Err(e);
+                    }
+                }
                 // A request in flight when the data was found damaged says so, whatever
                 // failed first (typically: Raft stopped).
                 Err(_) if self.store.corruption().is_some() => {
@@ -247,6 +267,19 @@ impl Node {
                 self.id()
             ),
         }
+    }
+
+    /// A `WrongShard` naming the target that serves `slot` already, if this leader handed
+    /// it off and `Done` has not applied yet.
+    fn handed_to(&self, slot: Slot) -> Option<KvError> {
+        self.handed
+            .owner(slot)
+            .map(|(owner, epoch)| KvError::WrongShard {
+                slot,
+                shard: self.shard(),
+                owner: Some(owner),
+                epoch: Some(epoch),
+            })
     }
 
     /// A `WrongShard` answer with the owner this node believes in, from gossip.

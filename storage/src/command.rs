@@ -127,7 +127,9 @@ pub enum MoveCommand {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         now_ms: Option<u64>,
     },
-    /// Target: install `slot` received from `from` (data and dedup table); not served yet.
+    /// Target: install `slot` received from `from` (data and dedup table) and serve it from
+    /// now on: the point of no return of a hand-off (the source, frozen since `Out`, only
+    /// cleans up with `Done`).
     In {
         slot: Slot,
         from: ShardId,
@@ -169,14 +171,19 @@ pub enum MoveCommand {
     },
     /// Target: the source gave up copy `copy` of `slot` before its hand-off: delete it.
     Unstage { slot: Slot, copy: u64 },
-    /// Source: the target installed the slot; delete the data, keep a forwarding note.
+    /// Source: the target installed (and serves) the slot; delete the data, keep a
+    /// forwarding note.
     Done { slot: Slot, epoch: Epoch },
-    /// Source: give up a hand-off the target has not confirmed; the slot serves writes again.
+    /// Source: give up a hand-off whose `In` the target never committed (never sent, or
+    /// refused for good by the target's `Refuse`); the slot serves again.
     Abort { slot: Slot, epoch: Epoch },
-    /// Target: the source confirmed the hand-off; serve the slot.
-    Activate { slot: Slot, epoch: Epoch },
-    /// Target: the source aborted; drop what was received.
-    Drop { slot: Slot, epoch: Epoch },
+    /// Target: never take the hand-off of `slot` at `epoch` (or older) from `from`: the
+    /// source gives it up. Refused with `already_received` once that `In` committed here.
+    Refuse {
+        slot: Slot,
+        from: ShardId,
+        epoch: Epoch,
+    },
 }
 
 /// The staged copy an `In` completes: its id and how many pieces the target must hold.
@@ -365,11 +372,8 @@ impl fmt::Display for MoveCommand {
             }
             MoveCommand::Done { slot, epoch } => write!(f, "move-done slot={slot} epoch={epoch}"),
             MoveCommand::Abort { slot, epoch } => write!(f, "move-abort slot={slot} epoch={epoch}"),
-            MoveCommand::Activate { slot, epoch } => {
-                write!(f, "activate slot={slot} epoch={epoch}")
-            }
-            MoveCommand::Drop { slot, epoch } => {
-                write!(f, "drop-incoming slot={slot} epoch={epoch}")
+            MoveCommand::Refuse { slot, from, epoch } => {
+                write!(f, "move-refuse slot={slot} from={from} epoch={epoch}")
             }
         }
     }

@@ -42,15 +42,16 @@ pub struct ShardDescriptor {
     /// Operator tags, e.g. `datacenter=us-east`.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
-    /// Owned slots being handed off: frozen for writes, data still here.
+    /// Owned slots being handed off: frozen (neither read nor written here), data still here
+    /// until `Done`.
     #[serde(default)]
     pub outgoing: BTreeMap<Slot, Outgoing>,
-    /// Slots received but not yet serving (waiting for the source to confirm the hand-off).
-    #[serde(default)]
-    pub incoming: BTreeMap<Slot, Incoming>,
+    /// Hand-offs into this shard that their source gave up: a slot's `In` (or `Stage`) at or
+    /// below the epoch is refused here for good (`Refuse`), so the source may unfreeze it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub refused: BTreeMap<Slot, Epoch>,
     /// Slots whose data is arriving in pieces while their source still serves them (the
-    /// copy phase of a move): stored, never served, replaced by `incoming` when the final
-    /// `In` commits.
+    /// copy phase of a move): stored, never served, served once the final `In` commits.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub staging: BTreeMap<Slot, Staging>,
     /// Where slots this shard gave away went, and at which epoch: the forwarding notes.
@@ -198,7 +199,7 @@ impl ShardDescriptor {
         if self.slot_count() > 0 {
             what.push(format!("{} slots", self.slot_count()));
         }
-        if !self.outgoing.is_empty() || !self.incoming.is_empty() {
+        if !self.outgoing.is_empty() {
             what.push("slots moving".to_string());
         }
         if !self.chunks.owned.is_empty() {

@@ -1,13 +1,17 @@
 //! Applying the steps of a slot move to the descriptor and the data.
 //!
 //! Invariant: at most one shard serves a slot at any moment; a gap is allowed, an overlap
-//! never. The source freezes writes (`Out`), the target installs the data without serving it
-//! (`In`), the source deletes its copy and keeps a forwarding note (`Done`), and only then does
-//! the target start serving (`Activate`, once it has learned from the source that `Done`
-//! committed). An `Abort` is possible until `Done`; the target then drops what it received
-//! (`Drop`); the source keeps the slot at the aborted epoch, so the next attempt uses a new
-//! epoch. Because the target serves only after the source gave the slot up, aborting never
-//! needs the target's cooperation, and a target that never comes back cannot cause an overlap.
+//! never. The source freezes the slot (`Out`: neither read nor written there from then on),
+//! the target installs the data and serves it (`In`, the point of no return), then the source
+//! deletes its copy and keeps a forwarding note (`Done`). The frozen window is therefore one
+//! `In` round trip, not the whole hand-off.
+//!
+//! The source may `Abort` (serve the slot again, at the aborted epoch, so the next attempt
+//! uses a new epoch) only while the target cannot commit that `In`: before any `In` was sent,
+//! or once the target committed `Refuse` for the epoch (it then refuses that `In` for good,
+//! and drops what it staged) — `Refuse` answers `already_received` if the `In` committed
+//! first, and the source finishes with `Done` instead. A target that never answers keeps the
+//! slot frozen (unavailable, never served twice) until it does or a leader resumes.
 //! Every step checks the epoch and is idempotent, so a new leader on either side can resume.
 
 use rocksdb::{Direction, IteratorMode, ReadOptions};
@@ -15,7 +19,7 @@ use unikv_types::{Keyspace, KvError, KvReply, Slot};
 
 use crate::command::{CommandResult, MoveCommand};
 use crate::db::{slot_bounds, split_key, split_keyspace, Db, CF_DEDUP, CF_KV};
-use crate::descriptor::{Incoming, Outgoing, ShardDescriptor, Staging};
+use crate::descriptor::{Outgoing, ShardDescriptor, Staging};
 use crate::error::{decode, Result};
 use crate::overlay::Overlay;
 use crate::records::{DedupRecord, SlotStats};
@@ -78,11 +82,7 @@ pub(crate) fn apply_move(
             staged,
             deleted,
         } => {
-            let h = Incoming {
-                source: *from,
-                epoch: *epoch,
-            };
-            if d.incoming.get(slot) == Some(&h) || d.owns(*slot).is_some_and(|e| e >= *epoch) {
+            if received(d, *slot, *epoch) {
                 ok
             } else if let Some(why) = not_receivable(d, *slot, *epoch) {
                 refused(why)
@@ -100,9 +100,7 @@ pub(crate) fn apply_move(
                     let (pairs, deleted) = kept(d, kv, collections_kv, deleted);
                     ov.stage_pairs(*slot, &pairs, &deleted, true)?;
                     ov.install_dedup(*slot, dedup, *dedup_horizon_ms)?;
-                    d.staging.remove(slot);
-                    d.incoming.insert(*slot, h);
-                    d.version += 1;
+                    serve_received(d, *slot, *epoch);
                     ok
                 }
             } else {
@@ -113,9 +111,7 @@ pub(crate) fn apply_move(
                     .cloned()
                     .collect();
                 ov.install_slot(*slot, kv, &collections_kv, dedup, *dedup_horizon_ms)?;
-                d.staging.remove(slot);
-                d.incoming.insert(*slot, h);
-                d.version += 1;
+                serve_received(d, *slot, *epoch);
                 ok
             }
         }
@@ -138,12 +134,7 @@ pub(crate) fn apply_move(
             };
             let same =
                 |s: &Staging| (s.source, s.epoch, s.copy) == (this.source, this.epoch, this.copy);
-            if d.incoming.get(slot)
-                == Some(&Incoming {
-                    source: *from,
-                    epoch: *epoch,
-                })
-            {
+            if received(d, *slot, *epoch) {
                 // The final `In` of this hand-off committed already (a resumed source asks).
                 Err(KvError::BadRequest {
                     code: ALREADY_RECEIVED.into(),
@@ -170,7 +161,6 @@ pub(crate) fn apply_move(
                     _ if *part == 0 => {
                         // A new copy: whatever an older one (or an aborted hand-off) left goes.
                         ov.delete_slot(*slot)?;
-                        d.incoming.remove(slot);
                         let (pairs, deleted) = kept(d, kv, collections_kv, deleted);
                         ov.stage_pairs(*slot, &pairs, &deleted, *overwrite)?;
                         d.staging.insert(*slot, Staging { parts: 1, ..this });
@@ -216,26 +206,26 @@ pub(crate) fn apply_move(
             )),
             _ => ok,
         },
-        MoveCommand::Activate { slot, epoch } => match d.incoming.get(slot).copied() {
-            Some(h) if h.epoch == *epoch => {
-                d.incoming.remove(slot);
-                d.forwards.remove(slot);
-                d.add_slot(*slot, *epoch);
+        MoveCommand::Refuse { slot, from, epoch } => {
+            if received(d, *slot, *epoch) {
+                Err(KvError::BadRequest {
+                    code: ALREADY_RECEIVED.into(),
+                    message: format!("slot {slot} was already received at epoch {epoch}"),
+                })
+            } else {
+                // What a copy of this hand-off (or an older one) staged goes with it.
+                if d.staging.get(slot).is_some_and(|s| s.epoch <= *epoch) {
+                    ov.delete_slot(*slot)?;
+                    d.staging.remove(slot);
+                }
+                if d.refused.get(slot).is_none_or(|e| e < epoch) {
+                    tracing::info!(shard = %d.shard, slot, from = %from, epoch = %epoch, "hand-off refused for good: its source gives it up");
+                    d.refused.insert(*slot, *epoch);
+                }
                 d.version += 1;
                 ok
             }
-            _ if d.owns(*slot) == Some(*epoch) => ok,
-            _ => refused(format!("slot {slot} was not received at epoch {epoch}")),
-        },
-        MoveCommand::Drop { slot, epoch } => match d.incoming.get(slot).copied() {
-            Some(h) if h.epoch == *epoch => {
-                ov.delete_slot(*slot)?;
-                d.incoming.remove(slot);
-                d.version += 1;
-                ok
-            }
-            _ => ok,
-        },
+        }
     };
     if let (Err(e), MoveCommand::Out { .. } | MoveCommand::In { .. } | MoveCommand::Stage { .. }) =
         (&res, m)
@@ -250,6 +240,23 @@ pub const ALREADY_RECEIVED: &str = "already_received";
 /// The code of a `Stage` or `In` refused because the copy it continues is not staged here.
 pub const COPY_MISSING: &str = "copy_missing";
 
+/// Whether the `In` of `slot` at `epoch` committed here: the slot is served here at that
+/// epoch or a newer one, or it passed through here since (epochs of a slot only grow, and
+/// one at or above `epoch` can only follow that hand-off).
+fn received(d: &ShardDescriptor, slot: Slot, epoch: unikv_types::Epoch) -> bool {
+    d.owns(slot).is_some_and(|e| e >= epoch)
+        || d.forwards.get(&slot).is_some_and(|f| f.epoch > epoch)
+}
+
+/// `In` committed: the slot is served here from now on.
+fn serve_received(d: &mut ShardDescriptor, slot: Slot, epoch: unikv_types::Epoch) {
+    d.staging.remove(&slot);
+    d.forwards.remove(&slot);
+    d.refused.remove(&slot);
+    d.add_slot(slot, epoch);
+    d.version += 1;
+}
+
 /// Why `slot` cannot be received at `epoch` here (it is owned, moved on, or arriving at a
 /// newer epoch), if it cannot.
 fn not_receivable(d: &ShardDescriptor, slot: Slot, epoch: unikv_types::Epoch) -> Option<String> {
@@ -259,9 +266,11 @@ fn not_receivable(d: &ShardDescriptor, slot: Slot, epoch: unikv_types::Epoch) ->
         Some(format!(
             "slot {slot} already moved on from here at a newer epoch"
         ))
-    } else if d.incoming.get(&slot).is_some_and(|i| i.epoch > epoch)
-        || d.staging.get(&slot).is_some_and(|s| s.epoch > epoch)
-    {
+    } else if d.refused.get(&slot).is_some_and(|e| *e >= epoch) {
+        Some(format!(
+            "slot {slot}: its hand-off at epoch {epoch} was given up by its source"
+        ))
+    } else if d.staging.get(&slot).is_some_and(|s| s.epoch > epoch) {
         Some(format!("slot {slot} is being received at a newer epoch"))
     } else {
         None

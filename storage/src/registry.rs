@@ -86,8 +86,8 @@ pub(crate) fn apply_registry(
                         d.shard, f.token
                     ),
                 })
-            } else if !d.outgoing.is_empty() || !d.incoming.is_empty() {
-                let moving: Vec<_> = d.outgoing.keys().chain(d.incoming.keys()).take(5).collect();
+            } else if !d.outgoing.is_empty() {
+                let moving: Vec<_> = d.outgoing.keys().take(5).collect();
                 Err(KvError::Refused {
                     status: 409,
                     code: "move_in_progress".into(),

@@ -124,6 +124,13 @@ impl Store {
                 if m.descriptor.owns(slot).is_none() {
                     return Ok(OwnedRead::NotOwned);
                 }
+                if let Some(h) = m.descriptor.outgoing.get(&slot) {
+                    // Its target may serve it (and take writes) from its `In` on.
+                    return Ok(OwnedRead::Elsewhere(unikv_types::KvError::Unavailable {
+                        shard: m.descriptor.shard,
+                        reason: format!("slot {slot} is moving to shard {}", h.target),
+                    }));
+                }
                 if m.descriptor.dropped_keyspaces.contains(&keyspace) {
                     return Ok(OwnedRead::Dropped);
                 }
@@ -259,6 +266,14 @@ impl Store {
     /// The published descriptor's version (it grows with every change), without a copy.
     pub fn descriptor_version(&self) -> u64 {
         read_lock(&self.shared.meta).descriptor.version
+    }
+
+    /// Whether `slot` is frozen for a hand-off here (`Out` applied, `Done`/`Abort` not yet).
+    pub fn is_outgoing(&self, slot: Slot) -> bool {
+        read_lock(&self.shared.meta)
+            .descriptor
+            .outgoing
+            .contains_key(&slot)
     }
 
     pub fn descriptor(&self) -> ShardDescriptor {

@@ -242,10 +242,17 @@ fn a_hash_collection_keeps_its_own_totals_through_writes_moves_and_drops() {
     }));
     assert_eq!(r, Ok(KvReply::Written));
     assert_eq!(totals(&t, USERS), (in_slot.len() as u64, moved_bytes));
-    // The target drops the copy (the hand-off was aborted): its totals go back.
-    let r = t.apply(Command::Move(MoveCommand::Drop {
+    // The target hands the slot on: its totals go back.
+    t.apply(Command::Move(MoveCommand::Out {
         slot,
-        epoch: Epoch(3),
+        to: ShardId(9),
+        epoch: Epoch(4),
+        now_ms: None,
+    }))
+    .unwrap();
+    let r = t.apply(Command::Move(MoveCommand::Done {
+        slot,
+        epoch: Epoch(4),
     }));
     assert_eq!(r, Ok(KvReply::Written));
     assert_eq!(totals(&t, USERS), (0, 0));

@@ -282,10 +282,6 @@ fn the_horizon_moves_with_its_slot() {
         })),
         Ok(KvReply::Written)
     );
-    assert_eq!(
-        dst.one(Command::Move(MoveCommand::Activate { slot: 5, epoch })),
-        Ok(KvReply::Written)
-    );
     // c1's late retry reaches the new owner: refused there too.
     assert!(matches!(
         dst.one(write(5, "k", append("a"), client("c1", 1, T0), later + 10)),

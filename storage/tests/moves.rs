@@ -8,7 +8,7 @@ use unikv_storage::apply::apply_entries_cached;
 use unikv_storage::apply_cache::ApplyCache;
 use unikv_storage::db::CF_STATS;
 use unikv_storage::meta::SmMeta;
-use unikv_storage::moves::{export_slot, slot_stats, SlotExport};
+use unikv_storage::moves::{export_slot, slot_stats, SlotExport, ALREADY_RECEIVED};
 use unikv_storage::raft_types::Entry;
 use unikv_storage::records::SlotStats;
 use unikv_storage::{Command, CommandResult, Db, MoveCommand, RegistryCommand, TypeConfig};
@@ -132,7 +132,7 @@ fn a_slot_moves_with_its_data_and_dedup_table() {
     assert_eq!(src.kv(6, "other", put("o"), None), Ok(KvReply::Written));
     assert_eq!(src.stats(5), (2, 5));
 
-    // 1. Freeze: writes to slot 5 wait, other slots go on.
+    // 1. Freeze: reads and writes of slot 5 wait, other slots go on.
     let out = MoveCommand::Out {
         slot: 5,
         to: ShardId(2),
@@ -147,7 +147,7 @@ fn a_slot_moves_with_its_data_and_dedup_table() {
     ));
     assert_eq!(src.kv(6, "other", put("o2"), None), Ok(KvReply::Written));
 
-    // 2. The target installs the data; it does not serve it yet.
+    // 2. The target installs the data and serves it.
     let SlotExport { kv, dedup, .. } = export_slot(&src.db, 5).unwrap();
     assert_eq!(kv.len(), 2);
     assert_eq!(dedup.len(), 1);
@@ -164,11 +164,18 @@ fn a_slot_moves_with_its_data_and_dedup_table() {
     };
     assert_eq!(dst.mv(inn.clone()), Ok(KvReply::Written));
     assert_eq!(dst.mv(inn.clone()), Ok(KvReply::Written), "idempotent");
-    assert!(matches!(
-        dst.kv(5, "a", put("3"), None),
-        Err(KvError::WrongShard { .. })
-    ));
+    assert_eq!(dst.meta.descriptor.owns(5), Some(Epoch(2)));
     assert_eq!(dst.stats(5), (2, 5));
+    // From here the source may only finish: the target refuses to refuse.
+    let refuse = MoveCommand::Refuse {
+        slot: 5,
+        from: ShardId(1),
+        epoch: Epoch(2),
+    };
+    match dst.mv(refuse) {
+        Err(KvError::BadRequest { code, .. }) => assert_eq!(code, ALREADY_RECEIVED),
+        other => panic!("expected already_received, got {other:?}"),
+    }
 
     // 3. The source lets go: data gone, forwarding note in place.
     let done = MoveCommand::Done {
@@ -196,14 +203,7 @@ fn a_slot_moves_with_its_data_and_dedup_table() {
         })
         .is_err());
 
-    // 4. The target serves, and the dedup table came along: a retry is not applied twice.
-    let act = MoveCommand::Activate {
-        slot: 5,
-        epoch: Epoch(2),
-    };
-    assert_eq!(dst.mv(act.clone()), Ok(KvReply::Written));
-    assert_eq!(dst.mv(act), Ok(KvReply::Written), "idempotent");
-    assert_eq!(dst.meta.descriptor.owns(5), Some(Epoch(2)));
+    // 4. The dedup table came along: a retry is not applied twice.
     assert_eq!(
         dst.kv(5, "b", KvOp::Append { value: "xy".into() }, Some(("c", 2))),
         Ok(KvReply::Appended { previous: None }),
@@ -257,21 +257,49 @@ fn an_aborted_move_leaves_the_source_serving_and_the_target_empty() {
         }),
         Ok(KvReply::Written)
     );
+    // A copy staged at the target, then the source gives the hand-off up: the target first
+    // refuses it for good, dropping what it staged.
     let SlotExport { kv, dedup, .. } = export_slot(&src.db, 7).unwrap();
-    assert_eq!(
-        dst.mv(MoveCommand::In {
-            slot: 7,
-            from: ShardId(1),
-            epoch: Epoch(2),
-            kv,
-            dedup,
-            dedup_horizon_ms: 0,
-            collections_kv: Vec::new(),
-            staged: None,
-            deleted: Vec::new(),
-        }),
-        Ok(KvReply::Written)
+    let stage = MoveCommand::Stage {
+        slot: 7,
+        from: ShardId(1),
+        epoch: Epoch(2),
+        copy: 42,
+        part: 0,
+        overwrite: false,
+        kv: kv.clone(),
+        collections_kv: Vec::new(),
+        deleted: Vec::new(),
+    };
+    assert_eq!(dst.mv(stage.clone()), Ok(KvReply::Written));
+    let refuse = MoveCommand::Refuse {
+        slot: 7,
+        from: ShardId(1),
+        epoch: Epoch(2),
+    };
+    assert_eq!(dst.mv(refuse.clone()), Ok(KvReply::Written));
+    assert_eq!(dst.mv(refuse), Ok(KvReply::Written), "idempotent");
+    assert!(
+        export_slot(&dst.db, 7).unwrap().kv.is_empty(),
+        "staged copy dropped"
     );
+    assert_eq!(dst.stats(7), (0, 0));
+    // The `In` (or a piece) of that hand-off arriving late is refused for good.
+    let inn = MoveCommand::In {
+        slot: 7,
+        from: ShardId(1),
+        epoch: Epoch(2),
+        kv,
+        dedup,
+        dedup_horizon_ms: 0,
+        collections_kv: Vec::new(),
+        staged: None,
+        deleted: Vec::new(),
+    };
+    assert!(dst.mv(inn.clone()).is_err(), "a refused hand-off's In");
+    assert!(dst.mv(stage).is_err(), "a refused hand-off's piece");
+    assert_eq!(dst.meta.descriptor.owns(7), None);
+    assert!(export_slot(&dst.db, 7).unwrap().kv.is_empty());
     assert_eq!(
         src.mv(MoveCommand::Abort {
             slot: 7,
@@ -292,23 +320,37 @@ fn an_aborted_move_leaves_the_source_serving_and_the_target_empty() {
         .is_err(),
         "no hand-off after abort"
     );
+    // The next attempt has a new epoch, which the target takes.
+    let SlotExport { kv, dedup, .. } = export_slot(&src.db, 7).unwrap();
     assert_eq!(
-        dst.mv(MoveCommand::Drop {
-            slot: 7,
-            epoch: Epoch(2)
-        }),
+        dst.mv(whole_in(7, Epoch(3), kv, dedup)),
         Ok(KvReply::Written)
     );
-    assert!(export_slot(&dst.db, 7).unwrap().kv.is_empty());
+    assert_eq!(dst.meta.descriptor.owns(7), Some(Epoch(3)));
     assert!(
-        dst.mv(MoveCommand::Activate {
-            slot: 7,
-            epoch: Epoch(2)
-        })
-        .is_err(),
-        "nothing to activate"
+        dst.meta.descriptor.refused.is_empty(),
+        "the refusal is forgotten once served"
     );
-    assert_eq!(dst.meta.descriptor.owns(7), None);
+}
+
+/// The `In` of `slot` from shard 1, sent whole.
+fn whole_in(
+    slot: u16,
+    epoch: Epoch,
+    kv: Vec<(String, String)>,
+    dedup: Vec<(String, unikv_storage::DedupRecord)>,
+) -> MoveCommand {
+    MoveCommand::In {
+        slot,
+        from: ShardId(1),
+        epoch,
+        kv,
+        dedup,
+        dedup_horizon_ms: 0,
+        collections_kv: Vec::new(),
+        staged: None,
+        deleted: Vec::new(),
+    }
 }
 
 #[test]

@@ -302,11 +302,9 @@ fn a_staged_copy_completed_by_the_tail_equals_the_source() {
         Ok(KvReply::Written)
     );
     assert_eq!(
-        dst.mv(MoveCommand::Activate {
-            slot: 5,
-            epoch: Epoch(2)
-        }),
-        Ok(KvReply::Written)
+        dst.meta.descriptor.owns(5),
+        Some(Epoch(2)),
+        "served from its In"
     );
     assert_eq!(
         dst.apply(kv(

@@ -175,13 +175,12 @@ pub struct RebalanceStatus {
     /// Slots of this shard being copied to another while they serve.
     #[serde(default)]
     pub copying: usize,
-    /// Slots of this shard being handed off (frozen for writes).
+    /// Slots of this shard being handed off (frozen until the target's `In`, data here until
+    /// `Done`).
     pub moving: usize,
     /// Copies of slots arriving here, not served.
     #[serde(default)]
     pub staging: usize,
-    /// Slots received and not yet served.
-    pub receiving: usize,
     /// Planned hand-offs not started yet.
     pub queued: usize,
     pub moved_slots: u64,
@@ -204,21 +203,21 @@ pub struct Left {
 
 impl RebalanceStatus {
     /// Ok if this node sees the cluster balanced at `expected` (slots per shard; shards not
-    /// listed own and get none) with nothing moving, received or queued here; else why not.
+    /// listed own and get none) with nothing moving, staged or queued here; else why not.
     pub fn balanced_at(&self, expected: &BTreeMap<u64, usize>) -> Result<(), String> {
         let c = &self.cluster;
         let mut problems = Vec::new();
         if c.pending_slots != 0
             || self.moving != 0
-            || self.receiving != 0
+            || self.staging != 0
             || self.queued != 0
             || self.left.slots != 0
         {
             problems.push(format!(
-                "pending {} moving {} receiving {} queued {} left {} ({} bytes)",
+                "pending {} moving {} staging {} queued {} left {} ({} bytes)",
                 c.pending_slots,
                 self.moving,
-                self.receiving,
+                self.staging,
                 self.queued,
                 self.left.slots,
                 self.left.bytes

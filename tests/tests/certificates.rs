@@ -63,7 +63,7 @@ async fn a_router_certificate_sends_only_client_requests() {
         (rpc_kind::APPEND, "APPEND"),
         (rpc_kind::VOTE, "VOTE"),
         (rpc_kind::MOVE_IN, "MOVE_IN"),
-        (rpc_kind::MOVE_ACTIVATE, "MOVE_ACTIVATE"),
+        (rpc_kind::MOVE_REFUSE, "MOVE_REFUSE"),
         (rpc_kind::ADMIN, "ADMIN"),
         (rpc_kind::SHARD_ADMIN, "SHARD_ADMIN"),
         (rpc_kind::FENCE, "FENCE"),

@@ -178,7 +178,7 @@ async fn add_shard_killing_a_leader(victim: Victim, node_args: &[&str]) {
 
     // Add the shard and, meanwhile, watch the victim's shard for the first sign of a move.
     // Hand-offs run in batches, so the leader is preferably killed with one in flight (slots
-    // frozen, or received and not yet served); if no poll catches that within
+    // frozen, or copies staged); if no poll catches that within
     // IN_FLIGHT_GRACE of the first finished move, it is killed between two batches.
     let t0 = Instant::now();
     let first_progress: Cell<Option<Instant>> = Cell::new(None);
@@ -192,7 +192,7 @@ async fn add_shard_killing_a_leader(victim: Victim, node_args: &[&str]) {
         let own = st.cluster.slot_counts.get(&shard).copied().unwrap_or(0);
         let (in_flight, progress) = match victim {
             Victim::Source => (st.copying + st.moving > 0, st.moved_slots > 0),
-            Victim::Target => (st.staging + st.receiving > 0, own > 0),
+            Victim::Target => (st.staging > 0, own > 0),
         };
         if st.leader && progress && first_progress.get().is_none() {
             first_progress.set(Some(Instant::now()));
@@ -213,9 +213,9 @@ async fn add_shard_killing_a_leader(victim: Victim, node_args: &[&str]) {
     let killed_at = t0.elapsed();
     println!(
         "[figure] killed {victim:?} leader {shard}/{leader} {killed_at:?} after addshard began: \
-         it had moved {} slots, was copying {}, moving {}, staging {}, receiving {}, queued {}, \
+         it had moved {} slots, was copying {}, moving {}, staging {}, queued {}, \
          owned {own}",
-        seen.moved_slots, seen.copying, seen.moving, seen.staging, seen.receiving, seen.queued
+        seen.moved_slots, seen.copying, seen.moving, seen.staging, seen.queued
     );
     match victim {
         Victim::Source => assert!(

@@ -1,12 +1,14 @@
 //! kill -9 of either side's leader while a slot is copied, while it is frozen for its tail,
-//! and right after the source committed `Done` (issue 16's test 2), with real processes and
-//! writers hammering the slot throughout. The move completes or aborts, never with both
-//! shards serving (every acknowledged append is stored exactly once at the final owner),
-//! and nothing acknowledged is lost.
+//! and right after the target committed `In` (it serves the slot; the source has not
+//! committed `Done`) (issue 16's test 2), with real processes and writers hammering the slot
+//! throughout. The move completes or aborts, never with both shards serving (every
+//! acknowledged append is stored exactly once at the final owner), and nothing acknowledged
+//! is lost.
 //!
-//! The copy is paced (`--move_rate_mb`) so it lasts seconds; the frozen tail and the wait for
-//! `Activate` last milliseconds, so the nodes hold there for [`HOLD_MS`] through their
-//! fault-injection points (`FAILPOINTS`, `unikv_node::failpoints`) to be killed inside them.
+//! The copy is paced (`--move_rate_mb`) so it lasts seconds; the frozen tail and the wait
+//! between the target's `In` and the source's `Done` last milliseconds, so the source holds
+//! there for [`HOLD_MS`] through its fault-injection points (`FAILPOINTS`,
+//! `unikv_node::failpoints`: `move_frozen`, `move_taken`) to be killed inside them.
 
 use std::time::Duration;
 
@@ -20,7 +22,7 @@ use unikv_types::key_slot;
 
 /// 16 KiB pieces at 0.5 MB/s: the ~1.5 MB slot takes ~3 s to copy.
 const NODE_ARGS: &[&str] = &["--move_rate_mb", "0.5", "--move_piece_kb", "16"];
-/// How long a frozen hand-off and an activation hold at their fault-injection points.
+/// How long a frozen hand-off, and one its target took, hold at their fault-injection points.
 const HOLD_MS: u64 = 2500;
 /// Most a move (copy, holds, a leader election) may take.
 const MOVE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -37,7 +39,7 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let failpoints = format!("move_frozen=return({HOLD_MS});move_activate=return({HOLD_MS})");
+    let failpoints = format!("move_frozen=return({HOLD_MS});move_taken=return({HOLD_MS})");
     let u = Unified::start_failpoints(2, NODE_ARGS, &[], &failpoints).await;
     let api = u.api();
     // A slot of shard 1 (the lower half): moved to shard 2 it is that shard's lowest slot,
@@ -157,7 +159,7 @@ async fn settled(u: &Unified) {
                     .rebalance_status(node_ref(shard, l))
                     .await
                     .map_err(|e| format!("{e:#}"))?;
-                if st.copying + st.moving + st.staging + st.receiving > 0 {
+                if st.copying + st.moving + st.staging > 0 {
                     return Err(format!("shard {shard}: {st:?}"));
                 }
             }
@@ -278,26 +280,50 @@ async fn leaders_killed_while_frozen_and_after_done() {
     let outcome = kill_then_restart(u, (to, dst), async { answer(call.await) }).await;
     println!("[figure] target leader killed while frozen; /moveslot answered {outcome}");
 
-    // Once more, from wherever it is: the target's leader dies right after the source
-    // committed `Done` (the source has deleted the slot), before `Activate`. The data was
-    // durable on the target's quorum before `Done`, so its next leader serves all of it.
+    // Once more, from wherever it is: the target's leader dies right after its `In`
+    // committed (it serves the slot), while the source waits before `Done`. The `In` is on
+    // the target's quorum, so its next leader serves all of it and the source finishes.
     let from = settled_owner(u, slot).await;
     let to = 3 - from;
     let leader = u.wait_shard_leader(from, &all_nodes(), UNIFIED_WAIT).await;
     let call = start_move(u, slot, (from, leader), to);
-    let done = |src: &RebalanceStatus, dst: &RebalanceStatus| src.moving == 0 && dst.receiving > 0;
-    let (_, dst) = leaders_when(u, (from, to), "Done before Activate", done).await;
+    // Frozen at the source with nothing staged at the target any more: its `In` committed.
+    let taken = |src: &RebalanceStatus, dst: &RebalanceStatus| src.moving > 0 && dst.staging == 0;
+    let frozen_then_taken =
+        |src: &RebalanceStatus, dst: &RebalanceStatus| src.moving > 0 && dst.staging > 0;
+    leaders_when(u, (from, to), "the slot to freeze", frozen_then_taken).await;
+    let (_, dst) = leaders_when(u, (from, to), "In before Done", taken).await;
     let answered = kill_then_restart(u, (to, dst), async {
         let a = answer(call.await);
         settled(u).await;
         a
     })
     .await;
-    println!("[figure] target leader killed after Done; /moveslot answered {answered}");
+    println!("[figure] target leader killed after its In; /moveslot answered {answered}");
     assert_eq!(
         settled_owner(u, slot).await,
         to,
-        "a slot whose source committed Done did not end on the target"
+        "a slot whose target committed In did not end on the target"
+    );
+
+    // And back: the source's leader dies in the same window. Its next leader finds the slot
+    // frozen, learns from the target that the `In` committed, and commits `Done`.
+    let (from, to) = (to, from);
+    let leader = u.wait_shard_leader(from, &all_nodes(), UNIFIED_WAIT).await;
+    let call = start_move(u, slot, (from, leader), to);
+    leaders_when(u, (from, to), "the slot to freeze", frozen_then_taken).await;
+    let (src, _) = leaders_when(u, (from, to), "In before Done", taken).await;
+    let answered = kill_then_restart(u, (from, src), async {
+        let a = answer(call.await);
+        settled(u).await;
+        a
+    })
+    .await;
+    println!("[figure] source leader killed after the target's In; /moveslot answered {answered}");
+    assert_eq!(
+        settled_owner(u, slot).await,
+        to,
+        "a slot whose target committed In did not end on the target after a source kill"
     );
     check(s).await;
 }

@@ -49,10 +49,8 @@ pub mod rpc_kind {
     pub const ADMIN: u8 = 21;
     /// A slot's data from the source shard's leader to the target's.
     pub const MOVE_IN: u8 = 30;
-    /// Target asks the source how a hand-off ended.
+    /// Target asks the source whether a copy staged there is still wanted.
     pub const MOVE_STATUS: u8 = 31;
-    /// Source tells the target a hand-off is done.
-    pub const MOVE_ACTIVATE: u8 = 32;
     /// Registry change or explicit move for a shard's leader.
     pub const SHARD_ADMIN: u8 = 33;
     /// A piece of a slot's copy from the source shard's leader to the target's.
@@ -60,8 +58,9 @@ pub mod rpc_kind {
     /// Several small slots' data in one exchange: `Vec` of `MOVE_IN`'s message in, one
     /// result per slot out, in the same order.
     pub const MOVE_IN_MANY: u8 = 35;
-    /// Source tells the target several hand-offs are done: one result per slot, in order.
-    pub const MOVE_ACTIVATE_MANY: u8 = 36;
+    /// Source asks the target never to take a hand-off (it commits `Refuse`, or answers
+    /// `already_received`), so the source may give the hand-off up.
+    pub const MOVE_REFUSE: u8 = 37;
     /// Drop a deleted collection's data (the catalog shard's leader → every shard's leader).
     pub const DROP_KEYSPACE: u8 = 40;
     /// Set or release a promote's fence on slot moves (the catalog shard's leader → every

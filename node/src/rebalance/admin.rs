@@ -551,7 +551,6 @@ pub async fn rebalance_status(State(rb): State<Arc<Rebalancer>>) -> Response {
         "copying": lock(&r.copies).len(),
         "moving": d.outgoing.len(),
         "staging": d.staging.len(),
-        "receiving": d.incoming.len(),
         "queued": r.queued(),
         "moved_slots": r.moved_slots.load(Relaxed),
         "moved_bytes": r.moved_bytes.load(Relaxed),

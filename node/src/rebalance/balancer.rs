@@ -13,13 +13,13 @@ use unikv_types::ShardState;
 use super::rebalancer::{lock, Rebalancer};
 use super::{handoff, planner, receive};
 
-/// How often the balancer and the resume/activation loops look at the state.
+/// How often the balancer and the resume/staging-check loops look at the state.
 const TICK: Duration = Duration::from_millis(100);
 /// How long a shard's published bytes may lag its ownership (totals go out every second).
 const TOTALS_LAG: Duration = Duration::from_millis(2500);
 
 /// Runs the rebalancing loops until shutdown: resume hand-offs left in the descriptor, start
-/// planned ones, check incoming slots, finish drains, and plan when settled.
+/// planned ones, check staged copies, finish drains, and plan when settled.
 pub fn spawn(
     rb: Arc<Rebalancer>,
     mut shutdown: watch::Receiver<bool>,
@@ -42,10 +42,6 @@ pub fn spawn(
 async fn tick(rb: &Arc<Rebalancer>) {
     let node = &rb.node;
     let d = node.store.descriptor();
-    // Target side: slots received and waiting for the source's word.
-    for (slot, h) in &d.incoming {
-        receive::spawn_activation_check(rb.clone(), *slot, *h);
-    }
     // Copies staged here whose source went quiet.
     lock(&rb.staged_seen).retain(|slot, _| d.staging.contains_key(slot));
     for (slot, s) in &d.staging {

@@ -1,24 +1,24 @@
 //! Several small slots handed to one target together (source leader): each slot keeps its
-//! own steps, epochs and records — `Out`, `In`, `Done`, `Activate`, exactly as `handoff` runs
-//! them for one slot — but the steps of the batch are proposed at once (so they commit in the
-//! same Raft appends and apply in the same group) and travel in one message each way
-//! (`MOVE_IN_MANY`, `MOVE_ACTIVATE_MANY`). What a hand-off costs is then paid once per batch
-//! instead of once per slot: the round trips, the applies, the descriptor rewrites.
+//! own steps, epochs and records — `Out`, `In`, `Done`, exactly as `handoff` runs them for
+//! one slot — but the steps of the batch are proposed at once (so they commit in the same
+//! Raft appends and apply in the same group) and the `In`s travel in one message
+//! (`MOVE_IN_MANY`). What a hand-off costs is then paid once per batch instead of once per
+//! slot: the round trips, the applies, the descriptor rewrites.
 //!
-//! Nothing about safety changes: a slot is frozen from its own `Out`, the target serves it only
-//! after its own `Done`, any slot of the batch may abort alone before its `Done`, and a new
-//! leader resumes each frozen slot on its own (`handoff`).
+//! Nothing about safety changes: a slot is frozen from its own `Out`, the target serves it
+//! from its own `In`, a slot whose `In` is in doubt is settled with the target on its own
+//! (`steps::settle`), and a new leader resumes each frozen slot on its own (`handoff`).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::future::join_all;
-use unikv_storage::{Command, MoveCommand, Outgoing};
+use unikv_storage::Outgoing;
 use unikv_types::{rpc_kind, KvError, ShardId, Slot};
 
-use super::messages::{ActivateRequest, MoveIn};
-use super::rebalancer::{lock, Rebalancer};
-use super::steps::{abort, abort_after, next_epoch, slot_bytes, start, whole_in};
-use crate::peer::{call_shard, deliver, Delivery};
+use super::messages::MoveIn;
+use super::rebalancer::Rebalancer;
+use super::steps::{abort_unsent, done, next_epoch, settle, slot_bytes, start, whole_in, Settled};
+use crate::peer::{deliver, Delivery};
 
 /// Hands `slots` (each small enough to go whole) to `to`. `Err` only when the whole batch
 /// stopped (refused, timed out, or this node stopped leading; a new leader resumes the slots
@@ -69,7 +69,7 @@ pub async fn run(rb: &Rebalancer, slots: &[Slot], to: ShardId) -> Result<(), KvE
                 sent.push((slot, h, bytes));
             }
             Err(e) => {
-                abort_after(rb, slot, h, KvError::Internal(e.to_string())).await;
+                abort_unsent(rb, slot, h, KvError::Internal(e.to_string())).await;
             }
         }
     }
@@ -78,123 +78,93 @@ pub async fn run(rb: &Rebalancer, slots: &[Slot], to: ShardId) -> Result<(), KvE
     }
     // Frozen from here: bounded by the hand-off timeout whatever gossip says of the target.
     let give_up_at = frozen_at + node.config.handoff_timeout();
-    let answers: Vec<Result<(), KvError>> = match deliver(
-        node,
-        to,
-        rpc_kind::MOVE_IN_MANY,
-        &msgs,
-        give_up_at,
-    )
-    .await?
-    {
-        Delivery::Taken(answers) => answers,
-        Delivery::Refused { code, message } => {
-            tracing::warn!(shard = %node.shard(), to = %to, %message, slots = sent.len(), "target refused the slots; aborting");
-            abort_all(rb, &sent).await?;
-            return Err(KvError::BadRequest { code, message });
-        }
-        Delivery::TimedOut(e) => {
-            tracing::warn!(shard = %node.shard(), to = %to, error = %e, slots = sent.len(),
-                    timeout_ms = node.config.handoff_timeout_ms, "hand-off not confirmed in time; aborting");
-            abort_all(rb, &sent).await?;
-            return Err(KvError::Unavailable {
-                shard: to,
-                reason: format!(
-                    "shard {to} did not take {} slots within {} ms ({e}); the moves were aborted",
-                    sent.len(),
-                    node.config.handoff_timeout_ms
-                ),
-            });
-        }
-    };
+    let delivered: Delivery<Vec<Result<(), KvError>>> =
+        deliver(node, to, rpc_kind::MOVE_IN_MANY, &msgs, give_up_at).await?;
     drop(msgs);
     let taken_at = Instant::now();
-    if answers.len() != sent.len() {
-        abort_all(rb, &sent).await?;
-        return Err(KvError::Internal(format!(
-            "shard {to} answered {} of {} slots",
-            answers.len(),
-            sent.len()
-        )));
-    }
-    // A slot the target did not take (refused, or its commit is in doubt) is aborted alone:
-    // the target serves nothing before this shard's `Done`, and drops what it kept once it
-    // learns of the abort.
-    let mut taken = Vec::with_capacity(sent.len());
+    let n = sent.len();
+    // Per slot: `None` if the target took it, else why its `In` is in doubt.
+    let answers: Vec<Option<KvError>> = match delivered {
+        Delivery::Taken(answers) if answers.len() == n => {
+            answers.into_iter().map(Result::err).collect()
+        }
+        Delivery::Taken(answers) => {
+            let e = KvError::Internal(format!(
+                "shard {to} answered {} of {n} slots",
+                answers.len()
+            ));
+            vec![Some(e); n]
+        }
+        Delivery::Refused { code, message } => {
+            tracing::warn!(shard = %node.shard(), to = %to, %message, slots = n, "target refused the slots; settling");
+            vec![Some(KvError::BadRequest { code, message }); n]
+        }
+        Delivery::TimedOut(e) => {
+            tracing::warn!(shard = %node.shard(), to = %to, error = %e, slots = n,
+                    timeout_ms = node.config.handoff_timeout_ms, "hand-off not confirmed in time; settling");
+            let e = KvError::Unavailable {
+                shard: to,
+                reason: format!(
+                    "shard {to} did not take {n} slots within {} ms ({e}); the moves were aborted",
+                    node.config.handoff_timeout_ms
+                ),
+            };
+            vec![Some(e); n]
+        }
+    };
+    let (mut taken, mut doubt) = (Vec::with_capacity(n), Vec::new());
     for ((slot, h, bytes), answer) in sent.into_iter().zip(answers) {
         match answer {
-            Ok(()) => taken.push((slot, h, bytes)),
-            Err(e) => {
-                tracing::warn!(shard = %node.shard(), slot, to = %to, error = %e, "target did not take the slot; aborting it");
-                abort(rb, slot, h.epoch).await?;
-            }
+            None => taken.push((slot, h, bytes)),
+            Some(e) => doubt.push((slot, h, bytes, e)),
         }
     }
-    let res = finish_all(rb, to, taken, frozen_at).await;
+    let pause = frozen_at.elapsed();
+    for &(slot, h, _) in &taken {
+        node.handed.taken(slot, h.target, h.epoch);
+        rb.record_pause(pause);
+    }
+    crate::failpoints::hold("move_taken").await;
+    let mut res = finish_all(rb, taken).await;
     tracing::debug!(shard = %node.shard(), to = %to, slots = slots.len(), bytes,
         out_ms = (frozen_at - t0).as_millis() as u64,
         in_ms = (taken_at - frozen_at).as_millis() as u64,
-        done_activate_ms = taken_at.elapsed().as_millis() as u64, "batch hand-off");
+        done_ms = taken_at.elapsed().as_millis() as u64, "batch hand-off");
+    // Slots whose `In` is in doubt: each settled with the target (the target may have
+    // committed some), then finished or left aborted.
+    if !doubt.is_empty() {
+        let settled = join_all(doubt.iter().map(|&(slot, h, _, _)| settle(rb, slot, h))).await;
+        let mut received = Vec::new();
+        for ((slot, h, bytes, e), s) in doubt.into_iter().zip(settled) {
+            match s {
+                Ok(Settled::Received) => received.push((slot, h, bytes)),
+                Ok(Settled::Aborted) => {
+                    tracing::warn!(shard = %node.shard(), slot, to = %to, error = %e, "slot not taken; aborted");
+                    res = res.and(Err(e));
+                }
+                Err(lost) => res = res.and(Err(lost)),
+            }
+        }
+        res = res.and(finish_all(rb, received).await);
+    }
     res
 }
 
-/// The target holds these slots: commit each `Done` here (together), then nudge the target
-/// to serve them.
-async fn finish_all(
-    rb: &Rebalancer,
-    to: ShardId,
-    taken: Vec<(Slot, Outgoing, u64)>,
-    frozen_at: Instant,
-) -> Result<(), KvError> {
+/// The target serves these slots: commit each `Done` here (together). `Err` if this node
+/// stopped leading (the next leader resumes the slots not done).
+async fn finish_all(rb: &Rebalancer, taken: Vec<(Slot, Outgoing, u64)>) -> Result<(), KvError> {
     let node = &rb.node;
-    let dones = join_all(taken.iter().map(|&(slot, h, _)| {
-        node.propose(Command::Move(MoveCommand::Done {
-            slot,
-            epoch: h.epoch,
-        }))
-    }))
+    let dones = join_all(
+        taken
+            .iter()
+            .map(|&(slot, h, bytes)| done(rb, slot, h, bytes)),
+    )
     .await;
-    let mut nudges = Vec::with_capacity(taken.len());
-    let mut lost = None;
-    for ((slot, h, bytes), done) in taken.into_iter().zip(dones) {
-        match done {
-            Ok(_) => {
-                rb.record(bytes);
-                lock(&rb.settling).push((slot, h.target, Instant::now()));
-                nudges.push(ActivateRequest {
-                    slot,
-                    epoch: h.epoch,
-                });
-            }
-            // This node stopped leading: the next leader resumes the slot (still frozen).
-            Err(e) => {
-                lost.get_or_insert(e);
-            }
-        }
+    let mut res = Ok(());
+    for ((slot, _, _), d) in taken.iter().zip(dones) {
+        node.handed.ended(*slot);
+        res = res.and(d);
     }
-    tracing::debug!(shard = %node.shard(), to = %to, slots = nudges.len(), "slots handed off");
-    if !nudges.is_empty() {
-        // Best effort: the target also asks on its own about each slot if this is lost.
-        let activated = call_shard::<_, Vec<Result<(), KvError>>>(
-            node,
-            to,
-            rpc_kind::MOVE_ACTIVATE_MANY,
-            &nudges,
-            Duration::from_secs(2),
-        )
-        .await;
-        if let Ok(answers) = activated {
-            let pause = frozen_at.elapsed();
-            for _ in answers.iter().filter(|a| a.is_ok()) {
-                rb.record_pause(pause);
-            }
-        }
-    }
-    lost.map_or(Ok(()), Err)
-}
-
-/// Unfreezes every slot of a batch the target did not take.
-async fn abort_all(rb: &Rebalancer, sent: &[(Slot, Outgoing, u64)]) -> Result<(), KvError> {
-    let aborts = join_all(sent.iter().map(|&(slot, h, _)| abort(rb, slot, h.epoch))).await;
-    aborts.into_iter().collect()
+    tracing::debug!(shard = %node.shard(), slots = taken.len(), "slots handed off");
+    res
 }

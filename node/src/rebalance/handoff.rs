@@ -1,22 +1,25 @@
 //! The source side of a slot move, run by the source shard's leader: copy the slot to the
 //! target while it serves (`copy`) → `Out` (freeze) → send what was written since and the
-//! dedup table to the target leader, which commits `In` → `Done` (delete here, forwarding
-//! note) → nudge the target to `Activate`.
+//! dedup table to the target leader, which commits `In` and serves the slot from then on →
+//! `Done` (delete here, forwarding note). Between the target's `In` and `Done` here, this
+//! leader sends requests for the slot on to the target (`Node::handed`).
 //! If the target refuses, or has not taken the slot within `--handoff_timeout_ms` (whether
-//! gossip calls it reachable or not), `Abort` unfreezes the slot here instead.
+//! gossip calls it reachable or not), the hand-off is settled with the target (`steps::settle`):
+//! it refuses the `In` for good and `Abort` unfreezes the slot here, or it holds the slot
+//! already and `Done` follows.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use unikv_storage::{Command, MoveCommand, Outgoing, Piece};
+use unikv_storage::{Outgoing, Piece};
 use unikv_types::{rpc_kind, Epoch, KvError, ShardId, Slot};
 
 use super::copy::{Copied, CopyRun};
-use super::messages::{ActivateRequest, MoveIn};
+use super::messages::MoveIn;
 use super::rebalancer::{lock, Rebalancer};
-use super::steps::{abort, abort_after, next_epoch, slot_bytes, start, whole_in};
-use crate::peer::{call_shard, deliver, Delivery};
+use super::steps::{abort_unsent, done, next_epoch, settle, slot_bytes, start, whole_in, Settled};
+use crate::peer::{deliver, Delivery};
 
 /// What one hand-off task does next: one slot (resumed after a leader change, or planned),
 /// or several small slots planned for one target (`batch`).
@@ -170,7 +173,8 @@ async fn run(
             match copy.scan().await {
                 Ok(Copied::AlreadyIn) => return finish(rb, slot, h, None, copy.bytes).await,
                 Ok(Copied::Staged(_)) => (h, None, copy, Piece::default()),
-                Err(e) => return Err(abort_after(rb, slot, h, e).await),
+                // An earlier leader may have sent the `In`: settled with the target.
+                Err(e) => return settle_or(rb, slot, h, copy.bytes, e).await,
             }
         }
         None if slot_bytes(node, slot) <= node.config.move_copy_min_bytes()
@@ -185,7 +189,7 @@ async fn run(
             let frozen_at = Instant::now();
             return match node.store.export_slot(slot) {
                 Ok(export) => hand_whole(rb, slot, h, frozen_at, export).await,
-                Err(e) => Err(abort_after(rb, slot, h, KvError::Internal(e.to_string())).await),
+                Err(e) => Err(abort_unsent(rb, slot, h, KvError::Internal(e.to_string())).await),
             };
         }
         None => {
@@ -217,13 +221,18 @@ async fn run(
             drop(writes);
             match tail {
                 Ok(last) => (h, Some(frozen_at), copy, last),
-                Err(e) => return Err(abort_after(rb, slot, h, e).await),
+                Err(e) => return Err(abort_unsent(rb, slot, h, e).await),
             }
         }
     };
     let (dedup, dedup_horizon_ms) = match node.store.export_dedup(slot) {
         Ok(d) => d,
-        Err(e) => return Err(abort_after(rb, slot, h, KvError::Internal(e.to_string())).await),
+        Err(e) if frozen_at.is_some() => {
+            return Err(abort_unsent(rb, slot, h, KvError::Internal(e.to_string())).await)
+        }
+        Err(e) => {
+            return settle_or(rb, slot, h, copy.bytes, KvError::Internal(e.to_string())).await
+        }
     };
     let bytes = copy.bytes + tail.bytes;
     let (staged, deadline) = (copy.staged(), copy.deadline());
@@ -255,8 +264,9 @@ async fn hand_whole(
     send_in(rb, h, Some(frozen_at), msg, bytes, Some(deadline)).await
 }
 
-/// Sends the `In` of a frozen hand-off (aborting if the target refuses it or does not take
-/// it by `deadline`), then finishes it.
+/// Sends the `In` of a frozen hand-off, then finishes it; if the target refuses it or does
+/// not take it by `deadline`, settles it with the target (aborted, or finished if the target
+/// holds it after all).
 async fn send_in(
     rb: &Rebalancer,
     h: Outgoing,
@@ -267,37 +277,49 @@ async fn send_in(
 ) -> Result<Epoch, KvError> {
     let node = &rb.node;
     let slot = msg.slot;
-    // The slot is frozen until `Done`: bounded from the freeze on, whatever gossip says of
-    // the target.
+    // The slot is frozen until the target's `In`: bounded from the freeze on, whatever
+    // gossip says of the target.
     let give_up_at = deadline.unwrap_or_else(|| Instant::now() + node.config.handoff_timeout());
-    match deliver(node, h.target, rpc_kind::MOVE_IN, &msg, give_up_at).await? {
-        Delivery::Taken(()) => {}
+    let e = match deliver(node, h.target, rpc_kind::MOVE_IN, &msg, give_up_at).await? {
+        Delivery::Taken(()) => return finish(rb, slot, h, frozen_at, bytes).await,
         Delivery::Refused { message, .. } => {
-            tracing::warn!(shard = %node.shard(), slot, to = %h.target, %message, "target refused the slot; aborting");
-            abort(rb, slot, h.epoch).await?;
-            return Err(KvError::BadRequest {
+            tracing::warn!(shard = %node.shard(), slot, to = %h.target, %message, "target refused the slot; settling");
+            KvError::BadRequest {
                 code: "move_refused".into(),
                 message,
-            });
+            }
         }
         Delivery::TimedOut(e) => {
-            // A copy the target did store is dropped once it learns of this abort.
             tracing::warn!(shard = %node.shard(), slot, to = %h.target, error = %e,
-                timeout_ms = node.config.handoff_timeout_ms, "hand-off not confirmed in time; aborting");
-            abort(rb, slot, h.epoch).await?;
-            return Err(KvError::Unavailable {
+                timeout_ms = node.config.handoff_timeout_ms, "hand-off not confirmed in time; settling");
+            KvError::Unavailable {
                 shard: h.target,
                 reason: format!(
                     "slot {slot}: shard {} did not take the slot within {} ms ({e}); the move was aborted",
                     h.target, node.config.handoff_timeout_ms
                 ),
-            });
+            }
         }
-    }
-    finish(rb, slot, h, frozen_at, bytes).await
+    };
+    settle_or(rb, slot, h, bytes, e).await
 }
 
-/// The target holds the slot: commit `Done` here, then nudge the target to serve it.
+/// Settles a hand-off whose `In` may have reached the target: `Err(e)` once aborted, or
+/// finished if the target holds the slot.
+async fn settle_or(
+    rb: &Rebalancer,
+    slot: Slot,
+    h: Outgoing,
+    bytes: u64,
+    e: KvError,
+) -> Result<Epoch, KvError> {
+    match settle(rb, slot, h).await? {
+        Settled::Received => finish(rb, slot, h, None, bytes).await,
+        Settled::Aborted => Err(e),
+    }
+}
+
+/// The target holds the slot and serves it: send its requests there, then commit `Done`.
 async fn finish(
     rb: &Rebalancer,
     slot: Slot,
@@ -306,29 +328,14 @@ async fn finish(
     bytes: u64,
 ) -> Result<Epoch, KvError> {
     let node = &rb.node;
-    node.propose(Command::Move(MoveCommand::Done {
-        slot,
-        epoch: h.epoch,
-    }))
-    .await?;
-    rb.record(bytes);
-    lock(&rb.settling).push((slot, h.target, Instant::now()));
-    tracing::debug!(shard = %node.shard(), slot, to = %h.target, epoch = %h.epoch, bytes, "slot handed off");
-    // Best effort: the target also asks on its own if this nudge is lost.
-    let nudge = ActivateRequest {
-        slot,
-        epoch: h.epoch,
-    };
-    let activated = call_shard::<_, ()>(
-        node,
-        h.target,
-        rpc_kind::MOVE_ACTIVATE,
-        &nudge,
-        Duration::from_secs(2),
-    )
-    .await;
-    if let (Some(t), Ok(())) = (frozen_at, activated) {
+    node.handed.taken(slot, h.target, h.epoch);
+    if let Some(t) = frozen_at {
         rb.record_pause(t.elapsed());
     }
+    crate::failpoints::hold("move_taken").await;
+    let res = done(rb, slot, h, bytes).await;
+    node.handed.ended(slot);
+    res?;
+    tracing::debug!(shard = %node.shard(), slot, to = %h.target, epoch = %h.epoch, bytes, "slot handed off");
     Ok(h.epoch)
 }

@@ -1,5 +1,5 @@
 //! The messages shard leaders exchange to move a slot (`MOVE_STAGE`, `MOVE_IN`,
-//! `MOVE_STATUS`, `MOVE_ACTIVATE`) and to run a registry change on the shard it concerns (`SHARD_ADMIN`).
+//! `MOVE_STATUS`, `MOVE_REFUSE`) and to run a registry change on the shard it concerns (`SHARD_ADMIN`).
 
 use serde::{Deserialize, Serialize};
 use unikv_storage::{DedupRecord, Staged};
@@ -46,21 +46,21 @@ pub struct MoveStage {
     pub deleted: Vec<(Keyspace, String)>,
 }
 
-/// The target asks the source how a hand-off ended, or (with `copy`) whether a copy staged
-/// there is still wanted.
+/// The target asks the source whether copy `copy` staged there is still wanted.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MoveStatusRequest {
     pub slot: Slot,
     pub epoch: Epoch,
     pub target: ShardId,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub copy: Option<u64>,
+    pub copy: u64,
 }
 
-/// Activation nudge from the source once `Done` committed.
+/// The source asks the target to refuse the hand-off of `slot` at `epoch` for good
+/// (`MOVE_REFUSE`), before giving it up.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ActivateRequest {
+pub struct RefuseRequest {
     pub slot: Slot,
+    pub from: ShardId,
     pub epoch: Epoch,
 }
 

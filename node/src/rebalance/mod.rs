@@ -35,7 +35,7 @@ use unikv_http::method_not_allowed;
 use unikv_types::KvError;
 
 use crate::peer::HandoffStatus;
-pub use messages::{ActivateRequest, MoveIn, MoveStage, MoveStatusRequest, ShardAdmin};
+pub use messages::{MoveIn, MoveStage, MoveStatusRequest, RefuseRequest, ShardAdmin};
 pub use rebalancer::Rebalancer;
 
 impl Rebalancer {
@@ -49,7 +49,7 @@ impl Rebalancer {
         receive::handle_stage(self, m).await
     }
 
-    /// `MOVE_IN` (target leader): store a slot sent by its source, not served yet.
+    /// `MOVE_IN` (target leader): store a slot sent by its source and serve it.
     pub async fn move_in(&self, m: MoveIn) -> Result<(), KvError> {
         receive::handle_move_in(self, m).await
     }
@@ -60,22 +60,15 @@ impl Rebalancer {
         receive::handle_move_in_many(self, ms).await
     }
 
-    /// `MOVE_ACTIVATE_MANY` (target leader): the source let go of several slots.
-    pub async fn activate_many(
-        &self,
-        batch: Vec<ActivateRequest>,
-    ) -> Result<Vec<Result<(), KvError>>, KvError> {
-        receive::handle_activate_many(&self.node, batch).await
-    }
-
-    /// `MOVE_STATUS` (source leader): how the hand-off the target asks about ended.
+    /// `MOVE_STATUS` (source leader): whether the copy the target asks about is wanted.
     pub async fn move_status(&self, q: MoveStatusRequest) -> Result<HandoffStatus, KvError> {
         receive::handle_status(self, q).await
     }
 
-    /// `MOVE_ACTIVATE` (target leader): the source let go; serve the slot.
-    pub async fn activate(&self, a: ActivateRequest) -> Result<(), KvError> {
-        receive::handle_activate(&self.node, a).await
+    /// `MOVE_REFUSE` (target leader): never take the hand-off named (the source gives it
+    /// up), unless its `In` committed already (`already_received`).
+    pub async fn refuse(&self, r: RefuseRequest) -> Result<(), KvError> {
+        receive::handle_refuse(&self.node, r).await
     }
 
     /// `SHARD_ADMIN` (shard leader): a registry change or an explicit move of this shard.

@@ -1,4 +1,4 @@
-//! The state of this node's rebalancing: which hand-offs and activation checks run, the planned
+//! The state of this node's rebalancing: which hand-offs and staging checks run, the planned
 //! moves, and what was moved. Every part of `rebalance` works on it; it knows nothing of them.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -19,8 +19,8 @@ pub struct Rebalancer {
     pub(super) running: Mutex<HashSet<Slot>>,
     /// Hand-off tasks running on this node (one may move several slots).
     pub(super) workers: AtomicUsize,
-    /// Incoming slots with an activation check running.
-    pub(super) activating: Mutex<HashSet<Slot>>,
+    /// Staged copies with a staging check running.
+    pub(super) checking: Mutex<HashSet<Slot>>,
     /// Copies this node sends (slot → copy id), while it sends them.
     pub(super) copies: Mutex<HashMap<Slot, u64>>,
     /// When a piece of a copy staged here last arrived (target side).
@@ -34,7 +34,7 @@ pub struct Rebalancer {
     pub aborted: AtomicU64,
     pub(super) first_move: Mutex<Option<Instant>>,
     /// Write pause of recent hand-offs started here: from `Out` applied to the target's
-    /// `Activate` acknowledged (the newest 4096).
+    /// `In` acknowledged (the newest 4096).
     pub(super) pauses: Mutex<VecDeque<Duration>>,
     /// The last plan made here, with its reasons, and when (ms since the Unix epoch).
     pub(super) last_plan: Mutex<Option<(u64, super::planner::Plan)>>,
@@ -47,7 +47,7 @@ impl Rebalancer {
         Rebalancer {
             running: Default::default(),
             workers: Default::default(),
-            activating: Default::default(),
+            checking: Default::default(),
             copies: Default::default(),
             staged_seen: Default::default(),
             queue: Default::default(),
@@ -72,13 +72,13 @@ impl Rebalancer {
         }
     }
 
-    /// This shard's bytes per slot (served slots; arriving ones are not counted).
+    /// This shard's bytes per slot (served slots: neither arriving nor leaving ones).
     pub fn slot_bytes(&self) -> std::collections::HashMap<Slot, u64> {
         let d = self.node.store.descriptor();
         match self.node.store.slot_stats() {
             Ok(all) => all
                 .into_iter()
-                .filter(|(s, _)| !d.staging.contains_key(s) && !d.incoming.contains_key(s))
+                .filter(|(s, _)| !d.staging.contains_key(s) && !d.outgoing.contains_key(s))
                 .map(|(s, st)| (s, st.bytes))
                 .collect(),
             Err(e) => {

@@ -1,22 +1,20 @@
 //! The target side of a slot move, and the source's answers to the target:
 //! - `MOVE_STAGE` (target leader): commit `Stage`: a piece of a copy, stored, not served;
-//! - `MOVE_IN` (target leader): commit `In`: the data is complete, not yet served
+//! - `MOVE_IN` (target leader): commit `In`: the data is complete and served from then on
 //!   (`MOVE_IN_MANY`: several small slots, one `In` each, proposed together);
-//! - `MOVE_STATUS` (source leader, after a read barrier): Done / Pending / Aborted;
-//! - `MOVE_ACTIVATE` (target leader): the source's nudge after `Done`: commit `Activate`
-//!   (`MOVE_ACTIVATE_MANY`: for several slots);
-//! - the activation check (target leader): for each received slot, ask the source and commit
-//!   `Activate` or `Drop` accordingly;
+//! - `MOVE_REFUSE` (target leader): commit `Refuse`, so the source may give a hand-off up
+//!   (or answer `already_received`: it must finish it);
+//! - `MOVE_STATUS` (source leader, after a read barrier): whether a staged copy is wanted;
 //! - the staging check (target leader): for a copy no piece arrived for in a while, ask the
 //!   source and commit `Unstage` if it gave the copy up.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use unikv_storage::{Command, Forward, Incoming, MoveCommand, Outgoing, Staging};
+use unikv_storage::{Command, MoveCommand, Outgoing, Staging};
 use unikv_types::{rpc_kind, KvError, KvReply, Slot};
 
-use super::messages::{ActivateRequest, MoveIn, MoveStage, MoveStatusRequest};
+use super::messages::{MoveIn, MoveStage, MoveStatusRequest, RefuseRequest};
 use super::rebalancer::{lock, Rebalancer};
 use crate::peer::call_shard;
 use crate::peer::HandoffStatus;
@@ -111,29 +109,22 @@ pub async fn handle_stage(rb: &Rebalancer, m: MoveStage) -> Result<(), KvError> 
     )
 }
 
-pub async fn handle_activate(node: &Node, a: ActivateRequest) -> Result<(), KvError> {
-    crate::failpoints::hold("move_activate").await;
+/// `MOVE_REFUSE`: commit `Refuse` (taken on any shard, active or not: a source waits on it
+/// to unfreeze a slot).
+pub async fn handle_refuse(node: &Node, r: RefuseRequest) -> Result<(), KvError> {
     done(
-        node.propose(Command::Move(MoveCommand::Activate {
-            slot: a.slot,
-            epoch: a.epoch,
+        node.propose(Command::Move(MoveCommand::Refuse {
+            slot: r.slot,
+            from: r.from,
+            epoch: r.epoch,
         }))
         .await,
     )
 }
 
-/// `MOVE_ACTIVATE_MANY`: each slot's `Activate` proposed at once.
-pub async fn handle_activate_many(
-    node: &Node,
-    batch: Vec<ActivateRequest>,
-) -> Result<Vec<Result<(), KvError>>, KvError> {
-    batch_bound(batch.len())?;
-    Ok(futures::future::join_all(batch.into_iter().map(|a| handle_activate(node, a))).await)
-}
-
-/// Answered by the source leader from state that includes every committed step. Asked about
-/// a copy (`copy`): Pending while this leader runs it or the slot is frozen towards the
-/// asking target (a hand-off that completes or replaces the copy), else Aborted.
+/// Answered by the source leader from state that includes every committed step: Pending
+/// while this leader runs copy `copy` or the slot is frozen towards the asking target (a
+/// hand-off that completes or replaces the copy), else Aborted.
 pub async fn handle_status(
     rb: &Rebalancer,
     q: MoveStatusRequest,
@@ -142,72 +133,13 @@ pub async fn handle_status(
     node.lead_barrier().await?;
     let d = node.store.descriptor();
     let (target, epoch) = (q.target, q.epoch);
-    if let Some(copy) = q.copy {
-        let running = lock(&rb.copies).get(&q.slot) == Some(&copy);
-        let frozen = d.outgoing.get(&q.slot) == Some(&Outgoing { target, epoch });
-        return Ok(if running || frozen {
-            HandoffStatus::Pending
-        } else {
-            HandoffStatus::Aborted
-        });
-    }
-    Ok(
-        if d.forwards.get(&q.slot) == Some(&Forward { target, epoch }) {
-            HandoffStatus::Done
-        } else if d.outgoing.get(&q.slot) == Some(&Outgoing { target, epoch }) {
-            HandoffStatus::Pending
-        } else {
-            HandoffStatus::Aborted
-        },
-    )
-}
-
-/// Asks the source about a received slot and activates or drops it; one check per slot at a
-/// time.
-pub fn spawn_activation_check(rb: Arc<Rebalancer>, slot: Slot, h: Incoming) {
-    if !lock(&rb.activating).insert(slot) {
-        return;
-    }
-    tokio::spawn(async move {
-        let node = &rb.node;
-        let q = MoveStatusRequest {
-            slot,
-            epoch: h.epoch,
-            target: node.shard(),
-            copy: None,
-        };
-        let status = call_shard::<_, HandoffStatus>(
-            node,
-            h.source,
-            rpc_kind::MOVE_STATUS,
-            &q,
-            Duration::from_secs(3),
-        )
-        .await;
-        let step = match status {
-            Ok(HandoffStatus::Done) => Some(MoveCommand::Activate {
-                slot,
-                epoch: h.epoch,
-            }),
-            Ok(HandoffStatus::Aborted) => Some(MoveCommand::Drop {
-                slot,
-                epoch: h.epoch,
-            }),
-            Ok(HandoffStatus::Pending) | Err(_) => None,
-        };
-        if let Some(step) = step {
-            if matches!(step, MoveCommand::Activate { .. }) {
-                crate::failpoints::hold("move_activate").await;
-            }
-            if let Err(e) = node.propose(Command::Move(step)).await {
-                tracing::debug!(slot, error = %e, "activation step not committed");
-            }
-        } else {
-            // Pending (or the source is unreachable): look again a little later.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        lock(&rb.activating).remove(&slot);
-    });
+    let running = lock(&rb.copies).get(&q.slot) == Some(&q.copy);
+    let frozen = d.outgoing.get(&q.slot) == Some(&Outgoing { target, epoch });
+    Ok(if running || frozen {
+        HandoffStatus::Pending
+    } else {
+        HandoffStatus::Aborted
+    })
 }
 
 /// Asks the source whether a copy staged here and quiet for `STAGING_QUIET` is still wanted,
@@ -220,7 +152,7 @@ pub fn spawn_staging_check(rb: Arc<Rebalancer>, slot: Slot, s: Staging) {
             return;
         }
     }
-    if !lock(&rb.activating).insert(slot) {
+    if !lock(&rb.checking).insert(slot) {
         return;
     }
     tokio::spawn(async move {
@@ -229,7 +161,7 @@ pub fn spawn_staging_check(rb: Arc<Rebalancer>, slot: Slot, s: Staging) {
             slot,
             epoch: s.epoch,
             target: node.shard(),
-            copy: Some(s.copy),
+            copy: s.copy,
         };
         let status = call_shard::<_, HandoffStatus>(
             node,
@@ -248,6 +180,6 @@ pub fn spawn_staging_check(rb: Arc<Rebalancer>, slot: Slot, s: Staging) {
         }
         // Asked again only after another quiet stretch.
         lock(&rb.staged_seen).insert(slot, Instant::now());
-        lock(&rb.activating).remove(&slot);
+        lock(&rb.checking).remove(&slot);
     });
 }

@@ -1,15 +1,22 @@
 //! The steps of a slot hand-off on the source that both ways of running one use — one slot
-//! (`handoff`) or a batch of small slots (`batch`): the next epoch, `Out`, `Abort`, and the
-//! `In` of a slot sent whole.
+//! (`handoff`) or a batch of small slots (`batch`): the next epoch, `Out`, the `In` of a slot
+//! sent whole, `Done`, and giving a hand-off up — alone before any `In` was sent, through
+//! the target's `Refuse` after (`settle`), since the target serves the slot from its `In`.
 
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
 
+use unikv_storage::moves::ALREADY_RECEIVED;
 use unikv_storage::{Command, MoveCommand, Outgoing};
-use unikv_types::{Epoch, KvError, ShardId, Slot};
+use unikv_types::{rpc_kind, Epoch, KvError, ShardId, Slot};
 
-use super::messages::MoveIn;
-use super::rebalancer::Rebalancer;
+use super::messages::{MoveIn, RefuseRequest};
+use super::rebalancer::{lock, Rebalancer};
+use crate::peer::{deliver, Delivery};
 use crate::service::Node;
+
+/// Pause between `MOVE_REFUSE` rounds while the target does not answer.
+const REFUSE_PAUSE: Duration = Duration::from_millis(200);
 
 /// The `In` of a slot sent whole (every pair and the dedup table), and the bytes it carries.
 pub fn whole_in(
@@ -43,9 +50,9 @@ pub fn whole_in(
     (msg, bytes)
 }
 
-/// A frozen hand-off failed before its `In` was sent or taken: unfreeze the slot (if this
-/// node still leads; otherwise the next leader resumes it) and return `e`.
-pub async fn abort_after(rb: &Rebalancer, slot: Slot, h: Outgoing, e: KvError) -> KvError {
+/// A frozen hand-off this leader started failed before any `In` of it was sent: unfreeze the
+/// slot (if this node still leads; otherwise the next leader resumes it) and return `e`.
+pub async fn abort_unsent(rb: &Rebalancer, slot: Slot, h: Outgoing, e: KvError) -> KvError {
     if rb.node.is_leader() {
         tracing::warn!(shard = %rb.node.shard(), slot, to = %h.target, error = %e, "frozen copy failed; aborting");
         if let Err(a) = abort(rb, slot, h.epoch).await {
@@ -53,6 +60,64 @@ pub async fn abort_after(rb: &Rebalancer, slot: Slot, h: Outgoing, e: KvError) -
         }
     }
     e
+}
+
+/// How a hand-off whose `In` may have been sent ended at the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// The target committed the `In` (it serves the slot): finish with `Done`.
+    Received,
+    /// The target refuses that `In` for good; the hand-off was aborted here.
+    Aborted,
+}
+
+/// Settles a frozen hand-off whose `In` may have reached the target (sent, refused, timed
+/// out, or sent by an earlier leader): the target commits `Refuse` — then this shard aborts
+/// — or answers that it holds the slot already. Asked again until it answers: the slot stays
+/// frozen meanwhile (unavailable, never served by both). `Err` if this node stops leading.
+pub async fn settle(rb: &Rebalancer, slot: Slot, h: Outgoing) -> Result<Settled, KvError> {
+    let node = &rb.node;
+    let req = RefuseRequest {
+        slot,
+        from: node.shard(),
+        epoch: h.epoch,
+    };
+    loop {
+        if !node.is_leader() {
+            return Err(node.unavailable("this node stopped leading during a hand-off"));
+        }
+        let give_up_at = Instant::now() + node.config.handoff_timeout();
+        match deliver(node, h.target, rpc_kind::MOVE_REFUSE, &req, give_up_at).await? {
+            Delivery::Taken(()) => {
+                abort(rb, slot, h.epoch).await?;
+                return Ok(Settled::Aborted);
+            }
+            Delivery::Refused { code, .. } if code == ALREADY_RECEIVED => {
+                return Ok(Settled::Received)
+            }
+            Delivery::Refused { code, message } => {
+                tracing::warn!(shard = %node.shard(), slot, to = %h.target, %code, %message, "target answered neither refused nor received; asking again");
+            }
+            Delivery::TimedOut(e) => {
+                tracing::warn!(shard = %node.shard(), slot, to = %h.target, error = %e, "target unreachable: the slot stays frozen until it answers");
+            }
+        }
+        tokio::time::sleep(REFUSE_PAUSE).await;
+    }
+}
+
+/// Commits `Done` for a hand-off the target took: the data here goes, a forwarding note
+/// stays. Counts the slot as moved (`bytes`).
+pub async fn done(rb: &Rebalancer, slot: Slot, h: Outgoing, bytes: u64) -> Result<(), KvError> {
+    rb.node
+        .propose(Command::Move(MoveCommand::Done {
+            slot,
+            epoch: h.epoch,
+        }))
+        .await?;
+    rb.record(bytes);
+    lock(&rb.settling).push((slot, h.target, Instant::now()));
+    Ok(())
 }
 
 /// The bytes `slot` holds here, as its statistics count them (0 if unknown).
@@ -100,5 +165,7 @@ pub async fn abort(rb: &Rebalancer, slot: Slot, epoch: Epoch) -> Result<(), KvEr
         .propose(Command::Move(MoveCommand::Abort { slot, epoch }))
         .await?;
     rb.aborted.fetch_add(1, Relaxed);
+    // Requests waiting on the frozen slot are served here again.
+    rb.node.handed.ended(slot);
     Ok(())
 }
