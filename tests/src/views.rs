@@ -164,6 +164,24 @@ pub struct RebalanceCluster {
     pub targets: BTreeMap<u64, usize>,
     /// Owned slots per shard.
     pub slot_counts: BTreeMap<u64, usize>,
+    /// Bytes per shard (served slots, chunks) as this node's balancer counts them.
+    #[serde(default)]
+    pub bytes: BTreeMap<u64, u64>,
+    /// Where every active shard's bytes should be.
+    #[serde(default)]
+    pub bound: BalanceBound,
+    /// `balanced`, `slots` or `bytes`, and why.
+    #[serde(default)]
+    pub phase: String,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// The balancer's bound on bytes per active shard: `mean_bytes` ± `tolerance_bytes`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct BalanceBound {
+    pub mean_bytes: u64,
+    pub tolerance_bytes: u64,
 }
 
 /// The body of a node's `GET /rebalance/status` (counters are since that process started).

@@ -192,7 +192,8 @@ async fn add_shard_killing_a_leader(victim: Victim, node_args: &[&str]) {
         let own = st.cluster.slot_counts.get(&shard).copied().unwrap_or(0);
         let (in_flight, progress) = match victim {
             Victim::Source => (st.copying + st.moving > 0, st.moved_slots > 0),
-            Victim::Target => (st.staging > 0, own > 0),
+            // Slots sent whole (batches) are never staged: part-filled is in flight.
+            Victim::Target => (st.staging > 0 || (own > 0 && own < QUARTER), own > 0),
         };
         if st.leader && progress && first_progress.get().is_none() {
             first_progress.set(Some(Instant::now()));
