@@ -151,17 +151,7 @@ fn a_slot_moves_with_its_data_and_dedup_table() {
     let SlotExport { kv, dedup, .. } = export_slot(&src.db, 5).unwrap();
     assert_eq!(kv.len(), 2);
     assert_eq!(dedup.len(), 1);
-    let inn = MoveCommand::In {
-        slot: 5,
-        from: ShardId(1),
-        epoch: Epoch(2),
-        kv,
-        dedup,
-        dedup_horizon_ms: 0,
-        collections_kv: Vec::new(),
-        staged: None,
-        deleted: Vec::new(),
-    };
+    let inn = whole_in(5, Epoch(2), kv, dedup);
     assert_eq!(dst.mv(inn.clone()), Ok(KvReply::Written));
     assert_eq!(dst.mv(inn.clone()), Ok(KvReply::Written), "idempotent");
     assert_eq!(dst.meta.descriptor.owns(5), Some(Epoch(2)));
@@ -218,17 +208,7 @@ fn a_slot_moves_with_its_data_and_dedup_table() {
     // A stale copy of the move-in can no longer change anything.
     let (kv, dedup) = (vec![("a".to_string(), "old".to_string())], vec![]);
     assert_eq!(
-        dst.mv(MoveCommand::In {
-            slot: 5,
-            from: ShardId(1),
-            epoch: Epoch(2),
-            kv,
-            dedup,
-            dedup_horizon_ms: 0,
-            collections_kv: Vec::new(),
-            staged: None,
-            deleted: Vec::new(),
-        }),
+        dst.mv(whole_in(5, Epoch(2), kv, dedup)),
         Ok(KvReply::Written)
     );
     assert_eq!(
@@ -285,17 +265,7 @@ fn an_aborted_move_leaves_the_source_serving_and_the_target_empty() {
     );
     assert_eq!(dst.stats(7), (0, 0));
     // The `In` (or a piece) of that hand-off arriving late is refused for good.
-    let inn = MoveCommand::In {
-        slot: 7,
-        from: ShardId(1),
-        epoch: Epoch(2),
-        kv,
-        dedup,
-        dedup_horizon_ms: 0,
-        collections_kv: Vec::new(),
-        staged: None,
-        deleted: Vec::new(),
-    };
+    let inn = whole_in(7, Epoch(2), kv, dedup);
     assert!(dst.mv(inn.clone()).is_err(), "a refused hand-off's In");
     assert!(dst.mv(stage).is_err(), "a refused hand-off's piece");
     assert_eq!(dst.meta.descriptor.owns(7), None);

@@ -178,6 +178,26 @@ async fn settled_owner(u: &Unified, slot: u16) -> u64 {
         .expect("the slot has an owner")
 }
 
+/// Moves `slot` from `from` to `to` and kills -9 the leader of `victim` (one of the two) in
+/// the window between the target's `In` and the source's `Done` (the source holds there at
+/// `move_taken`); returns what `/moveslot` answered once the moves settled.
+async fn kill_after_in(u: &Unified, slot: u16, (from, to): (u64, u64), victim: u64) -> String {
+    let leader = u.wait_shard_leader(from, &all_nodes(), UNIFIED_WAIT).await;
+    let call = start_move(u, slot, (from, leader), to);
+    let frozen = |src: &RebalanceStatus, dst: &RebalanceStatus| src.moving > 0 && dst.staging > 0;
+    // Frozen at the source with nothing staged at the target any more: its `In` committed.
+    let taken = |src: &RebalanceStatus, dst: &RebalanceStatus| src.moving > 0 && dst.staging == 0;
+    leaders_when(u, (from, to), "the slot to freeze", frozen).await;
+    let (src, dst) = leaders_when(u, (from, to), "In before Done", taken).await;
+    let node = if victim == from { src } else { dst };
+    kill_then_restart(u, (victim, node), async {
+        let a = answer(call.await);
+        settled(u).await;
+        a
+    })
+    .await
+}
+
 /// What a move's `/moveslot` answered, for the figures.
 fn answer(r: Result<anyhow::Result<Resp>, tokio::task::JoinError>) -> String {
     match r {
@@ -285,20 +305,7 @@ async fn leaders_killed_while_frozen_and_after_done() {
     // the target's quorum, so its next leader serves all of it and the source finishes.
     let from = settled_owner(u, slot).await;
     let to = 3 - from;
-    let leader = u.wait_shard_leader(from, &all_nodes(), UNIFIED_WAIT).await;
-    let call = start_move(u, slot, (from, leader), to);
-    // Frozen at the source with nothing staged at the target any more: its `In` committed.
-    let taken = |src: &RebalanceStatus, dst: &RebalanceStatus| src.moving > 0 && dst.staging == 0;
-    let frozen_then_taken =
-        |src: &RebalanceStatus, dst: &RebalanceStatus| src.moving > 0 && dst.staging > 0;
-    leaders_when(u, (from, to), "the slot to freeze", frozen_then_taken).await;
-    let (_, dst) = leaders_when(u, (from, to), "In before Done", taken).await;
-    let answered = kill_then_restart(u, (to, dst), async {
-        let a = answer(call.await);
-        settled(u).await;
-        a
-    })
-    .await;
+    let answered = kill_after_in(u, slot, (from, to), to).await;
     println!("[figure] target leader killed after its In; /moveslot answered {answered}");
     assert_eq!(
         settled_owner(u, slot).await,
@@ -309,16 +316,7 @@ async fn leaders_killed_while_frozen_and_after_done() {
     // And back: the source's leader dies in the same window. Its next leader finds the slot
     // frozen, learns from the target that the `In` committed, and commits `Done`.
     let (from, to) = (to, from);
-    let leader = u.wait_shard_leader(from, &all_nodes(), UNIFIED_WAIT).await;
-    let call = start_move(u, slot, (from, leader), to);
-    leaders_when(u, (from, to), "the slot to freeze", frozen_then_taken).await;
-    let (src, _) = leaders_when(u, (from, to), "In before Done", taken).await;
-    let answered = kill_then_restart(u, (from, src), async {
-        let a = answer(call.await);
-        settled(u).await;
-        a
-    })
-    .await;
+    let answered = kill_after_in(u, slot, (from, to), from).await;
     println!("[figure] source leader killed after the target's In; /moveslot answered {answered}");
     assert_eq!(
         settled_owner(u, slot).await,
