@@ -151,7 +151,7 @@ fn a_slot_moves_with_its_data_and_dedup_table() {
     let SlotExport { kv, dedup, .. } = export_slot(&src.db, 5).unwrap();
     assert_eq!(kv.len(), 2);
     assert_eq!(dedup.len(), 1);
-    let inn = whole_in(5, Epoch(2), kv, dedup);
+    let inn = whole_in(5, ShardId(1), Epoch(2), kv, dedup);
     assert_eq!(dst.mv(inn.clone()), Ok(KvReply::Written));
     assert_eq!(dst.mv(inn.clone()), Ok(KvReply::Written), "idempotent");
     assert_eq!(dst.meta.descriptor.owns(5), Some(Epoch(2)));
@@ -208,7 +208,7 @@ fn a_slot_moves_with_its_data_and_dedup_table() {
     // A stale copy of the move-in can no longer change anything.
     let (kv, dedup) = (vec![("a".to_string(), "old".to_string())], vec![]);
     assert_eq!(
-        dst.mv(whole_in(5, Epoch(2), kv, dedup)),
+        dst.mv(whole_in(5, ShardId(1), Epoch(2), kv, dedup)),
         Ok(KvReply::Written)
     );
     assert_eq!(
@@ -265,7 +265,7 @@ fn an_aborted_move_leaves_the_source_serving_and_the_target_empty() {
     );
     assert_eq!(dst.stats(7), (0, 0));
     // The `In` (or a piece) of that hand-off arriving late is refused for good.
-    let inn = whole_in(7, Epoch(2), kv, dedup);
+    let inn = whole_in(7, ShardId(1), Epoch(2), kv, dedup);
     assert!(dst.mv(inn.clone()).is_err(), "a refused hand-off's In");
     assert!(dst.mv(stage).is_err(), "a refused hand-off's piece");
     assert_eq!(dst.meta.descriptor.owns(7), None);
@@ -293,7 +293,7 @@ fn an_aborted_move_leaves_the_source_serving_and_the_target_empty() {
     // The next attempt has a new epoch, which the target takes.
     let SlotExport { kv, dedup, .. } = export_slot(&src.db, 7).unwrap();
     assert_eq!(
-        dst.mv(whole_in(7, Epoch(3), kv, dedup)),
+        dst.mv(whole_in(7, ShardId(1), Epoch(3), kv, dedup)),
         Ok(KvReply::Written)
     );
     assert_eq!(dst.meta.descriptor.owns(7), Some(Epoch(3)));
@@ -303,16 +303,17 @@ fn an_aborted_move_leaves_the_source_serving_and_the_target_empty() {
     );
 }
 
-/// The `In` of `slot` from shard 1, sent whole.
+/// The `In` of `slot` from shard `from`, sent whole.
 fn whole_in(
     slot: u16,
+    from: ShardId,
     epoch: Epoch,
     kv: Vec<(String, String)>,
     dedup: Vec<(String, unikv_storage::DedupRecord)>,
 ) -> MoveCommand {
     MoveCommand::In {
         slot,
-        from: ShardId(1),
+        from,
         epoch,
         kv,
         dedup,
@@ -378,17 +379,7 @@ fn refused_steps() {
     // Receiving a slot owned here.
     let (kv, dedup) = (vec![], vec![]);
     assert!(src
-        .mv(MoveCommand::In {
-            slot: 2,
-            from: ShardId(3),
-            epoch: Epoch(2),
-            kv,
-            dedup,
-            dedup_horizon_ms: 0,
-            collections_kv: Vec::new(),
-            staged: None,
-            deleted: Vec::new(),
-        })
+        .mv(whole_in(2, ShardId(3), Epoch(2), kv, dedup))
         .is_err());
 }
 
