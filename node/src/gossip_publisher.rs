@@ -96,11 +96,7 @@ pub fn current_state(node: &Node, totals: (u64, u64), catalog_version: u64) -> N
 
 /// The range chunks a shard holds (arriving ones are not its yet).
 pub fn chunks_served(d: &unikv_storage::ShardDescriptor) -> u64 {
-    d.chunks
-        .owned
-        .values()
-        .filter(|c| !matches!(c.state, unikv_storage::ChunkState::Incoming { .. }))
-        .count() as u64
+    d.chunks.owned.values().filter(|c| !c.is_staging()).count() as u64
 }
 
 const STATS_EVERY: Duration = Duration::from_secs(1);

@@ -12,6 +12,8 @@ pub mod catalog;
 pub mod certs;
 pub mod chunks;
 pub mod config;
+pub mod copies;
+pub mod copy;
 pub mod error;
 pub mod failpoints;
 pub mod gossip_publisher;
@@ -27,6 +29,7 @@ pub mod rpc;
 pub mod service;
 pub mod shard_keys;
 pub mod status;
+pub mod throttle;
 pub mod vote_hold;
 
 use std::future::Future;
@@ -87,6 +90,8 @@ pub async fn run(
     };
     let node = Arc::new(Node {
         limits: config.limits(),
+        copies: Default::default(),
+        throttle: throttle::Throttle::new(config.move_rate_mb),
         config,
         raft,
         store,

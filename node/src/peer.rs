@@ -164,3 +164,43 @@ pub async fn deliver<M: Serialize, R: DeserializeOwned>(
         }
     }
 }
+
+/// How a target answered a source that wants to give a hand-off up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefuseAnswer {
+    /// The target committed `Refuse`: it never takes that hand-off, the source may abort.
+    Refused,
+    /// The target committed the hand-off's `In` already (it serves the unit): finish it.
+    AlreadyReceived,
+}
+
+/// Pause between refuse rounds while the target does not answer.
+const REFUSE_PAUSE: Duration = Duration::from_millis(200);
+
+/// Asks `to` to refuse a hand-off for good (`kind`: `MOVE_REFUSE`, `CHUNK_REFUSE`) until it
+/// answers one way or the other: the unit stays frozen meanwhile (unavailable, never served
+/// by both). `Err` if this node stops leading (the next leader settles it).
+pub async fn refuse_until_answered<M: Serialize>(
+    node: &Node,
+    to: ShardId,
+    kind: u8,
+    req: &M,
+    unit: &str,
+) -> Result<RefuseAnswer, KvError> {
+    loop {
+        let give_up_at = Instant::now() + node.config.handoff_timeout();
+        match deliver::<_, ()>(node, to, kind, req, give_up_at).await? {
+            Delivery::Taken(()) => return Ok(RefuseAnswer::Refused),
+            Delivery::Refused { code, .. } if code == unikv_storage::moves::ALREADY_RECEIVED => {
+                return Ok(RefuseAnswer::AlreadyReceived)
+            }
+            Delivery::Refused { code, message } => {
+                tracing::warn!(shard = %node.shard(), unit, to = %to, %code, %message, "target answered neither refused nor received; asking again");
+            }
+            Delivery::TimedOut(e) => {
+                tracing::warn!(shard = %node.shard(), unit, to = %to, error = %e, "target unreachable: the unit stays frozen until it answers");
+            }
+        }
+        tokio::time::sleep(REFUSE_PAUSE).await;
+    }
+}

@@ -152,9 +152,13 @@ impl RpcHandler {
                 let req = inc.read().await?;
                 inc.reply(&node.chunk_status(req).await).await
             }
-            rpc_kind::CHUNK_ACTIVATE => {
+            rpc_kind::CHUNK_STAGE => {
                 let req = inc.read().await?;
-                inc.reply(&node.chunk_activate(req).await).await
+                inc.reply(&node.chunk_stage(req).await).await
+            }
+            rpc_kind::CHUNK_REFUSE => {
+                let req = inc.read().await?;
+                inc.reply(&node.chunk_refuse(req).await).await
             }
             rpc_kind::UNIT_IN => {
                 let req = inc.read().await?;

@@ -49,6 +49,10 @@ pub struct Node {
     pub chunk_tasks: std::sync::Mutex<std::collections::HashSet<(u8, u64)>>,
     /// Slots this leader handed off that their target serves already (see `handed`).
     pub handed: crate::handed::Handed,
+    /// The copies of slots and chunks this leader sends (see `copies`).
+    pub copies: crate::copies::Copies,
+    /// `--move_rate_mb`, shared by every hand-off this node sends.
+    pub throttle: crate::throttle::Throttle,
     /// Scan pages of range collections this node has served (`/raft/status`).
     pub scans_served: std::sync::atomic::AtomicU64,
     /// When the process started, by its monotonic clock (`uptime_ms` in `/raft/status`: with

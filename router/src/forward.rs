@@ -36,6 +36,10 @@ use crate::status::Counters;
 
 /// Longest single attempt: a dead node costs at most this much of a request's deadline.
 const ATTEMPT_CAP: Duration = Duration::from_millis(1500);
+/// How long a chunk move may take (it answers once done, after its copy): its deadline and
+/// its one attempt. Past it the call answers 503 and the move goes on; asked again, the
+/// shard answers once that move is done.
+pub const MOVE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Pause after every known node of the shard failed once, before trying them again.
 const BACKOFF: Duration = Duration::from_millis(50);
 /// Longest wait for gossip after a `WrongShard` that named no newer owner.
@@ -165,7 +169,11 @@ impl<B: Backend> Forwarder<B> {
             shard_key: space.shard_key,
         };
 
-        let deadline = Instant::now() + self.timeout;
+        let (timeout, attempt_cap) = match req.op {
+            KvOp::MoveChunk { .. } => (MOVE_TIMEOUT, MOVE_TIMEOUT),
+            _ => (self.timeout, ATTEMPT_CAP),
+        };
+        let deadline = Instant::now() + timeout;
         let mut tables = self.routing.subscribe();
         let mut trail = Trail {
             shard: None,
@@ -209,7 +217,7 @@ impl<B: Backend> Forwarder<B> {
                 }
             };
 
-            let budget = deadline.saturating_duration_since(now).min(ATTEMPT_CAP);
+            let budget = deadline.saturating_duration_since(now).min(attempt_cap);
             let outcome = self.backend.call(&target.raft, &req, budget).await;
             let shard = owner.shard;
             match classify(outcome) {
@@ -288,10 +296,10 @@ impl<B: Backend> Forwarder<B> {
             }
         }
         self.counters.gave_up();
-        Err(self.unavailable(slot, is_write, trail))
+        Err(self.unavailable(slot, is_write, trail, timeout))
     }
 
-    fn unavailable(&self, slot: u16, is_write: bool, trail: Trail) -> ApiError {
+    fn unavailable(&self, slot: u16, is_write: bool, trail: Trail, timeout: Duration) -> ApiError {
         let shard = match trail.shard {
             Some(s) => format!("shard {s}"),
             None => "no shard".into(),
@@ -302,7 +310,7 @@ impl<B: Backend> Forwarder<B> {
             "unavailable",
             format!(
                 "slot {slot} ({shard}) could not be served within {} ms: {}",
-                self.timeout.as_millis(),
+                timeout.as_millis(),
                 trail.last_error
             ),
         )

@@ -12,6 +12,7 @@ use crate::apply_cache::ApplyCache;
 use crate::chunk_map::ChunkState;
 use crate::chunk_moves::{apply_chunk, create_first};
 use crate::command::{Command, CommandResult};
+use crate::copy::CopyTracker;
 use crate::db::{kv_key_in, Db, RANGE_PREFIX};
 use crate::dedup::{self, Check};
 use crate::descriptor::ShardDescriptor;
@@ -22,7 +23,6 @@ use crate::overlay::Overlay;
 use crate::raft_types::{Entry, StoredMembership};
 use crate::records::request_digest;
 use crate::registry::apply_registry;
-use crate::slot_copy::CopyTracker;
 
 /// Applies `entries` in order, updating `meta`, and writes everything as one batch. Returns one
 /// result per entry. (A cold cache: tests and one-off callers.)

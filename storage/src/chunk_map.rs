@@ -36,10 +36,31 @@ pub enum ChunkState {
     /// Serves reads and writes.
     #[default]
     Serving,
-    /// Being handed to `target`, where it will have `epoch`: reads only, writes wait.
+    /// Being handed to `target`, where it will have `epoch`: frozen (neither read nor
+    /// written here) until the hand-off ends — the target may serve it from its `In` on.
     Outgoing { target: ShardId, epoch: Epoch },
-    /// Received from `source` at `epoch`, not serving until the source lets go.
-    Incoming { source: ShardId, epoch: Epoch },
+    /// A copy staged here by `source` ahead of its hand-off at `epoch` (pieces `parts` of
+    /// copy `copy`): stored, not served, until the `In` that completes it.
+    Staging {
+        source: ShardId,
+        epoch: Epoch,
+        copy: u64,
+        parts: u32,
+    },
+}
+
+impl OwnedChunk {
+    /// Whether this is a copy being staged here rather than a chunk this shard holds.
+    pub fn is_staging(&self) -> bool {
+        matches!(self.state, ChunkState::Staging { .. })
+    }
+
+    /// Whether `[lo, hi)` of keyspace `ks` overlaps this chunk's bounds.
+    pub fn overlaps(&self, ks: Keyspace, lo: &str, hi: Option<&str>) -> bool {
+        self.keyspace == ks
+            && hi.is_none_or(|h| self.lo.as_str() < h)
+            && self.hi.as_deref().is_none_or(|h| lo < h)
+    }
 }
 
 /// Where a chunk this shard gave away went.
@@ -66,6 +87,10 @@ pub struct ChunkMap {
     /// How many ids this shard has minted.
     #[serde(default)]
     pub minted: u64,
+    /// Hand-offs this shard (as their target) refuses for good: chunk → the newest epoch
+    /// given up by its source (see `ChunkCommand::Refuse`). Kept until the chunk arrives.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub refused: BTreeMap<ChunkId, Epoch>,
 }
 
 /// Whether `key` is in `[lo, hi)`.
@@ -80,7 +105,10 @@ impl ChunkMap {
 
     /// Nothing held, given away or minted: the descriptor leaves the field out.
     pub fn is_empty_map(&self) -> bool {
-        self.owned.is_empty() && self.forwards.is_empty() && self.minted == 0
+        self.owned.is_empty()
+            && self.forwards.is_empty()
+            && self.minted == 0
+            && self.refused.is_empty()
     }
 
     /// Mints the next chunk id of `shard`.
@@ -89,11 +117,13 @@ impl ChunkMap {
         ChunkId::minted(shard, self.minted)
     }
 
-    /// The held chunk of `ks` whose bounds contain `key`.
+    /// The held chunk of `ks` whose bounds contain `key` (copies staged here are not held).
     pub fn find(&self, ks: Keyspace, key: &str) -> Option<(ChunkId, &OwnedChunk)> {
         self.owned
             .iter()
-            .find(|(_, c)| c.keyspace == ks && within(&c.lo, c.hi.as_deref(), key))
+            .find(|(_, c)| {
+                c.keyspace == ks && !c.is_staging() && within(&c.lo, c.hi.as_deref(), key)
+            })
             .map(|(id, c)| (*id, c))
     }
 
@@ -103,6 +133,7 @@ impl ChunkMap {
             .iter()
             .find(|(_, c)| {
                 c.keyspace == ks
+                    && !c.is_staging()
                     && match (end, c.hi.as_deref()) {
                         (None, hi) => hi.is_none(),
                         (Some(e), hi) => e > c.lo.as_str() && hi.is_none_or(|h| e <= h),

@@ -72,6 +72,7 @@ impl Command {
                 .sum()
         };
         let dedup = |d: &[(String, DedupRecord)]| d.len() * (PER_ITEM * 2);
+        let strings = |s: &[String]| -> usize { s.iter().map(|k| k.len() + PER_ITEM).sum() };
         PER_ITEM * 4
             + match self {
                 Command::Kv { key, op, .. } => {
@@ -96,8 +97,16 @@ impl Command {
                     deleted,
                     ..
                 }) => pairs(kv) + in_collections(collections_kv) + deleted.len() * PER_ITEM,
-                Command::Chunk(ChunkCommand::In { kv, dedup: d, .. })
-                | Command::Unit(UnitCommand::In { kv, dedup: d, .. }) => pairs(kv) + dedup(d),
+                Command::Chunk(ChunkCommand::In {
+                    kv,
+                    dedup: d,
+                    deleted,
+                    ..
+                }) => pairs(kv) + dedup(d) + strings(deleted),
+                Command::Chunk(ChunkCommand::Stage { kv, deleted, .. }) => {
+                    pairs(kv) + strings(deleted)
+                }
+                Command::Unit(UnitCommand::In { kv, dedup: d, .. }) => pairs(kv) + dedup(d),
                 _ => 0,
             }
     }
@@ -212,14 +221,35 @@ pub enum ChunkCommand {
         right: ChunkId,
         now_ms: u64,
     },
-    /// Source: hand chunk `id` to `to`, where it will have `epoch`. Freezes writes to it.
+    /// Source: hand chunk `id` to `to`, where it will have `epoch`. Freezes it (neither read
+    /// nor written here from then on).
     Out {
         id: ChunkId,
         to: ShardId,
         epoch: Epoch,
         now_ms: u64,
     },
-    /// Target: install chunk `id` received from `from`; not served yet.
+    /// Target: piece `part` of copy `copy` of chunk `id` (`[lo, hi)` of `keyspace`), sent by
+    /// `from` while it still serves the chunk (or, after a source leader change, while
+    /// frozen) ahead of the hand-off at `epoch`: stored, not served. Part 0 replaces whatever
+    /// this shard had in those bounds without serving them; a part arrives once, in order.
+    Stage {
+        id: ChunkId,
+        keyspace: Keyspace,
+        lo: String,
+        hi: Option<String>,
+        from: ShardId,
+        epoch: Epoch,
+        copy: u64,
+        part: u32,
+        /// Whether the pairs may already be staged (written keys sent again).
+        overwrite: bool,
+        kv: Vec<(String, String)>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        deleted: Vec<String>,
+    },
+    /// Target: install chunk `id` received from `from` and serve it from now on: the point of
+    /// no return of a hand-off (the source, frozen since `Out`, only cleans up with `Done`).
     In {
         id: ChunkId,
         keyspace: Keyspace,
@@ -235,15 +265,29 @@ pub enum ChunkCommand {
         #[serde(default)]
         version: u64,
         now_ms: u64,
+        /// The copy staged here that `kv` and `deleted` complete (absent: `kv` is the whole
+        /// chunk).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        staged: Option<Staged>,
+        /// With `staged`: keys deleted since the copy read them.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        deleted: Vec<String>,
     },
-    /// Source: the target installed the chunk; delete it here, keep a forwarding note.
+    /// Target: the source gave up copy `copy` of chunk `id` before its hand-off: delete it.
+    Unstage { id: ChunkId, copy: u64 },
+    /// Source: the target installed (and serves) the chunk; delete it here, keep a
+    /// forwarding note.
     Done { id: ChunkId, epoch: Epoch },
-    /// Source: give up a hand-off the target has not confirmed; the chunk serves again.
+    /// Source: give up a hand-off whose `In` the target never committed (never sent, or
+    /// refused for good by the target's `Refuse`); the chunk serves again.
     Abort { id: ChunkId, epoch: Epoch },
-    /// Target: the source let go; serve the chunk.
-    Activate { id: ChunkId, epoch: Epoch },
-    /// Target: the source aborted; drop what was received.
-    Drop { id: ChunkId, epoch: Epoch },
+    /// Target: never take the hand-off of chunk `id` at `epoch` (or older) from `from`: the
+    /// source gives it up. Refused with `already_received` once that `In` committed here.
+    Refuse {
+        id: ChunkId,
+        from: ShardId,
+        epoch: Epoch,
+    },
 }
 
 /// The steps of moving one shard key's unit (its data on one shard) to another shard: the
@@ -401,12 +445,27 @@ impl fmt::Display for ChunkCommand {
                 "chunk-in id={id} from={from} epoch={epoch} keys={}",
                 kv.len()
             ),
+            ChunkCommand::Stage {
+                id,
+                from,
+                epoch,
+                copy,
+                part,
+                kv,
+                deleted,
+                ..
+            } => write!(
+                f,
+                "chunk-stage id={id} from={from} epoch={epoch} copy={copy:x} part={part} keys={} deleted={}",
+                kv.len(),
+                deleted.len()
+            ),
+            ChunkCommand::Unstage { id, copy } => write!(f, "chunk-unstage id={id} copy={copy:x}"),
             ChunkCommand::Done { id, epoch } => write!(f, "chunk-done id={id} epoch={epoch}"),
             ChunkCommand::Abort { id, epoch } => write!(f, "chunk-abort id={id} epoch={epoch}"),
-            ChunkCommand::Activate { id, epoch } => {
-                write!(f, "chunk-activate id={id} epoch={epoch}")
+            ChunkCommand::Refuse { id, from, epoch } => {
+                write!(f, "chunk-refuse id={id} from={from} epoch={epoch}")
             }
-            ChunkCommand::Drop { id, epoch } => write!(f, "chunk-drop id={id} epoch={epoch}"),
         }
     }
 }
@@ -564,6 +623,26 @@ mod tests {
                 dedup_horizon_ms: 0,
                 version: 3,
                 now_ms: 10,
+                staged: Some(Staged { copy: 7, parts: 2 }),
+                deleted: vec!["m0".into()],
+            }),
+            Command::Chunk(ChunkCommand::Stage {
+                id: ChunkId(2),
+                keyspace: Keyspace(17),
+                lo: "m".into(),
+                hi: None,
+                from: ShardId(1),
+                epoch: Epoch(2),
+                copy: 7,
+                part: 1,
+                overwrite: true,
+                kv: vec![("m2".into(), "w".into())],
+                deleted: vec![],
+            }),
+            Command::Chunk(ChunkCommand::Refuse {
+                id: ChunkId(2),
+                from: ShardId(1),
+                epoch: Epoch(2),
             }),
             Command::Registry(RegistryCommand::DropKeyspace {
                 keyspace: Keyspace(17),

@@ -16,8 +16,8 @@ pub enum Error {
     Format { found: u32, supported: u32 },
     #[error("blocking task failed: {0}")]
     Join(String),
-    #[error("slot {slot}: the copy's record of writes is lost ({reason}); the copy starts over")]
-    CopyLost { slot: u16, reason: String },
+    #[error("{unit}: the copy's record of writes is lost ({reason}); the copy starts over")]
+    CopyLost { unit: String, reason: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -12,6 +12,7 @@ pub mod apply_cache;
 pub mod chunk_map;
 pub mod chunk_moves;
 pub mod command;
+pub mod copy;
 pub mod db;
 pub mod dedup;
 pub mod descriptor;
@@ -27,7 +28,6 @@ pub mod raft_types;
 pub mod range_reads;
 pub mod records;
 pub mod registry;
-pub mod slot_copy;
 pub mod snapshot;
 pub mod state_machine;
 pub mod stats_view;
@@ -40,6 +40,7 @@ pub use command::{
     ChunkCommand, Command, CommandResult, LeaderClock, MoveCommand, RegistryCommand, Staged,
     UnitCommand,
 };
+pub use copy::{CopyUnit, Piece};
 pub use db::{Db, DbOptions};
 pub use descriptor::{Forward, Incoming, Outgoing, OwnedRange, ShardDescriptor, Staging};
 pub use error::{Error, Result};
@@ -47,9 +48,8 @@ pub use log_store::LogStore;
 pub use moves::SlotExport;
 pub use raft_types::{NodeAddr, TypeConfig};
 pub use records::{DedupRecord, SlotStats};
-pub use slot_copy::Piece;
 pub use snapshot::{Snapshot, SnapshotFile};
-pub use state_machine::{OwnedRead, SlotCopy, StateMachine, Store};
+pub use state_machine::{CopyWrites, OwnedRead, StateMachine, Store};
 
 /// Opens (or creates) the storage of one replica under `dir`: the RocksDB and the snapshot folder.
 pub fn open(

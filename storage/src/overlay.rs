@@ -9,6 +9,7 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 use unikv_types::{Keyspace, Slot};
 
 use crate::apply_cache::ApplyCache;
+use crate::copy::CopyTracker;
 use crate::db::{
     age_key, dedup_key, horizon_key, keyspace_bounds, keyspace_stats_key, kv_key_in, range_key,
     slot_bounds, split_key, split_keyspace, Db, CF_DEDUP, CF_KV, CF_STATS, KEYSPACE_MARK,
@@ -16,7 +17,6 @@ use crate::db::{
 use crate::error::{decode, encode, Result};
 use crate::keyspace_stats::keyspace_stats;
 use crate::records::{DedupRecord, SlotStats};
-use crate::slot_copy::CopyTracker;
 
 /// Reads through the pending batch to the cache and the database, and accumulates per-slot
 /// statistics.
@@ -32,6 +32,8 @@ pub(crate) struct Overlay<'a> {
     horizons: HashMap<Slot, u64>,
     /// Slots whose stored data this batch deleted: nothing of theirs is read from below.
     cleared: HashSet<Slot>,
+    /// `kv` key ranges this batch deleted (chunks' data): nothing in them is read from below.
+    cleared_ranges: Vec<(Vec<u8>, Vec<u8>)>,
     /// The expiry index floor for the cache once the batch is durable.
     age_floor: Option<u64>,
     /// Slots whose data and dedup table this batch deleted or replaced.
@@ -87,6 +89,7 @@ impl<'a> Overlay<'a> {
             age: BTreeMap::new(),
             horizons: HashMap::new(),
             cleared: HashSet::new(),
+            cleared_ranges: Vec::new(),
             age_floor: None,
             replaced: Vec::new(),
             new_stats: Vec::new(),
@@ -351,7 +354,9 @@ impl<'a> Overlay<'a> {
         );
         for item in it {
             let (k, v) = item?;
-            out.insert(k.to_vec(), v.to_vec());
+            if !self.in_cleared_range(&k) {
+                out.insert(k.to_vec(), v.to_vec());
+            }
         }
         for (k, v) in &self.kv {
             if k.as_slice() >= lo && k.as_slice() < hi {
@@ -369,6 +374,45 @@ impl<'a> Overlay<'a> {
         self.batch.delete_range_cf(self.db.cf(CF_KV), lo, hi);
         self.kv
             .retain(|k, _| k.as_slice() < lo || k.as_slice() >= hi);
+        self.cleared_ranges.push((lo.to_vec(), hi.to_vec()));
+    }
+
+    /// Whether `k` (a `kv` key) is in a range this batch deleted.
+    fn in_cleared_range(&self, k: &[u8]) -> bool {
+        self.cleared_ranges
+            .iter()
+            .any(|(lo, hi)| k >= lo.as_slice() && k < hi.as_slice())
+    }
+
+    /// Writes a piece of a chunk's copy (pairs and deleted user keys of range keyspace `ks`)
+    /// staged under `unit`, counting them in the unit's statistics; `overwrite`: the pairs may
+    /// be there already (written keys sent again).
+    pub(crate) fn stage_range_pairs(
+        &mut self,
+        unit: Slot,
+        ks: Keyspace,
+        pairs: &[(String, String)],
+        deleted: &[String],
+        overwrite: bool,
+    ) -> Result<()> {
+        for (k, v) in pairs {
+            let key = range_key(ks, k.as_bytes());
+            let old = if overwrite { self.get_kv(&key)? } else { None };
+            let (keys, bytes) = match old {
+                Some(o) => (0, v.len() as i64 - o.len() as i64),
+                None => (1, (k.len() + v.len()) as i64),
+            };
+            self.put_kv(key, v.as_bytes().to_vec());
+            self.count(unit, keys, bytes);
+        }
+        for k in deleted {
+            let key = range_key(ks, k.as_bytes());
+            if let Some(o) = self.get_kv(&key)? {
+                self.delete_kv(key);
+                self.count(unit, -1, -((k.len() + o.len()) as i64));
+            }
+        }
+        Ok(())
     }
 
     /// The dedup records and horizon of `slot` (a unit) as this batch leaves them.
@@ -487,7 +531,7 @@ impl<'a> Overlay<'a> {
         if let Some(v) = self.kv.get(k) {
             return Ok(v.clone());
         }
-        if self.in_cleared_slot(k) {
+        if self.in_cleared_slot(k) || self.in_cleared_range(k) {
             return Ok(None);
         }
         Ok(self.db.raw().get_cf(self.db.cf(CF_KV), k)?)

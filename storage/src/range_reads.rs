@@ -4,7 +4,7 @@
 //! (`Store::consistent`, copying only the chunks it needs), so a read never sees "held" and then the deleted data.
 
 use rocksdb::{Direction, IteratorMode, ReadOptions};
-use unikv_types::{ChunkId, ChunkInfo, Keyspace, ScanPage, ScanRange, Slot};
+use unikv_types::{ChunkId, ChunkInfo, Keyspace, KvError, ScanPage, ScanRange, Slot};
 
 use crate::chunk_map::{ChunkMap, ChunkState, OwnedChunk};
 use crate::chunk_moves::{chunk_infos, chunk_pairs, split_point, ChunkExport};
@@ -14,10 +14,22 @@ use crate::moves::export_slot;
 use crate::records::SlotStats;
 use crate::state_machine::{OwnedRead, Store};
 
-/// A chunk that can be read here: serving, or moving out (its data is still here and no
-/// write changes it).
+/// A chunk that can be read here: serving. One moving out is frozen (its target may serve
+/// it from its `In` on), one being staged is not held yet.
 fn readable(c: &OwnedChunk) -> bool {
-    !matches!(c.state, ChunkState::Incoming { .. })
+    c.state == ChunkState::Serving
+}
+
+/// Why a read of a chunk held here but not readable must wait (it is frozen for a hand-off).
+pub fn frozen(d: &crate::descriptor::ShardDescriptor, id: ChunkId, c: &OwnedChunk) -> KvError {
+    let to = match c.state {
+        ChunkState::Outgoing { target, .. } => target.to_string(),
+        _ => "another shard".into(),
+    };
+    KvError::Unavailable {
+        shard: d.shard,
+        reason: format!("chunk {id} is frozen while it is handed to shard {to}"),
+    }
 }
 
 fn unit_stats(db: &Db, unit: Slot) -> SlotStats {
@@ -37,7 +49,8 @@ impl Store {
                 }
                 match d.chunks.find(ks, key) {
                     Some((_, c)) if readable(c) => None,
-                    _ => Some(OwnedRead::NotOwned),
+                    Some((id, c)) => Some(OwnedRead::Elsewhere(frozen(d, id, c))),
+                    None => Some(OwnedRead::NotOwned),
                 }
             },
             |refused, db| {

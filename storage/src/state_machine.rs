@@ -15,13 +15,13 @@ use unikv_types::{Keyspace, ShardId, Slot};
 use crate::apply::apply_entries_with;
 use crate::apply_cache::ApplyCache;
 use crate::command::{Command, CommandResult};
+use crate::copy::{CopyTracker, CopyUnit, Piece};
 use crate::db::{kv_key_in, Db, CF_DEDUP, CF_KV, CF_STATS};
 use crate::descriptor::ShardDescriptor;
 use crate::error::{blocking, Error, Result};
 use crate::meta::SmMeta;
 use crate::raft_types::{Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::records::{DedupRecord, SlotStats};
-use crate::slot_copy::{CopyTracker, Piece};
 use crate::snapshot::{
     file_name, index_of, read_snapshot, sync_dir, verify_snapshot, write_snapshot, Record,
     Snapshot, SnapshotFile, SnapshotHeader,
@@ -54,30 +54,30 @@ impl Shared {
     }
 }
 
-/// The record of the writes to a slot being copied from this replica (see
+/// The record of the writes to a slot or chunk being copied from this replica (see
 /// [`Store::start_copy`]).
 #[derive(Debug)]
-pub struct SlotCopy {
+pub struct CopyWrites {
     shared: Arc<Shared>,
-    slot: Slot,
+    unit: CopyUnit,
 }
 
-impl SlotCopy {
+impl CopyWrites {
     /// The raw keys written since the last call (sorted); an error if the record is lost.
     pub fn take(&self) -> Result<Vec<Vec<u8>>> {
-        self.shared.copies.take(self.slot)
+        self.shared.copies.take(&self.unit)
     }
 
     /// How many keys, and how many bytes of keys, were written since the last `take`; an
     /// error if the record is lost.
     pub fn pending(&self) -> Result<(usize, usize)> {
-        self.shared.copies.pending(self.slot)
+        self.shared.copies.pending(&self.unit)
     }
 }
 
-impl Drop for SlotCopy {
+impl Drop for CopyWrites {
     fn drop(&mut self) {
-        self.shared.copies.stop(self.slot);
+        self.shared.copies.stop(&self.unit);
     }
 }
 
@@ -211,36 +211,35 @@ impl Store {
         crate::moves::export_slot(&self.shared.db, slot)
     }
 
-    /// Starts recording the writes to `slot` for a copy of it to another shard (see
-    /// `slot_copy`); `None` if a copy of it runs already. Recording stops when the handle
-    /// is dropped.
-    pub fn start_copy(&self, slot: Slot) -> Option<SlotCopy> {
-        self.shared.copies.start(slot).then(|| SlotCopy {
+    /// Starts recording the writes to `unit` for a copy of it to another shard (see `copy`);
+    /// `None` if a copy of it runs already. Recording stops when the handle is dropped.
+    pub fn start_copy(&self, unit: &CopyUnit) -> Option<CopyWrites> {
+        self.shared.copies.start(unit).then(|| CopyWrites {
             shared: self.shared.clone(),
-            slot,
+            unit: unit.clone(),
         })
     }
 
-    /// The next piece (about `max_bytes`) of `slot`'s pairs after raw key `after`, and where
+    /// The next piece (about `max_bytes`) of `unit`'s pairs after raw key `after`, and where
     /// to continue (`None`: done).
     pub fn copy_piece(
         &self,
-        slot: Slot,
+        unit: &CopyUnit,
         after: Option<&[u8]>,
         max_bytes: u64,
     ) -> Result<(Piece, Option<Vec<u8>>)> {
-        crate::slot_copy::scan_piece(&self.shared.db, slot, after, max_bytes)
+        crate::copy::scan_piece(&self.shared.db, unit, after, max_bytes)
     }
 
-    /// The current values (or absence) of the first raw keys of `slot` in `keys`, as one
+    /// The current values (or absence) of the first raw keys of `unit` in `keys`, as one
     /// piece of about `max_bytes`, and how many keys it took.
     pub fn read_piece(
         &self,
-        slot: Slot,
+        unit: &CopyUnit,
         keys: &[Vec<u8>],
         max_bytes: u64,
     ) -> Result<(Piece, usize)> {
-        crate::slot_copy::read_piece(&self.shared.db, slot, keys, max_bytes)
+        crate::copy::read_piece(&self.shared.db, unit, keys, max_bytes)
     }
 
     /// `slot`'s dedup table and horizon (for the final step of a copy).

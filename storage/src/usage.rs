@@ -8,7 +8,6 @@
 use unikv_types::catalog::Placement;
 use unikv_types::{Keyspace, SLOT_COUNT};
 
-use crate::chunk_map::ChunkState;
 use crate::error::Result;
 use crate::keyspace_stats::{all_keyspace_stats, keyspace_stats};
 use crate::records::SlotStats;
@@ -44,7 +43,7 @@ impl Store {
             Placement::Slots => total = keyspace_stats(self.db(), ks)?,
             Placement::Range => {
                 for c in d.chunks.owned.values() {
-                    if c.keyspace == ks && !matches!(c.state, ChunkState::Incoming { .. }) {
+                    if c.keyspace == ks && !c.is_staging() {
                         let st = of(c.unit);
                         total.keys += st.keys;
                         total.bytes += st.bytes;

@@ -1,7 +1,8 @@
 //! Range collections in the storage layer, on real RocksDBs: the first chunk created with the
 //! collection, writes and reads by chunk, splits that rewrite nothing and keep counts, ordered
-//! scans (pages, bounds, reverse) across chunks, and a chunk handed from one shard to another
-//! with its dedup table (a retry at the new owner is recognised, not applied twice).
+//! scans (pages, bounds, reverse) across chunks, a chunk handed from one shard to another
+//! with its dedup table (a retry at the new owner is recognised, not applied twice), and a
+//! chunk copied in pieces while it serves.
 
 use futures::stream;
 use openraft::entry::RaftEntry;
@@ -9,10 +10,12 @@ use openraft::storage::RaftStateMachine;
 use openraft::testing::log_id;
 use openraft::EntryPayload;
 use unikv_storage::raft_types::Entry;
-use unikv_storage::{ChunkCommand, Command, OwnedRead, StateMachine, Store, TypeConfig};
+use unikv_storage::{
+    ChunkCommand, Command, CopyUnit, OwnedRead, Staged, StateMachine, Store, TypeConfig,
+};
 use unikv_types::catalog::{CatalogChange, CatalogOp, Sharding, CATALOG_KEY};
 use unikv_types::{
-    ChunkInfo, ClientSeq, Epoch, Keyspace, KvOp, NodeId, ScanRange, ShardId, SlotRange,
+    ChunkInfo, ClientSeq, Epoch, Keyspace, KvError, KvOp, NodeId, ScanRange, ShardId, SlotRange,
 };
 
 struct Shard {
@@ -207,7 +210,7 @@ async fn range_chunks_split_scan_and_move_with_their_dedup_tables() {
         now_ms: 6,
     }))
     .await;
-    // Frozen: a write waits (is refused), reads still answer.
+    // Frozen: a write waits (is refused), a read waits too (the target may serve it soon).
     a.write(
         &last,
         KvOp::Put {
@@ -216,7 +219,14 @@ async fn range_chunks_split_scan_and_move_with_their_dedup_tables() {
         None,
     )
     .await;
-    assert_eq!(a.get(&last), OwnedRead::Value(Some(format!("v{}+", n - 1))));
+    assert!(
+        matches!(
+            a.get(&last),
+            OwnedRead::Elsewhere(KvError::Unavailable { .. })
+        ),
+        "{:?}",
+        a.get(&last)
+    );
     let (held, export) = a.store.export_chunk(right.id).unwrap().unwrap();
     assert_eq!(export.kv.len() as u64, right.count);
     assert_eq!(export.dedup.len(), 1);
@@ -232,10 +242,13 @@ async fn range_chunks_split_scan_and_move_with_their_dedup_tables() {
         dedup_horizon_ms: export.dedup_horizon_ms,
         version: held.version,
         now_ms: 7,
+        staged: None,
+        deleted: vec![],
     }))
     .await;
-    // Received, not serving yet: no overlap.
-    assert_eq!(b.get(&last), OwnedRead::NotOwned);
+    // The target serves from its `In` (the source is frozen: no overlap), the write refused
+    // while frozen never happened.
+    assert_eq!(b.get(&last), OwnedRead::Value(Some(format!("v{}+", n - 1))));
     a.apply(Command::Chunk(ChunkCommand::Done {
         id: right.id,
         epoch: Epoch(2),
@@ -243,12 +256,6 @@ async fn range_chunks_split_scan_and_move_with_their_dedup_tables() {
     .await;
     assert_eq!(a.get(&last), OwnedRead::NotOwned);
     assert_eq!(a.chunks().len(), 1);
-    b.apply(Command::Chunk(ChunkCommand::Activate {
-        id: right.id,
-        epoch: Epoch(2),
-    }))
-    .await;
-    assert_eq!(b.get(&last), OwnedRead::Value(Some(format!("v{}+", n - 1))));
     // The retry of the append at the new owner is answered from the record, not applied.
     b.write(
         &last,
@@ -259,8 +266,8 @@ async fn range_chunks_split_scan_and_move_with_their_dedup_tables() {
     assert_eq!(b.get(&last), OwnedRead::Value(Some(format!("v{}+", n - 1))));
     let moved = b.chunks();
     assert_eq!((moved.len(), moved[0].count), (1, right.count));
-    // The version goes on from the source's: one more for the arrival, one for the activation.
-    assert_eq!(moved[0].version, held.version + 2, "a move is a change");
+    // The version goes on from the source's: one more for the move.
+    assert_eq!(moved[0].version, held.version + 1, "a move is a change");
     // A page is bounded by bytes too: it ends with the item that reaches the bound.
     let scan = |max_bytes| {
         b.store
@@ -365,4 +372,216 @@ async fn merged_neighbours_keep_keys_counts_and_dedup_records() {
     a.write(&key(10), KvOp::Append { value: "+".into() }, Some(("c", 1)))
         .await;
     assert_eq!(a.get(&key(10)), OwnedRead::Value(Some("v+".into())));
+}
+
+/// A chunk copied while it serves: pieces staged at the target (not served there), writes
+/// during the copy sent as the tail of its `In`, which the target serves from at once. What
+/// an abandoned copy left in the bounds is gone; a `Refuse` before the `In` makes the `In`
+/// refused for good, one after it changes nothing; a copy over bounds a shard holds is refused.
+#[tokio::test]
+async fn a_chunk_copied_while_it_serves_arrives_exact() {
+    let mut a = Shard::new(1, true).await;
+    a.create_events().await;
+    let n = 300;
+    for i in 0..n {
+        a.write(
+            &key(i),
+            KvOp::Put {
+                value: format!("v{i}"),
+            },
+            None,
+        )
+        .await;
+    }
+    a.write(&key(9), KvOp::Append { value: "+".into() }, Some(("c", 1)))
+        .await;
+    let chunk = a.chunks()[0].clone();
+    let id = chunk.id;
+    let unit_here = a.store.descriptor().chunks.owned[&id].unit;
+    let stage = |copy: u64, part: u32, kv: Vec<(String, String)>, deleted: Vec<String>| {
+        Command::Chunk(ChunkCommand::Stage {
+            id,
+            keyspace: EVENTS,
+            lo: String::new(),
+            hi: None,
+            from: ShardId(1),
+            epoch: Epoch(2),
+            copy,
+            part,
+            overwrite: part > 0,
+            kv,
+            deleted,
+        })
+    };
+
+    // An earlier copy that was given up left a key behind in the target's bounds.
+    let mut b = Shard::new(2, false).await;
+    let stale = "2026-12-01T99999".to_string();
+    b.apply(stage(111, 0, vec![(stale.clone(), "stale".into())], vec![]))
+        .await;
+    assert_eq!(b.get(&stale), OwnedRead::NotOwned, "staged is not served");
+
+    // The copy: pieces of ~1 KiB while the source keeps taking writes.
+    let unit = CopyUnit::Chunk {
+        id,
+        keyspace: EVENTS,
+        lo: String::new(),
+        hi: None,
+    };
+    let writes = a.store.start_copy(&unit).expect("not copied yet");
+    let mut cursor: Option<Vec<u8>> = None;
+    let mut parts = 0;
+    loop {
+        let (piece, next) = a.store.copy_piece(&unit, cursor.as_deref(), 1024).unwrap();
+        let (kv, deleted) = piece.into_chunk_parts();
+        b.apply(stage(222, parts, kv, deleted)).await;
+        parts += 1;
+        if parts == 2 {
+            // Written during the copy: a change, a delete, a new key.
+            a.write(
+                &key(5),
+                KvOp::Put {
+                    value: "new5".into(),
+                },
+                None,
+            )
+            .await;
+            a.write(&key(7), KvOp::Delete, None).await;
+            a.write(
+                &key(400),
+                KvOp::Put {
+                    value: "v400".into(),
+                },
+                None,
+            )
+            .await;
+        }
+        match next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert!(parts > 5, "the copy went in pieces: {parts}");
+    assert!(b.chunks().is_empty(), "a staged copy is not held");
+    assert_eq!(b.get(&key(1)), OwnedRead::NotOwned);
+
+    // Frozen, then the rest in the `In`.
+    a.apply(Command::Chunk(ChunkCommand::Out {
+        id,
+        to: ShardId(2),
+        epoch: Epoch(2),
+        now_ms: 1,
+    }))
+    .await;
+    let keys = writes.take().unwrap();
+    assert_eq!(
+        keys.len(),
+        3,
+        "the three writes during the copy are recorded"
+    );
+    let (tail, used) = a.store.read_piece(&unit, &keys, 1 << 20).unwrap();
+    assert_eq!(used, 3);
+    drop(writes);
+    let (kv, deleted) = tail.into_chunk_parts();
+    assert_eq!(deleted, vec![key(7)]);
+    let (dedup, dedup_horizon_ms) = a.store.export_dedup(unit_here).unwrap();
+    let in_step = |staged, kv: Vec<(String, String)>, deleted: Vec<String>| {
+        Command::Chunk(ChunkCommand::In {
+            id,
+            keyspace: EVENTS,
+            lo: String::new(),
+            hi: None,
+            from: ShardId(1),
+            epoch: Epoch(2),
+            kv,
+            dedup: dedup.clone(),
+            dedup_horizon_ms,
+            version: chunk.version,
+            now_ms: 2,
+            staged,
+            deleted,
+        })
+    };
+    // An `In` naming fewer pieces than staged is refused (the copy is not the one staged).
+    b.apply(in_step(
+        Some(Staged {
+            copy: 222,
+            parts: parts - 1,
+        }),
+        kv.clone(),
+        deleted.clone(),
+    ))
+    .await;
+    assert!(b.chunks().is_empty());
+    b.apply(in_step(Some(Staged { copy: 222, parts }), kv, deleted))
+        .await;
+
+    // The target serves exactly the source's chunk as frozen, nothing of the stale copy.
+    let mut want: Vec<String> = (0..n).filter(|i| *i != 7).map(key).collect();
+    want.push(key(400));
+    assert_eq!(b.scan_all("", None, false, 37), want);
+    assert_eq!(b.get(&key(5)), OwnedRead::Value(Some("new5".into())));
+    assert_eq!(b.get(&key(7)), OwnedRead::Value(None));
+    assert_eq!(b.get(&key(9)), OwnedRead::Value(Some("v9+".into())));
+    assert_eq!(
+        b.get(&stale),
+        OwnedRead::Value(None),
+        "the stale key is gone"
+    );
+    let held = b.chunks();
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].count, want.len() as u64, "counts follow the pieces");
+    assert_eq!(held[0].version, chunk.version + 1);
+    // A refuse after the `In` changes nothing (the source is told already_received).
+    b.apply(Command::Chunk(ChunkCommand::Refuse {
+        id,
+        from: ShardId(1),
+        epoch: Epoch(2),
+    }))
+    .await;
+    assert_eq!(b.get(&key(5)), OwnedRead::Value(Some("new5".into())));
+    // The append's retry at the new owner is answered from its record.
+    b.write(&key(9), KvOp::Append { value: "+".into() }, Some(("c", 1)))
+        .await;
+    assert_eq!(b.get(&key(9)), OwnedRead::Value(Some("v9+".into())));
+    a.apply(Command::Chunk(ChunkCommand::Done {
+        id,
+        epoch: Epoch(2),
+    }))
+    .await;
+    assert_eq!(a.get(&key(5)), OwnedRead::NotOwned);
+
+    // A copy over bounds a shard holds is refused: what it holds stays.
+    b.apply(Command::Chunk(ChunkCommand::Stage {
+        id: unikv_types::ChunkId(999),
+        keyspace: EVENTS,
+        lo: key(100),
+        hi: Some(key(200)),
+        from: ShardId(3),
+        epoch: Epoch(5),
+        copy: 7,
+        part: 0,
+        overwrite: false,
+        kv: vec![],
+        deleted: vec![],
+    }))
+    .await;
+    assert_eq!(b.scan_all("", None, false, 100), want);
+    assert_eq!(b.chunks().len(), 1);
+
+    // Elsewhere: a `Refuse` before the `In` drops the staged copy and refuses that `In`.
+    let mut c = Shard::new(3, false).await;
+    c.apply(stage(333, 0, vec![(key(1), "v1".into())], vec![]))
+        .await;
+    c.apply(Command::Chunk(ChunkCommand::Refuse {
+        id,
+        from: ShardId(1),
+        epoch: Epoch(2),
+    }))
+    .await;
+    assert!(c.store.descriptor().chunks.owned.is_empty());
+    c.apply(in_step(None, vec![(key(1), "v1".into())], vec![]))
+        .await;
+    assert!(c.chunks().is_empty(), "refused for good");
+    assert_eq!(c.get(&key(1)), OwnedRead::NotOwned);
 }

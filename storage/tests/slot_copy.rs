@@ -9,9 +9,10 @@ use openraft::entry::RaftEntry;
 use openraft::storage::RaftStateMachine;
 use openraft::testing::log_id;
 use openraft::{EntryPayload, RaftSnapshotBuilder};
+use unikv_storage::copy::{read_piece, scan_piece};
 use unikv_storage::moves::{export_slot, ALREADY_RECEIVED, COPY_MISSING};
 use unikv_storage::raft_types::Entry;
-use unikv_storage::slot_copy::{read_piece, scan_piece};
+use unikv_storage::CopyUnit;
 use unikv_storage::{Command, CommandResult, MoveCommand, Piece, Staged, StateMachine, TypeConfig};
 use unikv_types::{ClientSeq, Epoch, KvError, KvOp, KvReply, NodeId, ShardId, SlotRange};
 
@@ -81,13 +82,15 @@ async fn writes_during_a_copy_are_recorded_and_read_back_current() {
     apply(&mut sm, &mut next, cmds).await;
     let store = sm.store();
 
-    let copy = store.start_copy(5).expect("not copied yet");
+    let copy = store
+        .start_copy(&CopyUnit::Slot(5))
+        .expect("not copied yet");
     assert!(
-        store.start_copy(5).is_none(),
+        store.start_copy(&CopyUnit::Slot(5)).is_none(),
         "one copy of a slot at a time"
     );
     // The first piece (one pair: 1 byte is below any pair) is read, then writes go on.
-    let (first, cursor) = store.copy_piece(5, None, 1).unwrap();
+    let (first, cursor) = store.copy_piece(&CopyUnit::Slot(5), None, 1).unwrap();
     assert_eq!(pairs(&first), vec![("a".into(), "a0".into())]);
     apply(
         &mut sm,
@@ -109,7 +112,7 @@ async fn writes_during_a_copy_are_recorded_and_read_back_current() {
     let mut rest = Vec::new();
     let mut at = cursor;
     while let Some(c) = at {
-        let (p, n) = store.copy_piece(5, Some(&c), 1).unwrap();
+        let (p, n) = store.copy_piece(&CopyUnit::Slot(5), Some(&c), 1).unwrap();
         rest.extend(pairs(&p));
         at = n;
     }
@@ -124,7 +127,9 @@ async fn writes_during_a_copy_are_recorded_and_read_back_current() {
     // The recorded keys, read now: the new value, the tombstone, the new key.
     let keys = copy.take().unwrap();
     assert_eq!(copy.pending().unwrap(), (0, 0), "taken");
-    let (tail, used) = store.read_piece(5, &keys, 1 << 20).unwrap();
+    let (tail, used) = store
+        .read_piece(&CopyUnit::Slot(5), &keys, 1 << 20)
+        .unwrap();
     assert_eq!(used, 3);
     assert_eq!(
         tail.kv,
@@ -132,10 +137,12 @@ async fn writes_during_a_copy_are_recorded_and_read_back_current() {
     );
     assert_eq!(tail.deleted, vec![(Default::default(), "b".to_string())]);
     // A small piece takes as few keys as fill it (at least one).
-    let (one, used) = store.read_piece(5, &keys, 1).unwrap();
+    let (one, used) = store.read_piece(&CopyUnit::Slot(5), &keys, 1).unwrap();
     assert_eq!((one.kv.len(), used), (1, 1));
     drop(copy);
-    let again = store.start_copy(5).expect("released when dropped");
+    let again = store
+        .start_copy(&CopyUnit::Slot(5))
+        .expect("released when dropped");
     apply(&mut sm, &mut next, vec![put(5, "c", "c1")]).await;
     assert_eq!(again.pending().unwrap().0, 1);
 
@@ -146,10 +153,7 @@ async fn writes_during_a_copy_are_recorded_and_read_back_current() {
     let file = unikv_storage::SnapshotFile::open(&incoming).unwrap();
     sm.install_snapshot(&snap.meta, file).await.unwrap();
     assert!(
-        matches!(
-            again.take(),
-            Err(unikv_storage::Error::CopyLost { slot: 5, .. })
-        ),
+        matches!(again.take(), Err(unikv_storage::Error::CopyLost { .. })),
         "a copy whose record may miss writes must start over"
     );
     assert!(again.pending().is_err(), "known lost before the freeze");
@@ -207,7 +211,7 @@ fn a_staged_copy_completed_by_the_tail_equals_the_source() {
     let mut pieces = Vec::new();
     let mut at: Option<Vec<u8>> = None;
     loop {
-        let (p, n) = scan_piece(&src.db, 5, at.as_deref(), 1).unwrap();
+        let (p, n) = scan_piece(&src.db, &CopyUnit::Slot(5), at.as_deref(), 1).unwrap();
         pieces.push(p);
         match n {
             Some(c) => at = Some(c),
@@ -265,7 +269,7 @@ fn a_staged_copy_completed_by_the_tail_equals_the_source() {
         .iter()
         .map(|k| unikv_storage::db::kv_key(5, k.as_bytes()))
         .collect();
-    let (tail, _) = read_piece(&src.db, 5, &written, 1 << 20).unwrap();
+    let (tail, _) = read_piece(&src.db, &CopyUnit::Slot(5), &written, 1 << 20).unwrap();
     let export = export_slot(&src.db, 5).unwrap();
     let inn = |parts: u32| MoveCommand::In {
         slot: 5,
@@ -330,7 +334,7 @@ fn a_copy_given_up_is_dropped_and_a_new_copy_replaces_an_old_one() {
     for k in ["a", "b", "c"] {
         src.apply(put(5, k, "v")).unwrap();
     }
-    let (all, _) = scan_piece(&src.db, 5, None, 1 << 20).unwrap();
+    let (all, _) = scan_piece(&src.db, &CopyUnit::Slot(5), None, 1 << 20).unwrap();
     assert_eq!(dst.mv(stage(1, 0, false, &all)), Ok(KvReply::Written));
     assert_eq!(dst.slot_totals(5), (3, 6));
 

@@ -59,6 +59,43 @@ pub async fn put_all(
     .await
 }
 
+/// [`put_all`] into `collection`.
+pub async fn put_all_in(
+    api: &Api,
+    nodes: &[u64],
+    collection: &str,
+    kvs: &[(String, String)],
+    concurrency: usize,
+) -> Vec<String> {
+    let collection = collection.to_string();
+    run_striped(api, nodes, kvs, concurrency, move |api, node, k, v| {
+        let collection = collection.clone();
+        async move {
+            let q = [
+                ("key", k.as_str()),
+                ("val", v.as_str()),
+                ("collection", collection.as_str()),
+            ];
+            let r = api
+                .request(
+                    node,
+                    Method::POST,
+                    "/put",
+                    &q,
+                    Body::Empty,
+                    api::REQUEST_TIMEOUT,
+                )
+                .await;
+            match r {
+                Ok(r) if r.is_ok() => None,
+                Ok(r) => Some(format!("put {k:?} in {collection} on node {node}: {r}")),
+                Err(e) => Some(format!("put {k:?} in {collection} on node {node}: {e:#}")),
+            }
+        }
+    })
+    .await
+}
+
 /// Reads every key with `concurrency` parallel workers, spreading reads over `nodes`; returns
 /// a description of every key whose value is not the expected one.
 pub async fn check_values(

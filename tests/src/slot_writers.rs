@@ -1,5 +1,5 @@
-//! Writers that hammer one slot (one hash tag) through the router while it moves, and the
-//! check afterwards: every acknowledged put is readable, every acknowledged appended token
+//! Writers that hammer one slot (one hash tag) — or, in a range collection, the keys of one
+//! chunk (one key prefix) — through the router while it moves, and the check afterwards: every acknowledged put is readable, every acknowledged appended token
 //! is stored exactly once, a token whose append got no clear answer at most once, and no
 //! token nobody sent.
 
@@ -8,13 +8,58 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use reqwest::Method;
+
+use crate::api::{Body, Resp, REQUEST_TIMEOUT};
 use crate::{Api, ROUTER};
+
+/// `POST /{op}?key=K&val=V[&collection=C]`.
+async fn write(
+    api: &Api,
+    op: &str,
+    collection: Option<&str>,
+    key: &str,
+    val: &str,
+) -> anyhow::Result<Resp> {
+    let mut q = vec![("key", key), ("val", val)];
+    q.extend(collection.map(|c| ("collection", c)));
+    api.request(
+        ROUTER,
+        Method::POST,
+        &format!("/{op}"),
+        &q,
+        Body::Empty,
+        REQUEST_TIMEOUT,
+    )
+    .await
+}
+
+/// `GET /get?key=K[&collection=C]` on `node` as a value (`None`: not found).
+async fn read(
+    api: &Api,
+    node: u64,
+    collection: Option<&str>,
+    key: &str,
+) -> anyhow::Result<Option<String>> {
+    let Some(c) = collection else {
+        return api.get_value(node, key).await;
+    };
+    let q = [("key", key), ("collection", c)];
+    let r = api.get_path(node, "/get", &q).await?;
+    match r.status {
+        200 => Ok(r.str_field("value").map(str::to_string)),
+        404 if r.code() == Some("not_found") => Ok(None),
+        _ => anyhow::bail!("GET /get {q:?} on node {node}: {r}"),
+    }
+}
 
 /// What one writer sent: acknowledged (with when) or without a clear answer.
 #[derive(Debug, Default, Clone)]
 pub struct Written {
     pub acked: Vec<(Instant, String, String)>,
     pub unsure: Vec<(String, String)>,
+    /// The collection written to (`None`: `default`).
+    pub collection: Option<String>,
 }
 
 /// Appending writers (each to its own key under the tag) and putting writers (a fresh key
@@ -27,12 +72,28 @@ pub struct SlotWriters {
 
 impl SlotWriters {
     pub fn start(api: &Api, tag: &str, appenders: usize, putters: usize) -> SlotWriters {
+        SlotWriters::start_in(api, None, tag, appenders, putters)
+    }
+
+    /// [`SlotWriters::start`] in `collection` (keys `{tag}…`: in a range collection, one
+    /// run of adjacent keys).
+    pub fn start_in(
+        api: &Api,
+        collection: Option<&str>,
+        tag: &str,
+        appenders: usize,
+        putters: usize,
+    ) -> SlotWriters {
         let stop = Arc::new(AtomicBool::new(false));
-        let written: Arc<Mutex<Written>> = Arc::default();
+        let written: Arc<Mutex<Written>> = Arc::new(Mutex::new(Written {
+            collection: collection.map(str::to_string),
+            ..Default::default()
+        }));
         let mut tasks = Vec::new();
         for w in 0..appenders + putters {
             let (api, stop, written) = (api.clone(), stop.clone(), written.clone());
             let tag = tag.to_string();
+            let collection = collection.map(str::to_string);
             tasks.push(tokio::spawn(async move {
                 let mut n = 0u64;
                 while !stop.load(Relaxed) {
@@ -43,11 +104,8 @@ impl SlotWriters {
                     } else {
                         (format!("{{{tag}}}put{w}-{n}"), format!("v{w}-{n}"))
                     };
-                    let r = if append {
-                        api.append(ROUTER, &key, &token).await
-                    } else {
-                        api.put(ROUTER, &key, &token).await
-                    };
+                    let op = if append { "append" } else { "put" };
+                    let r = write(&api, op, collection.as_deref(), &key, &token).await;
                     let mut out = written.lock().unwrap_or_else(|e| e.into_inner());
                     match r {
                         Ok(r) if r.is_ok() => out.acked.push((Instant::now(), key, token)),
@@ -97,7 +155,7 @@ impl Written {
                     .0
                     .push(t.trim_end_matches(';'));
             } else {
-                match api.get_value(node, k).await {
+                match read(api, node, self.collection.as_deref(), k).await {
                     Ok(Some(v)) if &v == t => {}
                     other => problems.push(format!("{k}: acknowledged {t:?}, read {other:?}")),
                 }
@@ -113,7 +171,7 @@ impl Written {
             }
         }
         for (k, (acked, unsure)) in &appended {
-            let value = match api.get_value(node, k).await {
+            let value = match read(api, node, self.collection.as_deref(), k).await {
                 Ok(v) => v.unwrap_or_default(),
                 Err(e) => {
                     problems.push(format!("{k}: read failed: {e:#}"));

@@ -292,9 +292,12 @@ async fn one_full_disk_under_the_whole_shard_loses_nothing_and_resumes() {
         eprintln!("[full1] node {id} ({}): disk {:?}", st.role, st.disk);
         assert_ne!(st.role, "Shutdown", "Raft keeps running on node {id}");
         if id == leader {
+            // One file system under all three: the ballast the leader lets go at its ENOSPC
+            // gives room back at once, so "full right now" races with that; what the 507
+            // must come from is a full disk the leader met.
             assert!(
-                st.disk.full,
-                "the refusing leader's disk is full: {:?}",
+                st.disk.full || st.disk.enospc_seen > 0 || st.disk.recoveries > 0,
+                "the refusing leader met the full disk: {:?}",
                 st.disk
             );
         }

@@ -1,5 +1,5 @@
 //! Range collections with real processes (`scripts/run_unified.sh`, 3 shards × 3 nodes +
-//! router, `--chunk_max_bytes 16384`): 20,000 keys loaded in random order split the collection
+//! router, `--chunk_max_bytes 16384`, every move copied while it serves): 20,000 keys loaded in random order split the collection
 //! into chunks that the balancer spreads over the shards; scans through the router return
 //! every key once, in order, in pages, with exact bounds and in reverse; a scan inside one
 //! chunk reaches only that chunk's shard; explicit splits and chunk moves, `/addshard 4` and
@@ -133,7 +133,13 @@ async fn put(api: &Api, k: &str, v: &str) -> Resp {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn range_collections_split_spread_scan_and_move() {
-    let u = Unified::start_with(&["--chunk_max_bytes", "16384"], &[]).await;
+    // Every chunk and slot is copied while it serves (`--move_copy_min_kb 0`), so the moves
+    // under the writer and the scanner below take the copy path.
+    let u = Unified::start_with(
+        &["--chunk_max_bytes", "16384", "--move_copy_min_kb", "0"],
+        &[],
+    )
+    .await;
     let api = u.api();
     let r = call(
         &api,

@@ -68,10 +68,12 @@ pub mod rpc_kind {
     pub const FENCE: u8 = 41;
     /// A chunk's data from the source shard's leader to the target's.
     pub const CHUNK_IN: u8 = 50;
-    /// Target asks the source how a chunk hand-off ended.
+    /// Target asks the source whether a chunk's copy staged there is still wanted.
     pub const CHUNK_STATUS: u8 = 51;
-    /// Source tells the target a chunk hand-off is done.
-    pub const CHUNK_ACTIVATE: u8 = 52;
+    /// A piece of a chunk's copy from the source shard's leader to the target's.
+    pub const CHUNK_STAGE: u8 = 56;
+    /// Source asks the target never to take a chunk's hand-off (as `MOVE_REFUSE`).
+    pub const CHUNK_REFUSE: u8 = 57;
     /// A shard key's data on one shard, from that shard's leader to the target's.
     pub const UNIT_IN: u8 = 53;
     /// Target asks the source how a shard key's hand-off ended.

@@ -1,11 +1,13 @@
 //! The shard leader's chunk loop, once a second: finish what a predecessor left (resume
-//! hand-offs, ask about received chunks), split chunks grown past `--chunk_max_bytes`, merge
+//! hand-offs), drop copies staged here that their source gave up (asked once no piece came
+//! for `STAGING_QUIET`), split chunks grown past `--chunk_max_bytes`, merge
 //! neighbours both under a quarter of it (and unchanged for 30 s), drain
 //! a draining shard's chunks, and even out bytes: a shard holding more than the lightest
 //! active shard by more than twice a chunk's size (and by half `--chunk_max_bytes` at least)
 //! hands that chunk over. One balancing move at a time per shard, and none until the last
 //! one shows in gossip, so shards do not overshoot.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,11 +24,18 @@ const SPLITS_PER_TICK: usize = 8;
 const MERGE_QUIET: Duration = Duration::from_secs(30);
 /// Pause after a balancing move before the next, so gossip shows its effect.
 const SETTLE: Duration = Duration::from_secs(2);
+/// How long a copy staged here may go without a piece before its source is asked whether it
+/// still wants it.
+const STAGING_QUIET: Duration = Duration::from_secs(5);
+
+/// Copies staged here as last seen (copy id, pieces) and since when.
+type Quiet = HashMap<ChunkId, (u64, u32, Instant)>;
 
 pub fn spawn(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(TICK);
         let mut last_move = Instant::now() - SETTLE;
+        let mut quiet = Quiet::new();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -35,7 +44,7 @@ pub fn spawn(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) -> tokio::tas
             if !node.is_leader() {
                 continue;
             }
-            if let Some(moved) = round(&node, last_move).await {
+            if let Some(moved) = round(&node, last_move, &mut quiet).await {
                 last_move = moved;
             }
         }
@@ -43,16 +52,28 @@ pub fn spawn(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) -> tokio::tas
 }
 
 /// One round; the time a balancing move was started, if one was.
-async fn round(node: &Arc<Node>, last_move: Instant) -> Option<Instant> {
+async fn round(node: &Arc<Node>, last_move: Instant, quiet: &mut Quiet) -> Option<Instant> {
     let d = node.store.descriptor();
+    quiet.retain(|id, _| d.chunks.owned.get(id).is_some_and(|c| c.is_staging()));
     if d.chunks.owned.is_empty() {
         return None;
     }
     for (id, c) in &d.chunks.owned {
         match c.state {
-            ChunkState::Incoming { source, epoch } => {
-                let (node, id) = (node.clone(), *id);
-                tokio::spawn(async move { node.check_arrival(id, source, epoch).await });
+            ChunkState::Staging {
+                source,
+                epoch,
+                copy,
+                parts,
+            } => {
+                let seen = quiet.entry(*id).or_insert((copy, parts, Instant::now()));
+                if (seen.0, seen.1) != (copy, parts) {
+                    *seen = (copy, parts, Instant::now());
+                } else if seen.2.elapsed() >= STAGING_QUIET {
+                    seen.2 = Instant::now();
+                    let (node, id) = (node.clone(), *id);
+                    tokio::spawn(async move { node.check_staging(id, source, epoch, copy).await });
+                }
             }
             ChunkState::Outgoing { target, .. } => start_move(node, *id, target),
             ChunkState::Serving => {}
@@ -65,7 +86,7 @@ async fn round(node: &Arc<Node>, last_move: Instant) -> Option<Instant> {
         .chunks(None)
         .unwrap_or_default()
         .into_iter()
-        .filter(|c| c.size > max && c.moving_to.is_none())
+        .filter(|c| c.size > max && c.moving_to.is_none() && !copying(node, c.id))
         .map(|c| (c.size, c.id))
         .collect();
     big.sort_unstable_by(|a, b| b.cmp(a));
@@ -133,6 +154,8 @@ async fn merge_small(node: &Arc<Node>) {
         if neighbours
             && l.moving_to.is_none()
             && r.moving_to.is_none()
+            && !copying(node, l.id)
+            && !copying(node, r.id)
             && l.size < small
             && r.size < small
             && l.updated_ms < quiet_since
@@ -153,6 +176,12 @@ async fn merge_small(node: &Arc<Node>) {
             i += 1;
         }
     }
+}
+
+/// Whether a hand-off of chunk `id` runs here (copying it while it serves: a split or merge
+/// now would only make it start over).
+fn copying(node: &Node, id: ChunkId) -> bool {
+    node.has_task(super::handoff::MOVING, id.0)
 }
 
 /// Starts (or resumes) the hand-off of chunk `id` to `to` in the background, unless one runs.

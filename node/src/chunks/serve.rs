@@ -7,11 +7,11 @@
 use std::time::Instant;
 
 use unikv_storage::apply::range_wrong_shard;
-use unikv_storage::{ChunkCommand, Command};
+use unikv_storage::{ChunkCommand, ChunkState, Command};
 use unikv_types::chunk::{MAX_SCAN_LIMIT, SCAN_PAGE_BYTES};
 use unikv_types::{wall_clock_ms, Keyspace, KvError, KvOp, KvReply, KvRequest, ScanRange};
 
-use crate::service::{Home, Node};
+use crate::service::{Home, Node, LEADER_POLL};
 
 impl Node {
     /// Serves a request for range keyspace `ks`.
@@ -20,22 +20,31 @@ impl Node {
         match &req.op {
             KvOp::Scan(r) => {
                 let r = bounded(r)?;
-                self.linearize(deadline).await?;
-                let page = self
-                    .store
-                    .scan_range(ks, &r)
-                    .map_err(|e| KvError::Internal(e.to_string()))?;
-                match page {
-                    Some(p) => {
+                loop {
+                    self.linearize(deadline).await?;
+                    let page = self
+                        .store
+                        .scan_range(ks, &r)
+                        .map_err(|e| KvError::Internal(e.to_string()))?;
+                    if let Some(p) = page {
                         self.scans_served
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        Ok(KvReply::Scan(p))
+                        return Ok(KvReply::Scan(p));
                     }
-                    None => Err(range_wrong_shard(
-                        &self.store.descriptor(),
-                        ks,
-                        r.first_position().unwrap_or_default(),
-                    )),
+                    // The first chunk frozen for its hand-off: read once the hand-off ends
+                    // (here again, or a forwarding note to its new shard).
+                    let d = self.store.descriptor();
+                    let first = if r.reverse {
+                        d.chunks.find_before(ks, r.end.as_deref())
+                    } else {
+                        d.chunks.find(ks, &r.start)
+                    };
+                    let frozen = first.is_some_and(|(_, c)| c.state != ChunkState::Serving);
+                    if !frozen || Instant::now() + LEADER_POLL >= deadline {
+                        let at = r.first_position().unwrap_or_default();
+                        return Err(range_wrong_shard(&d, ks, at));
+                    }
+                    tokio::time::sleep(LEADER_POLL).await;
                 }
             }
             KvOp::Chunks => {
@@ -47,6 +56,11 @@ impl Node {
             }
             KvOp::Split | KvOp::MoveChunk { .. } if !self.is_leader() => match self.leader() {
                 Some(l) if !req.forwarded && l.node_id != self.id() => {
+                    let deadline = match req.op {
+                        // It answers once its copy is done.
+                        KvOp::MoveChunk { .. } => Instant::now() + MOVE_CALL_TIMEOUT,
+                        _ => deadline,
+                    };
                     self.forward(l, &req, deadline).await
                 }
                 leader => Err(KvError::NotLeader {
@@ -88,6 +102,15 @@ impl Node {
         if c.lo == at {
             return Ok(KvReply::Written);
         }
+        if self.has_task(super::handoff::MOVING, id.0) {
+            return Err(KvError::Refused {
+                status: 409,
+                code: "chunk_moving".into(),
+                message: format!(
+                    "chunk {id} is being copied to another shard; split it once it has arrived"
+                ),
+            });
+        }
         self.propose(Command::Chunk(ChunkCommand::Split {
             id,
             at: at.to_string(),
@@ -96,6 +119,9 @@ impl Node {
         .await
     }
 }
+
+/// How long a chunk move call may wait for its move (or one it joins) to end.
+pub(super) const MOVE_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The scan with its limits clamped to what one page may hold.
 fn bounded(r: &ScanRange) -> Result<ScanRange, KvError> {

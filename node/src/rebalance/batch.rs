@@ -36,7 +36,7 @@ pub async fn run(rb: &Rebalancer, slots: &[Slot], to: ShardId) -> Result<(), KvE
     }
     // Paced before the freeze, never during it.
     let bytes: u64 = planned.iter().map(|&(s, _)| slot_bytes(node, s)).sum();
-    rb.throttle.pace(bytes).await;
+    rb.node.throttle.pace(bytes).await;
     let t0 = Instant::now();
     let outs = join_all(
         planned

@@ -12,13 +12,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
-use unikv_storage::{Outgoing, Piece};
+use unikv_storage::{CopyUnit, Outgoing, Piece};
 use unikv_types::{rpc_kind, Epoch, KvError, ShardId, Slot};
 
-use super::copy::{Copied, CopyRun};
 use super::messages::MoveIn;
 use super::rebalancer::{lock, Rebalancer};
 use super::steps::{abort_unsent, done, next_epoch, settle, slot_bytes, start, whole_in, Settled};
+use crate::copy::{Copied, CopyRun};
 use crate::peer::{deliver, Delivery};
 
 /// What one hand-off task does next: one slot (resumed after a leader change, or planned),
@@ -168,7 +168,7 @@ async fn run(
     let (h, frozen_at, copy, tail) = match handoff {
         Some(h) => {
             // Resumed after a leader change: frozen already, so the copy is final as read.
-            let mut copy = CopyRun::new(rb, slot, h.target, h.epoch);
+            let mut copy = CopyRun::new(node, CopyUnit::Slot(slot), h.target, h.epoch);
             copy.freeze(Instant::now() + node.config.handoff_timeout());
             match copy.scan().await {
                 Ok(Copied::AlreadyIn) => return finish(rb, slot, h, None, copy.bytes).await,
@@ -184,7 +184,7 @@ async fn run(
             // than the freeze it saves).
             let epoch = next_epoch(node, slot)?;
             // Paced before the freeze, never during it.
-            rb.throttle.pace(slot_bytes(node, slot)).await;
+            node.throttle.pace(slot_bytes(node, slot)).await;
             let h = start(node, slot, to, epoch).await?;
             let frozen_at = Instant::now();
             return match node.store.export_slot(slot) {
@@ -195,13 +195,13 @@ async fn run(
         None => {
             // Copy while the slot serves, recording what is written meanwhile.
             let epoch = next_epoch(node, slot)?;
-            let Some(writes) = node.store.start_copy(slot) else {
+            let Some(writes) = node.store.start_copy(&CopyUnit::Slot(slot)) else {
                 return Err(KvError::BadRequest {
                     code: "slot_moving".into(),
                     message: format!("slot {slot} is already being copied"),
                 });
             };
-            let mut copy = CopyRun::new(rb, slot, to, epoch);
+            let mut copy = CopyRun::new(node, CopyUnit::Slot(slot), to, epoch);
             if copy.scan().await? == Copied::AlreadyIn {
                 return Err(KvError::Internal(format!(
                     "slot {slot}: shard {to} holds a hand-off at epoch {epoch} that was never started"

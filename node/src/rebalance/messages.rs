@@ -1,5 +1,5 @@
-//! The messages shard leaders exchange to move a slot (`MOVE_STAGE`, `MOVE_IN`,
-//! `MOVE_STATUS`, `MOVE_REFUSE`) and to run a registry change on the shard it concerns (`SHARD_ADMIN`).
+//! The messages shard leaders exchange to move a slot (`MOVE_IN`, `MOVE_STATUS`,
+//! `MOVE_REFUSE`; `MOVE_STAGE`'s is `crate::copy::MoveStage`) and to run a registry change on the shard it concerns (`SHARD_ADMIN`).
 
 use serde::{Deserialize, Serialize};
 use unikv_storage::{DedupRecord, Staged};
@@ -25,23 +25,6 @@ pub struct MoveIn {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub staged: Option<Staged>,
     /// With `staged`: keys deleted since the copy read them.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub deleted: Vec<(Keyspace, String)>,
-}
-
-/// One piece of a slot's copy (`MOVE_STAGE`), from the source leader to the target leader,
-/// which commits it as a `Stage` entry (see `MoveCommand::Stage`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MoveStage {
-    pub slot: Slot,
-    pub from: ShardId,
-    pub epoch: Epoch,
-    pub copy: u64,
-    pub part: u32,
-    pub overwrite: bool,
-    pub kv: Vec<(String, String)>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub collections_kv: Vec<(Keyspace, String, String)>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deleted: Vec<(Keyspace, String)>,
 }

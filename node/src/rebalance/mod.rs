@@ -1,5 +1,6 @@
 //! Online resharding on the node: the balancer that decides which slots this shard gives away
-//! (`balancer`, `planner`), the source side of a hand-off (`copy`, `handoff`), the target side
+//! (`balancer`, `planner`), the source side of a hand-off (`handoff`, `batch`, `steps`, over
+//! `crate::copy`), the target side
 //! (`receive`) and the registry/admin operations behind `/addshard`, `/removeshard`,
 //! `/moveslot`, `/shard/tags`, `/stats` and `/rebalance/status` (`admin`); calls to other
 //! shards' leaders go through `crate::peer`.
@@ -16,14 +17,12 @@
 mod admin;
 mod balancer;
 mod batch;
-mod copy;
 mod handoff;
 mod messages;
 mod planner;
 mod rebalancer;
 mod receive;
 mod steps;
-mod throttle;
 
 use std::sync::Arc;
 
@@ -34,8 +33,9 @@ use tokio::sync::watch;
 use unikv_http::method_not_allowed;
 use unikv_types::KvError;
 
+pub use crate::copy::MoveStage;
 use crate::peer::HandoffStatus;
-pub use messages::{MoveIn, MoveStage, MoveStatusRequest, RefuseRequest, ShardAdmin};
+pub use messages::{MoveIn, MoveStatusRequest, RefuseRequest, ShardAdmin};
 pub use rebalancer::Rebalancer;
 
 impl Rebalancer {

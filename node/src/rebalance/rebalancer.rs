@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use unikv_types::{ShardId, Slot};
 
-use super::throttle::Throttle;
 use crate::service::Node;
 
 /// The rebalancing work of this node: the node it acts for and the in-memory bookkeeping of its
@@ -21,8 +20,6 @@ pub struct Rebalancer {
     pub(super) workers: AtomicUsize,
     /// Staged copies with a staging check running.
     pub(super) checking: Mutex<HashSet<Slot>>,
-    /// Copies this node sends (slot → copy id), while it sends them.
-    pub(super) copies: Mutex<HashMap<Slot, u64>>,
     /// When a piece of a copy staged here last arrived (target side).
     pub(super) staged_seen: Mutex<HashMap<Slot, Instant>>,
     /// Planned moves not yet started.
@@ -38,8 +35,6 @@ pub struct Rebalancer {
     pub(super) pauses: Mutex<VecDeque<Duration>>,
     /// The last plan made here, with its reasons, and when (ms since the Unix epoch).
     pub(super) last_plan: Mutex<Option<(u64, super::planner::Plan)>>,
-    /// `--move_rate_mb`: paces the hand-offs started here.
-    pub(super) throttle: Throttle,
 }
 
 impl Rebalancer {
@@ -48,7 +43,6 @@ impl Rebalancer {
             running: Default::default(),
             workers: Default::default(),
             checking: Default::default(),
-            copies: Default::default(),
             staged_seen: Default::default(),
             queue: Default::default(),
             settling: Default::default(),
@@ -58,7 +52,6 @@ impl Rebalancer {
             first_move: Default::default(),
             pauses: Default::default(),
             last_plan: Default::default(),
-            throttle: Throttle::new(node.config.move_rate_mb),
             node,
         }
     }

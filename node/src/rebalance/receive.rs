@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 use unikv_storage::{Command, MoveCommand, Outgoing, Staging};
 use unikv_types::{rpc_kind, KvError, KvReply, Slot};
 
-use super::messages::{MoveIn, MoveStage, MoveStatusRequest, RefuseRequest};
+use super::messages::{MoveIn, MoveStatusRequest, RefuseRequest};
 use super::rebalancer::{lock, Rebalancer};
+use crate::copies::CopyOf;
+use crate::copy::MoveStage;
 use crate::peer::call_shard;
 use crate::peer::HandoffStatus;
 use crate::service::Node;
@@ -133,7 +135,7 @@ pub async fn handle_status(
     node.lead_barrier().await?;
     let d = node.store.descriptor();
     let (target, epoch) = (q.target, q.epoch);
-    let running = lock(&rb.copies).get(&q.slot) == Some(&q.copy);
+    let running = node.copies.is_running(CopyOf::Slot(q.slot), q.copy);
     let frozen = d.outgoing.get(&q.slot) == Some(&Outgoing { target, epoch });
     Ok(if running || frozen {
         HandoffStatus::Pending

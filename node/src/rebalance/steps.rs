@@ -4,19 +4,15 @@
 //! the target's `Refuse` after (`settle`), since the target serves the slot from its `In`.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use unikv_storage::moves::ALREADY_RECEIVED;
 use unikv_storage::{Command, MoveCommand, Outgoing};
 use unikv_types::{rpc_kind, Epoch, KvError, ShardId, Slot};
 
 use super::messages::{MoveIn, RefuseRequest};
 use super::rebalancer::{lock, Rebalancer};
-use crate::peer::{deliver, Delivery};
+use crate::peer::{refuse_until_answered, RefuseAnswer};
 use crate::service::Node;
-
-/// Pause between `MOVE_REFUSE` rounds while the target does not answer.
-const REFUSE_PAUSE: Duration = Duration::from_millis(200);
 
 /// The `In` of a slot sent whole (every pair and the dedup table), and the bytes it carries.
 pub fn whole_in(
@@ -82,27 +78,13 @@ pub async fn settle(rb: &Rebalancer, slot: Slot, h: Outgoing) -> Result<Settled,
         from: node.shard(),
         epoch: h.epoch,
     };
-    loop {
-        if !node.is_leader() {
-            return Err(node.unavailable("this node stopped leading during a hand-off"));
+    let unit = format!("slot {slot}");
+    match refuse_until_answered(node, h.target, rpc_kind::MOVE_REFUSE, &req, &unit).await? {
+        RefuseAnswer::Refused => {
+            abort(rb, slot, h.epoch).await?;
+            Ok(Settled::Aborted)
         }
-        let give_up_at = Instant::now() + node.config.handoff_timeout();
-        match deliver(node, h.target, rpc_kind::MOVE_REFUSE, &req, give_up_at).await? {
-            Delivery::Taken(()) => {
-                abort(rb, slot, h.epoch).await?;
-                return Ok(Settled::Aborted);
-            }
-            Delivery::Refused { code, .. } if code == ALREADY_RECEIVED => {
-                return Ok(Settled::Received)
-            }
-            Delivery::Refused { code, message } => {
-                tracing::warn!(shard = %node.shard(), slot, to = %h.target, %code, %message, "target answered neither refused nor received; asking again");
-            }
-            Delivery::TimedOut(e) => {
-                tracing::warn!(shard = %node.shard(), slot, to = %h.target, error = %e, "target unreachable: the slot stays frozen until it answers");
-            }
-        }
-        tokio::time::sleep(REFUSE_PAUSE).await;
+        RefuseAnswer::AlreadyReceived => Ok(Settled::Received),
     }
 }
 

@@ -1,6 +1,6 @@
-//! `--move_rate_mb`: paces the hand-offs a source starts so moves leave room for foreground
-//! traffic. Each move reserves `bytes / rate` seconds of a shared timeline before its slot is
-//! frozen (never while frozen: a paced wait there would be a longer write pause), so over any
+//! `--move_rate_mb`: paces the hand-offs (of slots and chunks) a source starts so moves leave
+//! room for foreground traffic. Each piece reserves `bytes / rate` seconds of a shared
+//! timeline before it is sent, and before a unit is frozen (never while frozen: a paced wait there would be a longer write pause), so over any
 //! stretch the bytes handed off stay at or below the rate, several hand-offs in flight
 //! included. A rate of 0 paces nothing.
 
