@@ -1,11 +1,14 @@
 -- wrk script for a unikv node or router, shaped like ../shared/anchors/etcd_kv.lua so the two
 -- are comparable: 8-byte keys, 256-byte values, POST with a JSON body.
--- env: MODE=put|get|load, KEYS=number of distinct keys, THREADS (load: wrk's -t)
+-- env: MODE=put|get|load, KEYS=number of distinct keys, THREADS (load: wrk's -t),
+-- VAL_BYTES (default 256), COLLECTION (default: none, i.e. `default`)
 -- MODE=load writes each key exactly once (thread t writes keys t, t+T, t+2T, ...) and then
 -- sends cheap GET /health requests until wrk's duration ends.
 local mode = os.getenv("MODE") or "put"
 local nkeys = tonumber(os.getenv("KEYS") or "10000")
-local val = string.rep("v", 256)
+local val = string.rep("v", tonumber(os.getenv("VAL_BYTES") or "256"))
+local coll = os.getenv("COLLECTION")
+local extra = coll and (',"collection":"' .. coll .. '"') or ""
 local keys = {}
 for i = 0, nkeys - 1 do keys[i] = string.format("k%07d", i) end
 local ctr = 0
@@ -22,14 +25,14 @@ function request()
     local i = (tid or 0) + loaded * nthreads
     loaded = loaded + 1
     if i >= nkeys then return wrk.format("GET", "/health") end
-    return wrk.format("POST", "/put", hdr, '{"key":"' .. keys[i] .. '","val":"' .. val .. '"}')
+    return wrk.format("POST", "/put", hdr, '{"key":"' .. keys[i] .. '","val":"' .. val .. '"' .. extra .. '}')
   end
   ctr = ctr + 1
   local k = keys[ctr % nkeys]
   if mode == "put" then
-    return wrk.format("POST", "/put", hdr, '{"key":"' .. k .. '","val":"' .. val .. '"}')
+    return wrk.format("POST", "/put", hdr, '{"key":"' .. k .. '","val":"' .. val .. '"' .. extra .. '}')
   end
-  return wrk.format("POST", "/get", hdr, '{"key":"' .. k .. '"}')
+  return wrk.format("POST", "/get", hdr, '{"key":"' .. k .. '"' .. extra .. '}')
 end
 function done(summary, latency, requests)
   local s = summary.duration / 1e6

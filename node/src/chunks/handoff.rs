@@ -19,6 +19,9 @@ use crate::copy::{internal, Copied, CopyRun};
 use crate::peer::{deliver, refuse_until_answered, Delivery, RefuseAnswer};
 use crate::service::{Node, LEADER_POLL};
 
+/// How long a chunk move call may wait for its move (or one it joins) to end.
+pub(super) const MOVE_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// The task-set tag of a hand-off (staging checks use another).
 pub(super) const MOVING: u8 = 1;
 
@@ -44,7 +47,7 @@ impl Node {
                 message: format!("shard {to} is not an active shard of the cluster"),
             });
         }
-        let deadline = Instant::now() + super::serve::MOVE_CALL_TIMEOUT;
+        let deadline = Instant::now() + MOVE_CALL_TIMEOUT;
         // A move of this chunk runs already (this very call retried by a router whose attempt
         // timed out, say): wait for it, then answer for where the chunk went.
         while !self.claim_task(MOVING, id.0) {

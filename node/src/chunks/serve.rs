@@ -58,7 +58,9 @@ impl Node {
                 Some(l) if !req.forwarded && l.node_id != self.id() => {
                     let deadline = match req.op {
                         // It answers once its copy is done.
-                        KvOp::MoveChunk { .. } => Instant::now() + MOVE_CALL_TIMEOUT,
+                        KvOp::MoveChunk { .. } => {
+                            Instant::now() + super::handoff::MOVE_CALL_TIMEOUT
+                        }
                         _ => deadline,
                     };
                     self.forward(l, &req, deadline).await
@@ -71,9 +73,12 @@ impl Node {
             KvOp::Split => self.split_at(ks, &req.key).await,
             KvOp::MoveChunk { id, to } => {
                 let d = self.store.descriptor();
-                match d.chunks.owned.get(id) {
-                    Some(c) if c.keyspace == ks => {}
-                    _ => return Err(range_wrong_shard(&d, ks, &req.key)),
+                let held = d.chunks.owned.get(id).is_some_and(|c| c.keyspace == ks);
+                // A retried call of a move that finished here answers as the move did.
+                let went = d.chunks.forwards.get(id);
+                let moved_there = went.is_some_and(|f| f.keyspace == ks && f.target == *to);
+                if !held && !moved_there {
+                    return Err(range_wrong_shard(&d, ks, &req.key));
                 }
                 let epoch = self.move_chunk(*id, *to).await?;
                 tracing::info!(shard = %self.shard(), chunk = %id, to = %to, epoch = %epoch, "chunk moved");
@@ -119,9 +124,6 @@ impl Node {
         .await
     }
 }
-
-/// How long a chunk move call may wait for its move (or one it joins) to end.
-pub(super) const MOVE_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The scan with its limits clamped to what one page may hold.
 fn bounded(r: &ScanRange) -> Result<ScanRange, KvError> {
