@@ -11,6 +11,9 @@
 # both latency lines (the second covers the first FG_SECS seconds of the rebalance).
 # UNIKV_NODE_ARGS="--move_rate_mb 20 ..." passes flags to every node (as run_unified.sh does).
 # BENCH_LOGS=DIR keeps the processes' logs there (the cluster's directory is removed at exit).
+# It also prints the CPU time (user + system, from /proc) every node and the router spent
+# during the rebalance and during the foreground load before it: per moved slot, per MB moved,
+# per foreground write, and as a share of the machine's cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -27,6 +30,11 @@ cleanup() {
 }
 trap cleanup EXIT
 node() { echo "127.0.0.1:$((UNIKV_HTTP_BASE + 10 * $1 + 1))"; }
+# CPU seconds (user + system) of every process of this cluster so far.
+cpu() {
+  for p in $(pgrep -f -- "$UNIKV_DATA"); do cat "/proc/$p/stat" 2>/dev/null || true; done |
+    python3 -c 'import os,sys; print(sum(int(l.split(")")[1].split()[11]) + int(l.split(")")[1].split()[12]) for l in sys.stdin) / os.sysconf("SC_CLK_TCK"))'
+}
 scripts/run_unified.sh start
 echo "loading $keys keys of 256 bytes through the router..."
 t0=$(date +%s.%N)
@@ -38,7 +46,14 @@ fg() {  # fg LABEL: the foreground put load, one latency line
   MODE=put KEYS=$keys wrk -t2 -c"$FG_CONN" -d"${FG_SECS:-15}"s --timeout 10s -s tools/bench/unikv_kv.lua \
     "http://127.0.0.1:$UNIKV_ROUTER_PORT" | grep RESULT | sed "s/^RESULT/foreground $1:/"
 }
-if [ -n "${FG_CONN:-}" ]; then fg before; fi
+if [ -n "${FG_CONN:-}" ]; then
+  c0=$(cpu); fg before | tee "$work/fg_before.txt"; c1=$(cpu)
+  python3 -c "
+import re
+reqs = int(re.search(r'reqs=(\d+)', open('$work/fg_before.txt').read()).group(1))
+print('foreground before: %.0f CPU-us per write (all processes)' % (($c1 - $c0) * 1e6 / max(reqs, 1)))"
+fi
+cpu_start=$(cpu)
 start=$(date +%s.%N)
 if [ -n "${FG_CONN:-}" ]; then fg during > "$work/fg_during.txt" & fg_pid=$!; fi
 if [ -n "${PERF_SECS:-}" ]; then
@@ -54,19 +69,22 @@ while :; do
   sleep 0.2
 done
 total=$(python3 -c "print($(date +%s.%N) - $start)")
+cpu_end=$(cpu)
 if [ -n "${FG_CONN:-}" ]; then wait "$fg_pid" || true; cat "$work/fg_during.txt"; fi
 sleep 2
 curl -s "$(node 1)/stats" | python3 -c 'import json,sys; s=json.load(sys.stdin); print("after: ", [(x["id"], x["slot_count"], x["keys"], x["bytes"]) for x in s["shards"]])'
 for s in 1 2 3; do for n in 1 2 3; do curl -s "127.0.0.1:$((UNIKV_HTTP_BASE + 10 * s + n))/rebalance/status"; echo; done; done | python3 -c '
-import json, sys
+import json, os, sys
 total = float(sys.argv[1])
 rows = [r for r in (json.loads(l) for l in sys.stdin if l.strip()) if r["moved_slots"] > 0]
 moved = sum(r["moved_bytes"] for r in rows)
 slots = sum(r["moved_slots"] for r in rows)
 print("rebalance 3->4: %.1f s total, %d slots, %.1f MB moved, %.2f MB/s" % (total, slots, moved / 1e6, moved / 1e6 / total))
+cpu = float(sys.argv[3]) - float(sys.argv[2])
+print("  CPU (all processes, foreground load included if any): %.1f s = %.2f of %d cores; %.1f CPU-ms per moved slot, %.2f CPU-s per MB" % (cpu, cpu / total, os.cpu_count(), cpu * 1e3 / max(slots, 1), cpu / max(moved / 1e6, 1e-9)))
 for r in rows:
     print("  shard %d moved %d slots; write pause per slot ms: %s" % (r["shard"], r["moved_slots"], r["write_pause_ms"]))
-' "$total"
+' "$total" "$cpu_start" "$cpu_end"
 if [ -n "${PERF_SECS:-}" ]; then
   wait "$perf_pid" || true
   out=${PERF_OUT:-/tmp/unikv-rebalance-perf.txt}

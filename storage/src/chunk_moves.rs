@@ -154,29 +154,16 @@ pub(crate) fn apply_chunk(
                     _ if *part == 0 => {
                         // A new copy: whatever an older one left in these bounds goes.
                         clear_for(ov, d, bounds)?;
-                        match d.new_unit() {
+                        let staging = ChunkState::Staging {
+                            source: *from,
+                            epoch: *epoch,
+                            copy: *copy,
+                            parts: 1,
+                        };
+                        match place(d, *id, bounds, *epoch, (0, 0), staging) {
                             None => Err(no_units(d)),
                             Some(unit) => {
                                 ov.stage_range_pairs(unit, *keyspace, kv, deleted, *overwrite)?;
-                                d.chunks.owned.insert(
-                                    *id,
-                                    OwnedChunk {
-                                        keyspace: *keyspace,
-                                        lo: lo.clone(),
-                                        hi: hi.clone(),
-                                        epoch: *epoch,
-                                        unit,
-                                        version: 0,
-                                        updated_ms: 0,
-                                        state: ChunkState::Staging {
-                                            source: *from,
-                                            epoch: *epoch,
-                                            copy: *copy,
-                                            parts: 1,
-                                        },
-                                    },
-                                );
-                                d.version += 1;
                                 ok
                             }
                         }
@@ -228,23 +215,18 @@ pub(crate) fn apply_chunk(
                 }
             } else {
                 clear_for(ov, d, bounds)?;
-                match d.new_unit() {
+                let placed = place(
+                    d,
+                    *id,
+                    bounds,
+                    *epoch,
+                    (version + 1, *now_ms),
+                    ChunkState::Serving,
+                );
+                match placed {
                     None => Err(no_units(d)),
                     Some(unit) => {
                         ov.install_chunk(unit, *keyspace, kv, dedup, *dedup_horizon_ms)?;
-                        d.chunks.owned.insert(
-                            *id,
-                            OwnedChunk {
-                                keyspace: *keyspace,
-                                lo: lo.clone(),
-                                hi: hi.clone(),
-                                epoch: *epoch,
-                                unit,
-                                version: version + 1,
-                                updated_ms: *now_ms,
-                                state: ChunkState::Serving,
-                            },
-                        );
                         serve_received(d, *id, *epoch);
                         ok
                     }
@@ -395,6 +377,32 @@ fn not_receivable(
         .iter()
         .find(|(other, c)| **other != id && !c.is_staging() && c.overlaps(ks, lo, hi))
         .map(|(other, _)| format!("chunk {other}, overlapping chunk {id}, is still held here"))
+}
+
+/// Records chunk `id` with bounds `(keyspace, lo, hi)` here under a new unit, with `epoch`,
+/// `(version, updated_ms)` and `state`; the unit, or `None` if this shard has none left.
+fn place(
+    d: &mut ShardDescriptor,
+    id: ChunkId,
+    (keyspace, lo, hi): (Keyspace, &str, Option<&str>),
+    epoch: Epoch,
+    (version, updated_ms): (u64, u64),
+    state: ChunkState,
+) -> Option<unikv_types::Slot> {
+    let unit = d.new_unit()?;
+    let chunk = OwnedChunk {
+        keyspace,
+        lo: lo.to_string(),
+        hi: hi.map(str::to_string),
+        epoch,
+        unit,
+        version,
+        updated_ms,
+        state,
+    };
+    d.chunks.owned.insert(id, chunk);
+    d.version += 1;
+    Some(unit)
 }
 
 /// `In` committed: chunk `id` serves here from now on.

@@ -41,11 +41,16 @@ async fn chunks(u: &Unified) -> Vec<Value> {
         .unwrap_or_else(|| panic!("no chunks in {r}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_chunk_copied_while_written_keeps_every_write() {
-    // 16 KiB pieces at 0.5 MB/s: the ~1 MB chunk takes ~2 s to copy.
-    let u =
-        Unified::start_shards(2, &["--move_rate_mb", "0.5", "--move_piece_kb", "16"], &[]).await;
+/// 16 KiB pieces at 0.5 MB/s: a chunk of ~1 MB takes ~2 s to copy.
+const NODE_ARGS: &[&str] = &["--move_rate_mb", "0.5", "--move_piece_kb", "16"];
+
+/// Two shards (with `failpoints`, if any) and the range collection `events` holding `keys`
+/// pairs of 1000 bytes in its one chunk; the pairs, whose keys start with their tag.
+async fn loaded(failpoints: Option<&str>, keys: usize) -> (Unified, Vec<(String, String)>) {
+    let u = match failpoints {
+        Some(f) => Unified::start_failpoints(2, NODE_ARGS, &[], f).await,
+        None => Unified::start_shards(2, NODE_ARGS, &[]).await,
+    };
     let api = u.api();
     let r = call(
         &api,
@@ -56,12 +61,24 @@ async fn a_chunk_copied_while_written_keeps_every_write() {
     )
     .await;
     assert_eq!(r.status, 201, "{r}");
-    let tag = unique("chunk");
-    let filler = filler(&tag, 1000, 1000);
+    let filler = filler(&unique("chunk"), keys, 1000);
     assert_no_failures(
         "filler puts",
         &put_all_in(&api, &[ROUTER], "events", &filler, 16).await,
     );
+    (u, filler)
+}
+
+/// The hash tag `filler` put at the start of its keys.
+fn tag_of(filler: &[(String, String)]) -> String {
+    let k = &filler[0].0;
+    k[1..k.find('}').expect("a tagged key")].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chunk_copied_while_written_keeps_every_write() {
+    let (u, filler) = loaded(None, 1000).await;
+    let (api, tag) = (u.api(), tag_of(&filler));
     let listed = chunks(&u).await;
     assert_eq!(listed.len(), 1, "one chunk: {listed:?}");
     let (id, from) = (
@@ -238,29 +255,8 @@ async fn kill_during_move(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_chunk_move_completes_through_leader_kills() {
     let failpoints = format!("chunk_frozen=return({HOLD_MS});chunk_taken=return({HOLD_MS})");
-    let u = Unified::start_failpoints(
-        2,
-        &["--move_rate_mb", "0.5", "--move_piece_kb", "16"],
-        &[],
-        &failpoints,
-    )
-    .await;
-    let api = u.api();
-    let r = call(
-        &api,
-        ROUTER,
-        Method::PUT,
-        "/collections/events",
-        json!({"sharding": "range"}),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{r}");
-    let tag = unique("kills");
-    let filler = filler(&tag, 500, 1000);
-    assert_no_failures(
-        "filler puts",
-        &put_all_in(&api, &[ROUTER], "events", &filler, 16).await,
-    );
+    let (u, filler) = loaded(Some(&failpoints), 500).await;
+    let (api, tag) = (u.api(), tag_of(&filler));
     let id = chunks(&u).await[0]["id"].clone();
     let writers = SlotWriters::start_in(&api, Some("events"), &tag, 2, 2);
     wait_until(Duration::from_secs(20), "writers under way", || async {

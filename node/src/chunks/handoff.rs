@@ -143,7 +143,7 @@ impl Node {
         match c.state {
             // Resume the hand-off already committed, wherever it goes.
             ChunkState::Outgoing { target, epoch } => {
-                self.resume_chunk(&c, unit, target, epoch).await
+                self.resume_chunk(id, &c, unit, target, epoch).await
             }
             ChunkState::Staging { .. } => Err(KvError::Refused {
                 status: 409,
@@ -158,7 +158,7 @@ impl Node {
                 if small {
                     self.hand_whole(id, to, epoch, bytes).await
                 } else {
-                    self.copy_and_hand(&c, unit, to, epoch).await
+                    self.copy_and_hand(id, &c, unit, to, epoch).await
                 }
             }
         }
@@ -203,14 +203,12 @@ impl Node {
     /// Copies chunk `c` while it serves, then freezes it and sends the rest in its `In`.
     async fn copy_and_hand(
         &self,
+        id: ChunkId,
         c: &OwnedChunk,
         unit: CopyUnit,
         to: ShardId,
         epoch: Epoch,
     ) -> Result<Epoch, KvError> {
-        let CopyUnit::Chunk { id, .. } = unit else {
-            return Err(KvError::Internal("a chunk hand-off of a slot".into()));
-        };
         let Some(writes) = self.store.start_copy(&unit) else {
             return Err(KvError::Refused {
                 status: 409,
@@ -272,14 +270,12 @@ impl Node {
     /// the target.
     async fn resume_chunk(
         &self,
+        id: ChunkId,
         c: &OwnedChunk,
         unit: CopyUnit,
         to: ShardId,
         epoch: Epoch,
     ) -> Result<Epoch, KvError> {
-        let CopyUnit::Chunk { id, .. } = unit else {
-            return Err(KvError::Internal("a chunk hand-off of a slot".into()));
-        };
         let mut copy = CopyRun::new(self, unit, to, epoch);
         let deadline = Instant::now() + self.config.handoff_timeout();
         copy.freeze(deadline);
