@@ -3,7 +3,8 @@
 -- env: MODE=put|get|load, KEYS=number of distinct keys, THREADS (load: wrk's -t),
 -- VAL_BYTES (default 256), COLLECTION (default: none, i.e. `default`)
 -- MODE=load writes each key exactly once (thread t writes keys t, t+T, t+2T, ...) and then
--- sends cheap GET /health requests until wrk's duration ends.
+-- sends cheap GET /health requests until wrk's duration ends. wrk discards the first request
+-- its first thread builds, so key 0 (k0000000) is never written: KEYS-1 keys are loaded.
 local mode = os.getenv("MODE") or "put"
 local nkeys = tonumber(os.getenv("KEYS") or "10000")
 local val = string.rep("v", tonumber(os.getenv("VAL_BYTES") or "256"))
