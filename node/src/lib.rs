@@ -20,6 +20,7 @@ pub mod gossip_publisher;
 pub mod handed;
 pub mod http;
 pub mod membership;
+pub mod move_tally;
 pub mod peer;
 pub mod promote;
 pub mod raft_errors;
@@ -91,6 +92,7 @@ pub async fn run(
     let node = Arc::new(Node {
         limits: config.limits(),
         copies: Default::default(),
+        chunk_moves: Default::default(),
         throttle: throttle::Throttle::new(config.move_rate_mb),
         config,
         raft,

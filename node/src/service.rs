@@ -51,6 +51,8 @@ pub struct Node {
     pub handed: crate::handed::Handed,
     /// The copies of slots and chunks this leader sends (see `copies`).
     pub copies: crate::copies::Copies,
+    /// The chunk hand-offs this node ran as their source's leader (see `move_tally`).
+    pub chunk_moves: crate::move_tally::ChunkMoves,
     /// `--move_rate_mb`, shared by every hand-off this node sends.
     pub throttle: crate::throttle::Throttle,
     /// Scan pages of range collections this node has served (`/raft/status`).

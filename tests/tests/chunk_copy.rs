@@ -137,6 +137,25 @@ async fn a_chunk_copied_while_written_keeps_every_write() {
         Some(to),
         "the chunk moved: {moved}"
     );
+    // The source leader's `/rebalance/status` counts the move and its write pause: frozen for
+    // the tail only, a small part of the move.
+    let all: Vec<u64> = (1..=NODES_PER_SHARD).collect();
+    let leader = u.wait_shard_leader(from, &all, UNIFIED_WAIT).await;
+    let st = api
+        .get_path(node_ref(from, leader), "/rebalance/status", &[])
+        .await
+        .expect("/rebalance/status");
+    let counted = st.field("chunks").cloned().unwrap_or_default();
+    println!("[figure] the source leader's chunk figures: {counted}");
+    assert_eq!(counted["moved"], 1, "{st}");
+    assert!(counted["moved_bytes"].as_u64() >= Some(1_000_000), "{st}");
+    let frozen = counted["write_pause_ms"]["max"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no pause in {st}"));
+    assert!(
+        frozen < took.as_secs_f64() * 500.0,
+        "frozen {frozen} ms of a {took:?} move: {st}"
+    );
 
     // Every acknowledged write is there (read from the new owner), appended tokens once each.
     let mut problems = written.problems(&api, node_ref(to, 1)).await;

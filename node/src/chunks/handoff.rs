@@ -394,6 +394,7 @@ impl Node {
             RefuseAnswer::Refused => {
                 self.propose(Command::Chunk(ChunkCommand::Abort { id, epoch }))
                     .await?;
+                self.chunk_moves.aborted();
                 Err(e)
             }
         }
@@ -410,6 +411,7 @@ impl Node {
             {
                 return a;
             }
+            self.chunk_moves.aborted();
         }
         e
     }
@@ -423,10 +425,12 @@ impl Node {
         frozen_at: Option<Instant>,
         bytes: u64,
     ) -> Result<Epoch, KvError> {
-        let frozen_ms = frozen_at.map(|t| t.elapsed().as_millis() as u64);
+        let pause = frozen_at.map(|t| t.elapsed());
+        let frozen_ms = pause.map(|p| p.as_millis() as u64);
         crate::failpoints::hold("chunk_taken").await;
         self.propose(Command::Chunk(ChunkCommand::Done { id, epoch }))
             .await?;
+        self.chunk_moves.done(bytes, pause);
         tracing::info!(shard = %self.shard(), chunk = %id, to = %to, %epoch, bytes, ?frozen_ms, "chunk handed off");
         Ok(epoch)
     }

@@ -560,6 +560,14 @@ pub async fn rebalance_status(State(rb): State<Arc<Rebalancer>>) -> Response {
         "left": {"slots": left_slots, "bytes": left_bytes},
         "eta_s": eta_s,
         "write_pause_ms": r.pause_percentiles().map(|(p50, p99, max)| json!({"p50": p50, "p99": p99, "max": max})),
+        "chunks": {
+            "moving": d.chunks.owned.values().filter(|c| matches!(c.state, unikv_storage::ChunkState::Outgoing { .. })).count(),
+            "staging": d.chunks.owned.values().filter(|c| c.is_staging()).count(),
+            "moved": node.chunk_moves.moved.load(Relaxed),
+            "moved_bytes": node.chunk_moves.bytes.load(Relaxed),
+            "aborted": node.chunk_moves.aborted.load(Relaxed),
+            "write_pause_ms": node.chunk_moves.pauses.percentiles().map(|(p50, p99, max)| json!({"p50": p50, "p99": p99, "max": max})),
+        },
         "cluster": {
             "pending_slots": shares.pending(),
             "targets": shares.targets().iter().map(|(k, v)| (k.0.to_string(), *v)).collect::<std::collections::BTreeMap<_, _>>(),

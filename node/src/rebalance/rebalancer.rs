@@ -32,7 +32,7 @@ pub struct Rebalancer {
     pub(super) first_move: Mutex<Option<Instant>>,
     /// Write pause of recent hand-offs started here: from `Out` applied to the target's
     /// `In` acknowledged (the newest 4096).
-    pub(super) pauses: Mutex<VecDeque<Duration>>,
+    pub(super) pauses: crate::move_tally::Pauses,
     /// The last plan made here, with its reasons, and when (ms since the Unix epoch).
     pub(super) last_plan: Mutex<Option<(u64, super::planner::Plan)>>,
 }
@@ -118,22 +118,12 @@ impl Rebalancer {
     }
 
     pub(super) fn record_pause(&self, d: Duration) {
-        let mut p = lock(&self.pauses);
-        if p.len() == 4096 {
-            p.pop_front();
-        }
-        p.push_back(d);
+        self.pauses.record(d);
     }
 
     /// (p50, p99, max) of recent write pauses, in milliseconds.
     pub fn pause_percentiles(&self) -> Option<(f64, f64, f64)> {
-        let mut v: Vec<Duration> = lock(&self.pauses).iter().copied().collect();
-        if v.is_empty() {
-            return None;
-        }
-        v.sort();
-        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1000.0;
-        Some((at(0.5), at(0.99), at(1.0)))
+        self.pauses.percentiles()
     }
 
     pub(super) fn record(&self, bytes: u64) {
