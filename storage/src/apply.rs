@@ -9,8 +9,9 @@ use unikv_types::catalog::{
 use unikv_types::{Keyspace, KvError, KvOp, KvReply, Slot};
 
 use crate::apply_cache::ApplyCache;
+use crate::chunk_layout::create_first;
 use crate::chunk_map::ChunkState;
-use crate::chunk_moves::{apply_chunk, create_first};
+use crate::chunk_moves::apply_chunk;
 use crate::command::{Command, CommandResult};
 use crate::copy::CopyTracker;
 use crate::db::{kv_key_in, Db, RANGE_PREFIX};

@@ -9,9 +9,11 @@
 
 pub mod apply;
 pub mod apply_cache;
+pub mod chunk_layout;
 pub mod chunk_map;
 pub mod chunk_moves;
 pub mod command;
+mod command_display;
 pub mod copy;
 pub mod db;
 pub mod dedup;

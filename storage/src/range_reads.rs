@@ -6,8 +6,8 @@
 use rocksdb::{Direction, IteratorMode, ReadOptions};
 use unikv_types::{ChunkId, ChunkInfo, Keyspace, KvError, ScanPage, ScanRange, Slot};
 
+use crate::chunk_layout::{chunk_infos, chunk_pairs, split_point, ChunkExport};
 use crate::chunk_map::{ChunkMap, ChunkState, OwnedChunk};
-use crate::chunk_moves::{chunk_infos, chunk_pairs, split_point, ChunkExport};
 use crate::db::{chunk_bounds, range_key, range_user_key, Db, CF_KV, CF_STATS};
 use crate::error::Result;
 use crate::moves::export_slot;

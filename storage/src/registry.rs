@@ -128,7 +128,7 @@ pub(crate) fn apply_registry(
                         ov.delete_slot(unit)?;
                     }
                     d.unit_moves.forget(*keyspace);
-                    crate::chunk_moves::drop_keyspace_chunks(ov, d, *keyspace)?;
+                    crate::chunk_layout::drop_keyspace_chunks(ov, d, *keyspace)?;
                     d.version += 1;
                 }
                 ok
